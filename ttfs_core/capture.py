@@ -1,0 +1,358 @@
+"""Capture a PyTorch model as a list of normalised ops, in data-flow order.
+
+Modules (`nn.Conv2d`...), functionals (`F.relu`, `torch.flatten`...), tensor methods (`x.view`) and the aten ops of
+a `torch.export` program all map to one small vocabulary (`Op.kind`), through the tables below. What is not
+in a table raises `ConversionError` naming the node.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import ConversionError
+from .fold import batchnorm_scale_shift
+
+KINDS = ("conv", "linear", "affine", "relu", "maxpool", "avgpool", "adaptive_avgpool", "reshape", "identity")
+
+SUPPORTED = (
+    "Conv2d (zero padding, stride, dilation, groups), Linear, BatchNorm1d/2d (eval), ReLU (module, F.relu, "
+    "torch.relu, in-place), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten / view / reshape, "
+    "Dropout, Identity, and a last Linear or Conv2d without ReLU"
+)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One data-path operation. Shapes are per sample (no batch dimension)."""
+
+    name: str  # qualified module name, or the fx node name for functionals
+    node: str  # fx node name whose output is this op's output
+    kind: str  # one of KINDS
+    target: str  # what the user wrote, for messages (e.g. "Conv2d", "torch.flatten")
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# --- parameter binding for functional and aten ops -------------------------------------------------------
+
+_CONV = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEF = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+_MAXP = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+_MAXP_DEF = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
+_AVGP = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_AVGP_DEF = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
+_BN_F = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_BN_A = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+_BN_NATIVE = ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps")
+_BN_DEF = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
+
+aten = torch.ops.aten
+
+# callable -> (kind, parameter names, defaults). Functions whose result is a tuple take element 0.
+FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+    F.relu: ("relu", ("input",), {}),
+    torch.relu: ("relu", ("input",), {}),
+    torch.relu_: ("relu", ("input",), {}),
+    F.relu_: ("relu", ("input",), {}),
+    F.conv2d: ("conv", _CONV, _CONV_DEF),
+    torch.conv2d: ("conv", _CONV, _CONV_DEF),
+    F.linear: ("linear", ("input", "weight", "bias"), {"bias": None}),
+    F.batch_norm: ("batchnorm", _BN_F, _BN_DEF),
+    F.max_pool2d: ("maxpool", _MAXP, _MAXP_DEF),
+    torch.max_pool2d: ("maxpool", _MAXP, _MAXP_DEF),
+    F.avg_pool2d: ("avgpool", _AVGP, _AVGP_DEF),
+    F.adaptive_avg_pool2d: ("adaptive_avgpool", ("input", "output_size"), {}),
+    torch.flatten: ("reshape", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
+    torch.reshape: ("reshape", ("input", "shape"), {}),
+    F.dropout: ("identity", ("input",), {}),
+    F.dropout2d: ("identity", ("input",), {}),
+    torch.dropout: ("identity", ("input",), {}),
+    aten.relu.default: ("relu", ("input",), {}),
+    aten.relu_.default: ("relu", ("input",), {}),
+    aten.conv2d.default: ("conv", _CONV, _CONV_DEF),
+    aten.linear.default: ("linear", ("input", "weight", "bias"), {"bias": None}),
+    aten.batch_norm.default: ("batchnorm", _BN_A, _BN_DEF),
+    aten._native_batch_norm_legit_no_training.default: ("batchnorm", _BN_NATIVE, _BN_DEF),
+    aten.max_pool2d.default: ("maxpool", _MAXP, _MAXP_DEF),
+    aten.max_pool2d_with_indices.default: ("maxpool", _MAXP, _MAXP_DEF),
+    aten.avg_pool2d.default: ("avgpool", _AVGP, _AVGP_DEF),
+    aten.adaptive_avg_pool2d.default: ("adaptive_avgpool", ("input", "output_size"), {}),
+    aten.flatten.using_ints: ("reshape", ("input",), {}),
+    aten.view.default: ("reshape", ("input",), {}),
+    aten.reshape.default: ("reshape", ("input",), {}),
+    aten._unsafe_view.default: ("reshape", ("input",), {}),
+    aten.dropout.default: ("identity", ("input",), {}),
+    aten.clone.default: ("identity", ("input",), {}),
+    aten.contiguous.default: ("identity", ("input",), {}),
+    aten.detach.default: ("identity", ("input",), {}),
+    operator.getitem: ("getitem", ("input", "index"), {}),
+}
+
+METHODS = {
+    "relu": "relu", "relu_": "relu", "view": "reshape", "reshape": "reshape", "flatten": "reshape",
+    "contiguous": "identity", "clone": "identity", "detach": "identity",
+}
+
+MODULES: dict[type, str] = {
+    nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm",
+    nn.ReLU: "relu", nn.MaxPool2d: "maxpool", nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
+    nn.Flatten: "reshape", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
+    nn.Identity: "identity",
+}
+
+RESIDUAL = {operator.add, torch.add, aten.add.Tensor, operator.iadd, torch.cat, aten.cat.default}
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1])) if len(v) in (1, 2) else (int(v[0]), int(v[1]))
+    return int(v), int(v)
+
+
+def _bind(names: tuple[str, ...], defaults: dict[str, Any], node: fx.Node) -> dict[str, Any]:
+    bound = dict(defaults)
+    for name, value in zip(names, node.args):
+        bound[name] = value
+    bound.update(node.kwargs)
+    return bound
+
+
+def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
+    if node.op == "call_method":
+        return f"{node.name} (tensor method .{node.target})"
+    target = getattr(node.target, "__name__", str(node.target))
+    module = getattr(node.target, "__module__", "") or ""
+    return f"{node.name} ({module + '.' if module else ''}{target})"
+
+
+class Capture:
+    """Trace a model and list its data-path ops in order."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        if not isinstance(model, nn.Module):
+            raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+        if training:
+            raise ConversionError(
+                f"the model is in training mode (module {training[0]!r}); call model.eval() before converting"
+            )
+        for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+            for name, t in items:
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise ConversionError(f"{kind} {name!r} contains NaN or inf values; weights must be finite")
+        if isinstance(model, fx.GraphModule):
+            self.gm = model
+        else:
+            try:
+                self.gm = fx.symbolic_trace(model)
+            except Exception as exc:  # noqa: BLE001 - re-raised with context
+                raise ConversionError(
+                    f"torch.fx could not trace {type(model).__name__}: {exc}. Supported: a feed-forward forward() "
+                    "without data-dependent control flow, or a torch.export program"
+                ) from None
+        try:
+            ShapeProp(self.gm).propagate(example)
+        except Exception as exc:  # noqa: BLE001
+            raise ConversionError(f"running the model on an input of shape {tuple(example.shape)} failed: {exc}")
+        self.ops = self._walk()
+
+    def _walk(self) -> list[Op]:
+        graph = self.gm.graph
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise ConversionError(f"the model must take exactly one input tensor, its forward takes {len(placeholders)}")
+        data: dict[fx.Node, fx.Node] = {placeholders[0]: placeholders[0]}  # node -> node carrying its value
+        ops: list[Op] = []
+        last = placeholders[0]
+        for node in graph.nodes:
+            if node.op in ("placeholder", "get_attr"):
+                continue
+            if node.op == "output":
+                out = node.args[0]
+                while isinstance(out, (tuple, list)) and len(out) == 1:
+                    out = out[0]
+                if not isinstance(out, fx.Node) or out not in data:
+                    raise ConversionError("the model must return a single tensor (the logits)")
+                if data[out] is not last:
+                    raise ConversionError("the model's output is not the end of its chain of layers")
+                break
+            inputs = [a for a in node.all_input_nodes if a in data]
+            if not inputs:
+                continue  # shape arithmetic, guards, constants: not on the data path
+            meta = node.meta.get("tensor_meta")
+            if node.op == "call_function" and node.target in RESIDUAL:
+                raise ConversionError(
+                    f"{_describe(node, self.gm)}: branches and residual connections (add/cat) are not supported "
+                    f"yet. Supported: a chain of {SUPPORTED}"
+                )
+            if not hasattr(meta, "shape") and not isinstance(meta, (tuple, list)):
+                continue  # consumes the data but yields no tensor (e.g. x.size(0), export guards)
+            if len(inputs) != 1:
+                raise ConversionError(f"{_describe(node, self.gm)}: an op with several data inputs is not supported")
+            src = data[inputs[0]]
+            if src is not last:
+                raise ConversionError(
+                    f"{_describe(node, self.gm)}: the data path branches here; branches and residual connections "
+                    "are not supported yet"
+                )
+            op = self._normalise(node)
+            if op is None:  # getitem(x, 0) of a tuple-valued op: same value
+                data[node] = src
+                continue
+            data[node] = node
+            last = node
+            ops.append(op)
+        return ops
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if not hasattr(meta, "shape"):
+            meta = meta[0]
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def _normalise(self, node: fx.Node) -> Op | None:
+        desc = _describe(node, self.gm)
+        src = node.all_input_nodes[0]
+        for a in node.all_input_nodes:
+            if a.meta.get("tensor_meta") is not None and a.op not in ("get_attr",):
+                src = a
+                break
+        in_shape = self._shape(src)
+        out_shape = self._shape(node)
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(node.target)
+            kind = MODULES.get(type(mod))
+            if kind is None:
+                raise ConversionError(
+                    f"unsupported layer {desc}. Supported: {SUPPORTED}"
+                )
+            name, target = str(node.target), type(mod).__name__
+            p = self._module_params(kind, mod, desc)
+        elif node.op == "call_method":
+            kind = METHODS.get(str(node.target))
+            if kind is None:
+                raise ConversionError(f"unsupported tensor method {desc}. Supported: {SUPPORTED}")
+            name, target, p = node.name, f".{node.target}()", {}
+        else:
+            entry = FUNCTIONS.get(node.target)
+            if entry is None:
+                raise ConversionError(f"unsupported function {desc}. Supported: {SUPPORTED}")
+            kind, names, defaults = entry
+            name, target = node.name, getattr(node.target, "__name__", str(node.target))
+            if kind == "getitem":
+                if node.args[1] != 0:
+                    raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
+                return None
+            p = self._function_params(kind, _bind(names, defaults, node), desc)
+        if kind == "batchnorm":
+            kind = "affine"
+        return Op(name, node.name, kind, target, in_shape, out_shape, p)
+
+    def _module_params(self, kind: str, mod: nn.Module, desc: str) -> dict[str, Any]:
+        if kind == "conv":
+            if mod.padding_mode != "zeros":
+                raise ConversionError(f"{desc}: padding_mode={mod.padding_mode!r}; only zero padding is supported")
+            padding = mod.padding
+            if isinstance(padding, str):
+                if padding == "valid":
+                    padding = (0, 0)
+                else:  # 'same' at stride 1
+                    tot = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
+                    if any(t % 2 for t in tot):
+                        raise ConversionError(f"{desc}: padding='same' with an even kernel is not supported")
+                    padding = tuple(t // 2 for t in tot)
+            bias = mod.bias.detach() if mod.bias is not None else torch.zeros(mod.out_channels, dtype=mod.weight.dtype)
+            return {"weight": mod.weight.detach(), "bias": bias, "stride": _pair(mod.stride),
+                    "padding": _pair(padding), "dilation": _pair(mod.dilation), "groups": int(mod.groups)}
+        if kind == "linear":
+            bias = mod.bias.detach() if mod.bias is not None else torch.zeros(mod.out_features, dtype=mod.weight.dtype)
+            return {"weight": mod.weight.detach(), "bias": bias}
+        if kind == "batchnorm":
+            if mod.running_mean is None or mod.running_var is None:
+                raise ConversionError(f"{desc}: BatchNorm without running statistics cannot be folded")
+            w = mod.weight.detach() if mod.weight is not None else None
+            b = mod.bias.detach() if mod.bias is not None else None
+            k, s = batchnorm_scale_shift(mod.running_mean, mod.running_var, mod.eps, w, b)
+            return {"scale": k, "shift": s}
+        if kind == "maxpool":
+            if mod.return_indices:
+                raise ConversionError(f"{desc}: MaxPool2d(return_indices=True) is not supported")
+            return {"kernel_size": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size),
+                    "padding": _pair(mod.padding), "dilation": _pair(mod.dilation), "ceil_mode": bool(mod.ceil_mode)}
+        if kind == "avgpool":
+            return {"kernel_size": _pair(mod.kernel_size), "stride": _pair(mod.stride or mod.kernel_size),
+                    "padding": _pair(mod.padding), "ceil_mode": bool(mod.ceil_mode),
+                    "count_include_pad": bool(mod.count_include_pad), "divisor_override": mod.divisor_override}
+        if kind == "adaptive_avgpool":
+            return {"output_size": mod.output_size}
+        return {}
+
+    def _function_params(self, kind: str, a: dict[str, Any], desc: str) -> dict[str, Any]:
+        if kind == "conv":
+            w = self._const_named(a["weight"], desc, "weight")
+            b = self._const_named(a["bias"], desc, "bias")
+            if b is None:
+                b = torch.zeros(w.shape[0], dtype=w.dtype)
+            padding = a["padding"]
+            if isinstance(padding, str):
+                raise ConversionError(f"{desc}: string padding in a functional conv is not supported; use numbers")
+            return {"weight": w, "bias": b, "stride": _pair(a["stride"]), "padding": _pair(padding),
+                    "dilation": _pair(a["dilation"]), "groups": int(a["groups"])}
+        if kind == "linear":
+            w = self._const_named(a["weight"], desc, "weight")
+            b = self._const_named(a["bias"], desc, "bias")
+            return {"weight": w, "bias": b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype)}
+        if kind == "batchnorm":
+            if a.get("training"):
+                raise ConversionError(f"{desc}: batch norm is called in training mode; use running statistics")
+            mean = self._const_named(a["running_mean"], desc, "running_mean")
+            var = self._const_named(a["running_var"], desc, "running_var")
+            if mean is None or var is None:
+                raise ConversionError(f"{desc}: batch norm without running statistics cannot be folded")
+            k, s = batchnorm_scale_shift(mean, var, float(a["eps"]), self._const_named(a["weight"], desc, "weight"),
+                                         self._const_named(a["bias"], desc, "bias"))
+            return {"scale": k, "shift": s}
+        if kind == "maxpool":
+            if a.get("return_indices"):
+                raise ConversionError(f"{desc}: max pooling with return_indices is not supported")
+            k = _pair(a["kernel_size"])
+            stride = a["stride"]
+            stride = k if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
+            return {"kernel_size": k, "stride": stride, "padding": _pair(a["padding"]),
+                    "dilation": _pair(a["dilation"]), "ceil_mode": bool(a["ceil_mode"])}
+        if kind == "avgpool":
+            k = _pair(a["kernel_size"])
+            stride = a["stride"]
+            stride = k if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
+            return {"kernel_size": k, "stride": stride, "padding": _pair(a["padding"]),
+                    "ceil_mode": bool(a["ceil_mode"]), "count_include_pad": bool(a["count_include_pad"]),
+                    "divisor_override": a["divisor_override"]}
+        if kind == "adaptive_avgpool":
+            return {"output_size": a["output_size"]}
+        return {}
+
+    def _const_named(self, value: Any, desc: str, what: str) -> Any:
+        if isinstance(value, fx.Node):
+            if value.op != "get_attr":
+                raise ConversionError(
+                    f"{desc}: its {what} is computed inside forward(); only stored parameters and buffers are "
+                    "supported"
+                )
+            obj: Any = self.gm
+            for part in str(value.target).split("."):
+                obj = getattr(obj, part)
+            return obj.detach()
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        return value

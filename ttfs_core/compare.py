@@ -1,0 +1,79 @@
+"""ANN ↔ SNN comparison: the original ReLU network is the oracle for every spiking layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from .capture import Capture
+from .network import SpikingNetwork
+from .result import SimResult
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """One spiking layer: the original model's activation and the SNN's decoded activation (t_max − t),
+    both in the original model's units. Shape: ann, snn (B, *layer shape)."""
+
+    name: str
+    ann: Tensor
+    snn: Tensor
+    max_abs_error: float
+    early_spikes: int
+
+    @property
+    def max_rel_error(self) -> float:
+        return self.max_abs_error / max(float(self.ann.abs().max()), 1e-30)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced model and keeps the outputs of the named nodes (keyed by node name, not call order)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[str]):
+        super().__init__(gm)
+        self.keep = keep
+        self.values: dict[str, Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.keep:
+            self.values[n.name] = out[0] if isinstance(out, (tuple, list)) else out
+        return out
+
+
+def record_activations(model: nn.Module, snn: SpikingNetwork, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Each spiking layer's activation and the logits, recorded from the original model.
+
+    Activations are given in the converted network's units (times the rescaling factor c), so they are
+    directly comparable with decoded spike times. Shape: x (B, *input_shape).
+    """
+    x = x.to(snn.dtype)
+    gm = Capture(model, x[:1]).gm
+    rec = _Recorder(gm, {layer.probe.node for layer in snn.layers})
+    with torch.no_grad():
+        logits = rec.run(x)
+    while isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    acts = [layer.probe.read(rec.values[layer.probe.node]) * layer.scale for layer in snn.layers]
+    return acts, logits
+
+
+def compare(model: nn.Module, snn: SpikingNetwork, x: Tensor, result: SimResult | None = None) -> list[LayerComparison]:
+    """Per spiking layer: ANN activation (from `model`), SNN decoded activation, largest absolute error.
+
+    `result` reuses a simulation of the same `x` (event-driven or stepped); by default `snn.run(x)` is called.
+    """
+    result = result if result is not None else snn.run(x)
+    acts, _ = record_activations(model, snn, x)
+    out = []
+    for layer, ann, res in zip(snn.layers, acts, result.layers):
+        scale = layer.scale
+        snn_act = res.activations / scale
+        ann_act = ann / scale
+        err = float((snn_act - ann_act).abs().max()) if ann_act.numel() else 0.0
+        out.append(LayerComparison(layer.name, ann_act, snn_act, err, res.early_spikes))
+    return out

@@ -1,0 +1,65 @@
+"""The time-to-first-spike code and the ReLU → spiking-neuron parameter maps (MATH.md §1–§4, §7).
+
+Each equation of MATH.md that maps numbers (not dynamics) lives here, once. Time is in units of τ_c.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def encode_input(v: Tensor, p: float, q: float) -> tuple[Tensor, Tensor]:
+    """Input layer (MATH §1): x̂ = (v − p)/(q − p), clipped to [0, 1], fires at t = 1 − x̂ in window [0, 1].
+
+    Returns the spike times and a mask of the values that were outside [p, q] and had to be clipped.
+    Shape: v (B, ...) -> both (B, ...).
+    """
+    x_hat = (v - p) / (q - p)
+    clipped = (x_hat < 0) | (x_hat > 1)
+    return 1.0 - x_hat.clamp(0.0, 1.0), clipped
+
+
+def decode(spike_times: Tensor, t_max: float) -> Tensor:
+    """Activation of a layer from its spike times (MATH §1): x = t_max − t. A missing spike (t = inf) is 0."""
+    return (t_max - spike_times).clamp(min=0.0)
+
+
+def window_length(max_activation: float, margin: float) -> float:
+    """B_n = (1 + ζ)·X_n (MATH §4). A layer silent on all calibration inputs gets B_n = 1."""
+    return (1.0 + margin) * max_activation if max_activation > 0 else 1.0
+
+
+def input_folding(p: float, q: float) -> tuple[float, float]:
+    """v = p + (q − p)·x̂ as the per-channel affine (scale, shift) folded into the first layer (MATH §1)."""
+    return q - p, p
+
+
+def alpha_parameters(
+    weight: Tensor, bias: Tensor, row_sum: Tensor, start: float, t_min: float, t_max: float, alpha: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """α-model neuron parameters from a ReLU layer (MATH §2).
+
+        J_ij = α W_ij / (1 − Σ_k W_ik)
+        θ_i  = α (t_max − t_min^(n−1)) + B_n Σ_j J_ij − (α + Σ_j J_ij) b_i,   B_n = t_max − t_min
+
+    `start` is t_min^(n−1), when the neuron starts integrating. Returns J (weight layout), θ (bias layout) and
+    the final slope α + Σ_j J_ij (bias layout). Shape: weight (O, ...), bias (O, ...) or (O,), row_sum (O,).
+    """
+    gain = alpha / (1.0 - row_sum)  # = α + Σ_j J_ij, the slope once every input has arrived
+    sum_j = gain - alpha
+    J = weight * gain.reshape(-1, *([1] * (weight.dim() - 1)))
+    shape = (-1, *([1] * (bias.dim() - 1)))
+    theta = alpha * (t_max - start) + (t_max - t_min) * sum_j.reshape(shape) - gain.reshape(shape) * bias
+    return J, theta, gain.reshape(shape).expand_as(theta).clone()
+
+
+def b1_parameters(weight: Tensor, bias: Tensor, t_min: float, t_max: float) -> tuple[Tensor, Tensor, Tensor]:
+    """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope 1 from t_min^(n) on.  Returns J, θ, final slope."""
+    theta = (t_max - t_min) - bias
+    return weight.clone(), theta, torch.ones_like(theta)
+
+
+def row_sums(weight: Tensor) -> Tensor:
+    """Σ_j W_ij per output neuron (for convolutions over input channels and taps). Shape: (O, ...) -> (O,)."""
+    return weight.sum(tuple(range(1, weight.dim())))

@@ -1,0 +1,313 @@
+"""The converted network: spiking layers, their windows and neuron parameters, and the exact simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import InputError
+from .mapping import encode_input
+from .result import LayerResult, SimResult
+from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks
+
+BATCH_ELEMENTS = 1 << 25  # neurons of the largest layer × batch simulated at once (bounds memory)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Where the original model computes a layer's activation: relu(scale·value(node) + shift) or value(node)."""
+
+    node: str
+    scale: Tensor | None = None
+    shift: Tensor | None = None
+    relu: bool = False
+
+    def read(self, value: Tensor) -> Tensor:
+        if self.scale is not None:
+            shape = (1, -1, *([1] * (value.dim() - 2)))
+            value = value * self.scale.reshape(shape) + self.shift.reshape(shape)
+        return value.clamp(min=0) if self.relu else value
+
+
+@dataclass
+class Layer:
+    """One layer of neurons: a hidden spiking layer, or the non-spiking readout (`is_output`).
+
+    It reads the spike times of layer `source` (−1: the input layer) through `route` (max pooling on spike
+    times), then one weighted sum: a convolution (`conv` holds stride, padding, dilation, groups) or a dense map
+    on the flattened input. `weight`/`bias` are the folded and rescaled ReLU-layer parameters; `bias` may be a
+    position-dependent map (zero padding after a folded BatchNorm, MATH §5). `scale` is the factor c of the
+    rescaling (converted activation = c · original activation).
+    Shapes are per sample; `bias` and `scale` broadcast to `shape`.
+    """
+
+    name: str
+    op: str
+    source: int
+    route: tuple[Pool, ...]
+    in_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    weight: Tensor
+    bias: Tensor
+    conv: dict[str, Any] | None
+    probe: Probe
+    scale: Tensor
+    is_output: bool = False
+    readout: tuple[Any, ...] = ()  # output only: ops applied to the readout potentials (pooling, flatten...)
+    # set by calibration
+    max_activation: float = 0.0
+    start: float = 0.0  # t_min^(n−1): the neuron starts integrating
+    t_min: float = 0.0
+    t_max: float = 0.0
+    # neuron parameters (MATH §2 / §7), set after calibration
+    J: Tensor | None = None
+    theta: Tensor | None = None
+    slope: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def neurons(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def kind(self) -> str:
+        return "conv" if self.conv is not None else "linear"
+
+    def weighted_sum(self, x: Tensor, w: Tensor) -> Tensor:
+        """Σ_j w_ij x_j for every neuron, no bias. Shape: x (B, *in_shape) -> (B, *shape)."""
+        if self.conv is not None:
+            return F.conv2d(x, w, None, **self.conv)
+        return F.linear(x.flatten(1), w).reshape(x.shape[0], *self.shape)
+
+    def route_activations(self, a: Tensor) -> Tensor:
+        for pool in self.route:
+            a = pool.activations(a)
+        return a
+
+    def route_times(self, t: Tensor) -> Tensor:
+        for pool in self.route:
+            t = pool.times(t)
+        return t
+
+    def ann(self, a_src: Tensor) -> Tensor:
+        """The ReLU layer this spiking layer implements, on activations (the converted network's units)."""
+        z = self.weighted_sum(self.route_activations(a_src), self.weight) + self.bias
+        return z if self.is_output else z.clamp(min=0)
+
+
+@dataclass
+class SpikingNetwork:
+    """A ReLU network converted to a single-spike TTFS network (MATH §1–§4). Built by `ttfs_core.convert`."""
+
+    layers: list[Layer]  # hidden spiking layers, in time order
+    output: Layer
+    input_shape: tuple[int, ...]
+    input_range: tuple[float, float]
+    neuron: str = "alpha"
+    margin: float = 0.5
+    rescale: str = "positive"
+    alpha: float = 1.0
+    dtype: torch.dtype = torch.float64
+
+    @property
+    def decision_latency(self) -> float:
+        """t_min^(L) = 1 + Σ_n B_n: when the readout is taken (units of τ_c)."""
+        return self.output.t_min
+
+    @property
+    def all_layers(self) -> list[Layer]:
+        return [*self.layers, self.output]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per spiking layer (and the readout): name, op, output shape, neurons, X_n, window."""
+        rows = []
+        for layer in self.all_layers:
+            rows.append({
+                "layer": layer.name, "op": layer.op, "shape": "×".join(map(str, layer.shape)),
+                "neurons": layer.neurons, "X_n": layer.max_activation,
+                "t_min": layer.t_min, "t_max": layer.t_max, "spiking": not layer.is_output,
+            })
+        return rows
+
+    # ------------------------------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise InputError(f"expected a tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(
+                f"input of shape {tuple(x.shape)} does not fit: the network takes (batch, "
+                f"{', '.join(map(str, self.input_shape))})"
+            )
+        x = x.to(self.dtype)
+        if not torch.isfinite(x).all():
+            raise InputError("the input contains NaN or inf values")
+        return x
+
+    def _chunks(self, x: Tensor) -> list[Tensor]:
+        biggest = max(layer.neurons for layer in self.all_layers)
+        size = max(1, BATCH_ELEMENTS // max(biggest, 1))
+        return list(x.split(size)) if x.shape[0] else [x]
+
+    def ann_forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The converted ReLU network on activations (no spikes): hidden activations and logits.
+
+        Used for calibration and as a check of the folding. Shape: x (B, *input_shape) raw input values.
+        """
+        x = self._check_input(x)
+        p, q = self.input_range
+        acts = [((x - p) / (q - p)).clamp(0, 1)]
+        for layer in self.layers:
+            acts.append(layer.ann(acts[layer.source + 1]))
+        logits = self.output.ann(acts[self.output.source + 1])
+        return acts[1:], self._readout(logits)
+
+    def _readout(self, v: Tensor) -> Tensor:
+        for fn in self.output.readout:
+            v = fn(v)
+        return v
+
+    @torch.no_grad()
+    def run(self, x: Tensor) -> SimResult:
+        """Exact event-driven simulation (MATH §6). Shape: x (B, *input_shape) raw input values."""
+        x = self._check_input(x)
+        parts = [self._run_exact(chunk) for chunk in self._chunks(x)]
+        return _concat(parts)
+
+    def _run_exact(self, x: Tensor) -> SimResult:
+        p, q = self.input_range
+        t0, clipped = encode_input(x, p, q)
+        times = [t0]
+        results = []
+        for layer in self.layers:
+            t, stats = hidden_layer_exact(layer, times[layer.source + 1], self.alpha, self.neuron, self.rescale)
+            times.append(t)
+            results.append(LayerResult(layer.name, layer.op, t, layer.t_min, layer.t_max, **stats))
+        logits = readout_potential(self.output, times[self.output.source + 1])
+        return SimResult(self._readout(logits), results, t0, int(clipped.sum()), self.output.t_min)
+
+    def __repr__(self) -> str:
+        return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
+                f"latency={self.decision_latency:.4g}, dtype={self.dtype})")
+
+
+def _concat(parts: list[SimResult]) -> SimResult:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    layers = []
+    for i, layer in enumerate(first.layers):
+        group = [p.layers[i] for p in parts]
+        layers.append(LayerResult(
+            layer.name, layer.op, torch.cat([g.spike_times for g in group]), layer.t_min, layer.t_max,
+            sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
+            sum(g.forced for g in group), sum(g.spikes for g in group),
+        ))
+    return SimResult(torch.cat([p.logits for p in parts]), layers, torch.cat([p.input_times for p in parts]),
+                     sum(p.input_clipped for p in parts), first.decision_time, first.dt)
+
+
+def arrivals(layer: Layer, t_src: Tensor) -> tuple[Tensor, int]:
+    """Input spike times as this layer's neurons see them: routed (max pooling = earliest spike), and an
+    input that arrives before the neurons start is taken as arriving at the start (MATH §6)."""
+    t = layer.route_times(t_src)
+    early = int((t < layer.start).sum())
+    return t.clamp(min=layer.start), early
+
+
+def hidden_layer_exact(layer: Layer, t_src: Tensor, alpha: float, neuron: str, rescale: str):
+    """Spike times of one hidden layer from the spike times of its source (MATH §2, §6, §7).
+
+    Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
+    times; after that the potential is linear, so the crossing has a closed form. Neurons that may have crossed
+    earlier (V(t_min) > θ, or the cheap bound fails when the rescaling does not make it exact) are searched
+    exactly over their input segments. Shape: t_src (B, *source shape) -> (B, *layer.shape).
+    """
+    t_in, early_arrivals = arrivals(layer, t_src)
+    elapsed = (layer.t_min - t_in).clamp(min=0)  # time each input has been driving the neuron at t_min
+    b1 = neuron == "b1"
+    base = 0.0 if b1 else alpha * (layer.t_min - layer.start)
+    v_end = base + layer.weighted_sum(elapsed, layer.J)
+    t = crossing_after_inputs(v_end, layer.theta, layer.slope, layer.t_min)
+    if b1 or rescale != "positive":  # certify with the bound V(t) ≤ base + Σ_{J>0} J·elapsed
+        bound = base + layer.weighted_sum(elapsed, layer.extra["J_pos"])
+        flagged = bound > layer.theta
+    else:  # Σ max(W,0) < 1: V(t_min) > θ exactly when the neuron crossed before t_min (MATH §2)
+        flagged = v_end > layer.theta
+    if bool(flagged.any()):
+        idx = flagged.nonzero(as_tuple=True)
+        t = t.clone()
+        t[idx] = _search(layer, t_in, idx, 0.0 if b1 else alpha)
+    early = int((t < layer.t_min).sum())
+    forced_mask = t >= layer.t_max
+    forced = int(forced_mask.sum())
+    if b1:  # a neuron that would fire at or after t_max does not fire at all (MATH §7)
+        t = torch.where(forced_mask, torch.full_like(t, torch.inf), t)
+        spikes = t.numel() - forced
+        forced = 0
+    else:
+        t = t.clamp(max=layer.t_max)
+        spikes = t.numel()
+    stats = {"early_spikes": early, "early_arrivals": early_arrivals, "forced": forced, "spikes": spikes}
+    return t, stats
+
+
+def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -> Tensor:
+    """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape))."""
+    theta = layer.theta.expand(layer.shape)
+    slope = layer.slope.expand(layer.shape)
+    neuron_idx = idx[1:]
+    th = theta[neuron_idx]
+    sl = slope[neuron_idx]
+    t_in = t_in.clamp(max=layer.t_min)  # a silent input (B1) never drives the neuron before t_min
+    if layer.conv is not None:
+        c = layer.conv
+        (ph, pw), (sh, sw), (dh, dw), groups = c["padding"], c["stride"], c["dilation"], c["groups"]
+        padded = F.pad(t_in, (pw, pw, ph, ph), value=layer.t_min)  # zero padding = x = 0, fires at t_min
+        out_ch, cin_g, kh, kw = layer.J.shape
+        b, o, y, xx = idx
+        g = o // (out_ch // groups)
+        ch = g[:, None] * cin_g + torch.arange(cin_g)[None, :]
+        rows = y[:, None] * sh + torch.arange(kh)[None, :] * dh
+        cols = xx[:, None] * sw + torch.arange(kw)[None, :] * dw
+
+        def gather(lo: int, hi: int):
+            s = slice(lo, hi)
+            times = padded[b[s, None, None, None], ch[s, :, None, None], rows[s, None, :, None], cols[s, None, None, :]]
+            return times.flatten(1), layer.J[o[s]].flatten(1), th[s], sl[s]
+
+        fan_in = cin_g * kh * kw
+    else:
+        flat_in = t_in.flatten(1)
+        b = idx[0]
+        flat_o = torch.zeros_like(b)
+        stride = 1
+        for dim in reversed(range(1, len(idx))):
+            flat_o = flat_o + idx[dim] * stride
+            stride *= layer.shape[dim - 1]
+
+        def gather(lo: int, hi: int):
+            s = slice(lo, hi)
+            return flat_in[b[s]], layer.J[flat_o[s]], th[s], sl[s]
+
+        fan_in = flat_in.shape[1]
+
+    def solve(times, weights, theta_, slope_):
+        return first_crossing(times, weights, theta_, alpha, layer.start, layer.t_min, slope_)
+
+    return search_in_chunks(gather, len(b), fan_in, solve).to(t_in.dtype)
+
+
+def readout_potential(layer: Layer, t_src: Tensor) -> Tensor:
+    """Membrane potential of the readout neurons at t_min^(L) (MATH §3): J = W and a bias current
+    b_i / (t_min^(L) − t_min^(L−1)), so V_i(t_min^(L)) = b_i + Σ_j W_ij x_j. Shape: (B, *source) -> (B, *shape)."""
+    t_in, _ = arrivals(layer, t_src)
+    elapsed = (layer.t_min - t_in).clamp(min=0)
+    bias_current = layer.bias / (layer.t_min - layer.start)
+    return layer.weighted_sum(elapsed, layer.weight) + bias_current * (layer.t_min - layer.start)

@@ -1,0 +1,78 @@
+"""Result records shared by every simulator (event-driven and time-stepped)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .mapping import decode
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Spikes of one hidden (spiking) layer for a batch.
+
+    `spike_times` is shaped like the ANN activation (batch first), in units of τ_c; +inf marks a neuron that
+    did not spike (B1 model only). `early_spikes` counts neurons that fired before t_min (their input window
+    had not closed: the spike is wrong, MATH §2); `early_arrivals` counts input spikes that arrived before
+    this layer's neurons started integrating (the layer below fired early); `forced` counts spikes forced at
+    t_max (activation 0).
+    """
+
+    name: str
+    op: str
+    spike_times: Tensor
+    t_min: float
+    t_max: float
+    early_spikes: int
+    early_arrivals: int
+    forced: int
+    spikes: int
+
+    @property
+    def activations(self) -> Tensor:
+        """Decoded activation t_max − t (MATH §1), in the converted (rescaled) network's units."""
+        return decode(self.spike_times, self.t_max)
+
+    @property
+    def neurons(self) -> int:
+        """Neurons in this layer for the whole batch."""
+        return self.spike_times.numel()
+
+    @property
+    def spikes_per_neuron(self) -> float:
+        return self.spikes / max(self.neurons, 1)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What a simulation returns: logits (membrane potentials of the readout at t_min^(L)) and every layer.
+
+    Shape: logits (B, classes); input_times (B, *input_shape).
+    """
+
+    logits: Tensor
+    layers: list[LayerResult]
+    input_times: Tensor
+    input_clipped: int
+    decision_time: float
+    dt: float | None = None  # None: exact event-driven simulation
+
+    @property
+    def early_spikes(self) -> int:
+        return sum(layer.early_spikes for layer in self.layers)
+
+    @property
+    def spikes(self) -> int:
+        return sum(layer.spikes for layer in self.layers)
+
+    @property
+    def neurons(self) -> int:
+        return sum(layer.neurons for layer in self.layers)
+
+    def layer(self, name: str) -> LayerResult:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self.layers]}")

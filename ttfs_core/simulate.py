@@ -1,0 +1,126 @@
+"""Spiking dynamics (MATH.md §2, §6): pure functions on tensors.
+
+The potential of a hidden neuron that starts at `start` = t_min^(n−1) is piecewise linear,
+
+    V_i(t) = α (t − start) + Σ_j J_ij (t − t_j)⁺,
+
+and the neuron fires when V first reaches θ_i, or is forced to fire at t_max^(n). Here are its first crossing
+(closed form once every input has arrived, exact search over input segments otherwise), the potential at
+given times, and max pooling on spike times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SEARCH_CHUNK = 1 << 21  # elements of (flagged neurons × fan-in) processed at once
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Max pooling of activations, per channel as max (sign +1) or min (sign −1).
+
+    A min appears where a BatchNorm with negative scale sits between the ReLU and the pool (MATH §5).
+    """
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    sign: Tensor | None = None  # (C,) of ±1; None = every channel takes the max
+
+    def _max(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def _signed(self, x: Tensor, plus_is_max: bool) -> Tensor:
+        big = self._max(x) if plus_is_max else -self._max(-x)
+        if self.sign is None or bool((self.sign > 0).all()):
+            return big
+        small = -self._max(-x) if plus_is_max else self._max(x)
+        return torch.where(self.sign.reshape(1, -1, 1, 1) > 0, big, small)
+
+    def activations(self, x: Tensor) -> Tensor:
+        """Pool activations. Shape: (B, C, H, W) -> (B, C, H', W')."""
+        return self._signed(x, plus_is_max=True)
+
+    def times(self, t: Tensor) -> Tensor:
+        """Pool spike times: the max of activations is the earliest spike (min of times). Shape as above."""
+        return self._signed(t, plus_is_max=False)
+
+    def flipped(self, scale: Tensor) -> Pool:
+        """The same pool after moving a per-channel affine with this scale across it (negative → flip)."""
+        s = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)
+        return Pool(self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                    s if self.sign is None else self.sign * s)
+
+
+def crossing_after_inputs(v_end: Tensor, theta: Tensor, slope: Tensor, t_end: float) -> Tensor:
+    """First time V reaches θ on the last segment, where V(t) = V(t_end) + slope·(t − t_end)  (MATH §6).
+
+    t* = t_end + (θ − V(t_end)) / slope; inf where the slope is not positive and V(t_end) < θ.
+    Shape: all broadcast together.
+    """
+    t = t_end + (theta - v_end) / slope
+    return torch.where(slope > 0, t, torch.where(v_end >= theta, torch.full_like(t, t_end), torch.full_like(t, torch.inf)))
+
+
+def first_crossing(
+    times: Tensor, weights: Tensor, theta: Tensor, alpha: float, start: float, t_end: float, final_slope: Tensor
+) -> Tensor:
+    """Exact first threshold crossing of V(t) = α (t − start) + Σ_j J_j (t − t_j)⁺ for t < t_end, continued
+    after t_end with slope `final_slope` (MATH §6, event-driven search).
+
+    After the k-th input (sorted) the candidate is t* = (θ + α·start + Σ_{j≤k} J_j t_j)/(α + Σ_{j≤k} J_j),
+    accepted if the slope is positive and t* lies in [t_k, t_{k+1}); if θ ≤ 0 the neuron fires at `start`.
+    Returns +inf where V never reaches θ. Shape: times, weights (F, K) with times in [start, t_end]; theta,
+    final_slope (F,) -> (F,).
+    """
+    ts, order = times.sort(dim=1)
+    js = weights.gather(1, order)
+    zero = torch.zeros_like(ts[:, :1])
+    cum_j = torch.cat([zero, js.cumsum(1)], 1)  # (F, K+1): total weight arrived before segment k
+    cum_jt = torch.cat([zero, (js * ts).cumsum(1)], 1)
+    lower = torch.cat([torch.full_like(zero, start), ts], 1)
+    upper = torch.cat([ts, torch.full_like(zero, t_end)], 1)
+    slope = alpha + cum_j
+    cand = (theta[:, None] + alpha * start + cum_jt) / slope
+    tol = 64 * torch.finfo(ts.dtype).eps * max(abs(t_end), 1.0)
+    valid = (slope > 0) & (cand >= lower - tol) & (cand < upper)
+    cand = torch.maximum(cand, lower)
+    first = valid.float().argmax(1)
+    hit = valid.any(1)
+    t = cand.gather(1, first[:, None])[:, 0]
+    # past the last input: V(t_end) from the segment sums, then the final slope
+    v_end = alpha * (t_end - start) + cum_j[:, -1] * t_end - cum_jt[:, -1]
+    t_after = crossing_after_inputs(v_end, theta, final_slope, t_end)
+    t = torch.where(hit, t, t_after)
+    return torch.where(theta <= 0, torch.full_like(t, start), t)
+
+
+def membrane_potential(
+    at: Tensor, times: Tensor, weights: Tensor, alpha: float, start: float, t_end: float | None = None,
+    final_slope: float | None = None,
+) -> Tensor:
+    """V(t) of one neuron at the given times (MATH §2), before any reset: α (t − start) + Σ_j J_j (t − t_j)⁺.
+
+    With `t_end` and `final_slope` (the B1 model, MATH §7) the slope is replaced by `final_slope` after t_end.
+    Shape: at (T,), times and weights (K,) -> (T,).
+    """
+    rel = (at[:, None] - times[None, :]).clamp(min=0)
+    if t_end is None:
+        return alpha * (at - start).clamp(min=0) + rel @ weights
+    inside = at.clamp(max=t_end)
+    v = alpha * (inside - start).clamp(min=0) + (inside[:, None] - times[None, :]).clamp(min=0) @ weights
+    return v + float(final_slope) * (at - t_end).clamp(min=0)
+
+
+def search_in_chunks(gather, count: int, fan_in: int, solve) -> Tensor:
+    """Run `solve(*gather(lo, hi))` over flagged neurons in chunks bounded by SEARCH_CHUNK elements."""
+    step = max(1, SEARCH_CHUNK // max(fan_in, 1))
+    parts = [solve(*gather(lo, min(lo + step, count))) for lo in range(0, count, step)]
+    return torch.cat(parts) if parts else torch.empty(0)
