@@ -73,9 +73,9 @@ FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     F.adaptive_avg_pool2d: ("adaptive_avgpool", ("input", "output_size"), {}),
     torch.flatten: ("reshape", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
     torch.reshape: ("reshape", ("input", "shape"), {}),
-    F.dropout: ("identity", ("input",), {}),
-    F.dropout2d: ("identity", ("input",), {}),
-    torch.dropout: ("identity", ("input",), {}),
+    F.dropout: ("dropout", ("input", "p", "training"), {"training": True}),
+    F.dropout2d: ("dropout", ("input", "p", "training"), {"training": True}),
+    torch.dropout: ("dropout", ("input", "p", "train"), {}),
     aten.relu.default: ("relu", ("input",), {}),
     aten.relu_.default: ("relu", ("input",), {}),
     aten.conv2d.default: ("conv", _CONV, _CONV_DEF),
@@ -90,7 +90,7 @@ FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     aten.view.default: ("reshape", ("input",), {}),
     aten.reshape.default: ("reshape", ("input",), {}),
     aten._unsafe_view.default: ("reshape", ("input",), {}),
-    aten.dropout.default: ("identity", ("input",), {}),
+    aten.dropout.default: ("dropout", ("input", "p", "train"), {}),
     aten.clone.default: ("identity", ("input",), {}),
     aten.contiguous.default: ("identity", ("input",), {}),
     aten.detach.default: ("identity", ("input",), {}),
@@ -142,14 +142,19 @@ class Capture:
     def __init__(self, model: nn.Module, example: torch.Tensor):
         if not isinstance(model, nn.Module):
             raise ConversionError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
+        if isinstance(model, fx.GraphModule):  # only called submodules matter (exported graphs hold attributes)
+            called = {str(n.target) for n in model.graph.nodes if n.op == "call_module"}
+            training = [n for n, m in model.named_modules() if n in called and m.training
+                        and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))]
+        else:
+            training = [n or type(model).__name__ for n, m in model.named_modules() if m.training]
         if training:
             raise ConversionError(
                 f"the model is in training mode (module {training[0]!r}); call model.eval() before converting"
             )
         for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
             for name, t in items:
-                if t.is_floating_point() and not torch.isfinite(t).all():
+                if t.is_floating_point() and t.numel() and not torch.isfinite(t.abs().amax()):
                     raise ConversionError(f"{kind} {name!r} contains NaN or inf values; weights must be finite")
         if isinstance(model, fx.GraphModule):
             self.gm = model
@@ -164,14 +169,18 @@ class Capture:
         try:
             ShapeProp(self.gm).propagate(example)
         except Exception as exc:  # noqa: BLE001
-            raise ConversionError(f"running the model on an input of shape {tuple(example.shape)} failed: {exc}")
+            hint = " (export the program with a dynamic batch dimension)" if "Guard" in str(exc) else ""
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConversionError(
+                f"running the model on an input of shape {tuple(example.shape)} failed{hint}: {first}"
+            ) from None
         self.ops = self._walk()
 
     def _walk(self) -> list[Op]:
         graph = self.gm.graph
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
-            raise ConversionError(f"the model must take exactly one input tensor, its forward takes {len(placeholders)}")
+            raise ConversionError(f"the model must take one input tensor; its forward takes {len(placeholders)}")
         data: dict[fx.Node, fx.Node] = {placeholders[0]: placeholders[0]}  # node -> node carrying its value
         ops: list[Op] = []
         last = placeholders[0]
@@ -255,6 +264,11 @@ class Capture:
                     raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
                 return None
             p = self._function_params(kind, _bind(names, defaults, node), desc)
+        if kind == "dropout":
+            if p.get("training") or p.get("train"):
+                raise ConversionError(f"{desc}: dropout is active (training=True) in forward(); pass "
+                                      "training=self.training or use nn.Dropout")
+            kind = "identity"
         if kind == "batchnorm":
             kind = "affine"
         return Op(name, node.name, kind, target, in_shape, out_shape, p)
@@ -340,6 +354,8 @@ class Capture:
                     "divisor_override": a["divisor_override"]}
         if kind == "adaptive_avgpool":
             return {"output_size": a["output_size"]}
+        if kind == "dropout":
+            return {"training": bool(a.get("training") or a.get("train"))}
         return {}
 
     def _const_named(self, value: Any, desc: str, what: str) -> Any:

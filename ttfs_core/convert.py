@@ -201,7 +201,7 @@ class _Lowering:
         if seg.main is not None:  # linear glue without ReLU: fold it into this layer (W2 W1 x + ...)
             for prior in seg.post:
                 if prior.kind == "maxpool":
-                    raise ConversionError(f"max pooling {prior.name} between linear layers without ReLU is not supported")
+                    raise ConversionError(f"max pooling {prior.name} between linear layers without ReLU: unsupported")
             seg.pre.extend([seg.main, *seg.post])
             seg.post = []
         seg.main = op
@@ -398,7 +398,7 @@ def _readout_fn(op: Op):
                                 p["divisor_override"])
     elif op.kind == "adaptive_avgpool":
         def fn(x, size=op.out_shape[1:]):
-            return F.adaptive_avg_pool2d(x, size)
+            return adaptive_avg_pool(x, size)
     elif op.kind == "maxpool":
         def fn(x):
             return F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
@@ -413,6 +413,22 @@ def _readout_fn(op: Op):
         def fn(x):
             return x
     return fn
+
+
+def _pool_matrix(n_in: int, n_out: int, dtype) -> Tensor:
+    """Adaptive average pooling along one axis as an (n_out, n_in) matrix (PyTorch's floor/ceil windows)."""
+    m = torch.zeros(n_out, n_in, dtype=dtype)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.adaptive_avg_pool2d as two small matrix products (fast forward and backward when upsampling)."""
+    ph = _pool_matrix(x.shape[-2], size[0], x.dtype)
+    pw = _pool_matrix(x.shape[-1], size[1], x.dtype)
+    return torch.einsum("oh,bchw,pw->bcop", ph, x, pw)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -445,17 +461,20 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
             for i, a in enumerate(acts):
                 maxima[i] = max(float(maxima[i]), float(a.max()) if a.numel() else 0.0)
     t_min = 1.0
-    starts = [0.0]
+    starts, windows = [0.0], [1.0]  # the input layer's window is [0, 1]
     for layer, x_max in zip(snn.layers, maxima.tolist()):
         layer.max_activation = x_max
-        layer.start = starts[layer.source + 1]
+        layer.start, layer.in_window = starts[layer.source + 1], windows[layer.source + 1]
+        layer.window = window_length(x_max, margin)
         layer.t_min = t_min
-        layer.t_max = t_min + window_length(x_max, margin)
+        layer.t_max = t_min + layer.window
         starts.append(layer.t_min)
+        windows.append(layer.window)
         t_min = layer.t_max
     out = snn.output
-    out.start = starts[out.source + 1]
+    out.start, out.in_window = starts[out.source + 1], windows[out.source + 1]
     out.t_min = out.t_max = t_min
+    out.window = 0.0
 
 
 def _neuron_parameters(snn: SpikingNetwork) -> None:
@@ -464,10 +483,10 @@ def _neuron_parameters(snn: SpikingNetwork) -> None:
             raise ConversionError(f"{layer.name}: its input window does not end where its own window starts")
         if snn.neuron == "alpha":
             layer.J, layer.theta, layer.slope = alpha_parameters(
-                layer.weight, layer.bias, row_sums(layer.weight), layer.start, layer.t_min, layer.t_max, snn.alpha
+                layer.weight, layer.bias, row_sums(layer.weight), layer.in_window, layer.window, snn.alpha
             )
         else:
-            layer.J, layer.theta, layer.slope = b1_parameters(layer.weight, layer.bias, layer.t_min, layer.t_max)
+            layer.J, layer.theta, layer.slope = b1_parameters(layer.weight, layer.bias, layer.window)
         layer.extra["J_pos"] = layer.J.clamp(min=0)
 
 

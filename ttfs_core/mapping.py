@@ -20,9 +20,13 @@ def encode_input(v: Tensor, p: float, q: float) -> tuple[Tensor, Tensor]:
     return 1.0 - x_hat.clamp(0.0, 1.0), clipped
 
 
-def decode(spike_times: Tensor, t_max: float) -> Tensor:
-    """Activation of a layer from its spike times (MATH §1): x = t_max − t. A missing spike (t = inf) is 0."""
-    return (t_max - spike_times).clamp(min=0.0)
+def decode(offsets: Tensor, window: float) -> Tensor:
+    """Activation of a layer from its spike times (MATH §1): x = t_max − t = B − (t − t_min).
+
+    Takes the offsets t − t_min so that tiny windows deep in a network keep full precision. A missing spike
+    (t = inf) is 0. Shape: any.
+    """
+    return (window - offsets).clamp(min=0.0)
 
 
 def window_length(max_activation: float, margin: float) -> float:
@@ -36,27 +40,28 @@ def input_folding(p: float, q: float) -> tuple[float, float]:
 
 
 def alpha_parameters(
-    weight: Tensor, bias: Tensor, row_sum: Tensor, start: float, t_min: float, t_max: float, alpha: float = 1.0
+    weight: Tensor, bias: Tensor, row_sum: Tensor, in_window: float, window: float, alpha: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """α-model neuron parameters from a ReLU layer (MATH §2).
 
         J_ij = α W_ij / (1 − Σ_k W_ik)
-        θ_i  = α (t_max − t_min^(n−1)) + B_n Σ_j J_ij − (α + Σ_j J_ij) b_i,   B_n = t_max − t_min
+        θ_i  = α (t_max^(n) − t_min^(n−1)) + B_n Σ_j J_ij − (α + Σ_j J_ij) b_i,   B_n = t_max^(n) − t_min^(n)
 
-    `start` is t_min^(n−1), when the neuron starts integrating. Returns J (weight layout), θ (bias layout) and
-    the final slope α + Σ_j J_ij (bias layout). Shape: weight (O, ...), bias (O, ...) or (O,), row_sum (O,).
+    with t_max^(n) − t_min^(n−1) = `in_window` + `window` (the input window B_(n−1) and this layer's B_n).
+    Returns J (weight layout), θ (bias layout) and the final slope α + Σ_j J_ij (bias layout).
+    Shape: weight (O, ...), bias (O, ...) or (O,), row_sum (O,).
     """
     gain = alpha / (1.0 - row_sum)  # = α + Σ_j J_ij, the slope once every input has arrived
     sum_j = gain - alpha
     J = weight * gain.reshape(-1, *([1] * (weight.dim() - 1)))
     shape = (-1, *([1] * (bias.dim() - 1)))
-    theta = alpha * (t_max - start) + (t_max - t_min) * sum_j.reshape(shape) - gain.reshape(shape) * bias
+    theta = alpha * (in_window + window) + window * sum_j.reshape(shape) - gain.reshape(shape) * bias
     return J, theta, gain.reshape(shape).expand_as(theta).clone()
 
 
-def b1_parameters(weight: Tensor, bias: Tensor, t_min: float, t_max: float) -> tuple[Tensor, Tensor, Tensor]:
+def b1_parameters(weight: Tensor, bias: Tensor, window: float) -> tuple[Tensor, Tensor, Tensor]:
     """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope 1 from t_min^(n) on.  Returns J, θ, final slope."""
-    theta = (t_max - t_min) - bias
+    theta = window - bias
     return weight.clone(), theta, torch.ones_like(theta)
 
 

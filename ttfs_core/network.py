@@ -63,6 +63,8 @@ class Layer:
     start: float = 0.0  # t_min^(n−1): the neuron starts integrating
     t_min: float = 0.0
     t_max: float = 0.0
+    in_window: float = 1.0  # t_min − start = B_(n−1), the window of the layer read
+    window: float = 0.0  # B_n = t_max − t_min (0 for the readout)
     # neuron parameters (MATH §2 / §7), set after calibration
     J: Tensor | None = None
     theta: Tensor | None = None
@@ -183,13 +185,13 @@ class SpikingNetwork:
     def _run_exact(self, x: Tensor) -> SimResult:
         p, q = self.input_range
         t0, clipped = encode_input(x, p, q)
-        times = [t0]
+        offsets = [t0]  # spike times relative to each layer's window start (the input window starts at 0)
         results = []
         for layer in self.layers:
-            t, stats = hidden_layer_exact(layer, times[layer.source + 1], self.alpha, self.neuron, self.rescale)
-            times.append(t)
-            results.append(LayerResult(layer.name, layer.op, t, layer.t_min, layer.t_max, **stats))
-        logits = readout_potential(self.output, times[self.output.source + 1])
+            off, stats = hidden_layer_exact(layer, offsets[layer.source + 1], self.alpha, self.neuron, self.rescale)
+            offsets.append(off)
+            results.append(LayerResult(layer.name, layer.op, off, layer.t_min, layer.t_max, layer.window, **stats))
+        logits = readout_potential(self.output, offsets[self.output.source + 1])
         return SimResult(self._readout(logits), results, t0, int(clipped.sum()), self.output.t_min)
 
     def __repr__(self) -> str:
@@ -205,7 +207,7 @@ def _concat(parts: list[SimResult]) -> SimResult:
     for i, layer in enumerate(first.layers):
         group = [p.layers[i] for p in parts]
         layers.append(LayerResult(
-            layer.name, layer.op, torch.cat([g.spike_times for g in group]), layer.t_min, layer.t_max,
+            layer.name, layer.op, torch.cat([g.offsets for g in group]), layer.t_min, layer.t_max, layer.window,
             sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
             sum(g.forced for g in group), sum(g.spikes for g in group),
         ))
@@ -213,28 +215,32 @@ def _concat(parts: list[SimResult]) -> SimResult:
                      sum(p.input_clipped for p in parts), first.decision_time, first.dt)
 
 
-def arrivals(layer: Layer, t_src: Tensor) -> tuple[Tensor, int]:
-    """Input spike times as this layer's neurons see them: routed (max pooling = earliest spike), and an
-    input that arrives before the neurons start is taken as arriving at the start (MATH §6)."""
-    t = layer.route_times(t_src)
-    early = int((t < layer.start).sum())
-    return t.clamp(min=layer.start), early
+def arrivals(layer: Layer, src_offsets: Tensor) -> tuple[Tensor, int]:
+    """How long each input has been driving the neurons at the end of their input window, t_min − t_j.
+
+    Inputs are routed (max pooling = earliest spike); an input that arrived before the neurons started (its
+    layer fired early) is taken as arriving at the start (MATH §6); a missing spike (B1) drives nothing.
+    Returns the elapsed times in [0, B_(n−1)] and the count of early arrivals. Shape: source -> in_shape.
+    """
+    t = layer.route_times(src_offsets)
+    early = int((t < 0).sum())
+    return (layer.in_window - t.clamp(min=0)).clamp(min=0), early
 
 
-def hidden_layer_exact(layer: Layer, t_src: Tensor, alpha: float, neuron: str, rescale: str):
+def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: str, rescale: str):
     """Spike times of one hidden layer from the spike times of its source (MATH §2, §6, §7).
 
     Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
     times; after that the potential is linear, so the crossing has a closed form. Neurons that may have crossed
     earlier (V(t_min) > θ, or the cheap bound fails when the rescaling does not make it exact) are searched
-    exactly over their input segments. Shape: t_src (B, *source shape) -> (B, *layer.shape).
+    exactly over their input segments. Times are offsets from window starts (source's for the input, this
+    layer's t_min for the output). Shape: src_offsets (B, *source shape) -> (B, *layer.shape).
     """
-    t_in, early_arrivals = arrivals(layer, t_src)
-    elapsed = (layer.t_min - t_in).clamp(min=0)  # time each input has been driving the neuron at t_min
+    elapsed, early_arrivals = arrivals(layer, src_offsets)
     b1 = neuron == "b1"
-    base = 0.0 if b1 else alpha * (layer.t_min - layer.start)
+    base = 0.0 if b1 else alpha * layer.in_window
     v_end = base + layer.weighted_sum(elapsed, layer.J)
-    t = crossing_after_inputs(v_end, layer.theta, layer.slope, layer.t_min)
+    off = crossing_after_inputs(v_end, layer.theta, layer.slope, 0.0)
     if b1 or rescale != "positive":  # certify with the bound V(t) ≤ base + Σ_{J>0} J·elapsed
         bound = base + layer.weighted_sum(elapsed, layer.extra["J_pos"])
         flagged = bound > layer.theta
@@ -242,34 +248,35 @@ def hidden_layer_exact(layer: Layer, t_src: Tensor, alpha: float, neuron: str, r
         flagged = v_end > layer.theta
     if bool(flagged.any()):
         idx = flagged.nonzero(as_tuple=True)
-        t = t.clone()
-        t[idx] = _search(layer, t_in, idx, 0.0 if b1 else alpha)
-    early = int((t < layer.t_min).sum())
-    forced_mask = t >= layer.t_max
+        off = off.clone()
+        off[idx] = _search(layer, layer.in_window - elapsed, idx, 0.0 if b1 else alpha) - layer.in_window
+    early = int((off < 0).sum())
+    forced_mask = off >= layer.window
     forced = int(forced_mask.sum())
     if b1:  # a neuron that would fire at or after t_max does not fire at all (MATH §7)
-        t = torch.where(forced_mask, torch.full_like(t, torch.inf), t)
-        spikes = t.numel() - forced
+        off = torch.where(forced_mask, torch.full_like(off, torch.inf), off)
+        spikes = off.numel() - forced
         forced = 0
     else:
-        t = t.clamp(max=layer.t_max)
-        spikes = t.numel()
+        off = off.clamp(max=layer.window)
+        spikes = off.numel()
     stats = {"early_spikes": early, "early_arrivals": early_arrivals, "forced": forced, "spikes": spikes}
-    return t, stats
+    return off, stats
 
 
 def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -> Tensor:
-    """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape))."""
+    """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape)), in time relative to the
+    neurons' start; `t_in` are the input arrival times on that clock, in [0, B_(n−1)]."""
     theta = layer.theta.expand(layer.shape)
     slope = layer.slope.expand(layer.shape)
     neuron_idx = idx[1:]
     th = theta[neuron_idx]
     sl = slope[neuron_idx]
-    t_in = t_in.clamp(max=layer.t_min)  # a silent input (B1) never drives the neuron before t_min
+    end = layer.in_window
     if layer.conv is not None:
         c = layer.conv
         (ph, pw), (sh, sw), (dh, dw), groups = c["padding"], c["stride"], c["dilation"], c["groups"]
-        padded = F.pad(t_in, (pw, pw, ph, ph), value=layer.t_min)  # zero padding = x = 0, fires at t_min
+        padded = F.pad(t_in, (pw, pw, ph, ph), value=end)  # zero padding = x = 0, fires at t_min
         out_ch, cin_g, kh, kw = layer.J.shape
         b, o, y, xx = idx
         g = o // (out_ch // groups)
@@ -285,29 +292,23 @@ def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -
         fan_in = cin_g * kh * kw
     else:
         flat_in = t_in.flatten(1)
-        b = idx[0]
-        flat_o = torch.zeros_like(b)
-        stride = 1
-        for dim in reversed(range(1, len(idx))):
-            flat_o = flat_o + idx[dim] * stride
-            stride *= layer.shape[dim - 1]
+        b, o = idx
 
         def gather(lo: int, hi: int):
             s = slice(lo, hi)
-            return flat_in[b[s]], layer.J[flat_o[s]], th[s], sl[s]
+            return flat_in[b[s]], layer.J[o[s]], th[s], sl[s]
 
         fan_in = flat_in.shape[1]
 
     def solve(times, weights, theta_, slope_):
-        return first_crossing(times, weights, theta_, alpha, layer.start, layer.t_min, slope_)
+        return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
 
     return search_in_chunks(gather, len(b), fan_in, solve).to(t_in.dtype)
 
 
-def readout_potential(layer: Layer, t_src: Tensor) -> Tensor:
+def readout_potential(layer: Layer, src_offsets: Tensor) -> Tensor:
     """Membrane potential of the readout neurons at t_min^(L) (MATH §3): J = W and a bias current
     b_i / (t_min^(L) − t_min^(L−1)), so V_i(t_min^(L)) = b_i + Σ_j W_ij x_j. Shape: (B, *source) -> (B, *shape)."""
-    t_in, _ = arrivals(layer, t_src)
-    elapsed = (layer.t_min - t_in).clamp(min=0)
-    bias_current = layer.bias / (layer.t_min - layer.start)
-    return layer.weighted_sum(elapsed, layer.weight) + bias_current * (layer.t_min - layer.start)
+    elapsed, _ = arrivals(layer, src_offsets)
+    bias_current = layer.bias / layer.in_window
+    return layer.weighted_sum(elapsed, layer.weight) + bias_current * layer.in_window

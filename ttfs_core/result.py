@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .mapping import decode
@@ -13,8 +14,10 @@ from .mapping import decode
 class LayerResult:
     """Spikes of one hidden (spiking) layer for a batch.
 
-    `spike_times` is shaped like the ANN activation (batch first), in units of τ_c; +inf marks a neuron that
-    did not spike (B1 model only). `early_spikes` counts neurons that fired before t_min (their input window
+    `offsets` are the spike times relative to the layer's window start, t − t_min, shaped like the ANN
+    activation (batch first), in units of τ_c; +inf marks a neuron that did not spike (B1 model only). Deep
+    layers can have windows far shorter than t_min, so the offsets, not the absolute `spike_times`, keep full
+    precision. `early_spikes` counts neurons that fired before t_min (their input window
     had not closed: the spike is wrong, MATH §2); `early_arrivals` counts input spikes that arrived before
     this layer's neurons started integrating (the layer below fired early); `forced` counts spikes forced at
     t_max (activation 0).
@@ -22,23 +25,31 @@ class LayerResult:
 
     name: str
     op: str
-    spike_times: Tensor
+    offsets: Tensor
     t_min: float
     t_max: float
+    window: float
     early_spikes: int
     early_arrivals: int
     forced: int
     spikes: int
 
     @property
+    def spike_times(self) -> Tensor:
+        """Absolute spike times t = t_min + offset (rounded to the dtype; +inf: no spike)."""
+        t = self.t_min + self.offsets
+        inside = self.offsets >= 0
+        return torch.where(inside & torch.isfinite(t), t.clamp(self.t_min, self.t_max), t)
+
+    @property
     def activations(self) -> Tensor:
         """Decoded activation t_max − t (MATH §1), in the converted (rescaled) network's units."""
-        return decode(self.spike_times, self.t_max)
+        return decode(self.offsets, self.window)
 
     @property
     def neurons(self) -> int:
         """Neurons in this layer for the whole batch."""
-        return self.spike_times.numel()
+        return self.offsets.numel()
 
     @property
     def spikes_per_neuron(self) -> float:
@@ -54,7 +65,7 @@ class SimResult:
 
     logits: Tensor
     layers: list[LayerResult]
-    input_times: Tensor
+    input_times: Tensor  # t^(0) = 1 − x̂ in the input window [0, 1]
     input_clipped: int
     decision_time: float
     dt: float | None = None  # None: exact event-driven simulation

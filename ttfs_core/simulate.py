@@ -65,8 +65,13 @@ def crossing_after_inputs(v_end: Tensor, theta: Tensor, slope: Tensor, t_end: fl
     t* = t_end + (θ − V(t_end)) / slope; inf where the slope is not positive and V(t_end) < θ.
     Shape: all broadcast together.
     """
-    t = t_end + (theta - v_end) / slope
-    return torch.where(slope > 0, t, torch.where(v_end >= theta, torch.full_like(t, t_end), torch.full_like(t, torch.inf)))
+    t = (theta - v_end).div_(slope)
+    if t_end:
+        t += t_end
+    if bool((slope > 0).all()):
+        return t
+    never = torch.where(v_end >= theta, torch.full_like(t, t_end), torch.full_like(t, torch.inf))
+    return torch.where(slope > 0, t, never)
 
 
 def first_crossing(
