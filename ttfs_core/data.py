@@ -1,0 +1,287 @@
+"""Input data: the bundled MNIST split, per-model preprocessing, and dataset specs.
+
+Torch, numpy and Pillow only. The bundled file ``assets/mnist.npz`` is built by
+``scripts/build_mnist.py`` (5,000 real MNIST digits: 4,000 train / 1,000 test, stratified).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+MNIST_PATH = ASSETS_DIR / "mnist.npz"
+SPLITS = ("train", "test")
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
+SUPPORTED_SPECS = (
+    "'mnist-test', 'mnist-train', a folder of images (class sub-folders or flat), or "
+    "'torchvision:NAME:/root[:train|:test]' with NAME in " + ", ".join(TORCHVISION_DATASETS)
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+ImageLike = Image.Image | np.ndarray | bytes | bytearray | str | Path
+
+
+@lru_cache(maxsize=1)
+def _mnist_arrays() -> dict[str, np.ndarray]:
+    if not MNIST_PATH.is_file():
+        raise FileNotFoundError(
+            f"bundled MNIST asset not found at {MNIST_PATH}; build it with 'python scripts/build_mnist.py'"
+        )
+    with np.load(MNIST_PATH, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_mnist_uint8(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled split as raw arrays (read-only views of a cached copy).
+
+    Shape: images (N, 28, 28) uint8, labels (N,) int64; N = 4000 (train) or 1000 (test).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown MNIST split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+    arrays = _mnist_arrays()
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_mnist(split: str) -> tuple[Tensor, Tensor]:
+    """The bundled MNIST split ("train" or "test") as pixels / 255.
+
+    Shape: images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64.
+    """
+    images, labels = load_mnist_uint8(split)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return x, torch.from_numpy(labels.copy())
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model expects its input: C×H×W, per-channel (x - mean) / std applied to pixels / 255.
+
+    ``resize``: whether images of another size are resized (bilinear) or rejected.
+    """
+
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    input_range: str = "pixels / 255, in [0, 1]"
+    resize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("mean", "std"):
+            v = tuple(float(a) for a in getattr(self, name))
+            if len(v) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(v)}")
+            object.__setattr__(self, name, v)
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one preprocessed image."""
+        return (self.channels, self.height, self.width)
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The smallest and largest value a preprocessed pixel can take."""
+        lo = [(0.0 - m) / s for m, s in zip(*self._stats())]
+        hi = [(1.0 - m) / s for m, s in zip(*self._stats())]
+        return (min(lo), max(hi))
+
+    def _stats(self) -> tuple[list[float], list[float]]:
+        c = self.channels
+        mean = list(self.mean) * (c if len(self.mean) == 1 else 1)
+        std = list(self.std) * (c if len(self.std) == 1 else 1)
+        return mean, std
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Apply (x - mean) / std per channel to pixels already scaled to [0, 1].
+
+        Shape: (N, C, H, W) or (C, H, W) in, same out (float32).
+        """
+        mean, std = self._stats()
+        view = (-1, 1, 1)
+        m = torch.tensor(mean, dtype=torch.float32).view(view)
+        s = torch.tensor(std, dtype=torch.float32).view(view)
+        return (x.float() - m) / s
+
+    def image(self, image: ImageLike, *, resize: bool | None = None) -> Image.Image:
+        """Open / convert ``image`` to a PIL image of the right mode and size (before scaling)."""
+        img = _to_pil(image)
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        if img.size != (self.width, self.height):
+            if not (self.resize if resize is None else resize):
+                raise ValueError(
+                    f"image is {img.width}×{img.height} but the model expects {self.width}×{self.height} "
+                    "(resizing is disabled)"
+                )
+            img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+        return img
+
+    def to_tensor(self, image: ImageLike, *, resize: bool | None = None) -> Tensor:
+        """One image (PIL, uint8 array H×W[×C], encoded bytes or a file path) as model input.
+
+        Grayscale / RGB conversion, resize (if allowed), scaling to [0, 1], normalisation.
+        Shape: out (C, H, W) float32.
+        """
+        arr = np.asarray(self.image(image, resize=resize), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr)
+        x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+        return self.normalize(x.contiguous())
+
+    def batch_from_uint8(self, images: np.ndarray) -> Tensor:
+        """A stack of uint8 images as model input; fast path when no conversion is needed.
+
+        Shape: (N, H, W) or (N, H, W, C) uint8 in, (N, C, H', W') float32 out.
+        """
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"expected uint8 images (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}")
+        c = 1 if images.ndim == 3 else images.shape[3]
+        if images.shape[1:3] == (self.height, self.width) and c in (1, self.channels):
+            x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255.0)
+            x = x.unsqueeze(1) if images.ndim == 3 else x.permute(0, 3, 1, 2)
+            x = x.expand(-1, self.channels, -1, -1).contiguous()
+            return self.normalize(x)
+        if len(images) == 0:
+            return torch.empty((0, *self.shape))
+        return torch.stack([self.to_tensor(im, resize=True) for im in images])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (see :meth:`from_dict`)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+MNIST_PREPROCESS = Preprocess()
+
+
+def _to_pil(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (bytes, bytearray, str, Path)):
+        src = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray)) else image
+        try:
+            with Image.open(src) as img:
+                img.load()
+                return img
+        except UnidentifiedImageError:
+            raise ValueError("not an image: the data could not be decoded (PNG, JPEG, BMP, ... expected)") from None
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {image}") from None
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"image arrays must be uint8 (0..255), got {image.dtype}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
+            return Image.fromarray(np.ascontiguousarray(image))
+        raise ValueError(f"image arrays must be H×W, H×W×1, H×W×3 or H×W×4, got shape {image.shape}")
+    raise ValueError(f"not an image: got {type(image).__name__} (PIL image, uint8 array or bytes expected)")
+
+
+def load_dataset(
+    spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """Images (preprocessed for the model) and labels (None when unlabelled) named by ``spec``.
+
+    ``spec``: ``mnist-test`` / ``mnist-train`` (bundled); a folder of images (class sub-folders as in
+    torchvision's ImageFolder, integer folder names taken as the label, or a flat folder: no labels);
+    or ``torchvision:NAME:/root`` (test split, add ``:train`` for the training split) with NAME one of
+    MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never downloaded). ``limit``: keep the
+    first ``limit`` items.
+    Shape: images (N, C, H, W) float32, labels (N,) int64.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    spec = spec.strip()
+    if spec in ("mnist-test", "mnist-train"):
+        images, labels = load_mnist_uint8(spec.removeprefix("mnist-"))
+        images, labels = images[:limit], labels[:limit]
+        return preprocess.batch_from_uint8(images), torch.from_numpy(labels.copy())
+    if spec.startswith("torchvision:"):
+        return _load_torchvision(spec, preprocess, limit)
+    path = Path(spec).expanduser()
+    if spec and path.is_dir():
+        return _load_folder(path, preprocess, limit)
+    if spec and path.exists():
+        raise ValueError(f"dataset {spec!r} is a file, not a folder; supported: {SUPPORTED_SPECS}")
+    raise ValueError(f"unknown dataset {spec!r} (no such folder); supported: {SUPPORTED_SPECS}")
+
+
+def _load_folder(root: Path, preprocess: Preprocess, limit: int | None) -> tuple[Tensor, Tensor | None]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        from torchvision.datasets import ImageFolder
+
+        try:
+            ds = ImageFolder(str(root), loader=str)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise ValueError(f"image folder {root}: {' '.join(str(e).split())}") from None
+        samples = ds.samples[:limit]
+        names = ds.classes
+        as_int = all(n.isdigit() for n in names)
+        labels = [int(names[c]) if as_int else c for _, c in samples]
+        images = [_read(Path(p), preprocess) for p, _ in samples]
+        y: Tensor | None = torch.tensor(labels, dtype=torch.int64)
+    else:
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        images = [_read(p, preprocess) for p in files[:limit]]
+        y = None
+    x = torch.stack(images) if images else torch.empty((0, *preprocess.shape))
+    return x, y
+
+
+def _read(path: Path, preprocess: Preprocess) -> Tensor:
+    try:
+        return preprocess.to_tensor(path, resize=True)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _load_torchvision(spec: str, preprocess: Preprocess, limit: int | None) -> tuple[Tensor, Tensor]:
+    parts = spec.split(":", 2)
+    if len(parts) < 3 or not parts[2]:
+        raise ValueError(f"dataset spec {spec!r} needs a root folder: 'torchvision:NAME:/root'")
+    name, root = parts[1], parts[2]
+    train = False
+    for suffix, flag in ((":train", True), (":test", False)):
+        if root.endswith(suffix):
+            root, train = root[: -len(suffix)], flag
+    if name not in TORCHVISION_DATASETS:
+        raise ValueError(f"unknown torchvision dataset {name!r}; supported: {', '.join(TORCHVISION_DATASETS)}")
+    import torchvision.datasets as tvd
+
+    try:
+        ds = getattr(tvd, name)(root, train=train, download=False)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        raise FileNotFoundError(
+            f"torchvision {name} ({'train' if train else 'test'}) not found under {root!r} "
+            f"(download=False; put the dataset there first): {' '.join(str(e).split())}"
+        ) from None
+    data = ds.data[:limit]
+    data = data.numpy() if isinstance(data, Tensor) else np.asarray(data)
+    targets = ds.targets[:limit]
+    labels = targets.clone().long() if isinstance(targets, Tensor) else torch.tensor(targets, dtype=torch.int64)
+    return preprocess.batch_from_uint8(data), labels

@@ -1,0 +1,154 @@
+"""The bundled model zoo: reference architectures (plain ``nn.Sequential``) and trained weights.
+
+Weights live in ``assets/zoo/<name>.safetensors`` (float32; safetensors only, never pickle) next to
+a model card ``assets/zoo/<name>.json``; both are written by ``scripts/train_zoo.py``.
+All bundled models take MNIST pixels / 255 in [0, 1], shaped (N, 1, 28, 28).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .data import Preprocess
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "zoo"
+DEFAULT_MODEL = "lenet5"
+"""The bundled CNN the app opens with (the most accurate CNN on the bundled test split)."""
+
+
+def mlp() -> nn.Sequential:
+    """Fully connected 784-400-400-10 with ReLU. Shape: (N, 1, 28, 28) -> (N, 10)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 400), nn.ReLU(),
+        nn.Linear(400, 400), nn.ReLU(),
+        nn.Linear(400, 10),
+    )  # fmt: skip
+
+
+def lenet5() -> nn.Sequential:
+    """LeNet-5 for 28×28 inputs, BatchNorm *before* ReLU, max pooling. Shape: (N, 1, 28, 28) -> (N, 10)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),   # 6×14×14
+        nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),            # 16×5×5
+        nn.Conv2d(16, 120, 5), nn.BatchNorm2d(120), nn.ReLU(),                          # 120×1×1
+        nn.Flatten(),
+        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.ReLU(),
+        nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+VGG_MNIST_LAYOUT: tuple[int | str, ...] = (8, 8, 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M")
+VGG_MNIST_FC = (64, 64)
+
+
+def vgg_mnist() -> nn.Sequential:
+    """Narrowed "VGG-like, 16 layers" for MNIST: 13 zero-padded 3×3 convs + 3 fc, BatchNorm *after* ReLU.
+
+    Pools (2×2, floor) take 28 -> 14 -> 7 -> 3 -> 1. Shape: (N, 1, 28, 28) -> (N, 10).
+    """
+    layers: list[nn.Module] = []
+    c_in = 1
+    for v in VGG_MNIST_LAYOUT:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c_in, int(v), 3, padding=1), nn.ReLU(), nn.BatchNorm2d(int(v))]
+            c_in = int(v)
+    layers.append(nn.Flatten())
+    for width in VGG_MNIST_FC:
+        layers += [nn.Linear(c_in, width), nn.ReLU(), nn.BatchNorm1d(width), nn.Dropout(0.3)]
+        c_in = width
+    layers.append(nn.Linear(c_in, 10))
+    return nn.Sequential(*layers)
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "lenet5": lenet5, "vgg_mnist": vgg_mnist}
+TITLES = {
+    "mlp": "MLP 784-400-400-10",
+    "lenet5": "LeNet-5 (BN before ReLU)",
+    "vgg_mnist": "VGG-like, 16 layers, narrowed (BN after ReLU)",
+}
+
+
+def build(name: str) -> nn.Module:
+    """A freshly initialised (untrained) model of architecture ``name``."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a bundled model is, how it was trained and how well it does (``assets/zoo/<name>.json``).
+
+    ``test_accuracy`` is a fraction in [0, 1] on the bundled MNIST test split (1,000 digits).
+    """
+
+    name: str
+    title: str
+    architecture: str
+    preprocess: Preprocess
+    input_range: tuple[float, float]
+    training: str
+    test_accuracy: float
+    num_parameters: int
+    file_size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["input_range"] = list(self.input_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        """Inverse of :meth:`to_dict`."""
+        lo, hi = d["input_range"]
+        return cls(**{**d, "preprocess": Preprocess.from_dict(d["preprocess"]), "input_range": (float(lo), float(hi))})
+
+    @classmethod
+    def read(cls, path: Path) -> ModelCard:
+        """Read a card from its JSON file."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def write(self, path: Path) -> None:
+        """Write the card as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def card_path(name: str) -> Path:
+    """Where the card of bundled model ``name`` lives."""
+    return ZOO_DIR / f"{name}.json"
+
+
+def weights_path(name: str) -> Path:
+    """Where the weights of bundled model ``name`` live."""
+    return ZOO_DIR / f"{name}.safetensors"
+
+
+def list_models() -> list[ModelCard]:
+    """Cards of the bundled models that have trained weights, in registry order."""
+    return [ModelCard.read(card_path(n)) for n in ARCHITECTURES if card_path(n).is_file() and weights_path(n).is_file()]
+
+
+def load(name: str) -> tuple[nn.Module, ModelCard]:
+    """Bundled model ``name`` with its trained weights, in eval mode, and its card."""
+    model = build(name)
+    card, weights = card_path(name), weights_path(name)
+    for p in (card, weights):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"bundled model {name!r} is missing {p}; train it with 'python scripts/train_zoo.py'"
+            )
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.eval(), ModelCard.read(card)
