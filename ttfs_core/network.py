@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,9 @@ from .errors import InputError
 from .mapping import encode_input
 from .result import LayerResult, SimResult
 from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks
+from .stepped import hidden_layer_loop, on_ticks, quantise_input, ticks_per_window
 
+Perturb = Callable[[int, Tensor, float], Tensor]
 BATCH_ELEMENTS = 1 << 25  # neurons of the largest layer × batch simulated at once (bounds memory)
 
 
@@ -176,27 +179,99 @@ class SpikingNetwork:
         return v
 
     @torch.no_grad()
-    def run(self, x: Tensor) -> SimResult:
-        """Exact event-driven simulation (MATH §6). Shape: x (B, *input_shape) raw input values."""
+    def run(self, x: Tensor, *, perturb: Perturb | None = None) -> SimResult:
+        """Exact event-driven simulation (MATH §6). Shape: x (B, *input_shape) raw input values.
+
+        `perturb(layer_index, offsets, window)` may alter every layer's spike times (offsets from the window
+        start; layer −1 is the input layer) before the next layer reads them: quantisation, jitter.
+        """
         x = self._check_input(x)
-        parts = [self._run_exact(chunk) for chunk in self._chunks(x)]
+
+        def hidden(layer: Layer, n: int, src: Tensor):
+            return hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
+
+        parts = [self._simulate(chunk, hidden, None, perturb) for chunk in self._chunks(x)]
         return _concat(parts)
 
-    def _run_exact(self, x: Tensor) -> SimResult:
+    @torch.no_grad()
+    def run_stepped(self, x: Tensor, dt: float | None = None, *, steps: int | None = None,
+                    method: str = "fast") -> SimResult:
+        """Time-stepped (clock-driven) simulation (MATH §6; see `ttfs_core.stepped`).
+
+        `dt`: the longest tick (units of τ_c): every window gets ceil(B/dt) equal ticks. `steps`: ticks per
+        window instead. `method`: "fast" (the discrete dynamics solved per neuron) or "loop" (the literal
+        tick-by-tick loop); both give the same spikes. Shape: x (B, *input_shape).
+        """
+        if (dt is None) == (steps is None):
+            raise ValueError("give exactly one of dt (tick length, > 0) or steps (ticks per window, ≥ 1)")
+        if (dt is not None and not dt > 0) or (steps is not None and int(steps) < 1):
+            raise ValueError(f"dt must be > 0 and steps ≥ 1, got dt={dt}, steps={steps}")
+        if method not in ("fast", "loop"):
+            raise ValueError(f"unknown method {method!r}; use 'fast' or 'loop'")
+        x = self._check_input(x)
+        ticks = [ticks_per_window(1.0, dt, steps)] + [ticks_per_window(la.window, dt, steps) for la in self.layers]
+        b1 = self.neuron == "b1"
+
+        def hidden(layer: Layer, n: int, src: Tensor):
+            in_ticks, own = ticks[layer.source + 1], ticks[n + 1]
+            if method == "loop":
+                return hidden_layer_loop(layer, src, in_ticks, own, self.alpha, self.neuron)
+            off, stats = hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
+            off = on_ticks(off, layer.window, own, layer.in_window, in_ticks)
+            return _tick_stats(off, layer, b1, stats["early_arrivals"])
+
+        def encode(t0: Tensor) -> Tensor:
+            return quantise_input(t0, ticks[0])
+
+        parts = [self._simulate(chunk, hidden, encode, None) for chunk in self._chunks(x)]
+        res = _concat(parts)
+        return SimResult(res.logits, res.layers, res.input_times, res.input_clipped, res.decision_time, dt,
+                         tuple(ticks))
+
+    def trace(self, x: Tensor, layer: str | int, index: int | tuple[int, ...], *, result: SimResult | None = None,
+              dt: float | None = None, steps: int | None = None):
+        """Exact membrane trace of one neuron, and its clock-driven trace for dt or steps (`ttfs_core.trace`)."""
+        from .trace import neuron_trace  # trace builds on this module
+
+        return neuron_trace(self, x, layer, index, result=result, dt=dt, steps=steps)
+
+    def membrane(self, x: Tensor, layer: str | int, index: int | tuple[int, ...], times,
+                 result: SimResult | None = None) -> Tensor:
+        """Exact V(t) of one neuron at absolute times (MATH §2). Shape: times (T,) -> (T,)."""
+        from .trace import membrane
+
+        return membrane(self, x, layer, index, times, result)
+
+    def _simulate(self, x: Tensor, hidden, encode, perturb: Perturb | None) -> SimResult:
         p, q = self.input_range
         t0, clipped = encode_input(x, p, q)
+        if encode is not None:
+            t0 = encode(t0)
+        if perturb is not None:
+            t0 = perturb(-1, t0, 1.0)
         offsets = [t0]  # spike times relative to each layer's window start (the input window starts at 0)
         results = []
-        for layer in self.layers:
-            off, stats = hidden_layer_exact(layer, offsets[layer.source + 1], self.alpha, self.neuron, self.rescale)
-            offsets.append(off)
+        for n, layer in enumerate(self.layers):
+            off, stats = hidden(layer, n, offsets[layer.source + 1])
             results.append(LayerResult(layer.name, layer.op, off, layer.t_min, layer.t_max, layer.window, **stats))
+            offsets.append(off if perturb is None else perturb(n, off, layer.window))
         logits = readout_potential(self.output, offsets[self.output.source + 1])
         return SimResult(self._readout(logits), results, t0, int(clipped.sum()), self.output.t_min)
 
     def __repr__(self) -> str:
         return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
                 f"latency={self.decision_latency:.4g}, dtype={self.dtype})")
+
+
+def _tick_stats(off: Tensor, layer: Layer, b1: bool, early_arrivals: int):
+    """Spike statistics of a layer whose spikes sit on ticks."""
+    late = off >= layer.window
+    if b1:  # reaching threshold only at t_max: no spike (MATH §7)
+        off = torch.where(late, torch.full_like(off, torch.inf), off)
+    silent = ~torch.isfinite(off)
+    stats = {"early_spikes": int((off < 0).sum()), "early_arrivals": early_arrivals,
+             "forced": 0 if b1 else int(late.sum()), "spikes": off.numel() - int(silent.sum())}
+    return off, stats
 
 
 def _concat(parts: list[SimResult]) -> SimResult:
@@ -312,3 +387,4 @@ def readout_potential(layer: Layer, src_offsets: Tensor) -> Tensor:
     elapsed, _ = arrivals(layer, src_offsets)
     bias_current = layer.bias / layer.in_window
     return layer.weighted_sum(elapsed, layer.weight) + bias_current * layer.in_window
+

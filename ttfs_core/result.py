@@ -68,7 +68,8 @@ class SimResult:
     input_times: Tensor  # t^(0) = 1 − x̂ in the input window [0, 1]
     input_clipped: int
     decision_time: float
-    dt: float | None = None  # None: exact event-driven simulation
+    dt: float | None = None  # the requested tick length of a stepped simulation
+    ticks: tuple[int, ...] | None = None  # stepped: ticks per window (input window first); None: exact
 
     @property
     def early_spikes(self) -> int:
