@@ -11,10 +11,12 @@ from .compare import LayerComparison, compare, record_activations
 from .convert import convert
 from .errors import ConversionError, InputError
 from .network import Layer, SpikingNetwork
+from .persist import NetworkFileError
+from .persist import load_network as load
 from .result import LayerResult, SimResult
 
 __all__ = [
-    "ConversionError", "InputError", "Layer", "LayerComparison", "LayerResult", "SimResult", "SpikingNetwork",
-    "compare", "convert", "record_activations",
+    "ConversionError", "InputError", "Layer", "LayerComparison", "LayerResult", "NetworkFileError", "SimResult",
+    "SpikingNetwork", "compare", "convert", "load", "record_activations",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ConversionError
@@ -372,3 +373,57 @@ class Capture:
         if isinstance(value, torch.Tensor):
             return value.detach()
         return value
+
+
+# --- what each op computes on activations (folded glue, readout post-processing) ---------------------
+def _op_fn(op: Op):
+    p = op.params
+    if op.kind == "affine":
+        def fn(x, k=p["scale"], s=p["shift"]):
+            shape = (1, -1, *([1] * (x.dim() - 2)))
+            return x * k.to(x.dtype).reshape(shape) + s.to(x.dtype).reshape(shape)
+    elif op.kind == "reshape":
+        def fn(x, shape=op.out_shape):
+            return x.reshape(x.shape[0], *shape)
+    elif op.kind == "avgpool":
+        def fn(x):
+            return F.avg_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"], p["count_include_pad"],
+                                p["divisor_override"])
+    elif op.kind == "adaptive_avgpool":
+        def fn(x, size=op.out_shape[1:]):
+            return adaptive_avg_pool(x, size)
+    elif op.kind == "maxpool":
+        def fn(x):
+            return F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
+    elif op.kind == "linear":
+        def fn(x):
+            return F.linear(x, p["weight"].to(x.dtype), p["bias"].to(x.dtype))
+    elif op.kind == "conv":
+        def fn(x):
+            return F.conv2d(x, p["weight"].to(x.dtype), p["bias"].to(x.dtype), p["stride"], p["padding"],
+                            p["dilation"], p["groups"])
+    else:
+        def fn(x):
+            return x
+    return fn
+
+
+def _pool_matrix(n_in: int, n_out: int, dtype) -> Tensor:
+    """Adaptive average pooling along one axis as an (n_out, n_in) matrix (PyTorch's floor/ceil windows)."""
+    m = torch.zeros(n_out, n_in, dtype=dtype)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.adaptive_avg_pool2d as two small matrix products (fast forward and backward when upsampling)."""
+    ph = _pool_matrix(x.shape[-2], size[0], x.dtype)
+    pw = _pool_matrix(x.shape[-1], size[1], x.dtype)
+    return torch.einsum("oh,bchw,pw->bcop", ph, x, pw)
+
+
+def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
+    """Apply a captured op to activations. Shape: (B, *op.in_shape) -> (B, *op.out_shape)."""
+    return _op_fn(op)(x)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .capture import apply_op
 from .errors import InputError
 from .mapping import encode_input
 from .result import LayerResult, SimResult
@@ -60,7 +61,7 @@ class Layer:
     probe: Probe
     scale: Tensor
     is_output: bool = False
-    readout: tuple[Any, ...] = ()  # output only: ops applied to the readout potentials (pooling, flatten...)
+    readout: tuple[Any, ...] = ()  # output only: captured ops applied to the readout potentials (pooling...)
     # set by calibration
     max_activation: float = 0.0
     start: float = 0.0  # t_min^(n−1): the neuron starts integrating
@@ -174,8 +175,8 @@ class SpikingNetwork:
         return acts[1:], self._readout(logits)
 
     def _readout(self, v: Tensor) -> Tensor:
-        for fn in self.output.readout:
-            v = fn(v)
+        for op in self.output.readout:
+            v = apply_op(op, v)
         return v
 
     @torch.no_grad()
@@ -227,6 +228,12 @@ class SpikingNetwork:
         res = _concat(parts)
         return SimResult(res.logits, res.layers, res.input_times, res.input_clipped, res.decision_time, dt,
                          tuple(ticks))
+
+    def save(self, path) -> None:
+        """Write this network to a safetensors file (no code, no pickle); `ttfs_core.load` reads it back."""
+        from .persist import save_network  # persist builds on this module
+
+        save_network(self, path)
 
     def trace(self, x: Tensor, layer: str | int, index: int | tuple[int, ...], *, result: SimResult | None = None,
               dt: float | None = None, steps: int | None = None):
