@@ -263,7 +263,8 @@ class SpikingNetwork:
             results.append(LayerResult(layer.name, layer.op, off, layer.t_min, layer.t_max, layer.window, **stats))
             offsets.append(off if perturb is None else perturb(n, off, layer.window))
         logits = readout_potential(self.output, offsets[self.output.source + 1])
-        return SimResult(self._readout(logits), results, t0, int(clipped.sum()), self.output.t_min)
+        clipped_count = int(torch.count_nonzero(clipped))
+        return SimResult(self._readout(logits), results, t0, clipped_count, self.output.t_min)
 
     def __repr__(self) -> str:
         return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
@@ -276,8 +277,9 @@ def _tick_stats(off: Tensor, layer: Layer, b1: bool, early_arrivals: int):
     if b1:  # reaching threshold only at t_max: no spike (MATH §7)
         off = torch.where(late, torch.full_like(off, torch.inf), off)
     silent = ~torch.isfinite(off)
-    stats = {"early_spikes": int((off < 0).sum()), "early_arrivals": early_arrivals,
-             "forced": 0 if b1 else int(late.sum()), "spikes": off.numel() - int(silent.sum())}
+    stats = {"early_spikes": int(torch.count_nonzero(off < 0)), "early_arrivals": early_arrivals,
+             "forced": 0 if b1 else int(torch.count_nonzero(late)),
+             "spikes": off.numel() - int(torch.count_nonzero(silent))}
     return off, stats
 
 
@@ -305,7 +307,7 @@ def arrivals(layer: Layer, src_offsets: Tensor) -> tuple[Tensor, int]:
     Returns the elapsed times in [0, B_(n−1)] and the count of early arrivals. Shape: source -> in_shape.
     """
     t = layer.route_times(src_offsets)
-    early = int((t < 0).sum())
+    early = int(torch.count_nonzero(t < 0))
     return (layer.in_window - t.clamp(min=0)).clamp(min=0), early
 
 
@@ -332,9 +334,9 @@ def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: 
         idx = flagged.nonzero(as_tuple=True)
         off = off.clone()
         off[idx] = _search(layer, layer.in_window - elapsed, idx, 0.0 if b1 else alpha) - layer.in_window
-    early = int((off < 0).sum())
+    early = int(torch.count_nonzero(off < 0))
     forced_mask = off >= layer.window
-    forced = int(forced_mask.sum())
+    forced = int(torch.count_nonzero(forced_mask))
     if b1:  # a neuron that would fire at or after t_max does not fire at all (MATH §7)
         off = torch.where(forced_mask, torch.full_like(off, torch.inf), off)
         spikes = off.numel() - forced

@@ -69,7 +69,7 @@ def hidden_layer_loop(layer: Layer, src_offsets: Tensor, in_ticks: int, ticks: i
     b1 = neuron == "b1"
     h_in, h = layer.in_window / in_ticks, layer.window / ticks
     t = layer.route_times(src_offsets)
-    early_arrivals = int((t < 0).sum())
+    early_arrivals = int(torch.count_nonzero(t < 0))
     arrival = tick_of(t.clamp(min=0), h_in, first=False).clamp(0, in_ticks).to(torch.long)
     batch = src_offsets.shape[0]
     scatter = _Scatter(layer, batch)
@@ -95,13 +95,13 @@ def hidden_layer_loop(layer: Layer, src_offsets: Tensor, in_ticks: int, ticks: i
     rel = (fired - in_ticks).to(src_offsets.dtype)
     off = torch.where(fired < in_ticks, rel * h_in, rel * h)
     forced_mask = never | (fired >= in_ticks + ticks)
-    early = int(((fired >= 0) & (fired < in_ticks)).sum())
+    early = int(torch.count_nonzero((fired >= 0) & (fired < in_ticks)))
     if b1:
         off = torch.where(forced_mask, torch.full_like(off, torch.inf), off)
-        spikes, forced = off.numel() - int(forced_mask.sum()), 0
+        spikes, forced = off.numel() - int(torch.count_nonzero(forced_mask)), 0
     else:
         off = torch.where(forced_mask, torch.full_like(off, layer.window), off)
-        spikes, forced = off.numel(), int(forced_mask.sum())
+        spikes, forced = off.numel(), int(torch.count_nonzero(forced_mask))
     stats = {"early_spikes": early, "early_arrivals": early_arrivals, "forced": forced, "spikes": spikes}
     return off, stats
 

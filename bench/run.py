@@ -1,0 +1,156 @@
+"""Benchmarks: SNN simulation time against the ANN forward on the same batch, measured side by side.
+
+    python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
+    python bench/run.py core       # one section: core | stepped | convert | memory
+
+The machine is shared and noisy: every figure is a median over interleaved repeats, and the headline numbers are
+ratios of times taken in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import ttfs_core  # noqa: E402
+from ttfs_core import data, zoo  # noqa: E402
+from tests.nets import randomise_bn  # noqa: E402
+
+
+def vgg16(dtype=torch.float32):
+    torch.manual_seed(0)
+    return randomise_bn(torchvision.models.vgg16_bn(num_classes=10)).to(dtype).eval()
+
+
+def side_by_side(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, run interleaved (one of each per round) after one warm-up round."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+@torch.no_grad()
+def bench_core(repeats: int = 7) -> dict:
+    """Exact event-driven run vs ANN forward: VGG16-BN at 32×32 batch 64 float32, and the bundled CNNs."""
+    out = {}
+    model = vgg16()
+    calib = torch.randn(512, 3, 32, 32)
+    x = torch.randn(64, 3, 32, 32)
+    snn = ttfs_core.convert(model, calib)
+    t = side_by_side({"ann": lambda: model(x), "snn": lambda: snn.run(x)}, repeats)
+    out["vgg16_bn_32x32_b64_f32"] = {**t, "ratio": t["snn"] / t["ann"]}
+    images, _ = data.load_mnist("test")
+    train, _ = data.load_mnist("train")
+    for name in ("lenet5", "vgg_mnist", "mlp"):
+        m, _ = zoo.load(name)
+        s = ttfs_core.convert(m, train[:512])
+        xb = images[:256]
+        t = side_by_side({"ann": lambda m=m, xb=xb: m(xb), "snn": lambda s=s, xb=xb: s.run(xb)}, repeats)
+        out[f"{name}_b256_f32"] = {**t, "ratio": t["snn"] / t["ann"]}
+    return out
+
+
+def bench_convert(repeats: int = 3) -> dict:
+    """Conversion + calibration of VGG16-BN on 512 inputs of 32×32 (float32)."""
+    model = vgg16()
+    calib = torch.randn(512, 3, 32, 32)
+    with torch.no_grad():
+        t = side_by_side({"convert": lambda: ttfs_core.convert(model, calib), "ann_512": lambda: model(calib)}, repeats)
+    return {"vgg16_bn_512_inputs": {**t, "ratio_to_one_ann_pass": t["convert"] / t["ann_512"]}}
+
+
+def bench_memory() -> dict:
+    """Peak resident memory of `snn.run` on VGG16-BN, batch 64, in a fresh process."""
+    code = (
+        "import resource, torch, sys; sys.path.insert(0, %r); from bench.run import vgg16; import ttfs_core\n"
+        "m = vgg16(); snn = ttfs_core.convert(m, torch.randn(64, 3, 32, 32)); x = torch.randn(64, 3, 32, 32)\n"
+        "import gc; gc.collect(); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "snn.run(x); after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(before, after)"
+    ) % str(HERE.parent)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = (int(v) / 2**20 for v in res.stdout.split()[-2:])  # ru_maxrss is in KiB on Linux
+    return {"vgg16_bn_b64_run": {"peak_rss_gib": after, "peak_rss_before_run_gib": before,
+                                 "run_increase_gib": after - before}}
+
+
+@torch.no_grad()
+def bench_stepped(repeats: int = 3) -> dict:
+    """Clock-driven simulation vs ANN forward at 64, 256 and 1024 ticks per window."""
+    out = {}
+    images, _ = data.load_mnist("test")
+    train, _ = data.load_mnist("train")
+    cases = []
+    for name in ("lenet5", "vgg_mnist"):
+        m, _ = zoo.load(name)
+        cases.append((name, m, ttfs_core.convert(m, train[:512]), images[:256]))
+    model = vgg16()
+    cases.append(("vgg16_bn_32x32", model, ttfs_core.convert(model, torch.randn(512, 3, 32, 32)),
+                  torch.randn(64, 3, 32, 32)))
+    for name, m, s, xb in cases:
+        for steps in (64, 256, 1024):
+            t = side_by_side({"ann": lambda m=m, xb=xb: m(xb),
+                              "fast": lambda s=s, xb=xb, k=steps: s.run_stepped(xb, steps=k)}, repeats)
+            out[f"{name}_b{len(xb)}_steps{steps}_fast"] = {**t, "ratio": t["fast"] / t["ann"]}
+        # the literal tick loop on a small batch (its cost is ticks × neurons)
+        small = xb[:8]
+        for steps in (64, 256):
+            t = side_by_side({"ann": lambda m=m, xb=small: m(xb),
+                              "loop": lambda s=s, xb=small, k=steps: s.run_stepped(xb, steps=k, method="loop")}, 1)
+            out[f"{name}_b8_steps{steps}_loop"] = {**t, "ratio": t["loop"] / t["ann"]}
+    return out
+
+
+SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped}
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = ["# Benchmark results", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+             f"measured {results['date']}. Medians of interleaved repeats; ratios are SNN time / ANN time on the "
+             "same batch in the same run. Regenerate with `python bench/run.py`.", ""]
+    for section, rows in results["sections"].items():
+        lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
+                  "|---|" + "---|" * len(next(iter(rows.values())))]
+        for case, vals in rows.items():
+            cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals.values()]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(SECTIONS)
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
+    for name in names:
+        print(f"== {name}", flush=True)
+        results["sections"][name] = SECTIONS[name]()
+        for case, vals in results["sections"][name].items():
+            print(f"  {case}: " + ", ".join(f"{k}={v:.4g}" for k, v in vals.items()), flush=True)
+    results["date"] = time.strftime("%Y-%m-%d")
+    results["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    path.write_text(json.dumps(results, indent=1))
+    write_markdown(results, HERE / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
