@@ -1,0 +1,177 @@
+"""The ``ttfs`` command line: zoo listing, convert + save, verify (PASS / FAIL exit codes), one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ttfs_core
+from ttfs_core import zoo
+from ttfs_core.cli import main
+from ttfs_core.data import load_dataset, load_mnist_uint8
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ttfs") and "error:" in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def lenet_file(tmp_path_factory) -> Path:
+    """lenet5 converted by the command line on the first 64 training digits."""
+    path = tmp_path_factory.mktemp("cli") / "lenet5.snn.safetensors"
+    assert main(["convert", "lenet5", "--calib", "mnist-train", "--limit", "64", "-o", str(path)]) == 0
+    return path
+
+
+def test_zoo_lists_every_bundled_model(capsys):
+    code, out, _ = run(capsys, "zoo")
+    lines = out.strip().splitlines()
+    cards = zoo.list_models()
+    assert code == 0 and len(lines) == len(cards) >= 1
+    for line, card in zip(lines, cards):
+        assert line.split()[0] == card.name
+        assert f"{100 * card.test_accuracy:.2f}%" in line and f"{card.num_parameters:,} params" in line
+        assert " MB" in line
+
+
+def test_convert_writes_a_network_that_reproduces_convert(lenet_file, capsys):
+    model, card = zoo.load("lenet5")
+    calib, _ = load_dataset("mnist-train", card.preprocess, 64)
+    direct = ttfs_core.convert(model, calib, input_range=card.input_range)
+    back = ttfs_core.load(lenet_file)
+    assert back.summary() == direct.summary() and back.dtype == direct.dtype
+    x, _ = load_dataset("mnist-test", card.preprocess, 32)
+    a, b = direct.run(x), back.run(x)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(la.offsets, lb.offsets) for la, lb in zip(a.layers, b.layers))
+
+
+def test_convert_prints_the_summary(tmp_path, capsys):
+    code, out, _ = run(capsys, "convert", "mlp", "--limit", "32", "--float64", "--neuron", "b1",
+                       "-o", str(tmp_path / "mlp.safetensors"))
+    assert code == 0
+    assert "window (τ_c)" in out and "X_n" in out and "latency" in out and "readout" in out
+    assert "neuron b1" in out and "float64" in out and "mnist-train: 32 images" in out
+    snn = ttfs_core.load(tmp_path / "mlp.safetensors")
+    assert snn.dtype == torch.float64 and snn.neuron == "b1"
+    assert f"{snn.decision_latency:.6g}" in out
+
+
+def test_verify_passes_with_full_agreement(capsys):
+    code, out, err = run(capsys, "verify", "mlp", "--data", "mnist-test", "--limit", "200", "--batch-size", "64")
+    assert code == 0, out + err
+    lines = out.strip().splitlines()
+    assert lines[-1] == "PASS"
+    assert "100.00 % (200/200" in out and "accuracy" in out and "ANN" in out and "SNN" in out
+    assert "max abs err" in out and "early spikes" in out and "spikes/neuron" in out
+    # one updating progress line on stderr, batch by batch
+    assert err.count("\n") == 1 and "\r[" in err and "] 64/200" in err and err.rstrip().endswith("] 200/200")
+
+
+def test_verify_fails_on_early_spikes(capsys):
+    code, out, err = run(capsys, "verify", "mlp", "--limit", "50", "--margin", "-0.7", "-q")
+    assert code == 1 and err == ""
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("FAIL: ") and "early spikes" in last
+
+
+def test_verify_a_saved_network(lenet_file, capsys):
+    code, out, _ = run(capsys, "verify", "lenet5", "--snn", str(lenet_file), "--limit", "100", "-q")
+    assert code == 0 and out.strip().endswith("PASS") and str(lenet_file) in out
+    # a network converted from another model is refused before any work, in one line
+    assert_one_line_error(*run(capsys, "verify", "mlp", "--snn", str(lenet_file), "--limit", "10")[::2])
+    # conversion options make no sense with --snn
+    assert_one_line_error(*run(capsys, "verify", "lenet5", "--snn", str(lenet_file), "--margin", "1")[::2])
+
+
+def test_verify_a_model_file_and_an_image_folder(tmp_path, capsys):
+    model, _ = zoo.load("mlp")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    images, labels = load_mnist_uint8("test")
+    for i in range(20):
+        (tmp_path / "digits" / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(images[i])).save(tmp_path / "digits" / str(labels[i]) / f"{i}.png")
+    code, out, err = run(capsys, "verify", str(tmp_path / "weights.pt"), "--arch", "mlp",
+                         "--data", str(tmp_path / "digits"), "-q")
+    assert code == 0, out + err
+    assert "20 images, labelled" in out and "accuracy" in out and "MNIST" in out and out.strip().endswith("PASS")
+    code, _, err = run(capsys, "verify", str(tmp_path / "weights.pt"))  # a state dict needs --arch
+    assert_one_line_error(code, err)
+    assert "--arch" in err
+
+
+@pytest.fixture
+def bad_files(tmp_path, lenet_file) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    (tmp_path / "garbage.pt").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (tmp_path / "notes.txt").write_text("not a model, not a dataset\n")
+    return {"GARBAGE": str(tmp_path / "garbage.pt"), "TEXT": str(tmp_path / "notes.txt"),
+            "MISSING": str(tmp_path / "missing.pt"), "NET": str(lenet_file), "NODIR": str(tmp_path / "no" / "x")}
+
+
+@pytest.mark.parametrize("argv", [
+    "verify nosuchmodel",
+    "convert nosuchmodel -o NODIR",
+    "verify MISSING",
+    "verify GARBAGE",
+    "convert GARBAGE -o NODIR",
+    "verify TEXT",
+    "verify NET",
+    "verify mlp --data TEXT",
+    "verify mlp --data MISSING",
+    "convert mlp --calib TEXT -o NODIR",
+    "verify mlp --limit 0",
+    "verify mlp --limit -5",
+    "convert mlp --limit 0 -o NODIR",
+    "verify mlp --neuron foo",
+    "verify mlp --rescale foo",
+    "verify mlp --margin -1",
+    "verify mlp --batch-size x",
+    "verify mlp --snn GARBAGE",
+    "verify lenet5 --arch mlp",
+    "convert mlp -o NODIR",
+    "verify",
+    "frobnicate",
+])
+def test_bad_input_is_one_line_and_exit_2(argv, bad_files, capsys):
+    args = [bad_files.get(a, a) for a in argv.split()]
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err)
+    if argv.startswith("verify nosuchmodel"):
+        assert all(c.name in err for c in zoo.list_models())
+
+
+def test_help(capsys):
+    for argv in (["--help"], ["verify", "--help"], ["convert", "--help"], ["zoo", "--help"]):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and out.startswith("usage: ttfs")
+    assert "--margin" in run(capsys, "verify", "--help")[1]
+
+
+def test_console_script_and_module_entry_points():
+    script = Path(sys.executable).parent / "ttfs"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if script.exists():
+        p = subprocess.run([str(script), "verify", "mlp", "--limit", "20", "--margin", "-0.7"],
+                           capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode == 1 and "FAIL: " in p.stdout and "20/20" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "ttfs_core.cli", "verify", "nosuchmodel"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.strip().splitlines() == [p.stderr.strip()]
+    assert p.stderr.startswith("ttfs: error: unknown model 'nosuchmodel'")
