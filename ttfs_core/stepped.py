@@ -38,29 +38,33 @@ def ticks_per_window(window: float, dt: float | None, steps: int | None) -> int:
     return max(1, math.ceil(window / dt - 1e-9))
 
 
-def tick_of(offsets: Tensor, h: float, first: bool) -> Tensor:
+def tick_of(offsets: Tensor, h: float, first: bool, ticks: int = 1) -> Tensor:
     """Tick index of times given as offsets from a window start. `first`: the first tick at or after the time
-    (a neuron that fires between ticks is seen at the next tick); else the nearest tick (times on the grid)."""
-    eps = 64 * torch.finfo(offsets.dtype).eps
+    (a neuron that fires between ticks is seen at the next tick; a time within rounding of a tick, relative to
+    the window's `ticks`, counts as on it); else the nearest tick (times already on the grid)."""
     r = offsets / h
-    return torch.ceil(r - eps * r.abs().clamp(min=1)) if first else torch.round(r)
+    if not first:
+        return r.round_()
+    return r.sub_(64 * torch.finfo(offsets.dtype).eps * max(ticks, 1)).ceil_()
 
 
 def quantise_input(t0: Tensor, ticks: int) -> Tensor:
     """Input neurons fire at the first tick at or after t^(0) = 1 − x̂ (window [0, 1], S_0 ticks)."""
     h = 1.0 / ticks
-    return (tick_of(t0, h, first=True).clamp(0, ticks) * h).to(t0.dtype)
+    return (tick_of(t0, h, first=True, ticks=ticks).clamp(0, ticks) * h).to(t0.dtype)
 
 
 def on_ticks(offsets: Tensor, window: float, ticks: int, in_window: float, in_ticks: int) -> Tensor:
     """Round exact crossing offsets (from t_min) up to ticks: the own window's ticks after t_min, the input
     window's ticks before it (an early spike). Infinite offsets (no spike) stay infinite."""
     h, h_in = window / ticks, in_window / in_ticks
-    k = tick_of(offsets, h, first=True).clamp(min=0)
-    own = torch.where(k >= ticks, torch.full_like(k, window), k * h)
-    early = (tick_of(offsets + in_window, h_in, first=True).clamp(min=0) - in_ticks) * h_in
-    out = torch.where(offsets < 0, early, own)
-    return torch.where(torch.isfinite(offsets), out, offsets)
+    k = tick_of(offsets, h, first=True, ticks=ticks).clamp_(min=0)
+    out = torch.where(k >= ticks, window, k.mul_(h))  # an infinite offset (no spike) stays infinite
+    early = offsets < 0
+    if bool(early.any()):
+        before = offsets[early] + in_window
+        out[early] = (tick_of(before, h_in, first=True, ticks=in_ticks).clamp(min=0) - in_ticks) * h_in
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
