@@ -1,0 +1,61 @@
+"""ANN vs SNN: the original ReLU network is the oracle for every spiking layer, on one input and on the test split."""
+
+import streamlit as st
+
+from ttfs_ui import cache, controls, figures, state, tables
+
+st.set_page_config(page_title="ANN vs SNN · TTFS explorer", page_icon="⚡", layout="wide")
+state.init()
+controls.sidebar()
+
+st.title("ANN vs SNN")
+controls.show_notice()
+cur = controls.current()
+controls.caption(cur)
+controls.explain("ann_vs_snn")
+
+st.header("This input, layer by layer")
+comparisons = cache.comparison(cur.net_key, cur.image_key, cur.entry.model, cur.snn, cur.x)
+names, ann, snn, errors = tables.comparison_data(cur.snn, comparisons)
+st.plotly_chart(figures.ann_vs_snn(names, ann, snn), key="scatter")
+left, right = st.columns(2, gap="large")
+with left:
+    st.markdown("**Errors SNN − ANN, all neurons** (log scale)")
+    st.plotly_chart(figures.error_histogram(names, errors), key="errors")
+with right:
+    st.markdown("**Largest error per layer**")
+    st.dataframe(tables.error_rows(cur.snn, comparisons), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3e")
+                                for c in ("max |SNN − ANN|", "relative to max |ANN|", "ANN there")})
+
+st.header(f"The bundled test split ({controls.TEST_IMAGES:,} digits)")
+progress = st.progress(0.0, text="Simulating the test split…")
+chunks = []
+for start in range(0, controls.TEST_IMAGES, cache.EVAL_CHUNK):
+    stop = min(start + cache.EVAL_CHUNK, controls.TEST_IMAGES)
+    chunks.append(cache.evaluate_chunk(cur.net_key, start, stop, cur.entry, cur.snn))
+    progress.progress(stop / controls.TEST_IMAGES, text=f"Simulated {stop:,} of {controls.TEST_IMAGES:,} digits")
+progress.empty()
+summary = tables.evaluation_summary(chunks)
+m = st.columns(5)
+m[0].metric("ANN accuracy", f"{100 * summary['ANN accuracy']:.1f} %")
+m[1].metric("SNN accuracy", f"{100 * summary['SNN accuracy']:.1f} %")
+m[2].metric("Agreement", f"{100 * summary['agreement']:.1f} %", help="SNN and ANN predict the same class")
+m[3].metric("Early spikes", f"{summary['early spikes']:,}")
+m[4].metric("Spikes per neuron", f"{summary['spikes per neuron']:.3f}")
+if summary["disagreements"]:
+    st.warning("SNN and ANN disagree on test digits " + ", ".join(f"#{i}" for i in summary["disagreements"][:30])
+               + (" …" if len(summary["disagreements"]) > 30 else "") + " (choose one in the sidebar to inspect it).")
+
+st.subheader("Early spikes")
+rows = tables.early_rows(chunks, cur.snn)
+if not rows:
+    st.success("No neuron fired early on any test digit: every spike came after all of its inputs. "
+               "Lower the safety margin ζ in the conversion settings to see some.")
+else:
+    st.dataframe(rows, hide_index=True, width="stretch", column_order=("image", "layer", "index", "early by (τ_c)"))
+    st.markdown(f"The first {min(len(rows), 12)} — open a membrane trace:")
+    for col, row in zip(st.columns(4) * 3, rows[:12]):
+        if col.button(f"#{row['image']} · {row['layer']} {row['index']}", key=f"early_{row['image']}_"
+                      f"{row['layer name']}_{row['neuron']}", icon=":material/show_chart:", width="stretch"):
+            controls.open_trace(row["image"], row["layer name"], row["neuron"])

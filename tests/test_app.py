@@ -1,0 +1,345 @@
+"""The explorer under Streamlit's AppTest: every page runs (each opened directly, as by its URL), its widgets work,
+and what the figures show equals what the core computes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import ttfs_core
+from ttfs_core import data, zoo
+from ttfs_ui import figures, state, timeline, uploads
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+RASTER = str(ROOT / "pages" / "1_Spike_raster.py")
+TRACES = str(ROOT / "pages" / "2_Membrane_traces.py")
+COMPARE = str(ROOT / "pages" / "3_ANN_vs_SNN.py")
+TIMEOUT = 120
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+def run(path: str, **session) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=TIMEOUT)
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _decode(v):
+    """Plotly's JSON: typed arrays arrive as {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(v, dict) and "bdata" in v and "dtype" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            arr = arr.reshape([int(s) for s in str(v["shape"]).split(",")])
+        return arr
+    if isinstance(v, dict):
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly figures on the page by widget key (element ids end with "-<key>")."""
+    return {el.proto.id.rsplit("-", 1)[-1]: _decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")}
+
+
+def arr(v) -> np.ndarray:
+    if v is None:
+        return np.array([])
+    return np.array([np.nan if x is None else x for x in v], dtype=np.float64) if isinstance(v, list) else \
+        np.asarray(v, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def core():
+    """The default model converted exactly as the app does, and the first test digit."""
+    model, card = zoo.load(zoo.DEFAULT_MODEL)
+    imgs, labels = data.load_mnist_uint8("train")
+    calib = card.preprocess.batch_from_uint8(np.asarray(imgs[:512]))
+    snn = ttfs_core.convert(model, calib, margin=0.5, input_range=card.input_range)
+    test, test_labels = data.load_mnist_uint8("test")
+    x = card.preprocess.batch_from_uint8(np.asarray(test[:8]))
+    return model, snn, x, test_labels
+
+
+# --- app.py -------------------------------------------------------------------------------------------------
+def test_app_shows_the_core_results(core):
+    model, snn, x, labels = core
+    at = run(APP)
+    res = snn.run(x[:1])
+    logits = charts(at)["logits"]["data"]
+    with torch.no_grad():
+        ann = model(x[:1])[0].double().numpy()
+    np.testing.assert_allclose(arr(logits[0]["y"]), ann, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(arr(logits[1]["y"]), res.logits[0].double().numpy(), rtol=1e-6, atol=1e-6)
+    table = at.dataframe[0].value
+    assert list(table["neurons"]) == [row["neurons"] for row in snn.summary()]
+    assert list(table["spikes"][:-1]) == [lr.spikes for lr in res.layers]
+    assert any(f"{snn.decision_latency:.4g}" in m.value for m in at.metric)
+    assert not at.error
+
+
+def test_app_widgets_change_model_image_and_settings():
+    at = run(APP)
+    at.selectbox(key=state.widget_key(state.MODEL)).set_value("zoo:mlp").run()
+    ok(at)
+    assert at.session_state[state.MODEL] == "zoo:mlp"
+    assert len(at.dataframe[0].value) == 3  # two spiking layers and the readout
+    at.button(key="gallery_22").click().run()  # the gallery's first 0
+    ok(at)
+    assert at.session_state[state.TEST_INDEX] == 22
+    assert any("#22" in c.value for c in at.caption)
+    at.number_input(key=state.widget_key(state.TEST_INDEX)).set_value(7).run()
+    assert ok(at).session_state[state.TEST_INDEX] == 7
+    at.slider(key=state.widget_key(state.MARGIN)).set_value(1.0).run()
+    ok(at)
+    assert not at.error
+
+
+# --- pages/1: spike raster ----------------------------------------------------------------------------------
+def test_raster_spike_times_are_the_simulators(core):
+    _, snn, x, _ = core
+    res = snn.run(x[:1])
+    at = run(RASTER, **{state.AXIS: timeline.ABSOLUTE})  # opened directly: falls back to the default model/image
+    fig = charts(at)["raster"]
+    tl = timeline.timeline_of(snn)
+    spikes = [t for t in fig["data"] if t.get("hoverinfo") != "skip"]
+    assert len(spikes) == 1 + len(snn.layers)
+    np.testing.assert_allclose(arr(spikes[0]["x"]), res.input_times[0].double().numpy().ravel(), atol=1e-12)
+    for trace, lr in zip(spikes[1:], res.layers):
+        idx = arr(trace["customdata"])[:, 0].astype(int)
+        exact = lr.t_min + lr.offsets[0].double().numpy().ravel()[idx]  # float64 from the full-precision offsets
+        np.testing.assert_allclose(arr(trace["x"]), exact, rtol=0, atol=1e-12)
+        rounded = lr.spike_times[0].double().numpy().ravel()[idx]  # the core's absolute times, in the model's dtype
+        np.testing.assert_allclose(arr(trace["x"]), rounded, rtol=2 * float(torch.finfo(lr.offsets.dtype).eps))
+        assert len(idx) == lr.spikes  # every spike drawn (no decimation on the bundled models)
+    # the stretched axis: layer n's window on [n, n + 1], positions from offsets / window
+    at.radio(key=state.widget_key(state.AXIS)).set_value(timeline.STRETCHED).run()
+    spikes = [t for t in charts(ok(at))["raster"]["data"] if t.get("hoverinfo") != "skip"]
+    for n, (trace, lr) in enumerate(zip(spikes[1:], res.layers), start=1):
+        idx = arr(trace["customdata"])[:, 0].astype(int)
+        expected = n + (lr.offsets[0].double().numpy().ravel() / lr.window)[idx]
+        np.testing.assert_allclose(arr(trace["x"]), expected, atol=1e-12)
+    assert tl.default_mode() == timeline.STRETCHED  # LeNet's windows differ by ~100×
+
+
+def test_raster_time_cursor_and_feature_maps(core):
+    _, snn, x, _ = core
+    res = snn.run(x[:1])
+    at = run(RASTER)
+    tl = timeline.timeline_of(snn)
+    assert at.session_state[state.CURSOR] == tl.steps  # starts with everything fired
+    at.button(key="cursor_back").click().run()
+    assert ok(at).session_state[state.CURSOR] == tl.steps - 1
+    at.button(key="cursor_start").click().run()
+    assert ok(at).session_state[state.CURSOR] == 0
+    at.button(key="cursor_forward").click().run()
+    assert ok(at).session_state[state.CURSOR] == 1
+    k = tl.steps_per_window + tl.steps_per_window // 2  # the middle of the first hidden layer's window
+    at.select_slider(key=state.widget_key(state.CURSOR)).set_value(k).run()
+    fig = charts(ok(at))
+    cursor_line = [s for s in fig["raster"]["layout"]["shapes"] if s["type"] == "line"][0]
+    assert cursor_line["x0"] == pytest.approx(tl.cursor_x(k, tl.default_mode()))
+    assert len(fig["raster"]["frames"]) == tl.steps + 1
+    # feature maps of the first layer at the cursor: fired neurons show their decoded activation, others NaN
+    maps = fig["feature_maps"]["data"]
+    lr = res.layers[0]
+    off = lr.offsets[0].double().numpy().ravel()
+    act = lr.activations[0].double().numpy().ravel()
+    fired = 1 + off / lr.window <= tl.cursor_u(k)
+    assert 0 < fired.sum() < fired.size
+    expected = figures.mosaic(np.where(fired, act, np.nan), tuple(snn.layers[0].shape))
+    np.testing.assert_allclose(arr(maps[3]["z"]) if isinstance(maps[3]["z"], list) else maps[3]["z"], expected,
+                               rtol=1e-6, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(maps[1]["z"], figures.mosaic(1 - res.input_times[0].double().numpy().ravel(),
+                                                            (1, 28, 28)), atol=1e-6, equal_nan=True)
+    # another layer
+    at.selectbox(key=state.widget_key(state.LAYER)).set_value(snn.layers[1].name).run()
+    assert "conv 4" in charts(ok(at))["feature_maps"]["layout"]["annotations"][1]["text"]
+
+
+# --- pages/2: membrane traces -------------------------------------------------------------------------------
+def test_membrane_traces_are_the_cores(core):
+    _, snn, x, _ = core
+    res = snn.run(x[:1])
+    at = run(TRACES)
+    fig = charts(at)["membrane"]
+    k = at.session_state[state.TRACE_K]
+    act = res.layers[0].activations[0].double().numpy().ravel()
+    top = timeline.most_active(act, k)
+    v_traces = [t for t in fig["data"] if t.get("name", "").startswith("neuron")]
+    assert len(v_traces) == k
+    for t, flat in zip(v_traces, top):
+        tr = snn.trace(x[:1], snn.layers[0].name, timeline.multi_index(snn.layers[0].shape, flat), result=res)
+        np.testing.assert_allclose(arr(t["x"]), tr.times.double().numpy(), atol=1e-12)
+        np.testing.assert_allclose(arr(t["y"]), tr.potential.double().numpy(), atol=1e-9)
+    # another layer, one neuron by index, with the clock-driven trace
+    layer = snn.layers[1]
+    at.selectbox(key=state.widget_key(state.TRACE_LAYER)).set_value(layer.name).run()
+    at.radio(key=state.widget_key(state.TRACE_PICK)).set_value("by index").run()
+    at.number_input(key="_w_neuron_0").set_value(3).run()
+    at.number_input(key="_w_neuron_1").set_value(4).run()
+    at.select_slider(key=state.widget_key(state.TRACE_STEPS)).set_value(16).run()
+    ok(at)
+    assert at.session_state[state.TRACE_NEURONS] == (layer.name, [int(np.ravel_multi_index((3, 4, 0), layer.shape))])
+    fig = charts(at)["membrane"]
+    tr = snn.trace(x[:1], layer.name, (3, 4, 0), result=res, steps=16)
+    v = [t for t in fig["data"] if t.get("name", "").startswith("neuron")]
+    assert len(v) == 1
+    np.testing.assert_allclose(arr(v[0]["y"]), tr.potential.double().numpy(), atol=1e-9)
+    stepped = [t for t in fig["data"] if "with a clock" in str(t.get("hovertemplate", ""))]
+    np.testing.assert_allclose(arr(stepped[0]["y"]), tr.stepped_potential.double().numpy(), atol=1e-9)
+    row = at.dataframe[0].value.iloc[0]
+    assert row["spike t (absolute)"] == pytest.approx(float(res.layers[1].spike_times[0, 3, 4, 0]), abs=1e-9)
+    # the readout and the feature-map picker
+    at.selectbox(key=state.widget_key(state.TRACE_LAYER)).set_value(snn.output.name).run()
+    at.radio(key=state.widget_key(state.TRACE_PICK)).set_value("from the feature map").run()
+    ok(at)
+    assert "picker" in " ".join(el.proto.id for el in at.get("plotly_chart"))
+
+
+# --- pages/3: ANN vs SNN ------------------------------------------------------------------------------------
+def test_ann_vs_snn_figures_and_test_split(core):
+    model, snn, x, labels = core
+    at = run(COMPARE)
+    comps = ttfs_core.compare(model, snn, x[:1])
+    fig = charts(at)
+    points = fig["scatter"]["data"][0::2]
+    assert len(points) == len(snn.layers)
+    for t, c in zip(points, comps):
+        np.testing.assert_allclose(arr(t["x"]), c.ann.double().numpy().ravel(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(arr(t["y"]), c.snn.double().numpy().ravel(), rtol=1e-6, atol=1e-9)
+    table = at.dataframe[0].value
+    np.testing.assert_allclose(table["max |SNN − ANN|"], [c.max_abs_error for c in comps], rtol=1e-6)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ANN accuracy"] == metrics["SNN accuracy"] == "98.8 %"  # the model card's test accuracy
+    assert metrics["Agreement"] == "100.0 %"
+
+
+def test_early_spikes_open_their_membrane_trace():
+    at = run(APP, **{state.MARGIN: -0.6})  # windows far below the calibration maximum: early spikes
+    at.switch_page("pages/3_ANN_vs_SNN.py").run()
+    rows = ok(at).dataframe[1].value
+    assert len(rows) > 0
+    first = next(b for b in at.button if b.key and b.key.startswith("early_"))
+    first.click().run()
+    ok(at)
+    assert at.title[0].value == "Membrane traces"  # switched page
+    assert at.session_state[state.TRACE_PICK] == "by index"
+    assert at.session_state[state.TEST_INDEX] == int(rows.iloc[0]["image"])
+    assert at.session_state[state.TRACE_LAYER] == rows.iloc[0]["layer name"]
+
+
+# --- uploads ------------------------------------------------------------------------------------------------
+def _upload_script():
+    import streamlit as st
+
+    from ttfs_ui import controls, state
+
+    state.init()
+    kind = st.session_state["test_kind"]
+    error = controls.receive_model_upload(st.session_state["test_bytes"], st.session_state["test_name"],
+                                          st.session_state.get("test_arch"))
+    st.text(f"{kind}: {error}")
+    if error:
+        st.error(error)
+
+
+GARBAGE = {
+    "random bytes": np.random.default_rng(0).bytes(4096),
+    "a text file": b"hello, this is not a model\n" * 20,
+    "a pickle": pickle.dumps({"weights": [1, 2, 3], "evil": print}),
+    "a zip of arrays": (ROOT / "assets" / "mnist.npz").read_bytes()[:4000],
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_garbage_model_uploads_give_a_message(kind):
+    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at.session_state["test_kind"] = kind
+    at.session_state["test_bytes"] = GARBAGE[kind]
+    at.session_state["test_name"] = "model.pt"
+    at.run()
+    ok(at)
+    assert len(at.error) == 1 and at.error[0].value
+    assert at.session_state[state.MODEL] == state.DEFAULT_MODEL  # nothing selected
+
+
+def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):
+    from safetensors.torch import save
+
+    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at.session_state["test_kind"] = "state dict"
+    at.session_state["test_bytes"] = save(zoo.load("mlp")[0].state_dict())
+    at.session_state["test_name"] = "mine.safetensors"
+    at.session_state["test_arch"] = "mlp"
+    at.run()
+    ok(at)
+    assert not at.error
+    key = at.session_state[state.MODEL]
+    assert key.startswith("upload:")
+    # the main page then runs on the uploaded model; the pages too
+    upload = at.session_state[state.UPLOADED_MODELS]
+    app = run(APP, **{state.MODEL: key, state.UPLOADED_MODELS: upload})
+    assert not app.error and "mine.safetensors" in app.selectbox(key=state.widget_key(state.MODEL)).format_func(key)
+
+
+def test_a_broken_upload_in_the_session_falls_back_to_the_default_model():
+    broken = uploads.UploadedModel("upload:broken", "broken.pt", b"not a model", None)
+    at = run(APP, **{state.MODEL: "upload:broken", state.UPLOADED_MODELS: {"upload:broken": broken}})
+    assert len(at.error) == 1 and "default model" in at.error[0].value
+    assert at.session_state[state.MODEL] == state.DEFAULT_MODEL
+    assert at.get("plotly_chart")  # and it kept working
+
+
+def _png(size=(28, 28), mode="L", colour=0) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_uploads():
+    pre = data.MNIST_PREPROCESS
+    x, notes = uploads.read_image(_png(), pre)
+    assert x.shape == (1, 1, 28, 28) and not notes
+    x, notes = uploads.read_image(_png((300, 100), "RGB", (255, 255, 255)), pre)
+    assert x.shape == (1, 1, 28, 28) and any("resized" in n for n in notes) and any("inverted" in n for n in notes)
+    assert float(x.max()) == 0.0  # white paper became black background
+    for garbage in (GARBAGE["random bytes"], GARBAGE["a text file"], GARBAGE["a pickle"], b""):
+        with pytest.raises(ValueError, match="image"):
+            uploads.read_image(garbage, pre)
+    with pytest.raises(ValueError, match="pixels"):
+        uploads.read_image(_png((2, 2)), pre)
+
+
+def test_an_uploaded_image_is_used_by_every_page(core):
+    model, snn, _, _ = core
+    data_ = _png((56, 56), "L", 255)
+    up = uploads.UploadedImage("upload:white", "white.png", data_, True)
+    session = {state.IMAGE: "upload:white", state.UPLOADED_IMAGES: {"upload:white": up}}
+    at = run(APP, **session)
+    assert not at.error and any("white.png" in c.value for c in at.caption)
+    x, _ = uploads.read_image(data_, data.MNIST_PREPROCESS, invert=True)
+    np.testing.assert_allclose(arr(charts(at)["logits"]["data"][1]["y"]), snn.run(x).logits[0].double().numpy(),
+                               atol=1e-6)
+    for page in (RASTER, TRACES, COMPARE):
+        assert not run(page, **session).error

@@ -1,0 +1,161 @@
+"""Cached calls into `ttfs_core`. Models and converted networks are `st.cache_resource` (shared, never
+mutated); simulation results are `st.cache_data` (copied per call). No function here reads a widget or the
+session state: everything that selects what to compute is an argument, and objects that are not hashable are
+passed as `_name` arguments next to the key that identifies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+import torch
+from torch import Tensor, nn
+
+import ttfs_core
+from ttfs_core import data, zoo
+
+from .uploads import UploadedModel, check_bundled_input, read_model
+
+CALIBRATION_IMAGES = 512  # first images of the bundled train split used to calibrate uploaded models
+EVAL_CHUNK = 100  # test images simulated per cached chunk (the progress bar advances per chunk)
+MAX_EARLY_ROWS = 500
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the app can convert: a bundled one (with its card) or an upload."""
+
+    key: str
+    title: str
+    model: nn.Module
+    card: zoo.ModelCard | None
+    preprocess: data.Preprocess
+    input_range: tuple[float, float] | None  # None: from the calibration data
+
+    @property
+    def description(self) -> str:
+        if self.card is None:
+            return "Uploaded model; inputs assumed to be MNIST pixels / 255 in [0, 1] (1×28×28)."
+        c = self.card
+        return (f"{c.architecture}. {c.num_parameters:,} parameters; test accuracy {100 * c.test_accuracy:.1f} % on "
+                f"the bundled 1,000 test digits. Input: {c.preprocess.input_range}.")
+
+
+NetKey = tuple[str, float, str, str]  # (model key, margin, neuron, rescale)
+
+
+@st.cache_resource(show_spinner=False)
+def zoo_cards() -> list[zoo.ModelCard]:
+    return zoo.list_models()
+
+
+@st.cache_resource(show_spinner="Loading the bundled model…")
+def zoo_model(name: str) -> ModelEntry:
+    model, card = zoo.load(name)
+    return ModelEntry(f"zoo:{name}", card.title, model, card, card.preprocess, tuple(card.input_range))
+
+
+@st.cache_resource(show_spinner="Loading the uploaded model…", max_entries=8)
+def uploaded_model(key: str, _upload: UploadedModel) -> ModelEntry:
+    """Raises ModelLoadError (not cached) for anything the safe loader refuses or that takes other inputs."""
+    model = read_model(_upload.data, _upload.filename, _upload.arch)
+    check_bundled_input(model)
+    return ModelEntry(key, _upload.title, model, None, data.MNIST_PREPROCESS, None)
+
+
+@st.cache_resource(show_spinner=False)
+def mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bundled MNIST as read-only uint8 images (N, 28, 28) and labels (N,)."""
+    return data.load_mnist_uint8(split)
+
+
+def images(entry: ModelEntry, split: str, start: int, stop: int) -> Tensor:
+    """Bundled images [start, stop) preprocessed for the model. Shape: (stop − start, C, H, W)."""
+    imgs, _ = mnist(split)
+    return entry.preprocess.batch_from_uint8(np.asarray(imgs[start:stop]))
+
+
+@st.cache_resource(show_spinner="Converting the network to spikes…", max_entries=16)
+def network(net_key: NetKey, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
+    """The converted network; raises ttfs_core.ConversionError (not cached)."""
+    _, margin, neuron, rescale = net_key
+    calibration = images(_entry, "train", 0, CALIBRATION_IMAGES)
+    return ttfs_core.convert(_entry.model, calibration, margin=margin, input_range=_entry.input_range,
+                             neuron=neuron, rescale=rescale)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def simulate(net_key: NetKey, image_key: str, _snn: ttfs_core.SpikingNetwork, _x: Tensor) -> ttfs_core.SimResult:
+    """Exact event-driven simulation of one input (1, *input_shape)."""
+    return _snn.run(_x)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def ann_logits(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> np.ndarray:
+    """The original model's logits. Shape: (1, classes)."""
+    with torch.no_grad():
+        out = _model(_x)
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().double().numpy()
+
+
+@st.cache_data(show_spinner="Recording the ANN's activations…", max_entries=32)
+def comparison(net_key: NetKey, image_key: str, _model: nn.Module, _snn: ttfs_core.SpikingNetwork,
+               _x: Tensor) -> list[ttfs_core.LayerComparison]:
+    """Per spiking layer, ANN and SNN activations of one input in the original model's units."""
+    return ttfs_core.compare(_model, _snn, _x, result=simulate(net_key, image_key, _snn, _x))
+
+
+@dataclass(frozen=True)
+class ChunkEval:
+    """ANN and SNN on test images [start, stop): predictions and every early spike."""
+
+    start: int
+    labels: np.ndarray
+    ann: np.ndarray
+    snn: np.ndarray
+    early: list[dict]  # image, layer, neuron (flat), index, how early (τ_c); at most MAX_EARLY_ROWS per layer
+    early_spikes: int  # all of them
+    spikes: int
+    neurons: int
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def evaluate_chunk(net_key: NetKey, start: int, stop: int, _entry: ModelEntry,
+                   _snn: ttfs_core.SpikingNetwork) -> ChunkEval:
+    x = images(_entry, "test", start, stop)
+    _, labels = mnist("test")
+    res = _snn.run(x)
+    with torch.no_grad():
+        out = _entry.model(x)
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    early = []
+    for layer, lr in zip(_snn.layers, res.layers):
+        if lr.early_spikes == 0:
+            continue
+        off = lr.offsets.flatten(1)
+        for b, j in (off < 0).nonzero().tolist()[:MAX_EARLY_ROWS]:
+            idx = np.unravel_index(j, layer.shape)
+            early.append({"image": start + b, "layer": layer.name, "neuron": j,
+                          "index": "(" + ", ".join(str(int(i)) for i in idx) + ")",
+                          "early by (τ_c)": -float(off[b, j])})
+    return ChunkEval(start, np.asarray(labels[start:stop]).copy(), out.argmax(1).numpy(),
+                     res.logits.argmax(1).numpy(), early, res.early_spikes, res.spikes, res.neurons)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], steps: int,
+          _snn: ttfs_core.SpikingNetwork, _x: Tensor):
+    """Membrane trace of one neuron (exact, and clock-driven with `steps` ticks per window when steps > 0)."""
+    result = simulate(net_key, image_key, _snn, _x)
+    return _snn.trace(_x, layer, index, result=result, steps=steps or None)
+
+
+@st.cache_data(show_spinner="Simulating with a clock…", max_entries=32)
+def simulate_stepped(net_key: NetKey, image_key: str, steps: int, _snn: ttfs_core.SpikingNetwork,
+                     _x: Tensor) -> ttfs_core.SimResult:
+    return _snn.run_stepped(_x, steps=steps)

@@ -1,0 +1,346 @@
+"""Widgets shared by every page, and the resolution of the session's choices into cached core objects.
+
+`current()` never raises for bad state: an upload that disappeared, a model that no longer converts or an image
+that no longer decodes makes the app fall back to the default model / first test digit, with a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+import torch
+from streamlit.errors import StreamlitPageNotFoundError
+from torch import Tensor
+
+import ttfs_core
+from ttfs_core.loading import ModelLoadError
+
+from . import cache, state, text
+from .timeline import Timeline, most_active, timeline_of
+from .uploads import UploadedImage, UploadedModel, digest, light_background, read_image
+
+TEST_IMAGES = 1000
+NEURON_MODELS = {"alpha": "α-model (exact mapping, every neuron fires once)",
+                 "b1": "B1 (constant slope; silent neurons for activation 0)"}
+RESCALINGS = {"positive": "positive part: Σ max(W, 0) < 1 (early spikes checked for free)",
+              "sum": "sum: Σ W < 1 (the reference code)"}
+
+
+@dataclass(frozen=True)
+class Current:
+    """What every page works on: the model, its converted network, and one input."""
+
+    entry: cache.ModelEntry
+    snn: ttfs_core.SpikingNetwork
+    net_key: cache.NetKey
+    image_key: str
+    x: Tensor  # (1, C, H, W), preprocessed for the model
+    label: int | None
+    image_title: str
+
+    @property
+    def result(self) -> ttfs_core.SimResult:
+        return cache.simulate(self.net_key, self.image_key, self.snn, self.x)
+
+    @property
+    def timeline(self) -> Timeline:
+        return timeline_of(self.snn)
+
+
+# --- choices ------------------------------------------------------------------------------------------------
+def model_options() -> dict[str, str]:
+    """Model key -> title: the bundled zoo, then this session's uploads."""
+    opts = {f"zoo:{c.name}": f"{c.title} (bundled)" for c in cache.zoo_cards()}
+    for key, up in state.get(state.UPLOADED_MODELS).items():
+        opts[key] = up.title
+    return opts
+
+
+def model_select(where=st) -> None:
+    opts = model_options()
+    if state.get(state.MODEL) not in opts:
+        state.put(state.MODEL, state.DEFAULT_MODEL)
+    where.selectbox("Model", list(opts), format_func=opts.get, **state.bind(state.MODEL),
+                    help="A bundled (zoo) model, or one you uploaded on the main page.")
+
+
+def image_options() -> dict[str, str]:
+    opts = {"test": "a bundled test digit"}
+    for key, up in state.get(state.UPLOADED_IMAGES).items():
+        opts[key] = f"uploaded: {up.filename}"
+    return opts
+
+
+def image_select(where=st) -> None:
+    opts = image_options()
+    if state.get(state.IMAGE) not in opts:
+        state.put(state.IMAGE, "test")
+    if len(opts) > 1:
+        where.radio("Input image", list(opts), format_func=opts.get, **state.bind(state.IMAGE))
+    if state.get(state.IMAGE) == "test":
+        where.number_input("Test digit #", min_value=0, max_value=TEST_IMAGES - 1, step=1,
+                           **state.bind(state.TEST_INDEX), help="Index into the bundled 1,000 MNIST test digits.")
+
+
+def conversion_settings(where=st) -> None:
+    with where.expander("Conversion settings", expanded=False):
+        st.slider("Safety margin ζ (windows B_n = (1 + ζ)·X_n)", -0.9, 2.0, step=0.05, **state.bind(state.MARGIN),
+                  help="Smaller windows mean lower latency and less margin: below 0, some inputs fire early.")
+        st.radio("Neuron model", list(NEURON_MODELS), format_func=NEURON_MODELS.get, **state.bind(state.NEURON))
+        st.radio("Rescaling (α-model)", list(RESCALINGS), format_func=RESCALINGS.get, **state.bind(state.RESCALE))
+
+
+def sidebar(pick_model: bool = True) -> None:
+    """The session's choices, on every page: model, input image, conversion settings."""
+    with st.sidebar:
+        st.markdown("### Network and input")
+        if pick_model:
+            model_select()
+        image_select()
+        conversion_settings()
+
+
+def show_notice() -> None:
+    notice = state.pop_notice()
+    if notice:
+        level, message = notice
+        getattr(st, level)(message)
+
+
+# --- resolution ---------------------------------------------------------------------------------------------
+def _entry(key: str) -> cache.ModelEntry:
+    if key.startswith("zoo:"):
+        return cache.zoo_model(key.removeprefix("zoo:"))
+    upload = state.get(state.UPLOADED_MODELS).get(key)
+    if upload is None:
+        raise ModelLoadError("the uploaded model is no longer in this session; upload it again")
+    return cache.uploaded_model(key, upload)
+
+
+def _net_key(model_key: str) -> cache.NetKey:
+    return (model_key, float(state.get(state.MARGIN)), str(state.get(state.NEURON)), str(state.get(state.RESCALE)))
+
+
+def _fall_back(message: str) -> None:
+    st.error(message)
+    state.put(state.MODEL, state.DEFAULT_MODEL)
+    state.put(state.MARGIN, state.DEFAULTS[state.MARGIN])
+
+
+def current() -> Current:
+    """The session's model, converted network and input, falling back to the defaults on any failure."""
+    key = state.get(state.MODEL)
+    try:
+        entry = _entry(key)
+        snn = cache.network(_net_key(key), entry)
+    except (ModelLoadError, ttfs_core.ConversionError, ValueError) as e:
+        what = "convert" if isinstance(e, ttfs_core.ConversionError) else "load"
+        if key == state.DEFAULT_MODEL and state.get(state.MARGIN) == state.DEFAULTS[state.MARGIN]:
+            raise  # the bundled default must always work: a real bug
+        _fall_back(f"Could not {what} the model ({key}): {e} — showing the default model instead.")
+        key = state.DEFAULT_MODEL
+        entry = _entry(key)
+        snn = cache.network(_net_key(key), entry)
+    x, label, image_key, title = _image(entry)
+    return Current(entry, snn, _net_key(key), image_key, x, label, title)
+
+
+def _image(entry: cache.ModelEntry) -> tuple[Tensor, int | None, str, str]:
+    choice = state.get(state.IMAGE)
+    uploads = state.get(state.UPLOADED_IMAGES)
+    if choice != "test":
+        up = uploads.get(choice)
+        try:
+            if up is None:
+                raise ValueError("the uploaded image is no longer in this session")
+            x, _ = read_image(up.data, entry.preprocess, invert=up.invert)
+            return x, None, f"{up.key}:{int(up.invert)}", f"uploaded {up.filename}"
+        except ValueError as e:
+            st.error(f"Cannot use the uploaded image: {e} — showing a test digit instead.")
+            state.put(state.IMAGE, "test")
+    i = int(np.clip(state.get(state.TEST_INDEX), 0, TEST_IMAGES - 1))
+    x = cache.images(entry, "test", i, i + 1)
+    _, labels = cache.mnist("test")
+    return x, int(labels[i]), f"test:{i}", f"test digit #{i} (label {int(labels[i])})"
+
+
+def caption(cur: Current) -> None:
+    """One line saying what the page shows."""
+    st.caption(f"**Model:** {cur.entry.title} · **input:** {cur.image_title} · ζ = {cur.net_key[1]:g}, "
+               f"neuron = {cur.net_key[2]}, rescaling = {cur.net_key[3]} · decision latency "
+               f"{cur.snn.decision_latency:.4g} τ_c")
+
+
+def explain(topic: str, expanded: bool = False) -> None:
+    """A collapsible explanation for newcomers (text in `ttfs_ui.text`)."""
+    title, body = text.EXPLANATIONS[topic]
+    with st.expander(title, expanded=expanded):
+        st.markdown(body)
+
+
+# --- the time cursor ----------------------------------------------------------------------------------------
+def _step(delta: int, steps: int) -> None:
+    state.put(state.CURSOR, int(np.clip(state.get(state.CURSOR) + delta, 0, steps)))
+
+
+def _jump(k: int) -> None:
+    state.put(state.CURSOR, int(k))
+
+
+def time_cursor(tl: Timeline) -> int:
+    """Slider and step buttons for the time cursor (an integer step, see `Timeline`). Returns the step."""
+    if state.get(state.CURSOR) is None or not 0 <= state.get(state.CURSOR) <= tl.steps:
+        state.put(state.CURSOR, tl.steps)
+    k = state.get(state.CURSOR)
+    s = tl.steps_per_window
+    cols = st.columns(6)
+    cols[0].button("Start", icon=":material/first_page:", on_click=_jump, args=(0,), width="stretch",
+                   key="cursor_start", help="t = 0: nothing has fired yet")
+    cols[1].button("−1 window", icon=":material/fast_rewind:", on_click=_jump,
+                   args=(max(0, ((k - 1) // s) * s),), width="stretch", key="cursor_prev_window",
+                   help="back to the start of this window (or of the previous one)")
+    cols[2].button("−1 step", icon=":material/chevron_left:", on_click=_step, args=(-1, tl.steps),
+                   width="stretch", key="cursor_back", help=f"one step = 1/{s} of a window")
+    cols[3].button("+1 step", icon=":material/chevron_right:", icon_position="right", on_click=_step,
+                   args=(1, tl.steps), width="stretch", key="cursor_forward", help=f"one step = 1/{s} of a window")
+    cols[4].button("+1 window", icon=":material/fast_forward:", icon_position="right", on_click=_jump,
+                   args=(min(tl.steps, (k // s + 1) * s),), width="stretch", key="cursor_next_window",
+                   help="to the end of this window")
+    cols[5].button("End", icon=":material/last_page:", icon_position="right", on_click=_jump, args=(tl.steps,),
+                   width="stretch", key="cursor_end", help="the readout: every neuron has fired")
+    st.select_slider("Time cursor", options=list(range(tl.steps + 1)), format_func=tl.describe_step,
+                     **state.bind(state.CURSOR))
+    return int(state.get(state.CURSOR))
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().double().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+# --- uploads ------------------------------------------------------------------------------------------------
+def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str | None:
+    """Load, check and convert an uploaded model; on success select it. Returns an error message or None.
+
+    Nothing about the upload is trusted: the safe loader refuses code, and every failure (loading, input shape,
+    conversion) becomes a message; the previously selected model stays selected.
+    """
+    key = f"upload:{digest(data_ + (arch or '').encode())}"
+    failed = state.get(state.FAILED_UPLOADS)
+    if key in failed:
+        return failed[key]
+    if key in state.get(state.UPLOADED_MODELS):
+        return None  # already received (the uploader keeps the file across reruns): do not re-select it
+    upload = UploadedModel(key, filename, data_, arch or None)
+    try:
+        entry = cache.uploaded_model(key, upload)
+        cache.network(_net_key(key), entry)
+    except ttfs_core.ConversionError as e:
+        failed[key] = f"The model was loaded but cannot be converted: {e}"
+    except (ModelLoadError, ValueError) as e:
+        failed[key] = f"Cannot use {filename!r}: {e}"
+    except Exception as e:  # noqa: BLE001 - an untrusted file must never crash the app
+        failed[key] = f"Cannot use {filename!r}: unexpected {type(e).__name__}: {e}"
+    if key in failed:
+        return failed[key]
+    state.get(state.UPLOADED_MODELS)[key] = upload
+    state.put(state.MODEL, key)
+    return None
+
+
+def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str | None, list[str]]:
+    """Decode and select an uploaded image. Returns (error message or None, notes such as 'resized')."""
+    key = f"upload:{digest(data_)}"
+    try:
+        invert = light_background(data_)
+        _, notes = read_image(data_, preprocess, invert=invert)
+    except ValueError as e:
+        return f"Cannot use {filename!r} as an image: {e}", []
+    except Exception as e:  # noqa: BLE001
+        return f"Cannot use {filename!r} as an image: unexpected {type(e).__name__}: {e}", []
+    uploads = state.get(state.UPLOADED_IMAGES)
+    if key not in uploads:
+        uploads[key] = UploadedImage(key, filename, data_, invert)
+        state.put(state.IMAGE, key)
+    return None, notes
+
+
+def set_image_invert(key: str, invert: bool) -> None:
+    uploads = state.get(state.UPLOADED_IMAGES)
+    up = uploads[key]
+    uploads[key] = UploadedImage(up.key, up.filename, up.data, invert)
+
+
+def use_test_image(i: int) -> None:
+    state.put(state.IMAGE, "test")
+    state.put(state.TEST_INDEX, int(i))
+
+
+# --- neurons of a layer -------------------------------------------------------------------------------------
+DIMENSIONS = {1: ("neuron",), 3: ("channel", "row", "column")}
+MAX_TRACES = 6
+
+
+def chosen_neurons(layer: str) -> list[int] | None:
+    """The flat indices last chosen in `layer` (None when the choice was made in another layer)."""
+    chosen = state.get(state.TRACE_NEURONS)
+    return list(chosen[1]) if chosen and chosen[0] == layer and chosen[1] else None
+
+
+def choose_neurons(layer: str, neurons: list[int]) -> None:
+    state.put(state.TRACE_NEURONS, (layer, [int(i) for i in neurons][:MAX_TRACES]))
+
+
+def neuron_index(layer: str, shape: tuple[int, ...]) -> int:
+    """Number inputs for one neuron's multi-index (channel, row, column or neuron). Returns the flat index."""
+    flat = (chosen_neurons(layer) or [0])[0]
+    flat = flat if 0 <= flat < int(np.prod(shape)) else 0
+    names = DIMENSIONS.get(len(shape), tuple(f"dim {d}" for d in range(len(shape))))
+    keys = [f"_w_neuron_{d}" for d in range(len(shape))]
+    for key, v in zip(keys, np.unravel_index(flat, shape)):
+        st.session_state[key] = int(v)
+
+    def changed() -> None:
+        choose_neurons(layer, [int(np.ravel_multi_index([st.session_state[k] for k in keys], shape))])
+
+    for col, key, name, size in zip(st.columns(len(shape)), keys, names, shape):
+        col.number_input(f"{name} (0–{size - 1})", min_value=0, max_value=size - 1, step=1, key=key, on_change=changed)
+    choose_neurons(layer, [flat])
+    return flat
+
+
+def pick_from_map(spikes, key: str) -> list[int]:
+    """The layer's neurons as a clickable map (click, box or lasso); returns the selected flat indices."""
+    from . import figures
+
+    flat = figures.mosaic_index(spikes.shape)
+    order = flat[flat >= 0]  # point i of the picker is neuron order[i]
+    event = st.session_state.get(key)
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        (event.selection.points if event is not None and hasattr(event, "selection") else [])
+    picked = []
+    for p in points:
+        cd = p.get("customdata")
+        i = int(cd if not isinstance(cd, (list, tuple)) else cd[0]) if cd is not None else int(order[p["point_index"]])
+        if i not in picked:
+            picked.append(i)
+    if picked:
+        choose_neurons(spikes.name, picked)
+    chosen = chosen_neurons(spikes.name) or most_active(spikes.activations, 1)
+    st.plotly_chart(figures.neuron_picker(spikes, chosen), key=key, on_select="rerun",
+                    selection_mode=("points", "box", "lasso"))
+    st.caption(f"Click a square (or drag a box / lasso) to pick up to {MAX_TRACES} neurons; outlined: chosen.")
+    return chosen
+
+
+def open_trace(image: int, layer: str, neuron: int) -> None:
+    """Go to the membrane trace of one neuron for one test image (from a table of early spikes)."""
+    use_test_image(image)
+    state.put(state.TRACE_LAYER, layer)
+    state.put(state.TRACE_PICK, "by index")
+    choose_neurons(layer, [neuron])
+    try:
+        st.switch_page("pages/2_Membrane_traces.py")
+    except StreamlitPageNotFoundError:  # a page run as the entry point (tests) has no pages folder beside it
+        st.info("The neuron is selected: open **Membrane traces** in the sidebar.")

@@ -1,0 +1,446 @@
+"""Figure builders: data in, `plotly.graph_objects.Figure` out. Pure: no Streamlit, no global styling.
+
+Every builder takes plain numpy data (see `timeline.LayerSpikes`, `ttfs_ui.cache` records), so tests can
+check a figure's data against the core's results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .timeline import ABSOLUTE, STRETCHED, LayerSpikes, Timeline, unravel
+
+PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
+           "#FF97FF", "#FECB52")
+NOT_FIRED = "#dfe4ec"  # cells of neurons that have not fired yet
+FUTURE = "rgba(120,120,120,0.28)"  # the part of the time axis after the cursor
+WEBGL_SPIKES = 2000  # layers with more spikes are drawn with WebGL
+MAX_POINTS = 40_000  # per layer; more neurons are decimated (stated on the figure)
+GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
+
+
+def layer_colour(n: int) -> str:
+    return PALETTE[n % len(PALETTE)]
+
+
+def axis_title(mode: str) -> str:
+    if mode == STRETCHED:
+        return "time, each layer's window stretched to equal width (window n ↦ [n, n+1]; not to scale)"
+    return "time t (units of τ_c)"
+
+
+def _play_controls(names: Sequence[str], labels: Sequence[str], active: int, prefix: str) -> dict:
+    """Play / pause buttons and a slider over the animation frames `names` (client-side, no rerun)."""
+    anim = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
+    play = {"frame": {"duration": 120, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": True,
+            "mode": "immediate"}
+    return {
+        "updatemenus": [{
+            "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": -0.13,
+            "xanchor": "left", "yanchor": "top", "pad": {"t": 0, "r": 10},
+            "buttons": [
+                {"label": "▶ Play", "method": "animate", "args": [None, play]},
+                {"label": "❚❚ Pause", "method": "animate", "args": [[None], anim]},
+            ],
+        }],
+        "sliders": [{
+            "active": active, "x": 0.16, "len": 0.84, "y": -0.08, "yanchor": "top",
+            "currentvalue": {"prefix": prefix, "font": {"size": 12, "color": "#333"}},
+            "font": {"color": "rgba(0,0,0,0)"}, "ticklen": 0, "minorticklen": 0,  # too many steps to label
+            "pad": {"t": 10, "b": 0},
+            "steps": [{"label": lab, "method": "animate", "args": [[nm], anim]} for nm, lab in zip(names, labels)],
+        }],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Spike raster
+def raster_groups(spikes: Sequence[LayerSpikes]) -> list[tuple[float, float]]:
+    """[y0, y1) of every layer's neuron-index group (input at the bottom)."""
+    total = sum(s.neurons for s in spikes)
+    gap = GAP * total / max(len(spikes), 1)
+    out, y = [], 0.0
+    for s in spikes:
+        out.append((y, y + s.neurons))
+        y += s.neurons + gap
+    return out
+
+
+def decimation(neurons: int, max_points: int = MAX_POINTS) -> int:
+    """Keep every `stride`-th neuron so that at most `max_points` are drawn."""
+    return max(1, math.ceil(neurons / max_points))
+
+
+def _cursor_shapes(timeline: Timeline, mode: str, k: int) -> list[dict]:
+    x = timeline.cursor_x(k, mode)
+    x_end = timeline.bands(mode)[-1][1]
+    shapes = []
+    if x < x_end:
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": x, "x1": x_end, "y0": 0, "y1": 1,
+                       "fillcolor": FUTURE, "line": {"width": 0}, "layer": "above"})
+    shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
+                   "line": {"color": "black", "width": 2}})
+    return shapes
+
+
+def _band_traces(timeline: Timeline, mode: str, y0: float, y1: float) -> list[go.Scatter]:
+    """Shaded windows as filled traces (not layout shapes: animation frames replace the shapes)."""
+    return [go.Scatter(x=[x0, x1, x1, x0, x0], y=[y0, y0, y1, y1, y0], fill="toself", mode="none",
+                       fillcolor=layer_colour(n), opacity=0.1, hoverinfo="skip", showlegend=False,
+                       name=f"window {timeline.names[n]}")
+            for n, (x0, x1) in enumerate(timeline.bands(mode))]
+
+
+def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor: int, *,
+           max_points: int = MAX_POINTS, animate: bool = True, height: int = 560) -> go.Figure:
+    """The whole network on one time axis: one dot per spike, neuron index grouped by layer (input at the
+    bottom), one colour per layer, every window shaded. Grey covers what happens after the cursor.
+
+    Traces 0..L are the shaded windows; trace L + 1 + n holds layer n's spikes: x = positions on the `mode`
+    axis, y = group start + flat neuron index, customdata = (flat index, activation, forced).
+    """
+    groups = raster_groups(spikes)
+    y_lo, y_hi = -0.02 * groups[-1][1], groups[-1][1] * 1.02
+    bands = _band_traces(timeline, mode, y_lo, y_hi)
+    fig = go.Figure(bands)
+    notes = []
+    for n, (s, (y0, _)) in enumerate(zip(spikes, groups)):
+        stride = decimation(s.neurons, max_points)
+        idx = np.arange(0, s.neurons, stride)
+        idx = idx[np.isfinite(s.offsets[idx])]
+        x = timeline.positions(n, s.offsets[idx], mode)
+        name = s.label if stride == 1 else f"{s.label} (every {stride}th neuron)"
+        if stride > 1:
+            notes.append(f"{s.label}: every {stride}th of {s.neurons:,} neurons shown")
+        cls = go.Scattergl if idx.size > WEBGL_SPIKES else go.Scatter
+        custom = np.stack([idx, s.activations[idx], s.forced[idx]], axis=1)
+        fig.add_trace(cls(
+            x=x, y=y0 + idx, mode="markers", name=name, customdata=custom,
+            marker={"color": layer_colour(n), "size": 3 if idx.size > 3000 else 5, "line": {"width": 0}},
+            hovertemplate=(f"<b>{s.label}</b> neuron %{{customdata[0]}}<br>x = %{{x:.6g}}<br>"
+                           "activation %{customdata[1]:.4g}<br>forced: %{customdata[2]}<extra></extra>"),
+        ))
+    annotations = [{"x": (x0 + x1) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
+                    "text": timeline.names[n] if mode == STRETCHED or n < 2 else "", "showarrow": False,
+                    "font": {"size": 11, "color": layer_colour(n)}}
+                   for n, (x0, x1) in enumerate(timeline.bands(mode))]
+    if notes:
+        annotations.append({"x": 0, "y": -0.22 if animate else -0.12, "xref": "paper", "yref": "paper",
+                            "xanchor": "left", "showarrow": False, "text": "Decimated: " + "; ".join(notes),
+                            "font": {"size": 11}})
+    ticks = [(y0 + y1) / 2 for y0, y1 in groups]
+    fig.update_layout(
+        height=height, margin={"l": 60, "r": 20, "t": 40, "b": 130 if animate else 60},
+        xaxis={"title": {"text": axis_title(mode)}, "range": list(_x_range(timeline, mode)), "zeroline": False},
+        yaxis={"title": {"text": "neuron (grouped by layer)"}, "tickvals": ticks, "range": [y_lo, y_hi],
+               "ticktext": [s.label for s in spikes], "zeroline": False, "showgrid": False},
+        shapes=_cursor_shapes(timeline, mode, cursor),
+        annotations=annotations, showlegend=False, plot_bgcolor="white", hovermode="closest",
+    )
+    if animate:
+        ks = list(range(timeline.steps + 1))
+        fig.frames = [{"name": str(k), "layout": {"shapes": _cursor_shapes(timeline, mode, k)}} for k in ks]
+        fig.update_layout(**_play_controls([str(k) for k in ks], [f"{timeline.cursor_t(k):.4g}" for k in ks],
+                                           cursor, "play cursor, t = "))
+    return fig
+
+
+def _x_range(timeline: Timeline, mode: str) -> tuple[float, float]:
+    bands = timeline.bands(mode)
+    lo, hi = bands[0][0], bands[-1][1]
+    pad = 0.01 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Feature maps
+def mosaic_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+    """How a layer's neurons are tiled into one image: (maps, rows, cols of one map, grid rows, grid cols).
+
+    Conv layers (C, H, W) with H·W > 1: C maps of H×W. Everything else: one near-square map of all neurons.
+    """
+    if len(shape) == 3 and shape[1] * shape[2] > 1:
+        c, h, w = shape
+        gc = max(1, round(math.sqrt(c * h / w * 1.6)))
+        gc = min(gc, c)
+        return c, h, w, math.ceil(c / gc), gc
+    n = int(np.prod(shape))
+    w = math.ceil(math.sqrt(n))
+    return 1, math.ceil(n / w), w, 1, 1
+
+
+def mosaic(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Tile a layer's flat values (C order) into one 2-D image, NaN in the gaps. Shape: (neurons,) -> (R, C)."""
+    maps, h, w, gr, gc = mosaic_layout(shape)
+    out = np.full((gr * (h + 1) - 1, gc * (w + 1) - 1), np.nan, dtype=np.float64)
+    flat = np.full(maps * h * w, np.nan)
+    flat[: values.size] = values
+    tiles = flat.reshape(maps, h, w)
+    for c in range(maps):
+        r, q = divmod(c, gc)
+        out[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = tiles[c]
+    return out
+
+
+def mosaic_index(shape: tuple[int, ...]) -> np.ndarray:
+    """Flat neuron index of every mosaic cell (−1 in gaps)."""
+    n = int(np.prod(shape))
+    m = mosaic(np.arange(n, dtype=np.float64), shape)
+    return np.where(np.isnan(m), -1, m).astype(np.int64)
+
+
+def fired_values(spikes: LayerSpikes, n: int, timeline: Timeline, k: int) -> np.ndarray:
+    """Activations of neurons that have fired by cursor step k, NaN for the others. Shape: (neurons,)."""
+    return np.where(timeline.fired_by(n, spikes.offsets, k), spikes.activations, np.nan)
+
+
+def _map_traces(s: LayerSpikes, values: np.ndarray, col: int, colorscale: str, zmax: float, scale: bool):
+    cells = mosaic(np.zeros(s.neurons), s.shape)
+    idx = mosaic_index(s.shape)
+    labels = np.full(idx.shape, "", dtype=object)
+    valid = idx >= 0
+    labels[valid] = np.array(unravel(s.shape, idx[valid]), dtype=object)
+    bg = go.Heatmap(z=np.where(np.isnan(cells), np.nan, 0.0), colorscale=[[0, NOT_FIRED], [1, NOT_FIRED]],
+                    showscale=False, hoverinfo="skip", xaxis=f"x{col}", yaxis=f"y{col}")
+    fg = go.Heatmap(z=mosaic(values, s.shape).astype(np.float32), customdata=labels, zmin=0, zmax=zmax,
+                    colorscale=colorscale, xaxis=f"x{col}", yaxis=f"y{col}", showscale=scale,
+                    colorbar={"len": 0.9, "thickness": 12, "title": {"text": "activation", "side": "right"}},
+                    hovertemplate=f"{s.label} %{{customdata}}<br>value %{{z:.4g}}<extra></extra>")
+    return bg, fg
+
+
+def feature_maps(spikes_in: LayerSpikes, spikes: LayerSpikes, n: int, timeline: Timeline, cursor: int, *,
+                 frames_per_window: int = 10, animate: bool = True, height: int = 430) -> go.Figure:
+    """The input image and layer n's maps at the cursor: a cell is coloured once its neuron has fired
+    (intensity = decoded activation; the input: x̂), light grey before. Frames replay the input window and
+    layer n's window client-side.
+
+    Traces: 0/2 static backgrounds, 1 input, 3 layer n; z in mosaic layout (see `mosaic`).
+    """
+    maps, *_ = mosaic_layout(spikes.shape)
+    kind = "feature maps" if maps > 1 else "neurons tiled in a square"
+    fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.08,
+                        subplot_titles=("input (pixels appear as they fire)", f"{spikes.label}: {kind}"))
+    zmax = max(spikes.max_activation, 1e-30)  # X_n: the calibration maximum, so colours compare across inputs
+    for t in _map_traces(spikes_in, fired_values(spikes_in, 0, timeline, cursor), 1, "Greys", 1.0, False):
+        fig.add_trace(t)
+    for t in _map_traces(spikes, fired_values(spikes, n, timeline, cursor), 2, "Viridis", zmax, True):
+        fig.add_trace(t)
+    for i in (1, 2):
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i}", showticklabels=False, showgrid=False,
+                         zeroline=False, row=1, col=i)
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=i)
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 110 if animate else 10},
+                      plot_bgcolor="white")
+    if animate:
+        ks = animation_steps(timeline, n, spikes, frames_per_window)
+        def frame_z(s: LayerSpikes, m: int, k: int) -> np.ndarray:
+            return mosaic(fired_values(s, m, timeline, k), s.shape).astype(np.float32)
+
+        fig.frames = [{"name": str(k), "traces": [1, 3], "data": [
+            {"type": "heatmap", "z": frame_z(spikes_in, 0, k)}, {"type": "heatmap", "z": frame_z(spikes, n, k)},
+        ]} for k in ks]
+        active = max(i for i, k in enumerate(ks) if k <= cursor) if cursor >= ks[0] else 0
+        fig.update_layout(**_play_controls([str(k) for k in ks], [f"{timeline.cursor_t(k):.4g}" for k in ks],
+                                           active, "play, t = "))
+    return fig
+
+
+def animation_steps(timeline: Timeline, n: int, spikes: LayerSpikes, frames_per_window: int) -> list[int]:
+    """Cursor steps replayed for layer n: the input window and layer n's window (and the window before it if
+    the layer fired early). Between them nothing changes on these panels."""
+    s = timeline.steps_per_window
+    stride = max(1, s // frames_per_window)
+    windows = {0, n}
+    if n > 0 and bool(np.any(spikes.offsets < 0)):
+        windows.add(n - 1)
+    ks = sorted({k for w in windows for k in range(w * s, (w + 1) * s + 1, stride)} | {(w + 1) * s for w in windows})
+    return ks
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Membrane traces
+def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> go.Figure:
+    """Exact V(t) of one or more neurons of one layer (`ttfs_core` NeuronTrace records; times relative to the
+    neurons' start t_min^(n−1)), their thresholds, the input and own windows, the spike (star), forced spike
+    (cross) or readout (diamond), and the clock-driven trace when the record has one. Below: each neuron's input
+    spikes as ticks, up for J > 0 and down for J < 0, height ∝ |J|.
+
+    Per neuron, in order: V (exact polyline through `times`/`potential`), [θ], [stepped V], spike or readout
+    marker; then one tick trace per neuron. Only the V traces are in the legend (one entry per neuron).
+    """
+    fig = make_subplots(2, 1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.05)
+    first = traces[0]
+    t_min, t_max = float(first.t_min), float(first.t_max)
+    readout = first.theta is None
+    for i, (tr, label) in enumerate(zip(traces, labels)):
+        c = PALETTE[(i + 2) % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=_np(tr.times), y=_np(tr.potential), mode="lines", name=f"neuron {label}",
+                                 line={"color": c, "width": 2}, legendgroup=label,
+                                 hovertemplate=f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}<extra></extra>"),
+                      row=1, col=1)
+        if not readout:
+            fig.add_trace(go.Scatter(x=[0, t_max], y=[float(tr.theta)] * 2, mode="lines", showlegend=False,
+                                     line={"color": c, "dash": "dash", "width": 1}, legendgroup=label,
+                                     hovertemplate=f"threshold θ of {label} = %{{y:.6g}}<extra></extra>"),
+                          row=1, col=1)
+        if tr.stepped_times is not None:
+            fig.add_trace(go.Scatter(x=_np(tr.stepped_times), y=_np(tr.stepped_potential), mode="lines+markers",
+                                     line={"color": c, "width": 1, "dash": "dot"}, marker={"size": 3, "color": c},
+                                     showlegend=False, legendgroup=label,
+                                     hovertemplate=f"{label} with a clock<br>tick t = %{{x:.6g}}<br>"
+                                                   "V = %{y:.6g}<extra></extra>"), row=1, col=1)
+        if readout:
+            v = float(tr.potential_at(np.array([t_min]))[0])
+            fig.add_trace(go.Scatter(x=[t_min], y=[v], mode="markers", showlegend=False, legendgroup=label,
+                                     marker={"symbol": "diamond", "size": 12, "color": c},
+                                     hovertemplate=f"readout of {label}: logit = %{{y:.6g}}<extra></extra>"),
+                          row=1, col=1)
+        elif math.isfinite(float(tr.spike_time)):
+            what = "forced spike (x = 0)" if tr.forced else ("EARLY spike" if tr.early else "spike")
+            fig.add_trace(go.Scatter(
+                x=[float(tr.spike_time)], y=[float(tr.theta)], mode="markers", showlegend=False, legendgroup=label,
+                hovertemplate=f"{what} of {label}<br>t = %{{x:.6g}}<extra></extra>",
+                marker={"symbol": "x" if tr.forced else "star", "size": 15, "color": "red" if tr.early else c,
+                        "line": {"width": 1, "color": "black"}}), row=1, col=1)
+    for i, (tr, label) in enumerate(zip(traces, labels)):
+        c = PALETTE[(i + 2) % len(PALETTE)]
+        times, w = _np(tr.input_times), _np(tr.input_weights)
+        scale = float(np.abs(w).max()) if w.size else 1.0
+        base = -1.2 * i
+        xs = np.repeat(times, 3)
+        xs[2::3] = np.nan
+        ys = np.stack([np.full(w.shape, base), base + 0.5 * w / (scale or 1.0), np.full(w.shape, np.nan)], 1).ravel()
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": c, "width": 1}, legendgroup=label,
+                                 showlegend=False, hoverinfo="skip"), row=2, col=1)
+    # windows last: shapes on "all" rows skip subplots that have no data yet
+    fig.add_vrect(x0=0, x1=t_min, fillcolor=PALETTE[0], opacity=0.1, line_width=0, layer="below", row="all", col=1)
+    fig.add_annotation(x=t_min / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
+                       text="input window: inputs arrive", font={"color": PALETTE[0]})
+    if t_max > t_min:
+        fig.add_vrect(x0=t_min, x1=t_max, fillcolor=PALETTE[1], opacity=0.1, line_width=0, layer="below",
+                      row="all", col=1)
+        fig.add_annotation(x=(t_min + t_max) / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
+                           text="own window: the spike", font={"color": PALETTE[1]})
+    else:
+        fig.add_vline(x=t_min, line={"color": PALETTE[1], "dash": "dot"}, row="all", col=1)
+        fig.add_annotation(x=t_min, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
+                           text="readout", font={"color": PALETTE[1]})
+    fig.update_yaxes(title_text="membrane potential V", row=1, col=1)
+    fig.update_yaxes(title_text="input spikes ±|J|", showticklabels=False, zeroline=False, row=2, col=1)
+    fig.update_xaxes(title_text="time since the neuron started integrating, t − t_min^(n−1)  (τ_c)", row=2, col=1)
+    fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, plot_bgcolor="white",
+                      hovermode="closest", legend={"title": {"text": "click to hide"}})
+    return fig
+
+
+def neuron_picker(spikes: LayerSpikes, selected: Sequence[int] = (), width: int = 700) -> go.Figure:
+    """A layer's neurons as clickable squares in the feature-map layout, coloured by activation.
+
+    One trace; point i is neuron `customdata[i]` (flat index). Selected neurons are outlined.
+    """
+    idx = mosaic_index(spikes.shape)
+    rows, cols = np.nonzero(idx >= 0)
+    flat = idx[rows, cols]
+    size = float(np.clip(width / max(idx.shape[1], 1) * 0.8, 3, 22))
+    sel = np.isin(flat, np.asarray(list(selected), dtype=np.int64))
+    cls = go.Scattergl if flat.size > WEBGL_SPIKES else go.Scatter
+    fig = go.Figure(cls(
+        x=cols, y=rows, mode="markers", customdata=flat, text=unravel(spikes.shape, flat),
+        marker={"symbol": "square", "size": size, "color": spikes.activations[flat], "colorscale": "Viridis",
+                "cmin": 0, "cmax": max(spikes.max_activation, 1e-30),
+                "line": {"width": np.where(sel, 2.5, 0), "color": "red"},
+                "colorbar": {"title": {"text": "activation", "side": "right"}, "thickness": 12}},
+        hovertemplate="neuron %{text}<br>activation %{marker.color:.4g}<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
+    fig.update_xaxes(visible=False)
+    fig.update_layout(height=int(np.clip(size * idx.shape[0] / 0.8 + 60, 160, 700)), clickmode="event+select",
+                      dragmode="select", margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white")
+    return fig
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().double().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ANN vs SNN
+def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np.ndarray], *,
+               max_points: int = MAX_POINTS, cols: int = 4) -> go.Figure:
+    """Per layer, SNN decoded activation against ANN activation (original model units) with the identity line.
+
+    Trace 2i: layer i's points (x = ANN, y = SNN); trace 2i + 1: the identity line.
+    """
+    rows = math.ceil(len(names) / cols)
+    cols = min(cols, len(names))
+    fig = make_subplots(rows, cols, subplot_titles=list(names), horizontal_spacing=0.06,
+                        vertical_spacing=0.12 if rows > 1 else 0.1)
+    for i, (name, a, s) in enumerate(zip(names, ann, snn)):
+        r, c = divmod(i, cols)
+        a, s = np.asarray(a, dtype=np.float64).ravel(), np.asarray(s, dtype=np.float64).ravel()
+        stride = decimation(a.size, max_points)
+        cls = go.Scattergl if a.size > WEBGL_SPIKES else go.Scatter
+        fig.add_trace(cls(x=a[::stride], y=s[::stride], mode="markers", name=name, showlegend=False,
+                          marker={"size": 4, "color": layer_colour(i + 1), "opacity": 0.6},
+                          hovertemplate="ANN %{x:.6g}<br>SNN %{y:.6g}<extra></extra>"), row=r + 1, col=c + 1)
+        hi = float(max(a.max(initial=0), s.max(initial=0), 1e-12))
+        lo = float(min(a.min(initial=0), s.min(initial=0)))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False, hoverinfo="skip",
+                                 line={"color": "black", "width": 1, "dash": "dash"}), row=r + 1, col=c + 1)
+        if stride > 1:
+            fig.layout.annotations[i].text = f"{name} (every {stride}th neuron)"
+    fig.update_xaxes(title_text="ANN activation")
+    fig.update_yaxes(title_text="SNN decoded")
+    fig.update_layout(height=300 * rows + 40, margin={"l": 50, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
+    return fig
+
+
+def error_histogram(names: Sequence[str], errors: Sequence[np.ndarray], bins: int = 60) -> go.Figure:
+    """Signed errors SNN − ANN of every neuron, one histogram per layer, counts on a log scale."""
+    fig = go.Figure()
+    errors = [np.asarray(e, dtype=np.float64).ravel() for e in errors]
+    lo = min((float(e.min()) for e in errors if e.size), default=0.0)
+    hi = max((float(e.max()) for e in errors if e.size), default=0.0)
+    size = (hi - lo) / bins if hi > lo else 1e-12
+    for i, (name, e) in enumerate(zip(names, errors)):  # one set of bins for every layer
+        fig.add_trace(go.Histogram(x=e, name=name, xbins={"start": lo - size / 2, "end": hi + size / 2, "size": size},
+                                   marker={"color": layer_colour(i + 1)}, opacity=0.6))
+    fig.update_layout(barmode="overlay", height=340, yaxis={"type": "log", "title": {"text": "neurons (log)"}},
+                      xaxis={"title": {"text": "SNN − ANN (original model units)"}, "exponentformat": "e"},
+                      margin={"l": 60, "r": 20, "t": 20, "b": 50}, plot_bgcolor="white")
+    return fig
+
+
+def logits(classes: Sequence[str], ann: np.ndarray, snn: np.ndarray) -> go.Figure:
+    """ANN and SNN logits of one input side by side. Trace 0: ANN, trace 1: SNN."""
+    fig = go.Figure([
+        go.Bar(x=list(classes), y=np.asarray(ann, dtype=np.float64), name="ANN", marker={"color": PALETTE[0]}),
+        go.Bar(x=list(classes), y=np.asarray(snn, dtype=np.float64), name="SNN (membrane potential at readout)",
+               marker={"color": PALETTE[1]}),
+    ])
+    fig.update_layout(barmode="group", height=300, margin={"l": 50, "r": 10, "t": 10, "b": 40},
+                      xaxis={"title": {"text": "class"}, "type": "category"}, yaxis={"title": {"text": "logit"}},
+                      legend={"orientation": "h", "y": 1.12}, plot_bgcolor="white")
+    return fig
+
+
+def image(pixels: np.ndarray, height: int = 160) -> go.Figure:
+    """A preprocessed input image (C, H, W) as the model sees it."""
+    p = np.asarray(pixels, dtype=np.float64)
+    z = p[0] if p.shape[0] == 1 else p.mean(axis=0)
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Greys_r", showscale=False,
+                               hovertemplate="(%{y}, %{x}) = %{z:.3g}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
+    fig.update_xaxes(visible=False)
+    fig.update_layout(height=height, width=height, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+    return fig
+
+
+__all__ = ["ABSOLUTE", "STRETCHED", "ann_vs_snn", "error_histogram", "feature_maps", "image", "logits",
+           "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster"]

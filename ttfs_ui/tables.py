@@ -1,0 +1,110 @@
+"""Table rows for the pages (pure: core results in, lists of dicts out)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .timeline import layer_label
+
+
+def summary_rows(snn, result=None) -> list[dict]:
+    """One row per spiking layer and the readout: what the conversion produced (and this input's spikes)."""
+    rows = []
+    per_layer = {lr.name: lr for lr in result.layers} if result is not None else {}
+    for layer in snn.layers:
+        lr = per_layer.get(layer.name)
+        rows.append({
+            "layer": layer_label(layer), "op": layer.op, "output shape": "×".join(map(str, layer.shape)),
+            "neurons": layer.neurons, "X_n": float(layer.max_activation),
+            "window [t_min, t_max] (τ_c)": f"[{layer.t_min:.6g}, {layer.t_max:.6g}]", "B_n (τ_c)": float(layer.window),
+            "spikes": None if lr is None else int(lr.spikes),
+            "forced (x = 0)": None if lr is None else int(lr.forced),
+            "early": None if lr is None else int(lr.early_spikes),
+        })
+    out = snn.output
+    rows.append({
+        "layer": f"readout {out.name}", "op": out.op, "output shape": "×".join(map(str, out.shape)),
+        "neurons": out.neurons, "X_n": None, "window [t_min, t_max] (τ_c)": f"read at t = {out.t_min:.6g}",
+        "B_n (τ_c)": None, "spikes": None, "forced (x = 0)": None, "early": None,
+    })
+    return rows
+
+
+def logit_rows(ann: np.ndarray, snn: np.ndarray) -> list[dict]:
+    """Per class: ANN logit, SNN logit (readout potential), difference. Shape: ann, snn (classes,)."""
+    ann, snn = np.asarray(ann, dtype=np.float64).ravel(), np.asarray(snn, dtype=np.float64).ravel()
+    return [{"class": c, "ANN logit": float(a), "SNN logit": float(s), "SNN − ANN": float(s - a)}
+            for c, (a, s) in enumerate(zip(ann, snn))]
+
+
+def error_rows(snn, comparisons) -> list[dict]:
+    """Per spiking layer: the largest |SNN − ANN| (original units), where it happens, and early spikes."""
+    rows = []
+    for layer, c in zip(snn.layers, comparisons):
+        err = (c.snn - c.ann).abs().flatten()
+        j = int(err.argmax()) if err.numel() else 0
+        idx = np.unravel_index(j, layer.shape)
+        rows.append({
+            "layer": layer_label(layer), "neurons": layer.neurons, "max |SNN − ANN|": float(c.max_abs_error),
+            "relative to max |ANN|": float(c.max_rel_error), "at neuron": "(" + ", ".join(map(str, idx)) + ")",
+            "ANN there": float(c.ann.flatten()[j]) if err.numel() else 0.0,
+            "early spikes": int(c.early_spikes),
+        })
+    return rows
+
+
+def trace_rows(traces, labels) -> list[dict]:
+    """Per traced neuron: threshold, spike time (relative to its start and absolute), decoded activation, and the
+    clock-driven spike time when there is one."""
+    rows = []
+    for tr, label in zip(traces, labels):
+        spike = float(tr.spike_time)
+        row = {"neuron": label, "inputs": int(tr.input_times.numel()),
+               "θ": None if tr.theta is None else float(tr.theta)}
+        if tr.theta is None:
+            row["logit (V at readout)"] = float(tr.potential_at(np.array([float(tr.t_min)]))[0])
+        else:
+            row.update({
+                "spike t − t_min^(n−1)": spike if np.isfinite(spike) else None,
+                "spike t (absolute)": float(tr.origin) + spike if np.isfinite(spike) else None,
+                "activation t_max − t": float(tr.t_max) - spike if np.isfinite(spike) else 0.0,
+                "forced": bool(tr.forced), "early": bool(tr.early),
+            })
+            if tr.stepped_spike_time is not None:
+                stepped = float(tr.stepped_spike_time)
+                row["spike with a clock"] = stepped if np.isfinite(stepped) else None
+                row["clock error"] = stepped - spike if np.isfinite(stepped) and np.isfinite(spike) else None
+        rows.append(row)
+    return rows
+
+
+def evaluation_summary(chunks) -> dict:
+    """Accuracy of ANN and SNN, their agreement, early spikes and spikes per neuron over evaluated chunks."""
+    labels = np.concatenate([c.labels for c in chunks])
+    ann = np.concatenate([c.ann for c in chunks])
+    snn = np.concatenate([c.snn for c in chunks])
+    n = max(labels.size, 1)
+    return {
+        "images": int(labels.size),
+        "ANN accuracy": float((ann == labels).sum() / n),
+        "SNN accuracy": float((snn == labels).sum() / n),
+        "agreement": float((ann == snn).sum() / n),
+        "disagreements": [int(c.start + i) for c in chunks for i in np.flatnonzero(c.ann != c.snn)],
+        "early spikes": int(sum(c.early_spikes for c in chunks)),
+        "spikes per neuron": float(sum(c.spikes for c in chunks) / max(sum(c.neurons for c in chunks), 1)),
+    }
+
+
+def early_rows(chunks, snn) -> list[dict]:
+    """Every recorded early spike: test image, layer, neuron index and how early it fired."""
+    labels = {layer.name: layer_label(layer) for layer in snn.layers}
+    return [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]}
+            for c in chunks for row in c.early]
+
+
+def comparison_data(snn, comparisons) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Layer labels and flat float64 arrays of ANN activations, SNN decoded activations and SNN − ANN."""
+    names = [layer_label(layer) for layer in snn.layers]
+    ann = [c.ann.detach().double().numpy().ravel() for c in comparisons]
+    out = [c.snn.detach().double().numpy().ravel() for c in comparisons]
+    return names, ann, out, [s - a for a, s in zip(ann, out)]

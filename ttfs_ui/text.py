@@ -1,0 +1,97 @@
+"""Short explanations for newcomers, shown collapsed on every page. Equations follow MATH.md (time in τ_c).
+
+Each entry is (expander title, Markdown with $…$ / $$…$$ LaTeX).
+"""
+
+EXPLANATIONS: dict[str, tuple[str, str]] = {
+    "overview": ("What is this? (start here)", r"""
+A **ReLU network** passes numbers (activations) from layer to layer. A **spiking network** passes *events in
+time*. This app converts a trained ReLU network into a spiking one where every neuron fires **exactly one
+spike**, and the *time* of that spike encodes the activation — **time-to-first-spike (TTFS)** coding, after
+Stanojevic et al., *An exact mapping from ReLU networks to spiking neural networks* (2023).
+
+Every layer $n$ owns a time window $[t_{\min}^{(n)}, t_{\max}^{(n)}]$ of length $B_n$; the windows follow each
+other. A neuron with activation $x \ge 0$ fires at
+
+$$t = t_{\max}^{(n)} - x \qquad\Longleftrightarrow\qquad x = t_{\max}^{(n)} - t,$$
+
+so a **large activation fires early** and $x = 0$ fires at the end of the window. The mapping is *exact*: the
+spiking network computes the same logits as the ReLU network (up to floating-point rounding).
+
+**How to use it:** pick a model and an input here, then open the pages in the sidebar: the *spike raster*
+(all spikes on one time axis), *membrane traces* (one neuron's voltage), *ANN vs SNN* (checks the exactness).
+"""),
+    "conversion": ("How the conversion works", r"""
+Each hidden neuron $i$ of layer $n$ starts at $V=0$ when its input window opens, at $t_{\min}^{(n-1)}$, and
+integrates a constant current $\alpha$ plus one step current $J_{ij}$ per input spike:
+
+$$V_i(t) = \alpha\,(t - t_{\min}^{(n-1)}) + \sum_j J_{ij}\,(t - t_j)^+ .$$
+
+It fires when $V_i$ reaches its threshold $\vartheta_i$, or is **forced** to fire at $t_{\max}^{(n)}$
+(activation 0, the ReLU's zero). From the ReLU layer's weights $W$ and bias $b$ (with $\alpha = 1$):
+
+$$J_{ij} = \frac{\alpha W_{ij}}{1 - \sum_k W_{ik}}, \qquad
+\vartheta_i = \alpha\,(t_{\max}^{(n)} - t_{\min}^{(n-1)}) + B_n \sum_j J_{ij} - \Big(\alpha + \sum_j J_{ij}\Big) b_i .$$
+
+This needs $\sum_k W_{ik} < 1$, obtained by rescaling each neuron's weights (ReLU is positively homogeneous, so
+the network computes the same function). BatchNorm is folded into the neighbouring layer; max pooling becomes
+"the earliest spike wins".
+
+**Windows** come from calibration data: $X_n$ is the largest activation of layer $n$ over 512 training images,
+and $B_n = (1 + \zeta)\,X_n$ with safety margin $\zeta$ (default 0.5). The **decision latency** is the time at
+which the output layer is read: $t_{\min}^{(L)} = 1 + \sum_{n<L} B_n$ (the input window is $[0, 1]$).
+The output layer does not spike: its membrane potential at $t_{\min}^{(L)}$ *is* the logit vector.
+"""),
+    "raster": ("How to read the raster", r"""
+Each dot is **one spike**: x = when it fired, y = which neuron (grouped by layer, the input at the bottom; one
+colour per layer). Shaded bands are the layers' windows $[t_{\min}^{(n)}, t_{\max}^{(n)}]$. Within a band, dots on
+the **left** are neurons with **large activations** ($x = t_{\max} - t$); the vertical line of dots at the right
+edge of each band are neurons with activation 0, forced to fire at $t_{\max}$.
+
+The **time cursor** (black line) splits what has happened (left) from what has not (grey). Step it with the
+buttons or the slider; *Play* under the figure animates the cursor in the browser without recomputing.
+
+**Time axis.** Windows shrink with depth (each layer's activations are rescaled by $c < 1$), so on the true
+time axis deep layers collapse to a thin line. The *stretched* axis gives each window the same width (window
+$n$ is drawn on $[n, n+1]$, position $n + (t - t_{\min}^{(n)})/B_n$): it is not to scale, but every layer's
+spike order is visible. It is the default when windows differ by more than 10×.
+"""),
+    "feature_maps": ("How to read the feature maps", r"""
+Left: the **input image**. Input pixel value $\hat x \in [0,1]$ fires at $t = 1 - \hat x$: bright pixels fire
+first, so the digit appears stroke by stroke and the black background fills in at the end of the input window.
+
+Right: the chosen layer's neurons (for convolutions: one small map per channel). A cell is grey until its neuron
+fires; then it is coloured with the **decoded activation** $t_{\max}^{(n)} - t$ (the colour scale ends at $X_n$,
+the calibration maximum). Neurons of a linear layer are tiled into a square.
+"""),
+    "membrane": ("How to read a membrane trace", r"""
+The solid line is the neuron's **exact** membrane potential, piecewise linear with a kink at every input
+spike (times relative to the moment the neuron starts integrating, $t_{\min}^{(n-1)}$):
+
+$$V_i(t) = \alpha\,t + \sum_j J_{ij}\,(t - t_j)^+ .$$
+
+Ticks underneath are the **input spikes**, up for excitatory ($J_{ij} > 0$) and down for inhibitory inputs,
+height ∝ $|J_{ij}|$. The dashed line is the threshold $\vartheta_i$. The star marks the spike, where $V$ reaches
+$\vartheta_i$; a cross marks a **forced** spike at $t_{\max}$ (activation 0). The blue band is the input
+window (inputs arrive), the red band the neuron's own window (where a correct spike happens). A spike inside
+the blue band would be an **early spike**, wrong by construction; it is shown in red.
+
+The dotted staircase is the same neuron simulated **with a clock** of $S$ ticks per window
+($V[k+1] = V[k] + \Delta t\, I[k]$, spikes on ticks): its spike time is off by up to one tick, $B_n/S$, and the
+errors accumulate over layers.
+"""),
+    "ann_vs_snn": ("What is compared", r"""
+For every spiking layer, each neuron's **ANN activation** (recorded from the original PyTorch model) against the
+**SNN's decoded activation** $t_{\max}^{(n)} - t$ (divided by the rescaling factor, so both are in the original
+model's units). The mapping is exact, so every point should sit on the dashed identity line; the differences
+are floating-point rounding (float32 models: about $10^{-6}$).
+
+**Early spikes.** The dynamics do not forbid a neuron from crossing threshold *before* all of its inputs have
+arrived, $t < t_{\min}^{(n)}$; such a spike is wrong. With the default "positive-part" rescaling
+($\sum_j \max(W_{ij},0) < 1$) this happens exactly when the neuron's pre-activation exceeds its window $B_n$,
+i.e. when an input drives a layer harder than any calibration image did by more than the margin $\zeta$.
+Lower $\zeta$ in the conversion settings to provoke some, then open their traces.
+
+**Agreement** is the fraction of inputs where SNN and ANN predict the same class (it needs no labels).
+"""),
+}

@@ -1,0 +1,144 @@
+"""Untrusted uploads: model files and images. No Streamlit here; every failure is a ValueError whose message
+the app shows as it is (ModelLoadError is a ValueError)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ttfs_core import data
+from ttfs_core.loading import ModelLoadError, check_input, load_model
+
+BUNDLED_SHAPE = (1, 28, 28)  # the only input shape the bundled data (MNIST) can calibrate and test
+MAX_PIXELS = 25_000_000  # larger images are refused before decoding them fully
+
+
+def digest(data_: bytes) -> str:
+    return hashlib.sha256(data_).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class UploadedModel:
+    """A model file as uploaded (kept in the session so the cached model can be rebuilt)."""
+
+    key: str  # "upload:<digest>"
+    filename: str
+    data: bytes
+    arch: str | None
+
+    @property
+    def title(self) -> str:
+        return f"{self.filename} (uploaded{', ' + self.arch if self.arch else ''})"
+
+
+@dataclass(frozen=True)
+class UploadedImage:
+    key: str  # "upload:<digest>"
+    filename: str
+    data: bytes
+    invert: bool
+
+
+def read_model(data_: bytes, filename: str, arch: str | None) -> nn.Module:
+    """Load an uploaded model file with the safe loader (never unpickles code). Raises ModelLoadError."""
+    if not data_:
+        raise ModelLoadError("the uploaded file is empty")
+    suffix = Path(filename).suffix[:12] if Path(filename).suffix.isascii() else ""
+    with tempfile.TemporaryDirectory(prefix="ttfs_upload_") as tmp:
+        path = Path(tmp) / f"model{suffix}"
+        path.write_bytes(data_)
+        model = load_model(path, arch=arch or None)
+    return model
+
+
+def check_bundled_input(model: nn.Module) -> None:
+    """Raise ModelLoadError unless the model takes the bundled 1×28×28 images, saying what it takes instead."""
+    try:
+        out = check_input(model, BUNDLED_SHAPE)
+    except ModelLoadError as e:
+        wants = expected_input(model)
+        raise ModelLoadError(
+            f"the model does not take 1×28×28 inputs{f' (it seems to take {wants})' if wants else ''}; only "
+            f"28×28 grayscale images (MNIST) are bundled for calibration and testing. Details: {e}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(f"the model's output should be logits of shape (batch, classes), got {shape}")
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """A guess of the input a model takes, from its first weight (for error messages only)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return f"{p.shape[1]}-channel images (its first layer is a convolution with {p.shape[1]} input channels)"
+        if p.dim() == 2:
+            return f"{p.shape[1]} input features (its first layer is linear)"
+    return None
+
+
+def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Decode and preprocess an uploaded PNG/JPEG for a model. Returns the input (1, C, H, W) and notes for the
+    user (resized, inverted). `invert=None`: invert when the background is light (MNIST digits are white on
+    black). Raises ValueError with a message for anything that is not a usable image.
+    """
+    if not data_:
+        raise ValueError("the uploaded image is empty")
+    img = _open(data_)
+    notes = []
+    if img.width < 4 or img.height < 4:
+        raise ValueError(f"the image is only {img.width}×{img.height} pixels; the model takes "
+                         f"{preprocess.width}×{preprocess.height}")
+    if img.size != (preprocess.width, preprocess.height):
+        distorted = abs(img.width / img.height - preprocess.width / preprocess.height) > 0.05
+        notes.append(f"The image is {img.width}×{img.height}; it was resized to {preprocess.width}×"
+                     f"{preprocess.height}{' (the aspect ratio changed)' if distorted else ''}.")
+    light = _is_light(img)
+    if invert is None:
+        invert = light
+    if invert:
+        img = Image.fromarray(255 - np.asarray(img.convert("L" if preprocess.channels == 1 else "RGB")))
+        notes.append("Colours were inverted: MNIST digits are white on black." if light
+                     else "Colours were inverted, as asked.")
+    x = preprocess.to_tensor(img)
+    return x.unsqueeze(0), notes
+
+
+def light_background(data_: bytes) -> bool:
+    """Whether an image's border is mostly light (a dark digit on white paper)."""
+    return _is_light(_open(data_))
+
+
+def _is_light(img: Image.Image) -> bool:
+    gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return float(border.mean()) > 0.5
+
+
+def _open(data_: bytes) -> Image.Image:
+    """Decode image bytes; every failure becomes a ValueError with a plain message."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data_)) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"the image is {im.width}×{im.height} pixels; images up to {MAX_PIXELS:,} "
+                                     "pixels are accepted")
+                im.load()
+                return im.copy()
+    except ValueError as e:
+        if "pixels" in str(e):
+            raise
+        raise ValueError(f"not a usable image: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError("the image is too large to decode safely") from None
+    except Exception:  # noqa: BLE001 - PIL raises many kinds of errors on garbage
+        raise ValueError("not an image: the file could not be decoded as PNG or JPEG") from None
