@@ -99,9 +99,11 @@ def _no_errors(page, where: str) -> None:
     assert not texts, f"{where}: error elements shown: {texts}"
 
 
-def test_every_page_in_a_browser(server, browser):
+def test_every_page_in_a_browser(server, browser, request):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {SHOTS.resolve()}")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"browser test screenshots: {SHOTS.resolve()}"
+    reporter.write_line(message) if reporter else print(message)  # shown even when output is captured (CI)
     context = browser.new_context(viewport={"width": 1440, "height": 2400})
     page = context.new_page()
     js_errors: list[str] = []

@@ -19,7 +19,7 @@ PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#F
            "#FF97FF", "#FECB52")
 NOT_FIRED = "#dfe4ec"  # cells of neurons that have not fired yet
 FUTURE = "rgba(120,120,120,0.28)"  # the part of the time axis after the cursor
-WEBGL_SPIKES = 2000  # layers with more spikes are drawn with WebGL
+WEBGL_SPIKES = 2000  # figures with more points are drawn with WebGL (every trace: mixing SVG and WebGL is slower)
 MAX_POINTS = 40_000  # per layer; more neurons are decimated (stated on the figure)
 GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
 
@@ -105,6 +105,7 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
     axis, y = group start + flat neuron index, customdata = (flat index, activation, forced).
     """
     groups = raster_groups(spikes)
+    gl = sum(int(np.isfinite(s.offsets).sum()) for s in spikes) > WEBGL_SPIKES
     y_lo, y_hi = -0.02 * groups[-1][1], groups[-1][1] * 1.02
     bands = _band_traces(timeline, mode, y_lo, y_hi)
     fig = go.Figure(bands)
@@ -117,7 +118,7 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
         name = s.label if stride == 1 else f"{s.label} (every {stride}th neuron)"
         if stride > 1:
             notes.append(f"{s.label}: every {stride}th of {s.neurons:,} neurons shown")
-        cls = go.Scattergl if idx.size > WEBGL_SPIKES else go.Scatter
+        cls = go.Scattergl if gl else go.Scatter
         custom = np.stack([idx, s.activations[idx], s.forced[idx]], axis=1)
         fig.add_trace(cls(
             x=x, y=y0 + idx, mode="markers", name=name, customdata=custom,
@@ -381,11 +382,11 @@ def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np
     cols = min(cols, len(names))
     fig = make_subplots(rows, cols, subplot_titles=list(names), horizontal_spacing=0.06,
                         vertical_spacing=0.12 if rows > 1 else 0.1)
+    cls = go.Scattergl if sum(np.size(a) for a in ann) > WEBGL_SPIKES else go.Scatter
     for i, (name, a, s) in enumerate(zip(names, ann, snn)):
         r, c = divmod(i, cols)
         a, s = np.asarray(a, dtype=np.float64).ravel(), np.asarray(s, dtype=np.float64).ravel()
         stride = decimation(a.size, max_points)
-        cls = go.Scattergl if a.size > WEBGL_SPIKES else go.Scatter
         fig.add_trace(cls(x=a[::stride], y=s[::stride], mode="markers", name=name, showlegend=False,
                           marker={"size": 4, "color": layer_colour(i + 1), "opacity": 0.6},
                           hovertemplate="ANN %{x:.6g}<br>SNN %{y:.6g}<extra></extra>"), row=r + 1, col=c + 1)
