@@ -53,8 +53,14 @@ if not rows:
     st.success("No neuron fired early on any test digit: every spike came after all of its inputs. "
                "Lower the safety margin ζ in the conversion settings to see some.")
 else:
-    st.dataframe(rows, hide_index=True, width="stretch", column_order=("image", "layer", "index", "early by (τ_c)"))
-    st.markdown(f"The first {min(len(rows), 12)} — open a membrane trace:")
+    st.caption(f"{summary['early spikes']:,} early spikes; {len(rows):,} listed (at most {cache.MAX_EARLY_ROWS} per "
+               f"layer and {cache.EVAL_CHUNK} digits). Click a row to open that neuron's membrane trace.")
+    table = st.dataframe(rows, hide_index=True, width="stretch", key="early_table", on_select="rerun",
+                         selection_mode="single-row", column_order=("image", "layer", "index", "early by (τ_c)"))
+    if table.selection.rows:
+        row = rows[table.selection.rows[0]]
+        controls.open_trace(row["image"], row["layer name"], row["neuron"])
+    st.markdown(f"Or the first {min(len(rows), 12)}:")
     for col, row in zip(st.columns(4) * 3, rows[:12]):
         if col.button(f"#{row['image']} · {row['layer']} {row['index']}", key=f"early_{row['image']}_"
                       f"{row['layer name']}_{row['neuron']}", icon=":material/show_chart:", width="stretch"):

@@ -60,6 +60,11 @@ def charts(at: AppTest) -> dict[str, dict]:
     return {el.proto.id.rsplit("-", 1)[-1]: _decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")}
 
 
+def spike_traces(fig: dict) -> list[dict]:
+    """The raster's per-layer spike traces (not the window bands, not the early-spike overlays)."""
+    return [t for t in fig["data"] if t.get("hoverinfo") != "skip" and t.get("name") != figures.EARLY]
+
+
 def arr(v) -> np.ndarray:
     if v is None:
         return np.array([])
@@ -120,7 +125,7 @@ def test_raster_spike_times_are_the_simulators(core):
     at = run(RASTER, **{state.AXIS: timeline.ABSOLUTE})  # opened directly: falls back to the default model/image
     fig = charts(at)["raster"]
     tl = timeline.timeline_of(snn)
-    spikes = [t for t in fig["data"] if t.get("hoverinfo") != "skip"]
+    spikes = spike_traces(fig)
     assert len(spikes) == 1 + len(snn.layers)
     np.testing.assert_allclose(arr(spikes[0]["x"]), res.input_times[0].double().numpy().ravel(), atol=1e-12)
     for trace, lr in zip(spikes[1:], res.layers):
@@ -132,12 +137,26 @@ def test_raster_spike_times_are_the_simulators(core):
         assert len(idx) == lr.spikes  # every spike drawn (no decimation on the bundled models)
     # the stretched axis: layer n's window on [n, n + 1], positions from offsets / window
     at.radio(key=state.widget_key(state.AXIS)).set_value(timeline.STRETCHED).run()
-    spikes = [t for t in charts(ok(at))["raster"]["data"] if t.get("hoverinfo") != "skip"]
+    spikes = spike_traces(charts(ok(at))["raster"])
     for n, (trace, lr) in enumerate(zip(spikes[1:], res.layers), start=1):
         idx = arr(trace["customdata"])[:, 0].astype(int)
         expected = n + (lr.offsets[0].double().numpy().ravel() / lr.window)[idx]
         np.testing.assert_allclose(arr(trace["x"]), expected, atol=1e-12)
     assert tl.default_mode() == timeline.STRETCHED  # LeNet's windows differ by ~100×
+
+
+def test_raster_marks_early_spikes():
+    at = run(RASTER, **{state.MARGIN: -0.6, state.TEST_INDEX: 3})
+    model, card = zoo.load(zoo.DEFAULT_MODEL)
+    imgs, _ = data.load_mnist_uint8("train")
+    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=-0.6,
+                            input_range=card.input_range)
+    test, _ = data.load_mnist_uint8("test")
+    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[3:4])))
+    assert res.early_spikes > 0
+    rings = [t for t in charts(at)["raster"]["data"] if t.get("name") == figures.EARLY]
+    assert sum(len(arr(t["x"])) for t in rings) == res.early_spikes
+    assert all((arr(t["x"]) < n) .all() for n, t in enumerate(rings, start=1))  # drawn in the window before their own
 
 
 def test_raster_time_cursor_and_feature_maps(core):

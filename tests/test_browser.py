@@ -150,6 +150,24 @@ def test_every_page_in_a_browser(server, browser, request):
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         _no_errors(page, "ANN vs SNN via the sidebar")
         assert f"test digit #{first_three}" in page.locator("body").inner_text()
+
+        # garbage uploads: a message, and the app keeps working
+        page.goto(f"{server}/", wait_until="domcontentloaded")
+        _settle(page)
+        page.get_by_text("Upload a model file").click()
+        uploaders = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+        uploaders.nth(0).set_input_files(files=[{"name": "model.pt", "mimeType": "application/octet-stream",
+                                                 "buffer": os.urandom(5000)}])
+        _settle(page)
+        errors = page.locator('[data-testid="stAlertContentError"]')
+        assert errors.count() == 1 and "Cannot use 'model.pt'" in errors.first.inner_text()
+        uploaders.nth(1).set_input_files(files=[{"name": "digit.png", "mimeType": "image/png",
+                                                 "buffer": b"this is only text, not a PNG"}])
+        _settle(page)
+        assert errors.count() == 2 and "as an image" in errors.nth(1).inner_text()
+        assert not page.locator('[data-testid="stException"]').count()
+        assert page.locator(".js-plotly-plot").count() >= 2  # still the default model's predictions
+        page.screenshot(path=str(SHOTS / "app_garbage_uploads.png"), full_page=True)
         assert not js_errors, f"JavaScript errors: {js_errors}"
     finally:
         page.screenshot(path=str(SHOTS / "last.png"), full_page=True)

@@ -22,6 +22,7 @@ FUTURE = "rgba(120,120,120,0.28)"  # the part of the time axis after the cursor
 WEBGL_SPIKES = 2000  # figures with more points are drawn with WebGL (every trace: mixing SVG and WebGL is slower)
 MAX_POINTS = 40_000  # per layer; more neurons are decimated (stated on the figure)
 GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
+EARLY = "early spikes"  # name of the raster's overlay traces marking early spikes
 
 
 def layer_colour(n: int) -> str:
@@ -101,8 +102,9 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
     """The whole network on one time axis: one dot per spike, neuron index grouped by layer (input at the
     bottom), one colour per layer, every window shaded. Grey covers what happens after the cursor.
 
-    Traces 0..L are the shaded windows; trace L + 1 + n holds layer n's spikes: x = positions on the `mode`
-    axis, y = group start + flat neuron index, customdata = (flat index, activation, forced).
+    Traces 0..L are the shaded windows; then per layer n its spikes (x = positions on the `mode` axis, y = group
+    start + flat neuron index, customdata = (flat index, activation, forced)), followed by an overlay named
+    EARLY ringing its early spikes, if it has any.
     """
     groups = raster_groups(spikes)
     gl = sum(int(np.isfinite(s.offsets).sum()) for s in spikes) > WEBGL_SPIKES
@@ -117,7 +119,7 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
         x = timeline.positions(n, s.offsets[idx], mode)
         name = s.label if stride == 1 else f"{s.label} (every {stride}th neuron)"
         if stride > 1:
-            notes.append(f"{s.label}: every {stride}th of {s.neurons:,} neurons shown")
+            notes.append(f"{s.label}: every {stride}th of {s.neurons:,} neurons shown (decimated)")
         cls = go.Scattergl if gl else go.Scatter
         custom = np.stack([idx, s.activations[idx], s.forced[idx]], axis=1)
         fig.add_trace(cls(
@@ -126,13 +128,20 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
             hovertemplate=(f"<b>{s.label}</b> neuron %{{customdata[0]}}<br>x = %{{x:.6g}}<br>"
                            "activation %{customdata[1]:.4g}<br>forced: %{customdata[2]}<extra></extra>"),
         ))
+        early = idx[s.offsets[idx] < 0]
+        if early.size:  # wrong spikes (before the layer's inputs had all arrived): ring them in red
+            fig.add_trace(cls(
+                x=timeline.positions(n, s.offsets[early], mode), y=y0 + early, mode="markers", name=EARLY,
+                marker={"color": "rgba(0,0,0,0)", "size": 8, "line": {"width": 1.5, "color": "red"}},
+                customdata=early, hovertemplate=f"<b>EARLY spike</b>: {s.label} neuron %{{customdata}}<extra></extra>"))
+            notes.append(f"{s.label}: {early.size:,} early spikes (red rings)")
     annotations = [{"x": (x0 + x1) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
                     "text": timeline.names[n] if mode == STRETCHED or n < 2 else "", "showarrow": False,
                     "font": {"size": 11, "color": layer_colour(n)}}
                    for n, (x0, x1) in enumerate(timeline.bands(mode))]
     if notes:
         annotations.append({"x": 0, "y": -0.22 if animate else -0.12, "xref": "paper", "yref": "paper",
-                            "xanchor": "left", "showarrow": False, "text": "Decimated: " + "; ".join(notes),
+                            "xanchor": "left", "showarrow": False, "text": "; ".join(notes),
                             "font": {"size": 11}})
     ticks = [(y0 + y1) / 2 for y0, y1 in groups]
     fig.update_layout(
