@@ -23,6 +23,7 @@ APP = str(ROOT / "app.py")
 RASTER = str(ROOT / "pages" / "1_Spike_raster.py")
 TRACES = str(ROOT / "pages" / "2_Membrane_traces.py")
 COMPARE = str(ROOT / "pages" / "3_ANN_vs_SNN.py")
+ROBUSTNESS = str(ROOT / "pages" / "4_Robustness.py")
 TIMEOUT = 120
 
 
@@ -264,6 +265,29 @@ def test_early_spikes_open_their_membrane_trace():
     assert at.session_state[state.TRACE_PICK] == "by index"
     assert at.session_state[state.TEST_INDEX] == int(rows.iloc[0]["image"])
     assert at.session_state[state.TRACE_LAYER] == rows.iloc[0]["layer name"]
+
+
+# --- pages/4: robustness -----------------------------------------------------------------------------------
+def test_robustness_sweeps_are_the_cores(core):
+    from ttfs_core import robustness
+
+    model, snn, _, labels = core
+    at = run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
+    figs = charts(at)
+    test, _ = data.load_mnist_uint8("test")
+    x = data.MNIST_PREPROCESS.batch_from_uint8(np.asarray(test[:100]))
+    y = torch.from_numpy(np.asarray(labels[:100]).copy())
+    expected = robustness.time_bits_sweep(snn, x, y, bits=[2, 4, 8], model=model)
+    shown = figs["sweep_time_bits"]["data"]
+    xs = list(arr(shown[0]["x"]))
+    for p in expected:
+        i = xs.index(p.value)
+        assert arr(shown[0]["y"])[i] == pytest.approx(100 * p.accuracy)
+        assert arr(shown[1]["y"])[i] == pytest.approx(100 * p.agreement)
+    early = figs["sweep_margin"]["data"][2]
+    assert arr(early["y"])[0] > 0  # ζ = −0.7: early spikes
+    at.toggle(key=state.widget_key(state.ROBUST_RELATIVE)).set_value(True).run()
+    assert "B_n" in charts(ok(at))["sweep_jitter"]["layout"]["xaxis"]["title"]["text"]
 
 
 # --- uploads ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 PAGES = [("", "app"), ("Spike_raster", "spike_raster"), ("Membrane_traces", "membrane_traces"),
-         ("ANN_vs_SNN", "ann_vs_snn")]
+         ("ANN_vs_SNN", "ann_vs_snn"), ("Robustness", "robustness")]
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 

@@ -159,3 +159,37 @@ def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], s
 def simulate_stepped(net_key: NetKey, image_key: str, steps: int, _snn: ttfs_core.SpikingNetwork,
                      _x: Tensor) -> ttfs_core.SimResult:
     return _snn.run_stepped(_x, steps=steps)
+
+
+KNOBS = {  # knob -> values swept (MATH §7, §9)
+    "time_bits": tuple(range(2, 13)),
+    "jitter": (0.0, 5e-5, 5e-4, 5e-3, 0.05),
+    "weight_bits": tuple(range(2, 13)),
+    "margin": (-0.7, -0.5, -0.3, -0.1, 0.0, 0.25, 0.5),
+}
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def sweep_point(net_key: NetKey, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
+                _snn: ttfs_core.SpikingNetwork):
+    """One point of a robustness sweep over the first n bundled test digits (`ttfs_core.robustness`).
+
+    Agreement is with the original model's argmax; `relative`: jitter σ in units of each window, not of τ_c.
+    """
+    from ttfs_core import robustness
+
+    x = images(_entry, "test", 0, n)
+    labels = torch.from_numpy(np.asarray(mnist("test")[1][:n]).copy())
+    model = _entry.model
+    if knob == "time_bits":
+        return robustness.time_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
+    if knob == "jitter":
+        return robustness.jitter_sweep(_snn, x, labels, sigmas=[float(value)], relative=relative, model=model)[0]
+    if knob == "weight_bits":
+        return robustness.weight_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
+    if knob == "margin":
+        _, _, neuron, rescale = net_key
+        calibration = images(_entry, "train", 0, CALIBRATION_IMAGES)
+        return robustness.margin_sweep(model, calibration, x, labels, margins=[float(value)],
+                                       input_range=_entry.input_range, neuron=neuron, rescale=rescale)[0]
+    raise ValueError(f"unknown knob {knob!r}; known: {', '.join(KNOBS)}")

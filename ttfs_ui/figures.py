@@ -375,6 +375,33 @@ def neuron_picker(spikes: LayerSpikes, selected: Sequence[int] = (), width: int 
     return fig
 
 
+def sweep(points: Sequence, x_title: str, *, x_type: str = "linear", ann_accuracy: float | None = None,
+          show_early: bool = False, height: int = 360) -> go.Figure:
+    """Accuracy and ANN agreement against one knob (`ttfs_core.robustness.SweepPoint` records), in %.
+
+    Traces: 0 SNN accuracy, 1 agreement with the ANN, [2 early spikes on a second axis]. The ANN's accuracy is a
+    dashed line.
+    """
+    x = [f"{p.value:g}" for p in points] if x_type == "category" else [p.value for p in points]
+    fig = make_subplots(specs=[[{"secondary_y": show_early}]])
+    fig.add_trace(go.Scatter(x=x, y=[100 * p.accuracy if p.accuracy is not None else None for p in points],
+                             mode="lines+markers", name="SNN accuracy", line={"color": PALETTE[1]}))
+    fig.add_trace(go.Scatter(x=x, y=[100 * p.agreement for p in points], mode="lines+markers",
+                             name="agreement with the ANN", line={"color": PALETTE[0], "dash": "dot"}))
+    if show_early:
+        fig.add_trace(go.Bar(x=x, y=[p.early_spikes for p in points], name="early spikes", opacity=0.25,
+                             marker={"color": "red"}), secondary_y=True)
+        fig.update_yaxes(title_text="early spikes", secondary_y=True, showgrid=False, rangemode="tozero")
+    if ann_accuracy is not None:
+        fig.add_hline(y=100 * ann_accuracy, line={"color": "grey", "dash": "dash", "width": 1},
+                      annotation_text="ANN accuracy", annotation_position="bottom right")
+    fig.update_yaxes(title_text="%", range=[0, 102], secondary_y=False)
+    fig.update_xaxes(title_text=x_title, type=x_type)
+    fig.update_layout(height=height, margin={"l": 50, "r": 20, "t": 10, "b": 50}, plot_bgcolor="white",
+                      legend={"orientation": "h", "y": -0.25, "yanchor": "top"}, hovermode="x unified")
+    return fig
+
+
 def _np(t) -> np.ndarray:
     return t.detach().double().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float64)
 
@@ -453,4 +480,4 @@ def image(pixels: np.ndarray, height: int = 160) -> go.Figure:
 
 
 __all__ = ["ABSOLUTE", "STRETCHED", "ann_vs_snn", "error_histogram", "feature_maps", "image", "logits",
-           "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster"]
+           "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster", "sweep"]

@@ -29,6 +29,8 @@ TRACE_PICK = "ttfs_trace_pick"  # "k most active", "by index", "from the feature
 TRACE_K = "ttfs_trace_k"
 TRACE_STEPS = "ttfs_trace_steps"  # clock ticks per window of the stepped trace (0: none)
 SCATTER_LAYER = "ttfs_scatter_layer"
+ROBUST_IMAGES = "ttfs_robust_images"  # test digits per robustness sweep point
+ROBUST_RELATIVE = "ttfs_robust_relative"  # jitter σ relative to each window
 UPLOADED_MODELS = "ttfs_uploaded_models"  # key -> UploadedModel (bytes, name, arch)
 UPLOADED_IMAGES = "ttfs_uploaded_images"  # key -> UploadedImage (bytes, name)
 NOTICE = "ttfs_notice"  # (level, message) shown once on the next run (a fallback after a failure)
@@ -52,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     TRACE_K: 3,
     TRACE_STEPS: 0,
     SCATTER_LAYER: "",
+    ROBUST_IMAGES: 200,
+    ROBUST_RELATIVE: False,
     NOTICE: None,
 }
 

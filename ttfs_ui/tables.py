@@ -108,3 +108,9 @@ def comparison_data(snn, comparisons) -> tuple[list[str], list[np.ndarray], list
     ann = [c.ann.detach().double().numpy().ravel() for c in comparisons]
     out = [c.snn.detach().double().numpy().ravel() for c in comparisons]
     return names, ann, out, [s - a for a, s in zip(ann, out)]
+
+
+def sweep_rows(points) -> list[dict]:
+    """One row per setting of a robustness sweep (`ttfs_core.robustness.SweepPoint`)."""
+    return [{"setting": p.value, "SNN accuracy": p.accuracy, "agreement with the ANN": p.agreement,
+             "early spikes": p.early_spikes, "spikes per neuron": p.spikes_per_neuron} for p in points]

@@ -19,7 +19,8 @@ so a **large activation fires early** and $x = 0$ fires at the end of the window
 spiking network computes the same logits as the ReLU network (up to floating-point rounding).
 
 **How to use it:** pick a model and an input here, then open the pages in the sidebar: the *spike raster*
-(all spikes on one time axis), *membrane traces* (one neuron's voltage), *ANN vs SNN* (checks the exactness).
+(all spikes on one time axis), *membrane traces* (one neuron's voltage), *ANN vs SNN* (checks the exactness),
+*robustness* (what quantised or noisy spike times and weights, and smaller windows, cost).
 """),
     "conversion": ("How the conversion works", r"""
 Each hidden neuron $i$ of layer $n$ starts at $V=0$ when its input window opens, at $t_{\min}^{(n-1)}$, and
@@ -93,5 +94,21 @@ i.e. when an input drives a layer harder than any calibration image did by more 
 Lower $\zeta$ in the conversion settings to provoke some, then open their traces.
 
 **Agreement** is the fraction of inputs where SNN and ANN predict the same class (it needs no labels).
+"""),
+    "robustness": ("What the knobs do", r"""
+The exact mapping assumes perfect spike times and weights. Hardware has neither; each chart changes one thing
+and measures, over the first test digits, the SNN's **accuracy** and its **agreement** with the ANN (same
+predicted class):
+
+- **Spike-time quantisation**: every spike time is rounded to one of $2^{\text{bits}}$ levels spanning its
+  window, $t \mapsto t_{\min} + \mathrm{round}\big((t - t_{\min})/\Delta\big)\,\Delta$ with
+  $\Delta = B_n / (2^{\text{bits}} - 1)$.
+- **Jitter**: Gaussian noise on every spike time, $t \mapsto t + \varepsilon$, $\varepsilon \sim
+  \mathcal N(0, \sigma^2)$, with $\sigma$ in units of $\tau_c$ or of each window $B_n$. Deep windows are short
+  (here down to about $10^{-2}\,\tau_c$), so a fixed $\sigma$ hurts deep layers most.
+- **Weight quantisation**: the synaptic weights $J_{ij}$ of each layer are rounded to $2^{\text{bits}-1}-1$ levels
+  per sign, scaled to the layer's largest $|J_{ij}|$; thresholds and windows are kept.
+- **Margin** $\zeta$: windows $B_n = (1 + \zeta)\,X_n$. A smaller window lowers the latency
+  $1 + \sum_n B_n$ but lets strongly driven neurons fire **early** (red bars), which costs accuracy.
 """),
 }
