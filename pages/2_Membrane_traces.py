@@ -26,10 +26,15 @@ with choose:
     st.radio("Choose neurons", ["k most active", "by index", "from the feature map"], horizontal=True,
              **state.bind(state.TRACE_PICK))
 with clock:
-    st.select_slider("Clock-driven trace: ticks per window", options=[0, 4, 8, 16, 32, 64, 128, 256],
-                     format_func=lambda s: "off" if s == 0 else f"{s} ticks", **state.bind(state.TRACE_STEPS),
-                     help="Overlays the same neuron simulated with a clock: each window split into this many "
-                          "ticks, inputs and spikes on ticks (MATH §6).")
+    clocks = {"off": "off", "steps": "ticks per window", "dt": "tick length dt"}
+    st.radio("Clock-driven trace", list(clocks), format_func=clocks.get, horizontal=True,
+             **state.bind(state.TRACE_CLOCK), help="Overlay the same neuron simulated with a clock (MATH §6): "
+             "inputs and spikes land on ticks, V grows by dt·I per tick.")
+    if state.get(state.TRACE_CLOCK) == "steps":
+        st.select_slider("Ticks per window", options=[2, 4, 8, 16, 32, 64, 128, 256], **state.bind(state.TRACE_STEPS))
+    elif state.get(state.TRACE_CLOCK) == "dt":
+        st.select_slider("dt (τ_c)", options=[0.1, 0.03, 0.01, 0.003, 0.001], **state.bind(state.TRACE_DT),
+                         help="Every window gets ceil(B_n / dt) ticks: short deep windows get few.")
 
 pick = state.get(state.TRACE_PICK)
 if pick == "k most active":
@@ -41,8 +46,11 @@ else:
     neurons = controls.pick_from_map(layer, key=f"picker_{layer.name}")
 
 index_labels = timeline.unravel(layer.shape, neurons)
-traces = [cache.trace(cur.net_key, cur.image_key, layer.name, timeline.multi_index(layer.shape, i),
-                      state.get(state.TRACE_STEPS), cur.snn, cur.x) for i in neurons]
+clock = state.get(state.TRACE_CLOCK)
+steps = state.get(state.TRACE_STEPS) if clock == "steps" else None
+dt = state.get(state.TRACE_DT) if clock == "dt" else None
+traces = [cache.trace(cur.net_key, cur.image_key, layer.name, timeline.multi_index(layer.shape, i), steps, dt,
+                      cur.snn, cur.x) for i in neurons]
 st.plotly_chart(figures.membrane(traces, index_labels), key="membrane")
 st.caption(f"Times are relative to the moment the layer's neurons start integrating, t_min^(n−1) = "
            f"{traces[0].origin:.6g} τ_c (absolute).")

@@ -216,6 +216,7 @@ def test_membrane_traces_are_the_cores(core):
     at.radio(key=state.widget_key(state.TRACE_PICK)).set_value("by index").run()
     at.number_input(key="_w_neuron_0").set_value(3).run()
     at.number_input(key="_w_neuron_1").set_value(4).run()
+    at.radio(key=state.widget_key(state.TRACE_CLOCK)).set_value("steps").run()
     at.select_slider(key=state.widget_key(state.TRACE_STEPS)).set_value(16).run()
     ok(at)
     assert at.session_state[state.TRACE_NEURONS] == (layer.name, [int(np.ravel_multi_index((3, 4, 0), layer.shape))])
@@ -227,7 +228,13 @@ def test_membrane_traces_are_the_cores(core):
     stepped = [t for t in fig["data"] if "with a clock" in str(t.get("hovertemplate", ""))]
     np.testing.assert_allclose(arr(stepped[0]["y"]), tr.stepped_potential.double().numpy(), atol=1e-9)
     row = at.dataframe[0].value.iloc[0]
+    assert row["spike with a clock"] == pytest.approx(float(tr.stepped_spike_time))
     assert row["spike t (absolute)"] == pytest.approx(float(res.layers[1].spike_times[0, 3, 4, 0]), abs=1e-9)
+    at.radio(key=state.widget_key(state.TRACE_CLOCK)).set_value("dt").run()
+    at.select_slider(key=state.widget_key(state.TRACE_DT)).set_value(0.003).run()
+    stepped = [t for t in charts(ok(at))["membrane"]["data"] if "with a clock" in str(t.get("hovertemplate", ""))]
+    by_dt = snn.trace(x[:1], layer.name, (3, 4, 0), result=res, dt=0.003)
+    np.testing.assert_allclose(arr(stepped[0]["y"]), by_dt.stepped_potential.double().numpy(), atol=1e-9)
     # the readout and the feature-map picker
     at.selectbox(key=state.widget_key(state.TRACE_LAYER)).set_value(snn.output.name).run()
     at.radio(key=state.widget_key(state.TRACE_PICK)).set_value("from the feature map").run()
@@ -323,6 +330,35 @@ def test_garbage_model_uploads_give_a_message(kind):
     ok(at)
     assert len(at.error) == 1 and at.error[0].value
     assert at.session_state[state.MODEL] == state.DEFAULT_MODEL  # nothing selected
+
+
+def _saved(model, example, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "export":
+        torch.export.save(torch.export.export(model.eval(), (example,)), buf)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.script(model.eval()), buf)
+    return buf.getvalue()
+
+
+def test_models_that_load_but_do_not_fit_give_a_message():
+    from torch import nn
+
+    sigmoid = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Sigmoid(), nn.Linear(16, 10))
+    rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+    cases = [(_saved(sigmoid, torch.zeros(1, 1, 28, 28), "export"), "sigmoid.pt2", ["cannot be converted", "sigmoid"]),
+             (_saved(rgb, torch.zeros(1, 3, 32, 32), "script"), "rgb.pt", ["3×32×32", "28×28 grayscale"])]
+    for blob, name, phrases in cases:
+        at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+        at.session_state["test_kind"], at.session_state["test_bytes"], at.session_state["test_name"] = "x", blob, name
+        at.run()
+        ok(at)
+        assert len(at.error) == 1 and all(p in at.error[0].value for p in phrases), at.error[0].value
+        assert at.session_state[state.MODEL] == state.DEFAULT_MODEL
 
 
 def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):

@@ -148,11 +148,12 @@ def evaluate_chunk(net_key: NetKey, start: int, stop: int, _entry: ModelEntry,
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], steps: int,
-          _snn: ttfs_core.SpikingNetwork, _x: Tensor):
-    """Membrane trace of one neuron (exact, and clock-driven with `steps` ticks per window when steps > 0)."""
+def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], steps: int | None,
+          dt: float | None, _snn: ttfs_core.SpikingNetwork, _x: Tensor):
+    """Membrane trace of one neuron: exact, plus clock-driven with `steps` ticks per window or ticks no longer
+    than `dt` (τ_c) when one of them is given."""
     result = simulate(net_key, image_key, _snn, _x)
-    return _snn.trace(_x, layer, index, result=result, steps=steps or None)
+    return _snn.trace(_x, layer, index, result=result, steps=steps, dt=dt)
 
 
 @st.cache_data(show_spinner="Simulating with a clock…", max_entries=32)

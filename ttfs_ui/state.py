@@ -27,7 +27,9 @@ TRACE_LAYER = "ttfs_trace_layer"
 TRACE_NEURONS = "ttfs_trace_neurons"  # flat neuron indices whose membrane traces are drawn
 TRACE_PICK = "ttfs_trace_pick"  # "k most active", "by index", "from the feature map"
 TRACE_K = "ttfs_trace_k"
-TRACE_STEPS = "ttfs_trace_steps"  # clock ticks per window of the stepped trace (0: none)
+TRACE_CLOCK = "ttfs_trace_clock"  # clock-driven trace: "off", "steps" (ticks per window) or "dt" (tick length)
+TRACE_STEPS = "ttfs_trace_steps"  # clock ticks per window of the stepped trace
+TRACE_DT = "ttfs_trace_dt"  # longest tick of the stepped trace (τ_c)
 SCATTER_LAYER = "ttfs_scatter_layer"
 ROBUST_IMAGES = "ttfs_robust_images"  # test digits per robustness sweep point
 ROBUST_RELATIVE = "ttfs_robust_relative"  # jitter σ relative to each window
@@ -52,7 +54,9 @@ DEFAULTS: dict[str, Any] = {
     TRACE_NEURONS: None,
     TRACE_PICK: "k most active",
     TRACE_K: 3,
-    TRACE_STEPS: 0,
+    TRACE_CLOCK: "off",
+    TRACE_STEPS: 16,
+    TRACE_DT: 0.01,
     SCATTER_LAYER: "",
     ROBUST_IMAGES: 200,
     ROBUST_RELATIVE: False,

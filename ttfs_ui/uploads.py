@@ -75,8 +75,18 @@ def check_bundled_input(model: nn.Module) -> None:
         raise ModelLoadError(f"the model's output should be logits of shape (batch, classes), got {shape}")
 
 
+CANDIDATE_SHAPES = ((3, 32, 32), (3, 28, 28), (1, 32, 32), (3, 64, 64), (3, 96, 96), (3, 224, 224))
+
+
 def expected_input(model: nn.Module) -> str | None:
-    """A guess of the input a model takes, from its first weight (for error messages only)."""
+    """A guess of the input a model takes (for error messages only): common image shapes that run, else what
+    its first weight suggests."""
+    for shape in CANDIDATE_SHAPES:
+        try:
+            check_input(model, shape)
+        except ModelLoadError:
+            continue
+        return f"{'×'.join(map(str, shape))} inputs"
     for p in model.parameters():
         if p.dim() == 4:
             return f"{p.shape[1]}-channel images (its first layer is a convolution with {p.shape[1]} input channels)"
