@@ -135,6 +135,29 @@ def test_every_page_in_a_browser(server, browser, request):
         page.wait_for_timeout(1500)
         _no_errors(page, "raster while playing")
 
+        # membrane traces: pick a neuron by clicking the feature map
+        page.goto(f"{server}/Membrane_traces", wait_until="domcontentloaded")
+        _settle(page)
+        page.get_by_text("from the feature map").click()
+        _settle(page)
+        picker = page.locator(".st-key-picker_0 .js-plotly-plot").first
+        x, y = picker.evaluate("""(g, i) => { const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
+            const r = g.getBoundingClientRect();
+            const t = g._fullData[0];  // typed arrays decoded
+            return [r.left + xa._offset + xa.c2p(t.x[i]), r.top + ya._offset + ya.c2p(t.y[i])]; }""", 100)
+        page.mouse.move(x, y, steps=4)
+        page.wait_for_timeout(400)
+        page.mouse.down()
+        page.mouse.up()
+        _settle(page)
+        from ttfs_ui import figures, timeline
+
+        order = figures.mosaic_index((6, 28, 28))
+        label = timeline.unravel((6, 28, 28), [order[order >= 0][100]])[0]
+        assert f"neuron {label}" in page.locator(".st-key-membrane").inner_text()
+        _no_errors(page, "membrane traces after picking from the map")
+        page.screenshot(path=str(SHOTS / "membrane_traces_picked.png"), full_page=True)
+
         # the main page's widgets, then the pages through the sidebar (one session: the choice carries over)
         page.goto(f"{server}/", wait_until="domcontentloaded")
         _settle(page)

@@ -311,26 +311,35 @@ def neuron_index(layer: str, shape: tuple[int, ...]) -> int:
 
 
 def pick_from_map(spikes, key: str) -> list[int]:
-    """The layer's neurons as a clickable map (click, box or lasso); returns the selected flat indices."""
+    """The layer's neurons as a clickable map; returns the chosen flat indices.
+
+    A click adds or removes one neuron (the chart forgets its selection when it is redrawn, so the choice is kept
+    here); a box or lasso selection replaces the choice. Each selection event is applied once.
+    """
     from . import figures
 
     flat = figures.mosaic_index(spikes.shape)
     order = flat[flat >= 0]  # point i of the picker is neuron order[i]
     event = st.session_state.get(key)
-    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-        (event.selection.points if event is not None and hasattr(event, "selection") else [])
-    picked = []
-    for p in points:
-        cd = p.get("customdata")
-        i = int(cd if not isinstance(cd, (list, tuple)) else cd[0]) if cd is not None else int(order[p["point_index"]])
-        if i not in picked:
-            picked.append(i)
-    if picked:
-        choose_neurons(spikes.name, picked)
+    selection = (event or {}).get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
+    points = list(selection.get("points", [])) if selection else []
+    picked = [int(order[p["point_index"]]) for p in points if p.get("point_index") is not None]
+    seen_key = f"_seen_{key}"
+    if picked and st.session_state.get(seen_key) != picked:
+        st.session_state[seen_key] = picked
+        chosen = chosen_neurons(spikes.name) or []
+        if selection.get("box") or selection.get("lasso") or len(picked) > 1:
+            chosen = picked
+        elif picked[0] in chosen:
+            chosen = [i for i in chosen if i != picked[0]]
+        else:
+            chosen = [*chosen, picked[0]][-MAX_TRACES:]
+        choose_neurons(spikes.name, chosen or picked)
     chosen = chosen_neurons(spikes.name) or most_active(spikes.activations, 1)
     st.plotly_chart(figures.neuron_picker(spikes, chosen), key=key, on_select="rerun",
                     selection_mode=("points", "box", "lasso"))
-    st.caption(f"Click a square (or drag a box / lasso) to pick up to {MAX_TRACES} neurons; outlined: chosen.")
+    st.caption(f"Click a square to add its neuron (click again to remove it), or drag a box / lasso (tools in the "
+               f"chart's toolbar) to pick a group; up to {MAX_TRACES} neurons. Outlined in red: chosen.")
     return chosen
 
 

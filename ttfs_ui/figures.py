@@ -370,8 +370,9 @@ def neuron_picker(spikes: LayerSpikes, selected: Sequence[int] = (), width: int 
     ))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
     fig.update_xaxes(visible=False)
-    fig.update_layout(height=int(np.clip(size * idx.shape[0] / 0.8 + 60, 160, 700)), clickmode="event+select",
-                      dragmode="select", margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white")
+    # no dragmode/clickmode here: Streamlit turns click-to-select off when the drag mode is select or lasso
+    fig.update_layout(height=int(np.clip(size * idx.shape[0] / 0.8 + 60, 160, 700)),
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white")
     return fig
 
 
