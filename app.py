@@ -33,9 +33,12 @@ with upload:
                             format_func=lambda a: a or "— not a state dict —", key="upload_arch")
         file = st.file_uploader("Model file", key="upload_model")
         if file is not None:
+            before = state.get(state.MODEL)
             error = controls.receive_model_upload(file.getvalue(), file.name, arch or None)
             if error:
                 st.error(error)
+            elif state.get(state.MODEL) != before:
+                st.rerun()  # a new model is selected: redraw everything above with it
 
 cur = controls.current()
 with pick:
@@ -76,12 +79,15 @@ with mine:
                                   help=f"Resized to the model's input size and converted to grayscale; "
                                        f"preprocessing: {cur.entry.preprocess.input_range}.")
     if image_file is not None:
+        before = state.get(state.IMAGE)
         error, notes = controls.receive_image_upload(image_file.getvalue(), image_file.name, cur.entry.preprocess)
         if error:
             st.error(error)
+        elif state.get(state.IMAGE) != before:
+            st.rerun()  # a new image is selected: redraw the sidebar and gallery with it
         for note in notes:
             st.info(note)
-        cur = controls.current()
+    controls.invert_checkbox()
 
 # --- 4. predictions -----------------------------------------------------------------------------------------
 st.header("4 · Predictions")

@@ -420,5 +420,9 @@ def test_an_uploaded_image_is_used_by_every_page(core):
     x, _ = uploads.read_image(data_, data.MNIST_PREPROCESS, invert=True)
     np.testing.assert_allclose(arr(charts(at)["logits"]["data"][1]["y"]), snn.run(x).logits[0].double().numpy(),
                                atol=1e-6)
+    at.checkbox(key="_w_invert_upload:white").uncheck().run()  # as is: a white image
+    x, _ = uploads.read_image(data_, data.MNIST_PREPROCESS, invert=False)
+    np.testing.assert_allclose(arr(charts(ok(at))["logits"]["data"][1]["y"]), snn.run(x).logits[0].double().numpy(),
+                               atol=1e-6)
     for page in (RASTER, TRACES, COMPARE):
         assert not run(page, **session).error

@@ -99,6 +99,22 @@ def _no_errors(page, where: str) -> None:
     assert not texts, f"{where}: error elements shown: {texts}"
 
 
+def _paper_digit(labels, digit: int) -> bytes:
+    """A test digit drawn dark on white at 112×112 pixels, as a PNG (like a photo of handwriting)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ttfs_core import data
+
+    images, _ = data.load_mnist_uint8("test")
+    i = int((labels == digit).nonzero()[0][0])
+    buf = io.BytesIO()
+    Image.fromarray(255 - np.asarray(images[i])).resize((112, 112)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_every_page_in_a_browser(server, browser, request):
     SHOTS.mkdir(parents=True, exist_ok=True)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -174,9 +190,18 @@ def test_every_page_in_a_browser(server, browser, request):
         _no_errors(page, "ANN vs SNN via the sidebar")
         assert f"test digit #{first_three}" in page.locator("body").inner_text()
 
-        # garbage uploads: a message, and the app keeps working
+        # a photo-like upload: a dark 7 on white paper, larger than 28×28, is resized and inverted
         page.goto(f"{server}/", wait_until="domcontentloaded")
         _settle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(1).set_input_files(
+            files=[{"name": "seven.png", "mimeType": "image/png", "buffer": _paper_digit(labels, 7)}])
+        _settle(page)
+        _no_errors(page, "app after uploading an image")
+        body = page.locator("body").inner_text()
+        assert "uploaded seven.png" in body and "resized" in body and "inverted" in body
+        page.screenshot(path=str(SHOTS / "app_uploaded_image.png"), full_page=True)
+
+        # garbage uploads: a message, and the app keeps working
         page.get_by_text("Upload a model file").click()
         uploaders = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
         uploaders.nth(0).set_input_files(files=[{"name": "model.pt", "mimeType": "application/octet-stream",
@@ -188,6 +213,7 @@ def test_every_page_in_a_browser(server, browser, request):
                                                  "buffer": b"this is only text, not a PNG"}])
         _settle(page)
         assert errors.count() == 2 and "as an image" in errors.nth(1).inner_text()
+        assert "uploaded seven.png" in page.locator("body").inner_text()  # the last good image is still in use
         assert not page.locator('[data-testid="stException"]').count()
         assert page.locator(".js-plotly-plot").count() >= 2  # still the default model's predictions
         page.screenshot(path=str(SHOTS / "app_garbage_uploads.png"), full_page=True)

@@ -252,8 +252,9 @@ def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str |
 def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str | None, list[str]]:
     """Decode and select an uploaded image. Returns (error message or None, notes such as 'resized')."""
     key = f"upload:{digest(data_)}"
+    known = state.get(state.UPLOADED_IMAGES).get(key)
     try:
-        invert = light_background(data_)
+        invert = known.invert if known is not None else light_background(data_)
         _, notes = read_image(data_, preprocess, invert=invert)
     except ValueError as e:
         return f"Cannot use {filename!r} as an image: {e}", []
@@ -266,10 +267,21 @@ def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str |
     return None, notes
 
 
-def set_image_invert(key: str, invert: bool) -> None:
-    uploads = state.get(state.UPLOADED_IMAGES)
-    up = uploads[key]
-    uploads[key] = UploadedImage(up.key, up.filename, up.data, invert)
+def invert_checkbox() -> None:
+    """For an uploaded image in use: whether its colours are inverted (MNIST digits are white on black)."""
+    key = state.get(state.IMAGE)
+    up = state.get(state.UPLOADED_IMAGES).get(key)
+    if up is None:
+        return
+    widget = f"_w_invert_{key}"
+    st.session_state[widget] = up.invert
+
+    def changed() -> None:
+        uploads = state.get(state.UPLOADED_IMAGES)
+        uploads[key] = UploadedImage(up.key, up.filename, up.data, bool(st.session_state[widget]))
+
+    st.checkbox(f"Invert the colours of {up.filename} (MNIST digits are white on black)", key=widget,
+                on_change=changed)
 
 
 def use_test_image(i: int) -> None:

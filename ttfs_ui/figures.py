@@ -135,9 +135,10 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
                 marker={"color": "rgba(0,0,0,0)", "size": 8, "line": {"width": 1.5, "color": "red"}},
                 customdata=early, hovertemplate=f"<b>EARLY spike</b>: {s.label} neuron %{{customdata}}<extra></extra>"))
             notes.append(f"{s.label}: {early.size:,} early spikes (red rings)")
+    lo, hi = _x_range(timeline, mode)
     annotations = [{"x": (x0 + x1) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
-                    "text": timeline.names[n] if mode == STRETCHED or n < 2 else "", "showarrow": False,
-                    "font": {"size": 11, "color": layer_colour(n)}}
+                    "text": timeline.names[n] if x1 - x0 > 0.06 * (hi - lo) else "", "showarrow": False,
+                    "font": {"size": 11, "color": layer_colour(n)}}  # only windows wide enough for a label
                    for n, (x0, x1) in enumerate(timeline.bands(mode))]
     if notes:
         annotations.append({"x": 0, "y": -0.22 if animate else -0.12, "xref": "paper", "yref": "paper",

@@ -47,7 +47,8 @@ The output layer does not spike: its membrane potential at $t_{\min}^{(L)}$ *is*
 Each dot is **one spike**: x = when it fired, y = which neuron (grouped by layer, the input at the bottom; one
 colour per layer). Shaded bands are the layers' windows $[t_{\min}^{(n)}, t_{\max}^{(n)}]$. Within a band, dots on
 the **left** are neurons with **large activations** ($x = t_{\max} - t$); the vertical line of dots at the right
-edge of each band are neurons with activation 0, forced to fire at $t_{\max}$.
+edge of each band are neurons with activation 0, forced to fire at $t_{\max}$ (in the B1 neuron model they do
+not fire at all, which saves spikes).
 
 The **time cursor** (black line) splits what has happened (left) from what has not (grey). Step it with the
 buttons or the slider; *Play* under the figure animates the cursor in the browser without recomputing.
