@@ -81,7 +81,8 @@ def first_crossing(
     after t_end with slope `final_slope` (MATH §6, event-driven search).
 
     After the k-th input (sorted) the candidate is t* = (θ + α·start + Σ_{j≤k} J_j t_j)/(α + Σ_{j≤k} J_j),
-    accepted if the slope is positive and t* lies in [t_k, t_{k+1}); if θ ≤ 0 the neuron fires at `start`.
+    taken in the first segment [t_k, t_{k+1}] at whose end V ≥ θ (V is linear inside it and below θ at its
+    start, so that segment holds the first crossing); if θ ≤ 0 the neuron fires at `start`.
     Returns +inf where V never reaches θ. Shape: times, weights (F, K) with times in [start, t_end]; theta,
     final_slope (F,) -> (F,).
     """
@@ -93,12 +94,13 @@ def first_crossing(
     lower = torch.cat([torch.full_like(zero, start), ts], 1)
     upper = torch.cat([ts, torch.full_like(zero, t_end)], 1)
     slope = alpha + cum_j
+    # V at the end of each segment; the first end at or above θ closes the segment holding the first crossing
+    v_upper = alpha * (upper - start) + cum_j * upper - cum_jt
+    reached = v_upper >= theta[:, None]
+    first = reached.float().argmax(1)
+    hit = reached.any(1)
     cand = (theta[:, None] + alpha * start + cum_jt) / slope
-    tol = 64 * torch.finfo(ts.dtype).eps * max(abs(t_end), 1.0)
-    valid = (slope > 0) & (cand >= lower - tol) & (cand < upper)
-    cand = torch.maximum(cand, lower)
-    first = valid.float().argmax(1)
-    hit = valid.any(1)
+    cand = torch.where(slope > 0, cand, upper).clamp(min=lower).minimum(upper)
     t = cand.gather(1, first[:, None])[:, 0]
     # past the last input: V(t_end) from the segment sums, then the final slope
     v_end = alpha * (t_end - start) + cum_j[:, -1] * t_end - cum_jt[:, -1]
