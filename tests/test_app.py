@@ -426,3 +426,11 @@ def test_an_uploaded_image_is_used_by_every_page(core):
                                atol=1e-6)
     for page in (RASTER, TRACES, COMPARE):
         assert not run(page, **session).error
+
+
+def test_the_redraw_benchmark_runs():
+    """`python -m ttfs_ui.bench` (used by the benchmark) still drives the pages; no timing is asserted."""
+    from ttfs_ui import bench
+
+    out = bench.redraw_times({"traces": bench.CASES["traces: change k most active"]})
+    assert out["traces"]["runs"] == 5 and out["traces"]["median_s"] > 0

@@ -280,7 +280,7 @@ def invert_checkbox() -> None:
         uploads = state.get(state.UPLOADED_IMAGES)
         uploads[key] = UploadedImage(up.key, up.filename, up.data, bool(st.session_state[widget]))
 
-    st.checkbox(f"Invert the colours of {up.filename} (MNIST digits are white on black)", key=widget,
+    st.checkbox(f"Invert colours of {up.filename}", key=widget, help="MNIST digits are white on black",
                 on_change=changed)
 
 

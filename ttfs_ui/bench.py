@@ -1,0 +1,79 @@
+"""How long the explorer takes to redraw after a widget change on the bundled models (server side).
+
+Each case opens a page with Streamlit's AppTest, runs it once to warm the caches, then times reruns after one
+widget change; what is timed is the whole script run (cached core calls, figure building, serialisation),
+not the browser's drawing. For the benchmark (`bench/`), not a timed test:
+
+    python -m ttfs_ui.bench            # prints one line per case: median and max in ms
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import state
+
+ROOT = Path(__file__).resolve().parent.parent
+W = state.widget_key
+
+
+def _timed(at, change: Callable) -> float:
+    change(at)
+    start = time.perf_counter()
+    at.run()
+    elapsed = time.perf_counter() - start
+    if at.exception:
+        raise RuntimeError(f"the page raised: {[e.message for e in at.exception]}")
+    return elapsed
+
+
+CASES: dict[str, tuple[str, list[Callable]]] = {
+    "raster: step the time cursor": ("pages/1_Spike_raster.py",
+                                     [lambda a: a.button(key="cursor_back").click()] * 5),
+    "raster: change the feature-map layer": ("pages/1_Spike_raster.py",
+                                             [lambda a, n=n: a.selectbox(key=W(state.LAYER)).set_value(n)
+                                              for n in ("4", "8", "12", "0", "4")]),
+    "raster: new test digit (simulated)": ("pages/1_Spike_raster.py",
+                                           [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
+                                            for i in (11, 12, 13, 14, 15)]),
+    "raster: switch bundled model (converted before)": ("pages/1_Spike_raster.py",
+                                                        [lambda a, m=m: a.selectbox(key=W(state.MODEL)).set_value(m)
+                                                         for m in ("zoo:mlp", "zoo:lenet5") * 3]),
+    "traces: change k most active": ("pages/2_Membrane_traces.py",
+                                     [lambda a, k=k: a.number_input(key=W(state.TRACE_K)).set_value(k)
+                                      for k in (4, 5, 2, 1, 3)]),
+    "ANN vs SNN: new test digit": ("pages/3_ANN_vs_SNN.py",
+                                   [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
+                                    for i in (21, 22, 23)]),
+    "app: new test digit": ("app.py", [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
+                                       for i in (31, 32, 33)]),
+}
+
+
+def redraw_times(cases: dict[str, tuple[str, list[Callable]]] = CASES) -> dict[str, dict[str, float]]:
+    """Per case: median and max seconds of a rerun after the widget change (caches warm)."""
+    from streamlit.testing.v1 import AppTest
+
+    out = {}
+    for name, (page, changes) in cases.items():
+        at = AppTest.from_file(str(ROOT / page), default_timeout=300)
+        at.run()  # convert, simulate, fill the caches
+        at.run()
+        if name.startswith("raster: switch"):  # convert the second model before timing the switches
+            changes[0](at)
+            at.run()
+        times = [_timed(at, change) for change in changes]
+        out[name] = {"median_s": statistics.median(times), "max_s": max(times), "runs": len(times)}
+    return out
+
+
+def main() -> None:
+    for name, t in redraw_times().items():
+        print(f"{name:50s} median {1000 * t['median_s']:6.0f} ms   max {1000 * t['max_s']:6.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
