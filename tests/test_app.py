@@ -85,6 +85,30 @@ def core():
     return model, snn, x, test_labels
 
 
+# --- pure parts -----------------------------------------------------------------------------------------------
+def test_timeline_positions_and_cursor():
+    tl = timeline.Timeline(("input", "a", "b"), (0.0, 1.0, 3.0), (1.0, 2.0, 0.0), steps_per_window=10)
+    assert tl.end == 3.0 and tl.steps == 30 and tl.default_mode() == timeline.ABSOLUTE
+    off = np.array([0.0, 1.0, 2.0, -0.5, np.inf])
+    np.testing.assert_allclose(tl.positions(1, off, timeline.STRETCHED), [1.0, 1.5, 2.0, 0.5, np.inf])
+    np.testing.assert_allclose(tl.positions(1, off, timeline.ABSOLUTE), [1.0, 2.0, 3.0, 0.5, np.inf])
+    assert np.isfinite(tl.positions(2, np.zeros(3), timeline.STRETCHED)).all()  # a window of length 0
+    assert list(tl.fired_by(1, off, 15)) == [True, True, False, True, False]
+    assert tl.cursor_t(15) == pytest.approx(2.0) and tl.cursor_x(15, timeline.STRETCHED) == 1.5
+    assert timeline.Timeline(("input", "a"), (0.0, 1.0), (1.0, 0.01)).default_mode() == timeline.STRETCHED
+
+
+def test_mosaic_tiles_channels_and_vectors():
+    shape = (3, 2, 2)
+    m = figures.mosaic(np.arange(12.0), shape)
+    idx = figures.mosaic_index(shape)
+    assert m.shape == idx.shape
+    assert sorted(idx[idx >= 0].tolist()) == list(range(12))
+    np.testing.assert_array_equal(m[idx >= 0], idx[idx >= 0])  # every cell shows its own neuron
+    assert np.isnan(m[idx < 0]).all()
+    assert figures.mosaic(np.arange(10.0), (10,)).shape == (3, 4)
+
+
 # --- app.py -------------------------------------------------------------------------------------------------
 def test_app_shows_the_core_results(core):
     model, snn, x, labels = core

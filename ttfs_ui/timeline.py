@@ -89,10 +89,10 @@ class Timeline:
         offsets = np.asarray(offsets, dtype=np.float64)
         if mode == ABSOLUTE:
             return self.starts[n] + offsets
-        own = n + offsets / self.windows[n]
+        own = n + offsets / _width(self.windows[n])
         if n == 0:
             return own
-        early = n + offsets / self.windows[n - 1]
+        early = n + offsets / _width(self.windows[n - 1])
         return np.where(offsets < 0, early, own)
 
     def fired_by(self, n: int, offsets: np.ndarray, k: int) -> np.ndarray:
@@ -105,6 +105,11 @@ class Timeline:
         if mode == STRETCHED:
             return [(float(n), float(n + 1)) for n in range(self.count)]
         return [(s, s + b) for s, b in zip(self.starts, self.windows)]
+
+
+def _width(window: float) -> float:
+    """A window of length 0 (a layer silent on all calibration data) is drawn as if it were of length 1."""
+    return window if window > 0 else 1.0
 
 
 @dataclass(frozen=True)
