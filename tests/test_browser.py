@@ -131,6 +131,13 @@ def test_every_page_in_a_browser(server, browser, request):
             page.wait_for_selector(".js-plotly-plot", timeout=60_000)
             _no_errors(page, name)
             page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+            explanations = page.locator('[data-testid="stMain"] [data-testid="stExpander"] summary')
+            for i in range(explanations.count()):  # open them all: every equation must render
+                explanations.nth(i).click()
+            page.wait_for_timeout(500)
+            assert page.locator(".katex").count() > 0, f"{name}: no equation rendered"
+            bad = page.locator(".katex-error")
+            assert not bad.count(), f"{name}: equations that do not render: {bad.first.get_attribute('title')}"
 
         # step the time cursor on the raster page and play the animation client-side
         page.goto(f"{server}/Spike_raster", wait_until="domcontentloaded")

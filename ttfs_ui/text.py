@@ -31,8 +31,9 @@ $$V_i(t) = \alpha\,(t - t_{\min}^{(n-1)}) + \sum_j J_{ij}\,(t - t_j)^+ .$$
 It fires when $V_i$ reaches its threshold $\vartheta_i$, or is **forced** to fire at $t_{\max}^{(n)}$
 (activation 0, the ReLU's zero). From the ReLU layer's weights $W$ and bias $b$ (with $\alpha = 1$):
 
-$$J_{ij} = \frac{\alpha W_{ij}}{1 - \sum_k W_{ik}}, \qquad
-\vartheta_i = \alpha\,(t_{\max}^{(n)} - t_{\min}^{(n-1)}) + B_n \sum_j J_{ij} - \Big(\alpha + \sum_j J_{ij}\Big) b_i .$$
+$$J_{ij} = \frac{\alpha W_{ij}}{1 - \sum_k W_{ik}},$$
+
+$$\vartheta_i = \alpha\,(t_{\max}^{(n)} - t_{\min}^{(n-1)}) + (B_n - b_i) \sum_j J_{ij} - \alpha\, b_i .$$
 
 This needs $\sum_k W_{ik} < 1$, obtained by rescaling each neuron's weights (ReLU is positively homogeneous, so
 the network computes the same function). BatchNorm is folded into the neighbouring layer; max pooling becomes
