@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import ttfs_core  # noqa: E402
-from ttfs_core import data, zoo  # noqa: E402
 from tests.nets import randomise_bn  # noqa: E402
+from ttfs_core import data, zoo  # noqa: E402
 
 
 def vgg16(dtype=torch.float32):
@@ -78,17 +78,25 @@ def bench_convert(repeats: int = 3) -> dict:
 
 
 def bench_memory() -> dict:
-    """Peak resident memory of `snn.run` on VGG16-BN, batch 64, in a fresh process."""
-    code = (
-        "import resource, torch, sys; sys.path.insert(0, %r); from bench.run import vgg16; import ttfs_core\n"
-        "m = vgg16(); snn = ttfs_core.convert(m, torch.randn(64, 3, 32, 32)); x = torch.randn(64, 3, 32, 32)\n"
-        "import gc; gc.collect(); before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "snn.run(x); after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(before, after)"
-    ) % str(HERE.parent)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """Peak resident memory of `snn.run` on VGG16-BN, batch 64: the converted network is saved, then loaded in a
+    fresh process (no ANN, no conversion in memory), and the peak is read before and after one run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vgg16.safetensors"
+        ttfs_core.convert(vgg16(), torch.randn(64, 3, 32, 32)).save(path)
+        code = (
+            "import resource, sys, torch\n"
+            f"sys.path.insert(0, {str(HERE.parent)!r})\n"
+            "import ttfs_core\n"
+            f"snn = ttfs_core.load({str(path)!r}); x = torch.randn(64, 3, 32, 32)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "snn.run(x)\n"
+            "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = (int(v) / 2**20 for v in res.stdout.split()[-2:])  # ru_maxrss is in KiB on Linux
-    return {"vgg16_bn_b64_run": {"peak_rss_gib": after, "peak_rss_before_run_gib": before,
+    return {"vgg16_bn_b64_run": {"peak_rss_gib": after, "rss_before_run_gib": before,
                                  "run_increase_gib": after - before}}
 
 
@@ -119,7 +127,16 @@ def bench_stepped(repeats: int = 3) -> dict:
     return out
 
 
-SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped}
+def bench_app() -> dict:
+    """Explorer redraw time after a widget change on the bundled models (server side, caches warm; see
+    `ttfs_ui.bench`: the script run with its cached core calls and figures, not the browser's drawing)."""
+    from ttfs_ui.bench import redraw_times
+
+    return redraw_times()
+
+
+SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
+            "app": bench_app}
 
 
 def write_markdown(results: dict, path: Path) -> None:

@@ -280,3 +280,12 @@ def test_first_crossing_touching_threshold_at_an_input():
     t = first_crossing(torch.tensor([[0.5]], dtype=f64), torch.tensor([[-1.0]], dtype=f64),
                        torch.tensor([0.5], dtype=f64), 1.0, 0.0, 1.0, torch.tensor([0.0], dtype=f64))
     assert float(t) == pytest.approx(0.5)
+
+
+def test_exported_program_errors_name_the_module():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Linear(4, 2)).double().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    x = torch.rand(8, 4, dtype=torch.float64)
+    exported = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},)).module()
+    with pytest.raises(ConversionError, match=r"sigmoid.*module '1' \(Sigmoid\).*Supported"):
+        ttfs_core.convert(exported, x)

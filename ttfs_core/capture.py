@@ -134,7 +134,14 @@ def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
         return f"{node.name} (tensor method .{node.target})"
     target = getattr(node.target, "__name__", str(node.target))
     module = getattr(node.target, "__module__", "") or ""
-    return f"{node.name} ({module + '.' if module else ''}{target})"
+    where = ""
+    stack = node.meta.get("nn_module_stack")  # exported and traced graphs remember the calling module
+    if stack:
+        path, cls = list(stack.values())[-1]
+        cls = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        if path:
+            where = f", in module {str(path).removeprefix('L__self__').strip('._') or path!r} ({cls.split('.')[-1]})"
+    return f"{node.name} ({module + '.' if module else ''}{target}{where})"
 
 
 class Capture:
