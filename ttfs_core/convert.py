@@ -7,7 +7,6 @@ calibration data → windows → neuron parameters.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -358,9 +357,6 @@ class _Lowering:
             is_output=output, readout=tuple(readout),
         )
         self.layers.append(layer)
-        out_shape = shape
-        for pool in carried:
-            out_shape = _route_shape([pool], out_shape, self.dtype)
         self.seg = _Segment(len(self.layers) - 1, shape, route=carried)
 
 
@@ -440,8 +436,3 @@ def _neuron_parameters(snn: SpikingNetwork) -> None:
         else:
             layer.J, layer.theta, layer.slope = b1_parameters(layer.weight, layer.bias, layer.window)
         layer.extra["J_pos"] = layer.J.clamp(min=0)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy, so nothing the conversion does can touch the user's model."""
-    return copy.deepcopy(model)
