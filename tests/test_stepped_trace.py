@@ -155,3 +155,15 @@ def test_spike_counts_per_model():
         assert lb.spikes == int((comp.ann > 0).sum())  # B1: only non-zero activations spike
     assert rb.spikes < ra.spikes
     assert nets  # shared helpers imported for fixtures
+
+
+def test_stepped_trace_fires_at_its_first_tick_above_threshold():
+    """The one-neuron tick recurrence of the trace and the network's clock simulation agree on the spike tick."""
+    _, snn, x = converted("cnn")
+    res = snn.run(x[:1])
+    acts = res.layers[1].activations[0].flatten()
+    for flat in acts.argsort(descending=True)[:5].tolist():
+        tr = snn.trace(x[:1], 1, flat, result=res, steps=32)
+        above = (tr.stepped_potential >= tr.theta).nonzero()
+        first = float(tr.stepped_times[above[0]]) if len(above) else tr.t_max
+        assert tr.stepped_spike_time == pytest.approx(first, rel=1e-9, abs=1e-12)

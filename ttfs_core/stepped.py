@@ -67,6 +67,23 @@ def on_ticks(offsets: Tensor, window: float, ticks: int, in_window: float, in_ti
     return out
 
 
+def tick_potential(arrive: Tensor, weights: Tensor, in_ticks: int, h_in: float, start_current: float,
+                   ticks: int = 0, h: float = 0.0, final_current: float = 0.0) -> tuple[Tensor, Tensor]:
+    """One neuron's clock-driven potential on its ticks: I[k] = I_0 + Σ_j J_j·[a_j ≤ k], V[k+1] = V[k] + h·I[k]
+    through the input window, then `ticks` ticks of length h at the final current (every input has arrived).
+
+    Returns tick times (relative to the neuron's start) and V at them. Shape: arrive, weights (K,) ->
+    (in_ticks + ticks + 1,) each.
+    """
+    dtype = weights.dtype
+    arrived = torch.zeros(in_ticks + 1, dtype=dtype).index_add_(0, arrive, weights)
+    current = start_current + arrived.cumsum(0)[:in_ticks]
+    v_in = torch.cat([torch.zeros(1, dtype=dtype), (h_in * current).cumsum(0)])
+    m = torch.arange(1, ticks + 1, dtype=dtype)
+    times = torch.cat([torch.arange(in_ticks + 1, dtype=dtype) * h_in, in_ticks * h_in + m * h])
+    return times, torch.cat([v_in, v_in[-1] + m * h * final_current])
+
+
 # --------------------------------------------------------------------------------------------------------
 def hidden_layer_loop(layer: Layer, src_offsets: Tensor, in_ticks: int, ticks: int, alpha: float, neuron: str):
     """The literal clock loop for one hidden layer. Shape: src_offsets (B, *source) -> (B, *layer.shape)."""

@@ -15,7 +15,7 @@ from torch import Tensor
 from .network import Layer, SpikingNetwork
 from .result import SimResult
 from .simulate import membrane_potential
-from .stepped import tick_of, ticks_per_window
+from .stepped import tick_of, tick_potential, ticks_per_window
 
 
 @dataclass(frozen=True)
@@ -174,19 +174,13 @@ def _with_stepped(snn, x, n, lay: Layer, idx, trace: NeuronTrace, dt, steps, sta
     times, weights, _ = _fan_in(lay, routed.clamp(min=0), idx)
     keep = torch.isfinite(times)
     arrive = tick_of(times[keep], h_in, first=False).clamp(0, in_ticks).to(torch.long)
-    dtype = trace.input_times.dtype
-    current = torch.full((in_ticks,), start_current, dtype=dtype)
-    arrived = torch.zeros(in_ticks + 1, dtype=dtype).index_add_(0, arrive, weights[keep].to(dtype))
-    current = current + arrived.cumsum(0)[:in_ticks]
-    v_in = torch.cat([torch.zeros(1, dtype=dtype), (h_in * current).cumsum(0)])
-    t_in = torch.arange(in_ticks + 1, dtype=dtype) * h_in
+    weights = weights[keep].to(trace.input_times.dtype)
     if lay.is_output:
+        t_in, v_in = tick_potential(arrive, weights, in_ticks, h_in, start_current)
         return _replace(trace, stepped_times=t_in, stepped_potential=v_in)
     h = lay.window / ticks_per_window(lay.window, dt, steps)
     slope = float(lay.slope.expand(lay.shape)[idx])
-    m = torch.arange(1, own + 1, dtype=dtype)
-    t_all = torch.cat([t_in, lay.in_window + m * h])
-    v_all = torch.cat([v_in, v_in[-1] + m * h * slope])
+    t_all, v_all = tick_potential(arrive, weights, in_ticks, h_in, start_current, own, h, slope)
     off = float(res.layers[n].offsets[(0, *idx)])
     return _replace(trace, stepped_times=t_all, stepped_potential=v_all, stepped_spike_time=lay.in_window + off)
 
