@@ -79,6 +79,7 @@ def convert(
         snn = SpikingNetwork(hidden, output, input_shape, (p, q), neuron, margin, rescale, alpha, dtype)
         _calibrate(snn, batches, margin)
         _neuron_parameters(snn)
+        snn.refresh_bound_weights()
     return snn
 
 
@@ -435,4 +436,3 @@ def _neuron_parameters(snn: SpikingNetwork) -> None:
             )
         else:
             layer.J, layer.theta, layer.slope = b1_parameters(layer.weight, layer.bias, layer.window)
-        layer.extra["J_pos"] = layer.J.clamp(min=0)

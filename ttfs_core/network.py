@@ -266,6 +266,16 @@ class SpikingNetwork:
         clipped_count = int(torch.count_nonzero(clipped))
         return SimResult(self._readout(logits), results, t0, clipped_count, self.output.t_min)
 
+    def refresh_bound_weights(self) -> None:
+        """Keep Σ_{J>0} J (the cheap early-spike bound's weights) where the simulator needs it: the B1 model and
+        the "sum" rescaling. The default α-model with positive-part rescaling needs no bound (MATH §2)."""
+        needed = self.neuron == "b1" or self.rescale != "positive"
+        for layer in self.layers:
+            if needed:
+                layer.extra["J_pos"] = layer.J.clamp(min=0)
+            else:
+                layer.extra.pop("J_pos", None)
+
     def __repr__(self) -> str:
         return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
                 f"latency={self.decision_latency:.4g}, dtype={self.dtype})")

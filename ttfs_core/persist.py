@@ -98,8 +98,6 @@ def _layer_from_json(d: dict[str, Any], prefix: str, tensors: dict[str, Tensor])
     )
     for name in ("J", "theta", "slope"):
         setattr(layer, name, tensors.get(f"{prefix}.{name}"))
-    if layer.J is not None:
-        layer.extra["J_pos"] = layer.J.clamp(min=0)
     return layer
 
 
@@ -140,8 +138,10 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
         dtype = getattr(torch, desc["dtype"])
         if not isinstance(dtype, torch.dtype):
             raise NetworkFileError(f"{path}: unknown dtype {desc['dtype']!r}")
-        return SpikingNetwork(layers, output, tuple(desc["input_shape"]), tuple(desc["input_range"]), desc["neuron"],
-                              float(desc["margin"]), desc["rescale"], float(desc["alpha"]), dtype)
+        snn = SpikingNetwork(layers, output, tuple(desc["input_shape"]), tuple(desc["input_range"]), desc["neuron"],
+                             float(desc["margin"]), desc["rescale"], float(desc["alpha"]), dtype)
+        snn.refresh_bound_weights()
+        return snn
     except NetworkFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, json.JSONDecodeError) as exc:

@@ -77,11 +77,11 @@ def quantise_weights(snn: SpikingNetwork, bits: int) -> SpikingNetwork:
     out = copy.deepcopy(snn)
     for layer in out.layers:
         layer.J = _quantise(layer.J, bits)
-        layer.extra["J_pos"] = layer.J.clamp(min=0)
         if out.neuron == "alpha":
             layer.slope = (out.alpha + row_sums(layer.J)).reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(
                 layer.slope).clone()
     out.output.weight = _quantise(out.output.weight, bits)
+    out.refresh_bound_weights()
     return out
 
 
