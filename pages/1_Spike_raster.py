@@ -4,15 +4,7 @@ import streamlit as st
 
 from ttfs_ui import controls, figures, state, timeline
 
-st.set_page_config(page_title="Spike raster · TTFS explorer", page_icon="⚡", layout="wide")
-state.init()
-controls.sidebar()
-
-st.title("Spike raster")
-controls.show_notice()
-cur = controls.current()
-controls.caption(cur)
-controls.explain("raster")
+cur = controls.page_start("Spike raster", "raster")
 
 tl = cur.timeline
 spikes = timeline.spikes_of(cur.snn, cur.result)

@@ -4,15 +4,7 @@ import streamlit as st
 
 from ttfs_ui import cache, controls, figures, state, tables, timeline
 
-st.set_page_config(page_title="Membrane traces · TTFS explorer", page_icon="⚡", layout="wide")
-state.init()
-controls.sidebar()
-
-st.title("Membrane traces")
-controls.show_notice()
-cur = controls.current()
-controls.caption(cur)
-controls.explain("membrane")
+cur = controls.page_start("Membrane traces", "membrane")
 
 layers = timeline.spikes_of(cur.snn, cur.result)[1:] + [timeline.readout_of(cur.snn, cur.result)]
 names = [s.name for s in layers]

@@ -2,17 +2,9 @@
 
 import streamlit as st
 
-from ttfs_ui import cache, controls, figures, state, tables
+from ttfs_ui import cache, controls, figures, tables
 
-st.set_page_config(page_title="ANN vs SNN · TTFS explorer", page_icon="⚡", layout="wide")
-state.init()
-controls.sidebar()
-
-st.title("ANN vs SNN")
-controls.show_notice()
-cur = controls.current()
-controls.caption(cur)
-controls.explain("ann_vs_snn")
+cur = controls.page_start("ANN vs SNN", "ann_vs_snn")
 
 st.header("This input, layer by layer")
 comparisons = cache.comparison(cur.net_key, cur.image_key, cur.entry.model, cur.snn, cur.x)

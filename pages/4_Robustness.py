@@ -4,15 +4,7 @@ import streamlit as st
 
 from ttfs_ui import cache, controls, figures, state, tables
 
-st.set_page_config(page_title="Robustness · TTFS explorer", page_icon="⚡", layout="wide")
-state.init()
-controls.sidebar()
-
-st.title("Robustness")
-controls.show_notice()
-cur = controls.current()
-controls.caption(cur)
-controls.explain("robustness")
+cur = controls.page_start("Robustness", "robustness")
 
 left, right = st.columns(2, gap="large")
 left.select_slider("Test digits per point", options=[100, 200, 500, 1000], **state.bind(state.ROBUST_IMAGES),

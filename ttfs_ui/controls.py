@@ -185,6 +185,20 @@ def _step(delta: int, steps: int) -> None:
     state.put(state.CURSOR, int(np.clip(state.get(state.CURSOR) + delta, 0, steps)))
 
 
+def page_start(title: str, topic: str) -> Current:
+    """The opening every explorer page shares: page settings, state, sidebar, title, notice, what is shown and
+    the collapsed explanation. Returns the current network, input and simulation."""
+    st.set_page_config(page_title=f"{title} · TTFS explorer", page_icon="⚡", layout="wide")
+    state.init()
+    sidebar()
+    st.title(title)
+    show_notice()
+    cur = current()
+    caption(cur)
+    explain(topic)
+    return cur
+
+
 def _jump(k: int) -> None:
     state.put(state.CURSOR, int(k))
 
