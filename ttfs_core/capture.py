@@ -119,6 +119,11 @@ def _pair(v: Any) -> tuple[int, int]:
     return int(v), int(v)
 
 
+def _pool_stride(stride: Any, kernel: tuple[int, int]) -> tuple[int, int]:
+    """A pooling stride; None or [] (the aten default) means the kernel size."""
+    return kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
+
+
 def _bind(names: tuple[str, ...], defaults: dict[str, Any], node: fx.Node) -> dict[str, Any]:
     bound = dict(defaults)
     for name, value in zip(names, node.args):
@@ -349,15 +354,11 @@ class Capture:
             if a.get("return_indices"):
                 raise ConversionError(f"{desc}: max pooling with return_indices is not supported")
             k = _pair(a["kernel_size"])
-            stride = a["stride"]
-            stride = k if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
-            return {"kernel_size": k, "stride": stride, "padding": _pair(a["padding"]),
+            return {"kernel_size": k, "stride": _pool_stride(a["stride"], k), "padding": _pair(a["padding"]),
                     "dilation": _pair(a["dilation"]), "ceil_mode": bool(a["ceil_mode"])}
         if kind == "avgpool":
             k = _pair(a["kernel_size"])
-            stride = a["stride"]
-            stride = k if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
-            return {"kernel_size": k, "stride": stride, "padding": _pair(a["padding"]),
+            return {"kernel_size": k, "stride": _pool_stride(a["stride"], k), "padding": _pair(a["padding"]),
                     "ceil_mode": bool(a["ceil_mode"]), "count_include_pad": bool(a["count_include_pad"]),
                     "divisor_override": a["divisor_override"]}
         if kind == "adaptive_avgpool":

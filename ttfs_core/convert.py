@@ -167,8 +167,7 @@ class _Lowering:
         if seg.main is not None:
             seg.post.append(op)
             return
-        p = op.params
-        pool = Pool(p["kernel_size"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
+        pool = Pool.of(op.params)
         for prior in reversed(seg.pre):  # move the pool up to the spikes, across per-channel affines
             if prior.kind == "affine":
                 pool = pool.flipped(prior.params["scale"])
@@ -270,10 +269,8 @@ class _Lowering:
                   "dilation": (1, 1), "groups": c}
         probe = Probe(pool.node)
         if moved:  # the ANN pools affine(x); this layer pools x: invert the affine to compare
-            kappa, shift = moved[0].params["scale"], moved[0].params["shift"]
-            for m in moved[1:]:
-                kappa, shift = compose_affine((kappa, shift), (m.params["scale"], m.params["shift"]))
-            probe = Probe(pool.node, 1.0 / kappa.to(self.dtype), (-shift / kappa).to(self.dtype))
+            kappa, shift = _composed_affine(moved, self.dtype)
+            probe = Probe(pool.node, 1.0 / kappa, -shift / kappa)
         rest_main, rest_post = seg.main, seg.post
         seg.pre, seg.post = [], []
         seg.main = Op(pool.name, pool.node, "conv", pool.target, pool.in_shape, pool.out_shape, params)
@@ -291,19 +288,15 @@ class _Lowering:
         conv = None
         if main.kind == "conv":
             conv = {"stride": p["stride"], "padding": p["padding"], "dilation": p["dilation"], "groups": p["groups"]}
-            affine = None
             for prior in seg.pre:
-                if prior.kind == "affine":
-                    pair = (prior.params["scale"].to(self.dtype), prior.params["shift"].to(self.dtype))
-                    affine = pair if affine is None else compose_affine(affine, pair)
-                elif prior.kind == "reshape" and tuple(prior.out_shape) == tuple(prior.in_shape):
-                    continue
-                elif prior.kind != "identity":
+                no_op = prior.kind == "reshape" and tuple(prior.out_shape) == tuple(prior.in_shape)
+                if prior.kind not in ("affine", "identity") and not no_op:
                     raise ConversionError(
                         f"{prior.name} ({prior.target}) before the convolution {main.name} is not supported: "
                         f"between a ReLU and a convolution only BatchNorm and max pooling can stand. Supported: "
                         f"{SUPPORTED}"
                     )
+            affine = _composed_affine(seg.pre, self.dtype)
             if affine is not None:
                 weight, bias = fold_input_affine_into_conv(weight, bias, affine, route_shape, conv_fn(**conv))
                 if not any(conv["padding"]):  # no border: the bias map is constant per channel
@@ -325,16 +318,15 @@ class _Lowering:
                 readout.append(op)
                 continue
             if op.kind == "affine":
-                pair = (op.params["scale"].to(self.dtype), op.params["shift"].to(self.dtype))
+                pair = _composed_affine([op], self.dtype)
                 weight, bias = fold_output_affine(weight, bias, pair)
                 if carried:
                     carried = [c.flipped(pair[0]) for c in carried]
                     probe_scale = pair if probe_scale is None else compose_affine(probe_scale, pair)
             elif op.kind == "maxpool":
-                pr = op.params
                 if not carried:
                     probe_node = last_node
-                carried.append(Pool(pr["kernel_size"], pr["stride"], pr["padding"], pr["dilation"], pr["ceil_mode"]))
+                carried.append(Pool.of(op.params))
             elif op.kind == "identity":
                 pass
             else:
@@ -359,6 +351,16 @@ class _Lowering:
         )
         self.layers.append(layer)
         self.seg = _Segment(len(self.layers) - 1, shape, route=carried)
+
+
+def _composed_affine(ops: list[Op], dtype) -> tuple[Tensor, Tensor] | None:
+    """The per-channel affine maps among `ops` (BatchNorm, input range), composed in order; None if there are none."""
+    affine = None
+    for op in ops:
+        if op.kind == "affine":
+            pair = (op.params["scale"].to(dtype), op.params["shift"].to(dtype))
+            affine = pair if affine is None else compose_affine(affine, pair)
+    return affine
 
 
 def _route_shape(route: list[Pool], shape: tuple[int, ...], dtype) -> tuple[int, ...]:

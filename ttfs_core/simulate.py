@@ -34,6 +34,11 @@ class Pool:
     ceil_mode: bool
     sign: Tensor | None = None  # (C,) of ±1; None = every channel takes the max
 
+    @classmethod
+    def of(cls, params: dict) -> Pool:
+        """From a captured max-pool op's parameters (every channel takes the max)."""
+        return cls(params["kernel_size"], params["stride"], params["padding"], params["dilation"], params["ceil_mode"])
+
     def _max(self, x: Tensor) -> Tensor:
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
