@@ -14,7 +14,7 @@ from .capture import apply_op
 from .errors import InputError
 from .mapping import encode_input
 from .result import LayerResult, SimResult
-from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks
+from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks, settle_spikes
 from .stepped import hidden_layer_loop, on_ticks, quantise_input, ticks_per_window
 
 Perturb = Callable[[int, Tensor, float], Tensor]
@@ -219,7 +219,7 @@ class SpikingNetwork:
                 return hidden_layer_loop(layer, src, in_ticks, own, self.alpha, self.neuron)
             off, stats = hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
             off = on_ticks(off, layer.window, own, layer.in_window, in_ticks)
-            return _tick_stats(off, layer, b1, stats["early_arrivals"])
+            return settle_spikes(off, layer.window, b1, stats["early_arrivals"])
 
         def encode(t0: Tensor) -> Tensor:
             return quantise_input(t0, ticks[0])
@@ -281,18 +281,6 @@ class SpikingNetwork:
                 f"latency={self.decision_latency:.4g}, dtype={self.dtype})")
 
 
-def _tick_stats(off: Tensor, layer: Layer, b1: bool, early_arrivals: int):
-    """Spike statistics of a layer whose spikes sit on ticks."""
-    late = off >= layer.window
-    if b1:  # reaching threshold only at t_max: no spike (MATH §7)
-        off = torch.where(late, torch.full_like(off, torch.inf), off)
-    silent = ~torch.isfinite(off)
-    stats = {"early_spikes": int(torch.count_nonzero(off < 0)), "early_arrivals": early_arrivals,
-             "forced": 0 if b1 else int(torch.count_nonzero(late)),
-             "spikes": off.numel() - int(torch.count_nonzero(silent))}
-    return off, stats
-
-
 def _concat(parts: list[SimResult]) -> SimResult:
     if len(parts) == 1:
         return parts[0]
@@ -344,18 +332,7 @@ def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: 
         idx = flagged.nonzero(as_tuple=True)
         off = off.clone()
         off[idx] = _search(layer, layer.in_window - elapsed, idx, 0.0 if b1 else alpha) - layer.in_window
-    early = int(torch.count_nonzero(off < 0))
-    forced_mask = off >= layer.window
-    forced = int(torch.count_nonzero(forced_mask))
-    if b1:  # a neuron that would fire at or after t_max does not fire at all (MATH §7)
-        off = torch.where(forced_mask, torch.full_like(off, torch.inf), off)
-        spikes = off.numel() - forced
-        forced = 0
-    else:
-        off = off.clamp(max=layer.window)
-        spikes = off.numel()
-    stats = {"early_spikes": early, "early_arrivals": early_arrivals, "forced": forced, "spikes": spikes}
-    return off, stats
+    return settle_spikes(off, layer.window, b1, early_arrivals)
 
 
 def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -> Tensor:

@@ -114,6 +114,21 @@ def first_crossing(
     return torch.where(theta <= 0, torch.full_like(t, start), t)
 
 
+def settle_spikes(offsets: Tensor, window: float, b1: bool, early_arrivals: int) -> tuple[Tensor, dict[str, int]]:
+    """A layer's final spikes and their statistics from its first-crossing offsets (from t_min).
+
+    A neuron that has not crossed by t_max is forced to fire at t_max (α-model, MATH §2) or does not fire at all
+    (B1, MATH §7: offset +inf); an offset below 0 is an early spike. Shape: offsets any -> same.
+    """
+    late = offsets >= window
+    n_late = int(torch.count_nonzero(late))
+    stats = {"early_spikes": int(torch.count_nonzero(offsets < 0)), "early_arrivals": early_arrivals}
+    if b1:
+        offsets = torch.where(late, torch.full_like(offsets, torch.inf), offsets)
+        return offsets, {**stats, "forced": 0, "spikes": offsets.numel() - n_late}
+    return offsets.clamp(max=window), {**stats, "forced": n_late, "spikes": offsets.numel()}
+
+
 def membrane_potential(
     at: Tensor, times: Tensor, weights: Tensor, alpha: float, start: float, t_end: float | None = None,
     final_slope: float | None = None,

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .simulate import settle_spikes
+
 if TYPE_CHECKING:
     from .network import Layer
 
@@ -112,19 +114,10 @@ def hidden_layer_loop(layer: Layer, src_offsets: Tensor, in_ticks: int, ticks: i
         fired = torch.where(newly, torch.full_like(fired, k), fired)
         v += (h_in if k < in_ticks else h) * current
     fired = scatter.unlayout(fired)
-    never = fired < 0
     rel = (fired - in_ticks).to(src_offsets.dtype)
     off = torch.where(fired < in_ticks, rel * h_in, rel * h)
-    forced_mask = never | (fired >= in_ticks + ticks)
-    early = int(torch.count_nonzero((fired >= 0) & (fired < in_ticks)))
-    if b1:
-        off = torch.where(forced_mask, torch.full_like(off, torch.inf), off)
-        spikes, forced = off.numel() - int(torch.count_nonzero(forced_mask)), 0
-    else:
-        off = torch.where(forced_mask, torch.full_like(off, layer.window), off)
-        spikes, forced = off.numel(), int(torch.count_nonzero(forced_mask))
-    stats = {"early_spikes": early, "early_arrivals": early_arrivals, "forced": forced, "spikes": spikes}
-    return off, stats
+    off = torch.where((fired < 0) | (fired >= in_ticks + ticks), layer.window, off)  # never crossed by t_max
+    return settle_spikes(off, layer.window, b1, early_arrivals)
 
 
 class _Scatter:
