@@ -335,46 +335,50 @@ def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: 
     return settle_spikes(off, layer.window, b1, early_arrivals)
 
 
+def pad_input(layer: Layer, values: Tensor, pad: float) -> Tensor:
+    """The routed input with a conv layer's zero-padding border filled with `pad`. Shape: (B, *in_shape)."""
+    if layer.conv is None:
+        return values
+    ph, pw = layer.conv["padding"]
+    return F.pad(values, (pw, pw, ph, ph), value=pad)
+
+
+def gather_fan_in(layer: Layer, padded: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
+    """Each listed neuron's inputs, in the order of its weight row: the values under a conv neuron's kernel
+    (from `pad_input`), or the whole flattened input of a dense neuron.
+
+    Shape: padded (B, ...); idx (b, o[, y, x]) each (F,) -> (F, fan-in).
+    """
+    if layer.conv is None:
+        return padded.flatten(1)[idx[0]]
+    (sh, sw), (dh, dw), groups = layer.conv["stride"], layer.conv["dilation"], layer.conv["groups"]
+    out_ch, cin_g, kh, kw = layer.weight.shape
+    b, o, y, x = idx
+    ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g)[None, :]
+    rows = y[:, None] * sh + torch.arange(kh)[None, :] * dh
+    cols = x[:, None] * sw + torch.arange(kw)[None, :] * dw
+    taps = padded[b[:, None, None, None], ch[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return taps.flatten(1)
+
+
 def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -> Tensor:
     """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape)), in time relative to the
     neurons' start; `t_in` are the input arrival times on that clock, in [0, B_(n−1)]."""
-    theta = layer.theta.expand(layer.shape)
-    slope = layer.slope.expand(layer.shape)
     neuron_idx = idx[1:]
-    th = theta[neuron_idx]
-    sl = slope[neuron_idx]
+    theta = layer.theta.expand(layer.shape)[neuron_idx]
+    slope = layer.slope.expand(layer.shape)[neuron_idx]
     end = layer.in_window
-    if layer.conv is not None:
-        c = layer.conv
-        (ph, pw), (sh, sw), (dh, dw), groups = c["padding"], c["stride"], c["dilation"], c["groups"]
-        padded = F.pad(t_in, (pw, pw, ph, ph), value=end)  # zero padding = x = 0, fires at t_min
-        out_ch, cin_g, kh, kw = layer.J.shape
-        b, o, y, xx = idx
-        g = o // (out_ch // groups)
-        ch = g[:, None] * cin_g + torch.arange(cin_g)[None, :]
-        rows = y[:, None] * sh + torch.arange(kh)[None, :] * dh
-        cols = xx[:, None] * sw + torch.arange(kw)[None, :] * dw
+    rows = layer.J.flatten(1)
+    padded = pad_input(layer, t_in, end)  # a zero-padded tap is x = 0: it fires at t_min
 
-        def gather(lo: int, hi: int):
-            s = slice(lo, hi)
-            times = padded[b[s, None, None, None], ch[s, :, None, None], rows[s, None, :, None], cols[s, None, None, :]]
-            return times.flatten(1), layer.J[o[s]].flatten(1), th[s], sl[s]
-
-        fan_in = cin_g * kh * kw
-    else:
-        flat_in = t_in.flatten(1)
-        b, o = idx
-
-        def gather(lo: int, hi: int):
-            s = slice(lo, hi)
-            return flat_in[b[s]], layer.J[o[s]], th[s], sl[s]
-
-        fan_in = flat_in.shape[1]
+    def gather(lo: int, hi: int):
+        part = tuple(i[lo:hi] for i in idx)
+        return gather_fan_in(layer, padded, part), rows[idx[1][lo:hi]], theta[lo:hi], slope[lo:hi]
 
     def solve(times, weights, theta_, slope_):
         return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
 
-    return search_in_chunks(gather, len(b), fan_in, solve).to(t_in.dtype)
+    return search_in_chunks(gather, len(idx[0]), rows.shape[1], solve).to(t_in.dtype)
 
 
 def readout_potential(layer: Layer, src_offsets: Tensor) -> Tensor:

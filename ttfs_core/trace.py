@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .network import Layer, SpikingNetwork
+from .network import Layer, SpikingNetwork, gather_fan_in, pad_input
 from .result import SimResult
 from .simulate import membrane_potential
 from .stepped import tick_of, tick_potential, ticks_per_window
@@ -88,26 +87,14 @@ def _source_offsets(snn: SpikingNetwork, layer: Layer, result: SimResult) -> Ten
 
 
 def _fan_in(layer: Layer, routed: Tensor, index: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Input arrival times (relative to the neuron's start), weights and source indices of one neuron."""
-    end = layer.in_window
+    """Input arrival times (relative to the neuron's start), weights and source indices (−1: a zero-padded tap)
+    of one neuron."""
     weights = layer.J if layer.J is not None else layer.weight
-    if layer.conv is None:
-        return routed.flatten(), weights[index[0]], torch.arange(routed.numel())
-    c = layer.conv
-    (ph, pw), (sh, sw), (dh, dw), groups = c["padding"], c["stride"], c["dilation"], c["groups"]
-    o, y, x = index
-    out_ch, cin_g, kh, kw = weights.shape
-    g = o // (out_ch // groups)
-    _, h_in, w_in = routed.shape[-3:]
-    ids = torch.arange(routed.numel(), dtype=torch.float64).reshape(routed.shape)
-    times = F.pad(routed, (pw, pw, ph, ph), value=end)
-    ids = F.pad(ids, (pw, pw, ph, ph), value=-1.0)
-    rows = y * sh + torch.arange(kh) * dh
-    cols = x * sw + torch.arange(kw) * dw
-    chans = g * cin_g + torch.arange(cin_g)
-    patch = times[chans][:, rows][:, :, cols]
-    src = ids[chans][:, rows][:, :, cols]
-    return patch.flatten(), weights[o].flatten(), src.flatten().to(torch.long)
+    idx = tuple(torch.tensor([i]) for i in (0, *index))
+    times = gather_fan_in(layer, pad_input(layer, routed[None], layer.in_window), idx)[0]
+    ids = torch.arange(routed.numel(), dtype=torch.float64).reshape(1, *routed.shape)
+    sources = gather_fan_in(layer, pad_input(layer, ids, -1.0), idx)[0].to(torch.long)
+    return times, weights[index[0]].flatten(), sources
 
 
 def neuron_trace(
