@@ -252,7 +252,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
              f"{r['t_max'] - r['t_min']:.4g}" if r["spiking"] else "readout"] for r in snn.summary()]
     table(rows, ["layer", "op", "shape", "neurons", "X_n", "window (τ_c)"], sys.stdout, right={3, 4, 5})
     print()
-    kv("latency", f"{snn.decision_latency:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers)")
+    kv("latency", f"{snn.decision_latency:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers); "
+                  f"smallest window {snn.smallest_window:.3g} τ_c")
     try:
         snn.save(out_path)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for I/O problems
@@ -281,14 +282,40 @@ class LayerStats:
     op: str
     max_abs: float = 0.0
     max_ann: float = 0.0
+    window: float = 0.0
     early: int = 0
     spikes: int = 0
     neurons: int = 0
+    searched: int = 0
+    certificate: dict[str, int] = field(default_factory=dict)
+
+    def add(self, lr) -> None:
+        """Count one batch's layer result."""
+        self.early += lr.early_spikes
+        self.spikes += lr.spikes
+        self.neurons += lr.neurons
+        self.searched += lr.searched
+        for stage, count in lr.certificate:
+            self.certificate[stage] = self.certificate.get(stage, 0) + count
 
     def row(self, spiking: bool = True) -> list[str]:
         rel = self.max_abs / max(self.max_ann, 1e-30)
-        spn = f"{self.spikes / max(self.neurons, 1):.3f}" if spiking else "-"
-        return [self.name, self.op, f"{self.max_abs:.3g}", f"{rel:.3g}", f"{self.early:,}" if spiking else "-", spn]
+        if not spiking:
+            return [self.name, self.op, "readout", f"{self.max_abs:.3g}", f"{rel:.3g}", "-", "-", "-"]
+        return [self.name, self.op, f"{self.window:.4g}", f"{self.max_abs:.3g}", f"{rel:.3g}", f"{self.early:,}",
+                f"{self.searched:,}", f"{self.spikes / max(self.neurons, 1):.3f}"]
+
+
+def certificate_line(stats: list[LayerStats]) -> str:
+    """How the early-spike certificate (MATH §2) settled the hidden neurons, summed over layers and images."""
+    totals: dict[str, int] = {}
+    for s in stats:
+        for stage, count in s.certificate.items():
+            totals[stage] = totals.get(stage, 0) + count
+    neurons = sum(s.neurons for s in stats)
+    searched = sum(s.searched for s in stats)
+    parts = [f"{stage} {percent(count, neurons)}" for stage, count in totals.items() if count]
+    return ", ".join(parts + [f"searched exactly {searched:,} ({percent(searched, neurons)})"])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -310,7 +337,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         args.calib = args.calib or CALIB_DEFAULT
         args.calib_limit = args.calib_limit or CALIB_LIMIT
         args.margin = MARGIN_DEFAULT if args.margin is None else args.margin
-        args.neuron, args.rescale = args.neuron or "alpha", args.rescale or "positive"
+        args.neuron, args.rescale = args.neuron or "alpha", args.rescale or "sum"
         snn, module = convert_model(model, args, sys.stdout)
         kv("network", f"converted: {describe(snn)}")
     x = x.to(snn.dtype)
@@ -318,7 +345,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     kv("data", f"{args.data}: {n} images, {'labelled' if y is not None else 'no labels'}")
     sys.stdout.flush()
 
-    stats = [LayerStats(layer.name, layer.op) for layer in snn.layers]
+    stats = [LayerStats(layer.name, layer.op, window=layer.window) for layer in snn.layers]
     readout = LayerStats(snn.output.name, snn.output.op + " (readout)")
     ann_pred, snn_pred = [], []
     early_images = clipped = 0
@@ -336,9 +363,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for s, c, lr in zip(stats, comps, res.layers):
                 s.max_abs = max(s.max_abs, c.max_abs_error)
                 s.max_ann = max(s.max_ann, float(c.ann.abs().max()) if c.ann.numel() else 0.0)
-                s.early += lr.early_spikes
-                s.spikes += lr.spikes
-                s.neurons += lr.neurons
+                s.add(lr)
             early_mask = torch.zeros(xb.shape[0], dtype=torch.bool)
             for lr in res.layers:
                 early_mask |= (lr.offsets < 0).flatten(1).any(1)
@@ -356,9 +381,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     a, s = torch.cat(ann_pred), torch.cat(snn_pred)
     print()
     rows = [st.row() for st in stats] + [readout.row(spiking=False)]
-    table(rows, ["layer", "op", "max abs err", "max rel err", "early spikes", "spikes/neuron"], sys.stdout,
-          right={2, 3, 4, 5})
+    table(rows, ["layer", "op", "window (τ_c)", "max abs err", "max rel err", "early spikes", "searched",
+                 "spikes/neuron"], sys.stdout, right={2, 3, 4, 5, 6, 7})
     print()
+    kv("time", f"decision at {snn.decision_time:.4g} τ_c; smallest window {snn.smallest_window:.3g} τ_c "
+               f"(rescale {snn.rescale})")
+    kv("certificate", certificate_line(stats))
     if y is not None:
         y = y.reshape(-1)
         kv("accuracy", f"ANN {percent(int((a == y).sum()), n)}   SNN {percent(int((s == y).sum()), n)}")
@@ -406,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--margin", type=_margin, default=d(MARGIN_DEFAULT),
                        help=f"window margin: B_n = (1 + margin)·X_n, > -1 (default: {MARGIN_DEFAULT})")
         q.add_argument("--neuron", choices=NEURONS, default=d("alpha"), help="neuron model (default: alpha)")
-        q.add_argument("--rescale", choices=RESCALE, default=d("positive"),
-                       help="weight rescaling (default: positive)")
+        q.add_argument("--rescale", choices=RESCALE, default=d("sum"),
+                       help="weight rescaling: sum (default; the paper's, windows of the order of the activations) or "
+                            "positive (no certificate needed, but windows shrink geometrically with depth)")
         q.add_argument("--float64", action="store_true", help="convert a float64 copy of the model")
 
     c = sub.add_parser("convert", help="convert a model and save the spiking network",

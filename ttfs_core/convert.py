@@ -33,7 +33,7 @@ from .network import Layer, Probe, SpikingNetwork
 from .simulate import Pool
 
 NEURONS = ("alpha", "b1")
-RESCALE = ("positive", "sum")
+RESCALE = ("sum", "positive")  # the first is the default
 
 
 def convert(
@@ -43,15 +43,19 @@ def convert(
     margin: float = 0.5,
     input_range: tuple[float, float] | None = None,
     neuron: str = "alpha",
-    rescale: str = "positive",
+    rescale: str = "sum",
     alpha: float = 1.0,
 ) -> SpikingNetwork:
     """Convert a trained feed-forward ReLU network into an exact single-spike TTFS network.
 
     `calibration` is a tensor of representative inputs (B, *input_shape) or an iterable of such batches (or of
     (inputs, labels) pairs). Windows are B_n = (1 + margin)·X_n (MATH §4); the input range [p, q] comes from the
-    calibration data unless given. `neuron` is "alpha" (MATH §2) or "b1" (MATH §7); `rescale` is "positive"
-    (Σ_j max(W_ij, 0) < 1, early spikes checked for free) or "sum" (the reference code's Σ_j W_ij < 1).
+    calibration data unless given. `neuron` is "alpha" (MATH §2) or "b1" (MATH §7).
+    `rescale` is "sum" (the default, the paper's rule Σ_j W_ij < 1: windows stay of the order of the trained
+    activations, and early spikes are ruled out by the fast certificate of `ttfs_core.certify`) or "positive"
+    (Σ_j max(W_ij, 0) < 1: an early spike happens exactly when a pre-activation exceeds its window, so no
+    certificate is needed, but every layer shrinks the time scale, geometrically with depth: an opt-in fast mode
+    whose deep windows are far too short for hardware, jitter or teaching). B1 is never rescaled.
     The user's model is never modified. Raises ConversionError naming the offending node.
     """
     if neuron not in NEURONS:
@@ -79,7 +83,6 @@ def convert(
         snn = SpikingNetwork(hidden, output, input_shape, (p, q), neuron, margin, rescale, alpha, dtype)
         _calibrate(snn, batches, margin)
         _neuron_parameters(snn)
-        snn.refresh_bound_weights()
     return snn
 
 

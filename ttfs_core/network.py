@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .capture import apply_op
+from .certify import STAGES, certify
 from .errors import InputError
 from .mapping import encode_input
 from .result import LayerResult, SimResult
@@ -118,27 +119,43 @@ class SpikingNetwork:
     input_range: tuple[float, float]
     neuron: str = "alpha"
     margin: float = 0.5
-    rescale: str = "positive"
+    rescale: str = "sum"
     alpha: float = 1.0
     dtype: torch.dtype = torch.float64
 
     @property
-    def decision_latency(self) -> float:
-        """t_min^(L) = 1 + Σ_n B_n: when the readout is taken (units of τ_c)."""
+    def decision_time(self) -> float:
+        """t_min^(L) = 1 + Σ_n B_n: when the readout is taken, in units of τ_c (MATH §3)."""
         return self.output.t_min
+
+    @property
+    def decision_latency(self) -> float:
+        """The same as `decision_time` (its older name)."""
+        return self.decision_time
+
+    @property
+    def windows(self) -> list[float]:
+        """B_n = t_max^(n) − t_min^(n) of every hidden spiking layer, in units of τ_c, in time order."""
+        return [layer.window for layer in self.layers]
+
+    @property
+    def smallest_window(self) -> float:
+        """The shortest hidden window in τ_c: the time resolution a chip or a jitter study has to respect."""
+        return min(self.windows, default=1.0)
 
     @property
     def all_layers(self) -> list[Layer]:
         return [*self.layers, self.output]
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per spiking layer (and the readout): name, op, output shape, neurons, X_n, window."""
+        """One row per spiking layer (and the readout): name, op, output shape, neurons, X_n, t_min, t_max and the
+        window B_n (τ_c; 0 for the readout)."""
         rows = []
         for layer in self.all_layers:
             rows.append({
                 "layer": layer.name, "op": layer.op, "shape": "×".join(map(str, layer.shape)),
                 "neurons": layer.neurons, "X_n": layer.max_activation,
-                "t_min": layer.t_min, "t_max": layer.t_max, "spiking": not layer.is_output,
+                "t_min": layer.t_min, "t_max": layer.t_max, "window": layer.window, "spiking": not layer.is_output,
             })
         return rows
 
@@ -219,7 +236,8 @@ class SpikingNetwork:
                 return hidden_layer_loop(layer, src, in_ticks, own, self.alpha, self.neuron)
             off, stats = hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
             off = on_ticks(off, layer.window, own, layer.in_window, in_ticks)
-            return settle_spikes(off, layer.window, b1, stats["early_arrivals"])
+            off, settled = settle_spikes(off, layer.window, b1, stats["early_arrivals"])
+            return off, {**stats, **settled}
 
         def encode(t0: Tensor) -> Tensor:
             return quantise_input(t0, ticks[0])
@@ -266,19 +284,10 @@ class SpikingNetwork:
         clipped_count = int(torch.count_nonzero(clipped))
         return SimResult(self._readout(logits), results, t0, clipped_count, self.output.t_min)
 
-    def refresh_bound_weights(self) -> None:
-        """Keep Σ_{J>0} J (the cheap early-spike bound's weights) where the simulator needs it: the B1 model and
-        the "sum" rescaling. The default α-model with positive-part rescaling needs no bound (MATH §2)."""
-        needed = self.neuron == "b1" or self.rescale != "positive"
-        for layer in self.layers:
-            if needed:
-                layer.extra["J_pos"] = layer.J.clamp(min=0)
-            else:
-                layer.extra.pop("J_pos", None)
-
     def __repr__(self) -> str:
         return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
-                f"latency={self.decision_latency:.4g}, dtype={self.dtype})")
+                f"rescale={self.rescale!r}, decision time {self.decision_time:.4g} τ_c, smallest window "
+                f"{self.smallest_window:.3g} τ_c, dtype={self.dtype})")
 
 
 def _concat(parts: list[SimResult]) -> SimResult:
@@ -292,6 +301,8 @@ def _concat(parts: list[SimResult]) -> SimResult:
             layer.name, layer.op, torch.cat([g.offsets for g in group]), layer.t_min, layer.t_max, layer.window,
             sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
             sum(g.forced for g in group), sum(g.spikes for g in group),
+            tuple((name, sum(dict(g.certificate).get(name, 0) for g in group)) for name, _ in layer.certificate),
+            sum(g.searched for g in group),
         ))
     return SimResult(torch.cat([p.logits for p in parts]), layers, torch.cat([p.input_times for p in parts]),
                      sum(p.input_clipped for p in parts), first.decision_time, first.dt)
@@ -313,26 +324,30 @@ def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: 
     """Spike times of one hidden layer from the spike times of its source (MATH §2, §6, §7).
 
     Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
-    times; after that the potential is linear, so the crossing has a closed form. Neurons that may have crossed
-    earlier (V(t_min) > θ, or the cheap bound fails when the rescaling does not make it exact) are searched
-    exactly over their input segments. Times are offsets from window starts (source's for the input, this
-    layer's t_min for the output). Shape: src_offsets (B, *source shape) -> (B, *layer.shape).
+    times; after that the potential is linear, so the crossing has a closed form. It is the spike unless the
+    neuron crossed earlier. Under the positive-part rescaling (α-model) that happens exactly when V(t_min) > θ;
+    otherwise the fast certificate (`ttfs_core.certify`, MATH §2) proves it impossible for almost every neuron.
+    The rest are searched exactly over their input segments. Times are offsets from window starts (source's
+    for the input, this layer's t_min for the output). Shape: src_offsets (B, *source shape) -> (B, *layer.shape).
     """
     elapsed, early_arrivals = arrivals(layer, src_offsets)
     b1 = neuron == "b1"
     base = 0.0 if b1 else alpha * layer.in_window
     v_end = base + layer.weighted_sum(elapsed, layer.J)
     off = crossing_after_inputs(v_end, layer.theta, layer.slope, 0.0)
-    if b1 or rescale != "positive":  # certify with the bound V(t) ≤ base + Σ_{J>0} J·elapsed
-        bound = base + layer.weighted_sum(elapsed, layer.extra["J_pos"])
-        flagged = bound > layer.theta
+    if b1 or rescale != "positive":
+        cert = certify(layer.J, layer.theta, layer.conv, elapsed, v_end, layer.in_window, 0.0 if b1 else alpha)
+        flagged, certificate = cert.uncertified, tuple(zip(STAGES, cert.settled))
     else:  # Σ max(W,0) < 1: V(t_min) > θ exactly when the neuron crossed before t_min (MATH §2)
         flagged = v_end > layer.theta
-    if bool(flagged.any()):
+        certificate = (("pre-activation", off.numel() - int(torch.count_nonzero(flagged))),)
+    searched = int(torch.count_nonzero(flagged))
+    if searched:
         idx = flagged.nonzero(as_tuple=True)
         off = off.clone()
         off[idx] = _search(layer, layer.in_window - elapsed, idx, 0.0 if b1 else alpha) - layer.in_window
-    return settle_spikes(off, layer.window, b1, early_arrivals)
+    off, stats = settle_spikes(off, layer.window, b1, early_arrivals)
+    return off, {**stats, "certificate": certificate, "searched": searched}
 
 
 def pad_input(layer: Layer, values: Tensor, pad: float) -> Tensor:

@@ -140,7 +140,6 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
             raise NetworkFileError(f"{path}: unknown dtype {desc['dtype']!r}")
         snn = SpikingNetwork(layers, output, tuple(desc["input_shape"]), tuple(desc["input_range"]), desc["neuron"],
                              float(desc["margin"]), desc["rescale"], float(desc["alpha"]), dtype)
-        snn.refresh_bound_weights()
         return snn
     except NetworkFileError:
         raise

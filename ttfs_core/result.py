@@ -20,7 +20,8 @@ class LayerResult:
     precision. `early_spikes` counts neurons that fired before t_min (their input window
     had not closed: the spike is wrong, MATH §2); `early_arrivals` counts input spikes that arrived before
     this layer's neurons started integrating (the layer below fired early); `forced` counts spikes forced at
-    t_max (activation 0).
+    t_max (activation 0). `certificate` says how many neurons each stage of the early-spike certificate
+    settled (MATH §2; `ttfs_core.certify`) and `searched` how many went to the exact search instead.
     """
 
     name: str
@@ -33,6 +34,8 @@ class LayerResult:
     early_arrivals: int
     forced: int
     spikes: int
+    certificate: tuple[tuple[str, int], ...] = ()  # (stage, neurons it proved free of early spikes), in order
+    searched: int = 0  # neurons the certificate could not settle: their first crossing was searched exactly
 
     @property
     def spike_times(self) -> Tensor:
@@ -78,6 +81,20 @@ class SimResult:
     @property
     def spikes(self) -> int:
         return sum(layer.spikes for layer in self.layers)
+
+    @property
+    def searched(self) -> int:
+        """Neurons of all layers whose first crossing the certificate could not settle (searched exactly)."""
+        return sum(layer.searched for layer in self.layers)
+
+    @property
+    def certificate(self) -> tuple[tuple[str, int], ...]:
+        """Neurons settled by each certificate stage, summed over layers (MATH §2)."""
+        totals: dict[str, int] = {}
+        for layer in self.layers:
+            for name, count in layer.certificate:
+                totals[name] = totals.get(name, 0) + count
+        return tuple(totals.items())
 
     @property
     def neurons(self) -> int:

@@ -81,7 +81,6 @@ def quantise_weights(snn: SpikingNetwork, bits: int) -> SpikingNetwork:
             layer.slope = (out.alpha + row_sums(layer.J)).reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(
                 layer.slope).clone()
     out.output.weight = _quantise(out.output.weight, bits)
-    out.refresh_bound_weights()
     return out
 
 

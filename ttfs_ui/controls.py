@@ -24,8 +24,8 @@ from .uploads import UploadedImage, UploadedModel, digest, light_background, rea
 TEST_IMAGES = 1000
 NEURON_MODELS = {"alpha": "α-model (exact mapping, every neuron fires once)",
                  "b1": "B1 (constant slope; silent neurons for activation 0)"}
-RESCALINGS = {"positive": "positive part: Σ max(W, 0) < 1 (early spikes checked for free)",
-              "sum": "sum: Σ W < 1 (the reference code)"}
+RESCALINGS = {"sum": "the paper's: Σ W < 1 (windows of the order of the activations)",
+              "positive": "positive part: Σ max(W, 0) < 1 (fast mode: windows shrink with depth)"}
 
 
 @dataclass(frozen=True)

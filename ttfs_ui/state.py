@@ -19,7 +19,7 @@ IMAGE = "ttfs_image"  # "test" (a bundled test digit) or "upload:<sha256 prefix>
 TEST_INDEX = "ttfs_test_index"  # which bundled test digit
 MARGIN = "ttfs_margin"  # ζ of B_n = (1 + ζ) X_n
 NEURON = "ttfs_neuron"  # "alpha" or "b1"
-RESCALE = "ttfs_rescale"  # "positive" or "sum"
+RESCALE = "ttfs_rescale"  # "sum" (the paper's, default) or "positive"
 CURSOR = "ttfs_cursor"  # time cursor, integer step (see timeline.Timeline)
 AXIS = "ttfs_axis"  # "auto", "stretched" or "absolute"
 LAYER = "ttfs_layer"  # layer name shown in feature maps / traces ("" = the page's default)
@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     TEST_INDEX: 0,
     MARGIN: 0.5,
     NEURON: "alpha",
-    RESCALE: "positive",
+    RESCALE: "sum",
     CURSOR: None,  # None: the end of the timeline (everything fired), set once the network is known
     AXIS: "auto",
     LAYER: "",

@@ -1,0 +1,184 @@
+"""The fast early-spike certificate (MATH §2) against brute-force oracles.
+
+- Network level: every hidden neuron's spike, as the simulator reports it, is the first crossing of its exact
+  piecewise-linear V(t) found by evaluating V at every input segment (no search code shared with the simulator);
+  the early spikes reported are exactly the neurons whose V reaches θ before t_min.
+- Tensor level: a neuron the certificate settles never reaches θ before t_min (checked at every kink), and on
+  random layers the bound is tight enough to settle almost every neuron.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ttfs_core
+from tests.nets import randomise_bn
+from ttfs_core.certify import STAGES, certify
+from ttfs_core.trace import neuron_trace
+
+
+def small_cnn() -> nn.Module:
+    """Zero padding, BatchNorm after the ReLU (border-dependent bias maps), a negative BN scale before max
+    pooling, and a dense layer: the cases where early-spike bookkeeping is easiest to get wrong."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(5),
+        nn.Flatten(), nn.Linear(5 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 3),
+    )
+    return randomise_bn(model, seed=3).double().eval()
+
+
+def first_crossing_oracle(trace) -> tuple[float, float]:
+    """The first time V reaches θ, by brute force over every input segment of the exact V(t) (relative to the
+    neuron's start), and the largest V − θ before t_min. +inf if V never reaches θ by t_max."""
+    marks = torch.cat([torch.tensor([0.0, trace.t_min, trace.t_max], dtype=torch.float64),
+                       trace.input_times.to(torch.float64)])
+    grid = torch.unique(marks.clamp(0, trace.t_max))
+    v = trace.potential_at(grid).double()
+    theta = trace.theta
+    before = grid <= trace.t_min
+    gap = float((v[before] - theta).max())
+    if theta <= 0:
+        return 0.0, gap
+    hit = (v >= theta).nonzero()
+    if not len(hit):
+        return float("inf"), gap
+    k = int(hit[0])
+    t0, t1, v0, v1 = float(grid[k - 1]), float(grid[k]), float(v[k - 1]), float(v[k])
+    return t0 + (theta - v0) / (v1 - v0) * (t1 - t0), gap
+
+
+CASES = [("alpha", "sum", -0.5), ("alpha", "sum", 0.5), ("b1", "sum", -0.5), ("alpha", "positive", -0.5)]
+
+
+@pytest.mark.parametrize("neuron,rescale,margin", CASES)
+def test_reported_spikes_are_brute_force_first_crossings(neuron, rescale, margin):
+    model = small_cnn()
+    g = torch.Generator().manual_seed(0)
+    calib = torch.rand(64, 2, 8, 8, generator=g, dtype=torch.float64)
+    x = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64) * 1.2  # a little beyond the calibration range
+    snn = ttfs_core.convert(model, calib, margin=margin, neuron=neuron, rescale=rescale, input_range=(0.0, 1.0))
+    res = snn.run(x)
+    early_total = 0
+    for n, (layer, lr) in enumerate(zip(snn.layers, res.layers)):
+        for b in range(x.shape[0]):
+            single = res if b == 0 else _shifted(res, b)
+            for flat in range(layer.neurons):
+                idx = tuple(int(i) for i in np.unravel_index(flat, layer.shape))
+                tr = neuron_trace(snn, x[b:b + 1], n, idx, result=single)
+                t_star, gap = first_crossing_oracle(tr)
+                off = float(lr.offsets[(b, *idx)])
+                scale = abs(tr.theta) + float(tr.input_weights.abs().sum()) * tr.t_min + 1.0
+                if abs(gap) < 1e-9 * scale:
+                    continue  # V touches θ within rounding before t_min: either answer is right
+                oracle_early = t_star < tr.t_min
+                assert (off < 0) == oracle_early, (layer.name, b, idx, off, t_star - tr.t_min)
+                early_total += oracle_early
+                if t_star <= tr.t_max:
+                    assert off == pytest.approx(t_star - tr.t_min, abs=1e-9 * scale), (layer.name, b, idx)
+                elif neuron == "alpha":
+                    assert off == pytest.approx(layer.window), (layer.name, b, idx)  # forced at t_max
+                else:
+                    assert off == float("inf")  # B1: activation 0 does not spike
+        assert lr.early_spikes == int((lr.offsets < 0).sum())
+        assert sum(c for _, c in lr.certificate) + lr.searched == lr.neurons
+    assert (early_total > 0) == (margin < 0)  # the negative margin does provoke early spikes; 0.5 does not
+
+
+def _shifted(res, b):
+    """The simulation result seen from sample b (traces read the first sample of a result)."""
+    from ttfs_core.result import LayerResult, SimResult
+
+    layers = [LayerResult(lr.name, lr.op, lr.offsets[b:b + 1], lr.t_min, lr.t_max, lr.window, lr.early_spikes,
+                          lr.early_arrivals, lr.forced, lr.spikes) for lr in res.layers]
+    return SimResult(res.logits[b:b + 1], layers, res.input_times[b:b + 1], 0, res.decision_time)
+
+
+def test_default_is_the_papers_rescaling_and_exact():
+    model = small_cnn()
+    calib = torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    snn = ttfs_core.convert(model, calib)
+    assert snn.rescale == "sum"
+    fast = ttfs_core.convert(model, calib, rescale="positive")
+    assert snn.smallest_window > fast.smallest_window  # the positive-part rule shrinks time with depth
+    assert snn.decision_time == pytest.approx(1 + sum(snn.windows))
+    res = snn.run(calib[:16])
+    with torch.no_grad():
+        ref = model(calib[:16])
+    assert float((res.logits - ref).abs().max() / ref.abs().max()) < 1e-9
+    assert res.early_spikes == 0
+    assert dict(res.certificate).keys() == set(STAGES) and res.searched + sum(dict(res.certificate).values()) == \
+        res.neurons
+
+
+# --- tensor level --------------------------------------------------------------------------------------------
+def exact_early(J, theta, x, alpha, in_window):
+    """Brute force: V at t_min − s for s = 0, every kink x_j and B_(n−1) (V is linear in between). Early if V
+    reaches θ at some s > 0, or exceeds it at s = 0 (then also just before). Returns that and max_s V − θ.
+
+    Shape: J (O, K), theta (O,), x (B, K) -> (B, O) each."""
+    s = torch.cat([torch.zeros_like(x[:, :1]), x, torch.full_like(x[:, :1], in_window)], 1)  # (B, K+2)
+    v = alpha * (in_window - s)[:, None, :] + torch.einsum(
+        "ok,bsk->bos", J, (x[:, None, :] - s[:, :, None]).clamp(min=0))
+    above = v - theta[None, :, None]
+    at_zero = s[:, None, :] == 0
+    reach = torch.where(at_zero, above > 0, above >= 0)
+    return reach.any(2), above.amax(2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), fan_in=st.integers(1, 40), b1=st.booleans(), sparse=st.floats(0, 0.9))
+def test_certified_neurons_never_fire_early(seed, fan_in, b1, sparse):
+    """Soundness on random dense layers: a neuron the certificate settles cannot reach θ before t_min."""
+    g = torch.Generator().manual_seed(seed)
+    out, batch, in_window = 7, 5, float(torch.rand(1, generator=g) * 4 + 0.1)
+    W = torch.randn(out, fan_in, generator=g, dtype=torch.float64) / fan_in ** 0.5
+    x = torch.rand(batch, fan_in, generator=g, dtype=torch.float64) * in_window
+    x = torch.where(torch.rand(batch, fan_in, generator=g, dtype=torch.float64) < sparse, 0.0, x)
+    alpha = 0.0 if b1 else 1.0
+    J = W if b1 else W * (alpha / (1 - W.sum(1).clamp(max=0.99)))[:, None]
+    v_end = alpha * in_window + x @ J.T
+    theta = v_end.max(0).values + torch.randn(out, generator=g, dtype=torch.float64).abs() * 0.5 - 0.2
+    cert = certify(J, theta, None, x, v_end, in_window, alpha)
+    early, _ = exact_early(J, theta, x, alpha, in_window)
+    assert not bool((early & ~cert.uncertified).any())
+    assert sum(cert.settled) + cert.searched == v_end.numel()
+
+
+def test_certificate_settles_almost_everything_with_slack():
+    """With the slack a margin of 0.5 gives (θ well above V on the whole input window), 2–4 cells settle every
+    neuron of a wide random layer whose positive and negative weight sums are large and nearly cancel."""
+    g = torch.Generator().manual_seed(5)
+    out, fan_in, batch, in_window = 64, 512, 16, 3.0
+    W = torch.randn(out, fan_in, generator=g, dtype=torch.float64) * 0.2  # Σ|W| ≈ 80, Σ W ≈ 0
+    x = (torch.randn(batch, fan_in, generator=g, dtype=torch.float64) * 0.6).clamp(0, in_window)
+    J = W * (1 / (1 - W.sum(1).clamp(max=0.99)))[:, None]
+    v_end = in_window + x @ J.T
+    _, highest = exact_early(J, torch.zeros(out, dtype=torch.float64), x, 1.0, in_window)
+    theta = 1.5 * highest.max(0).values.abs()  # 1.5× the highest V before t_min
+    cert = certify(J, theta, None, x, v_end, in_window, 1.0)
+    assert cert.searched == 0
+    early, _ = exact_early(J, theta, x, 1.0, in_window)
+    assert not bool(early.any())
+
+
+def test_hand_computed_early_spike_is_flagged():
+    """One neuron, two inputs: an excitatory input from the start and an inhibitory one arriving 0.2 τ_c before
+    t_min. V(t_min) = 3.5; V keeps rising after the inhibition, so θ = 3.3 is crossed 0.13 τ_c early."""
+    J = torch.tensor([[3.0, -2.5]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.2]], dtype=torch.float64)  # input 0 drove for 1.0 τ_c, input 1 for 0.2 τ_c
+    in_window, alpha = 1.0, 1.0
+    v_end = alpha * in_window + x @ J.T  # 1 + 3 − 0.5 = 3.5
+    # V(t_min − s) = α(1 − s) + 3(1 − s) − 2.5 (0.2 − s)⁺ = 3.5 − 1.5 s on [0, 0.2], then 4(1 − s)
+    theta = torch.tensor([3.6], dtype=torch.float64)
+    assert certify(J, theta, None, x, v_end, in_window, alpha).searched == 0  # never reaches 3.6
+    theta = torch.tensor([3.3], dtype=torch.float64)  # 3.5 − 1.5 s on [0, 0.2]: reached at s = 0.13, before t_min
+    assert certify(J, theta, None, x, v_end, in_window, alpha).searched == 1
+    early, _ = exact_early(J, theta, x, alpha, in_window)
+    assert bool(early.all())
