@@ -48,12 +48,16 @@ with pick:
 st.header("2 · Conversion")
 controls.explain("conversion")
 result = cur.result
-m = st.columns(4)
-m[0].metric("Decision latency", f"{cur.snn.decision_latency:.4g} τ_c",
+m = st.columns(5)
+m[0].metric("Decision time", f"{cur.snn.decision_time:.4g} τ_c",
             help="t_min of the readout = 1 + Σ B_n: when the output layer's potentials are read")
-m[1].metric("Spiking layers", len(cur.snn.layers))
-m[2].metric("Spiking neurons", f"{sum(la.neurons for la in cur.snn.layers):,}")
-m[3].metric("Spikes for this input", f"{result.spikes:,}",
+m[1].metric("Smallest window", f"{cur.snn.smallest_window:.3g} τ_c",
+            help="The shortest hidden window B_n: the time resolution spikes need. The paper's rescaling (the "
+                 "default) keeps windows of the order of the activations; the positive-part fast mode shrinks "
+                 "them with depth.")
+m[2].metric("Spiking layers", len(cur.snn.layers))
+m[3].metric("Spiking neurons", f"{sum(la.neurons for la in cur.snn.layers):,}")
+m[4].metric("Spikes for this input", f"{result.spikes:,}",
             help="Every hidden neuron fires once in the α-model; in B1, neurons with activation 0 stay silent.")
 st.dataframe(tables.summary_rows(cur.snn, result), hide_index=True, width="stretch",
              column_config={"X_n": st.column_config.NumberColumn(format="%.4g"),

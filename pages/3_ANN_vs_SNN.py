@@ -20,6 +20,15 @@ with right:
                  column_config={c: st.column_config.NumberColumn(format="%.3e")
                                 for c in ("max |SNN − ANN|", "relative to max |ANN|", "ANN there")})
 
+st.subheader("How early spikes were ruled out")
+st.caption("A neuron's spike time has a closed form once all its inputs have arrived; it is wrong only if V crossed "
+           "θ earlier. A cheap certificate (a few weighted sums per layer, on cells of the input window) proves that "
+           "impossible for almost every neuron; the rest are searched exactly over their input segments. "
+           + ("With the positive-part rescaling one comparison of the pre-activation with B_n decides it."
+              if cur.snn.rescale == "positive" and cur.snn.neuron == "alpha" else ""))
+st.dataframe(tables.certificate_rows(cur.snn, cur.result), hide_index=True, width="stretch",
+             column_config={"B_n (τ_c)": st.column_config.NumberColumn(format="%.4g")})
+
 st.header(f"The bundled test split ({controls.TEST_IMAGES:,} digits)")
 progress = st.progress(0.0, text="Simulating the test split…")
 chunks = []
@@ -35,6 +44,11 @@ m[1].metric("SNN accuracy", f"{100 * summary['SNN accuracy']:.1f} %")
 m[2].metric("Agreement", f"{100 * summary['agreement']:.1f} %", help="SNN and ANN predict the same class")
 m[3].metric("Early spikes", f"{summary['early spikes']:,}")
 m[4].metric("Spikes per neuron", f"{summary['spikes per neuron']:.3f}")
+certified = ", ".join(f"{name}: {100 * count / max(summary['neurons'], 1):.2f} %"
+                      for name, count in summary["certificate"].items() if count)
+st.caption(f"Early-spike certificate over these digits: {certified or 'nothing to settle'}; searched exactly: "
+           f"{summary['searched']:,} of {summary['neurons']:,} neurons "
+           f"({100 * summary['searched'] / max(summary['neurons'], 1):.3f} %).")
 if summary["disagreements"]:
     st.warning("SNN and ANN disagree on test digits " + ", ".join(f"#{i}" for i in summary["disagreements"][:30])
                + (" …" if len(summary["disagreements"]) > 30 else "") + " (choose one in the sidebar to inspect it).")

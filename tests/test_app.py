@@ -122,7 +122,10 @@ def test_app_shows_the_core_results(core):
     table = at.dataframe[0].value
     assert list(table["neurons"]) == [row["neurons"] for row in snn.summary()]
     assert list(table["spikes"][:-1]) == [lr.spikes for lr in res.layers]
-    assert any(f"{snn.decision_latency:.4g}" in m.value for m in at.metric)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Decision time"] == f"{snn.decision_time:.4g} τ_c"
+    assert metrics["Smallest window"] == f"{snn.smallest_window:.3g} τ_c"
+    assert snn.smallest_window > 1  # the paper's rescaling: windows of the order of the activations
     assert not at.error
 
 
@@ -297,6 +300,13 @@ def test_ann_vs_snn_figures_and_test_split(core):
         np.testing.assert_allclose(arr(t["y"]), c.snn.double().numpy().ravel(), rtol=1e-6, atol=1e-9)
     table = at.dataframe[0].value
     np.testing.assert_allclose(table["max |SNN − ANN|"], [c.max_abs_error for c in comps], rtol=1e-6)
+    # the certificate table is this input's: every neuron settled by a stage or searched, as the core says
+    cert = at.dataframe[1].value
+    res = snn.run(x[:1])
+    assert list(cert["searched exactly"]) == [lr.searched for lr in res.layers]
+    stages = [c for c in cert.columns if c.startswith("settled by")]
+    assert stages and list(cert[stages].sum(axis=1) + cert["searched exactly"]) == [lr.neurons for lr in res.layers]
+    assert any("searched exactly" in c.value for c in at.caption)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["ANN accuracy"] == metrics["SNN accuracy"] == "98.8 %"  # the model card's test accuracy
     assert metrics["Agreement"] == "100.0 %"
@@ -305,7 +315,7 @@ def test_ann_vs_snn_figures_and_test_split(core):
 def test_early_spikes_open_their_membrane_trace():
     at = run(APP, **{state.MARGIN: -0.6})  # windows far below the calibration maximum: early spikes
     at.switch_page("pages/3_ANN_vs_SNN.py").run()
-    rows = ok(at).dataframe[1].value
+    rows = next(d.value for d in ok(at).dataframe if "early by (τ_c)" in d.value.columns)
     assert len(rows) > 0
     first = next(b for b in at.button if b.key and b.key.startswith("early_"))
     first.click().run()
@@ -335,6 +345,7 @@ def test_robustness_sweeps_are_the_cores(core):
         assert arr(shown[1]["y"])[i] == pytest.approx(100 * p.agreement)
     early = figs["sweep_margin"]["data"][2]
     assert arr(early["y"])[0] > 0  # ζ = −0.7: early spikes
+    assert "τ_c" in figs["sweep_jitter"]["layout"]["xaxis"]["title"]["text"]  # jitter in τ_c by default
     at.toggle(key=state.widget_key(state.ROBUST_RELATIVE)).set_value(True).run()
     assert "B_n" in charts(ok(at))["sweep_jitter"]["layout"]["xaxis"]["title"]["text"]
 

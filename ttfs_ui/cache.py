@@ -121,6 +121,8 @@ class ChunkEval:
     early_spikes: int  # all of them
     spikes: int
     neurons: int
+    certificate: tuple[tuple[str, int], ...] = ()  # neurons each early-spike certificate stage settled (MATH §2)
+    searched: int = 0  # neurons left to the exact search
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -144,7 +146,8 @@ def evaluate_chunk(net_key: NetKey, start: int, stop: int, _entry: ModelEntry,
                           "index": "(" + ", ".join(str(int(i)) for i in idx) + ")",
                           "early by (τ_c)": -float(off[b, j])})
     return ChunkEval(start, np.asarray(labels[start:stop]).copy(), out.argmax(1).numpy(),
-                     res.logits.argmax(1).numpy(), early, res.early_spikes, res.spikes, res.neurons)
+                     res.logits.argmax(1).numpy(), early, res.early_spikes, res.spikes, res.neurons,
+                     res.certificate, res.searched)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -164,7 +167,7 @@ def simulate_stepped(net_key: NetKey, image_key: str, steps: int, _snn: ttfs_cor
 
 KNOBS = {  # knob -> values swept (MATH §7, §9)
     "time_bits": tuple(range(2, 13)),
-    "jitter": (0.0, 5e-5, 5e-4, 5e-3, 0.05),
+    "jitter": (0.0, 5e-4, 5e-3, 0.05, 0.2, 0.5),  # τ_c (the paper's windows are a few τ_c), or × B_n
     "weight_bits": tuple(range(2, 13)),
     "margin": (-0.7, -0.5, -0.3, -0.1, 0.0, 0.25, 0.5),
 }

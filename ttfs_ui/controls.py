@@ -169,8 +169,8 @@ def _image(entry: cache.ModelEntry) -> tuple[Tensor, int | None, str, str]:
 def caption(cur: Current) -> None:
     """One line saying what the page shows."""
     st.caption(f"**Model:** {cur.entry.title} · **input:** {cur.image_title} · ζ = {cur.net_key[1]:g}, "
-               f"neuron = {cur.net_key[2]}, rescaling = {cur.net_key[3]} · decision latency "
-               f"{cur.snn.decision_latency:.4g} τ_c")
+               f"neuron = {cur.net_key[2]}, rescaling = {cur.net_key[3]} · decision at "
+               f"{cur.snn.decision_time:.4g} τ_c, smallest window {cur.snn.smallest_window:.3g} τ_c")
 
 
 def explain(topic: str, expanded: bool = False) -> None:

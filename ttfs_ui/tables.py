@@ -92,7 +92,30 @@ def evaluation_summary(chunks) -> dict:
         "disagreements": [int(c.start + i) for c in chunks for i in np.flatnonzero(c.ann != c.snn)],
         "early spikes": int(sum(c.early_spikes for c in chunks)),
         "spikes per neuron": float(sum(c.spikes for c in chunks) / max(sum(c.neurons for c in chunks), 1)),
+        "neurons": int(sum(c.neurons for c in chunks)),
+        "certificate": _merge_counts(c.certificate for c in chunks),
+        "searched": int(sum(c.searched for c in chunks)),
     }
+
+
+def _merge_counts(groups) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for group in groups:
+        for name, count in group:
+            totals[name] = totals.get(name, 0) + int(count)
+    return totals
+
+
+def certificate_rows(snn, result) -> list[dict]:
+    """Per spiking layer: its window, and how its neurons were proved free of early spikes for this input:
+    the neurons each certificate stage settled (MATH §2), those searched exactly, and the early spikes found."""
+    rows = []
+    for layer, lr in zip(snn.layers, result.layers):
+        row = {"layer": layer_label(layer), "B_n (τ_c)": float(layer.window), "neurons": int(lr.neurons)}
+        row.update({f"settled by {name}": int(count) for name, count in lr.certificate})
+        row.update({"searched exactly": int(lr.searched), "early spikes": int(lr.early_spikes)})
+        rows.append(row)
+    return rows
 
 
 def early_rows(chunks, snn) -> list[dict]:

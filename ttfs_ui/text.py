@@ -35,8 +35,13 @@ $$J_{ij} = \frac{\alpha W_{ij}}{1 - \sum_k W_{ik}},$$
 
 $$\vartheta_i = \alpha\,(t_{\max}^{(n)} - t_{\min}^{(n-1)}) + (B_n - b_i) \sum_j J_{ij} - \alpha\, b_i .$$
 
-This needs $\sum_k W_{ik} < 1$, obtained by rescaling each neuron's weights (ReLU is positively homogeneous, so
-the network computes the same function). BatchNorm is folded into the neighbouring layer; max pooling becomes
+This needs $\sum_k W_{ik} < 1$, obtained by rescaling each neuron's weights by $c > 0$ and the weights that read
+it by $1/c$ (ReLU is positively homogeneous, so the network computes the same function). Rescaling multiplies
+the neuron's activation, and so its window, by $c$. The **paper's rule** (the default) rescales only where
+$\sum_k W_{ik} \ge 0.99$, so windows stay of the order of the trained activations (a few $\tau_c$). The
+**positive-part** rule $\sum_k \max(W_{ik}, 0) < 1$ is an opt-in fast mode: early spikes then need no
+certificate, but trained layers have positive weight sums of 5–30, so windows shrink geometrically with depth.
+BatchNorm is folded into the neighbouring layer; max pooling becomes
 "the earliest spike wins".
 
 **Windows** come from calibration data: $X_n$ is the largest activation of layer $n$ over 512 training images,
@@ -54,10 +59,12 @@ not fire at all, which saves spikes).
 The **time cursor** (black line) splits what has happened (left) from what has not (grey). Step it with the
 buttons or the slider; *Play* under the figure animates the cursor in the browser without recomputing.
 
-**Time axis.** Windows shrink with depth (each layer's activations are rescaled by $c < 1$), so on the true
-time axis deep layers collapse to a thin line. The *stretched* axis gives each window the same width (window
-$n$ is drawn on $[n, n+1]$, position $n + (t - t_{\min}^{(n)})/B_n$): it is not to scale, but every layer's
-spike order is visible. It is the default when windows differ by more than 10×.
+**Time axis.** With the paper's rescaling (the default) the windows have comparable lengths, and the true time
+axis, in units of $\tau_c$, is the default. With the positive-part fast mode windows shrink with depth (each
+layer's activations are rescaled by $c < 1$), so on the true axis deep layers collapse to a thin line; the
+*stretched* axis gives each window the same width (window $n$ is drawn on $[n, n+1]$, position
+$n + (t - t_{\min}^{(n)})/B_n$): not to scale, but every layer's spike order is visible. It is the default
+whenever windows differ by more than 10×.
 """),
     "feature_maps": ("How to read the feature maps", r"""
 Left: the **input image**. Input pixel value $\hat x \in [0,1]$ fires at $t = 1 - \hat x$: bright pixels fire
@@ -90,10 +97,13 @@ model's units). The mapping is exact, so every point should sit on the dashed id
 are floating-point rounding (float32 models: about $10^{-6}$).
 
 **Early spikes.** The dynamics do not forbid a neuron from crossing threshold *before* all of its inputs have
-arrived, $t < t_{\min}^{(n)}$; such a spike is wrong. With the default "positive-part" rescaling
-($\sum_j \max(W_{ij},0) < 1$) this happens exactly when the neuron's pre-activation exceeds its window $B_n$,
-i.e. when an input drives a layer harder than any calibration image did by more than the margin $\zeta$.
-Lower $\zeta$ in the conversion settings to provoke some, then open their traces.
+arrived, $t < t_{\min}^{(n)}$; such a spike is wrong. Neuron $i$ fires early exactly when, for some $s$ in the
+input window, $f_i(s) = b_i + \sum_j W_{ij} \max(x_j, s) - s \ge B_n$ ($s$ = time before $t_{\min}$). The
+simulator proves $f_i < B_n$ for almost every neuron with a few weighted sums: on each cell $[a, c]$ of the input
+window, $f_i \le \max(f_i(a), f_i(c))$ plus the most its inhibitory inputs can lift it above that chord. The few
+neurons it cannot settle are searched exactly; the table above says how many, per layer. An early spike happens
+when an input drives a layer harder than any calibration image did by more than the margin $\zeta$: lower
+$\zeta$ in the conversion settings to provoke some, then open their traces.
 
 **Agreement** is the fraction of inputs where SNN and ANN predict the same class (it needs no labels).
 """),
@@ -106,8 +116,9 @@ predicted class):
   window, $t \mapsto t_{\min} + \mathrm{round}\big((t - t_{\min})/\Delta\big)\,\Delta$ with
   $\Delta = B_n / (2^{\text{bits}} - 1)$.
 - **Jitter**: Gaussian noise on every spike time, $t \mapsto t + \varepsilon$, $\varepsilon \sim
-  \mathcal N(0, \sigma^2)$, with $\sigma$ in units of $\tau_c$ or of each window $B_n$. Deep windows are short
-  (here down to about $10^{-2}\,\tau_c$), so a fixed $\sigma$ hurts deep layers most.
+  \mathcal N(0, \sigma^2)$, with $\sigma$ in units of $\tau_c$ (the default) or of each window $B_n$. With the
+  paper's rescaling windows are a few $\tau_c$ long; with the positive-part fast mode deep windows are far
+  shorter, and a fixed $\sigma$ in $\tau_c$ destroys them first.
 - **Weight quantisation**: the synaptic weights $J_{ij}$ of each layer are rounded to $2^{\text{bits}-1}-1$ levels
   per sign, scaled to the layer's largest $|J_{ij}|$; thresholds and windows are kept.
 - **Margin** $\zeta$: windows $B_n = (1 + \zeta)\,X_n$. A smaller window lowers the latency
