@@ -15,7 +15,7 @@ from PIL import Image
 import ttfs_core
 from ttfs_core import zoo
 from ttfs_core.cli import main
-from ttfs_core.data import load_dataset, load_mnist_uint8
+from ttfs_core.data import load_dataset, load_mnist, load_mnist_uint8
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -80,6 +80,16 @@ def test_verify_passes_with_full_agreement(capsys):
     assert lines[-1] == "PASS"
     assert "100.00 % (200/200" in out and "accuracy" in out and "ANN" in out and "SNN" in out
     assert "max abs err" in out and "early spikes" in out and "spikes/neuron" in out
+    # time in τ_c under the paper's rescaling (the default), and what the early-spike certificate settled
+    snn = ttfs_core.convert(zoo.load("mlp")[0], load_mnist("train")[0][:512])
+    assert snn.rescale == "sum"
+    assert f"decision at {snn.decision_time:.4g} τ_c; smallest window {snn.smallest_window:.3g} τ_c" in out
+    cert = next(line for line in lines if line.startswith("certificate"))
+    assert "searched exactly" in cert and "cells" in cert
+    header = next(line for line in lines if line.startswith("layer"))
+    assert "window (τ_c)" in header and "searched" in header
+    for layer in snn.layers:
+        assert any(line.split()[:1] == [layer.name] and f"{layer.window:.4g}" in line for line in lines)
     # one updating progress line on stderr, batch by batch
     assert err.count("\n") == 1 and "\r[" in err and "] 64/200" in err and err.rstrip().endswith("] 200/200")
 
