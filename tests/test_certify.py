@@ -145,7 +145,7 @@ def test_certified_neurons_never_fire_early(seed, fan_in, b1, sparse):
     J = W if b1 else W * (alpha / (1 - W.sum(1).clamp(max=0.99)))[:, None]
     v_end = alpha * in_window + x @ J.T
     theta = v_end.max(0).values + torch.randn(out, generator=g, dtype=torch.float64).abs() * 0.5 - 0.2
-    cert = certify(J, theta, None, x, v_end, in_window, alpha)
+    cert = certify(J, theta, None, x, v_end, in_window, alpha, search_budget=0)
     early, _ = exact_early(J, theta, x, alpha, in_window)
     assert not bool((early & ~cert.uncertified).any())
     assert sum(cert.settled) + cert.searched == v_end.numel()
@@ -162,7 +162,7 @@ def test_certificate_settles_almost_everything_with_slack():
     v_end = in_window + x @ J.T
     _, highest = exact_early(J, torch.zeros(out, dtype=torch.float64), x, 1.0, in_window)
     theta = 1.5 * highest.max(0).values.abs()  # 1.5× the highest V before t_min
-    cert = certify(J, theta, None, x, v_end, in_window, 1.0)
+    cert = certify(J, theta, None, x, v_end, in_window, 1.0, search_budget=0)
     assert cert.searched == 0
     early, _ = exact_early(J, theta, x, 1.0, in_window)
     assert not bool(early.any())
@@ -177,8 +177,8 @@ def test_hand_computed_early_spike_is_flagged():
     v_end = alpha * in_window + x @ J.T  # 1 + 3 − 0.5 = 3.5
     # V(t_min − s) = α(1 − s) + 3(1 − s) − 2.5 (0.2 − s)⁺ = 3.5 − 1.5 s on [0, 0.2], then 4(1 − s)
     theta = torch.tensor([3.6], dtype=torch.float64)
-    assert certify(J, theta, None, x, v_end, in_window, alpha).searched == 0  # never reaches 3.6
+    assert certify(J, theta, None, x, v_end, in_window, alpha, search_budget=0).searched == 0  # never reaches 3.6
     theta = torch.tensor([3.3], dtype=torch.float64)  # 3.5 − 1.5 s on [0, 0.2]: reached at s = 0.13, before t_min
-    assert certify(J, theta, None, x, v_end, in_window, alpha).searched == 1
+    assert certify(J, theta, None, x, v_end, in_window, alpha, search_budget=0).searched == 1
     early, _ = exact_early(J, theta, x, alpha, in_window)
     assert bool(early.all())

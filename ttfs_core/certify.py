@@ -25,11 +25,15 @@ zero-padded convolution computes it), and the deviation is the weighted sum, wit
 tent profile of the inputs. Above the sample's largest input m no kink is left: h_i is linear on [m, B_(n−1)]
 and its values at both ends need no weighted sum.
 
-**Cells.** Levels are quantiles of each sample's non-zero inputs (activations are dense near 0, so uniform levels
-waste the budget: measured on VGG16-BN, uniform cells leave 21–96 % of a layer uncertified with 4 cells where
-quantile cells leave at most 0.2 % with 2 and none with 4). Refinement is hierarchical: 2 cells for every
-neuron, then 4 and 8 only for the samples and channels still uncertified; whatever is left goes to the exact
-search (`network._search`).
+**Stages.** (0) One cell [0, m] with every tent at its highest, (c − a)/4, needs no weighted sum: the bound is
+max(v(0), v(m)) + m/4 · Σ_j |J_ij⁻|, per neuron. (1) One cell with the true tents: one weighted sum. (2, 4, 8, 16
+cells) Levels at quantiles of each sample's non-zero inputs (activations crowd near 0, so uniform levels waste
+the budget: measured on VGG16-BN, uniform cells leave 21–96 % of a layer uncertified with 4 cells where quantile
+cells leave at most 0.2 % with 2 and none with 4); each inner level and each cell's tent is one weighted sum.
+Every stage works only on the samples and output channels that still hold uncertified neurons, and stops when
+(uncertified × fan-in) is small enough that the exact search (`network._search`) is cheaper. Measured on
+VGG16-BN (random BN statistics, batch 64, margin 0.5): stage 0 settles 34 % of the neurons, one cell 49 %, two
+cells 16 %, four cells the rest but ~0.1 ‰, which are searched.
 
 **Units.** The code works in the neuron's own units, multiplying the inequality by the final slope
 α + Σ_j J_ij > 0: with J_ij = (α + ΣJ) W_ij it reads
@@ -52,14 +56,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CELLS = (2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
-SAMPLE = 4096  # non-zero inputs per sample used to place the quantile levels (placement only; the bound is exact)
+CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
+SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
+SAMPLE = 1024  # inputs per sample used to place the quantile levels (placement only; the bound holds anyway)
 
 
 @dataclass(frozen=True)
 class Certificate:
     """Outcome for one layer and batch: `settled[k]` neurons were proved free of early spikes at stage k
-    (stage 0 is the pre-activation test of the positive-part rescaling, or the 2-cell bound; see `STAGES`),
+    (named in `STAGES`),
     and `uncertified` marks the neurons left for the exact search. Shape: uncertified (B, *layer shape)."""
 
     uncertified: Tensor
@@ -70,7 +75,8 @@ class Certificate:
         return int(torch.count_nonzero(self.uncertified))
 
 
-STAGES = tuple(f"{k} cells" for k in CELLS)  # names of the entries of Certificate.settled under the paper's rule
+# names of the entries of Certificate.settled: a bound with no weighted sum, then the cell stages
+STAGES = ("no weighted sum", *(f"{k} cell" + "s" * (k > 1) for k in CELLS))
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,10 @@ def tent_deviations(block: _Block, conv: dict | None, negative: Tensor, levels: 
     how far the concave part of v_i can rise above its chord on that cell (MATH §2). One weighted sum per cell.
     Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
     x = block.x
-    flat = x.flatten(1).contiguous()
-    cell = torch.searchsorted(levels.contiguous(), flat).clamp_(1, levels.shape[1] - 1)
+    flat = x.flatten(1)
+    cell = torch.ones_like(flat, dtype=torch.long)  # x in (levels[k−1], levels[k]] lies in cell k
+    for k in range(1, levels.shape[1] - 1):
+        cell += flat > levels[:, k:k + 1]
     a, c = levels.gather(1, cell - 1), levels.gather(1, cell)
     tent = torch.where((flat > a) & (flat < c), (flat - a) * (c - flat) / (c - a).clamp(min=torch.finfo(x.dtype).tiny),
                        0.0)
@@ -113,12 +121,11 @@ def _weighted_sum(conv: dict | None, x: Tensor, w: Tensor) -> Tensor:
     return F.linear(x.flatten(1), w)
 
 
-def quantile_levels(x: Tensor, fractions: list[float]) -> tuple[list[Tensor], Tensor]:
-    """Per sample: the given quantiles of the non-zero inputs (estimated on at most SAMPLE of them) and the
-    largest input. Shape: x (B, ...) -> [(B,)] * len(fractions), (B,)."""
+def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
+    """Per sample: the given quantiles of the non-zero inputs, estimated on at most SAMPLE of the inputs.
+    Shape: x (B, ...) -> [(B,)] * len(fractions)."""
     flat = x.flatten(1)
-    top = flat.max(1).values if flat.shape[1] else torch.zeros(x.shape[0], dtype=x.dtype)
-    step = max(1, flat.shape[1] // SAMPLE)
+    step = max(1, -(-flat.shape[1] // SAMPLE))
     sub = flat[:, ::step].sort(1).values
     n = sub.shape[1]
     active = (sub > 0).sum(1)
@@ -126,11 +133,11 @@ def quantile_levels(x: Tensor, fractions: list[float]) -> tuple[list[Tensor], Te
     for f in fractions:
         k = (n - active) + (f * (active - 1).clamp(min=0)).long()
         levels.append(sub.gather(1, k.clamp(0, n - 1)[:, None])[:, 0])
-    return levels, top
+    return levels
 
 
 def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tensor, in_window: float,
-            alpha: float) -> Certificate:
+            alpha: float, search_budget: int = SEARCH_BUDGET) -> Certificate:
     """Prove, for every neuron of a hidden layer, that its potential stays below θ before t_min (module
     docstring), in stages of finer cells; return the neurons it cannot prove.
 
@@ -146,20 +153,22 @@ def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tenso
     rounding = 64 * eps * (theta.abs() + J.abs().sum(dims).reshape(per_neuron) * in_window + base)
     limit = (theta - rounding).expand_as(v_end)
     negative = (-J).clamp(min=0)
-    levels_all, top = quantile_levels(x, [k / CELLS[-1] for k in range(1, CELLS[-1])])
+    top = x.flatten(1).max(1).values if x[0].numel() else torch.zeros(x.shape[0], dtype=x.dtype)
+    fan_in = J[0].numel()
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = (base - alpha * top).reshape(-1, *([1] * (v_end.dim() - 1))).expand_as(v_end)
     beyond = (limit <= 0) | (top_value >= limit)
-    uncertified = torch.ones_like(v_end, dtype=torch.bool)
-    settled = []
+    # one cell [0, m] with every tent at its highest, m/4: no weighted sum at all (Σ|J⁻| is per neuron)
+    spread = negative.sum(dims).reshape(per_neuron) * top.reshape(-1, *([1] * (v_end.dim() - 1))) / 4
+    uncertified = beyond | (torch.maximum(v_end, top_value) + spread >= limit)
+    settled = [v_end.numel() - int(torch.count_nonzero(uncertified))]
     for cells in CELLS:
         count = int(torch.count_nonzero(uncertified))
-        if not count:
-            settled.append(0)
+        if not count or count * fan_in <= search_budget:
+            settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
         block = _restrict(uncertified, J, conv, x)
-        stride = CELLS[-1] // cells
-        inner = [_rows(levels_all[k * stride - 1], block) for k in range(1, cells)]
+        inner = quantile_levels(block.x, [k / cells for k in range(1, cells)])
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
         values = [_take(v_end, block), *(level_values(block, conv, g, alpha, base) for g in inner),
