@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -185,3 +186,12 @@ def test_console_script_and_module_entry_points():
                        capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 2 and p.stdout == "" and p.stderr.strip().splitlines() == [p.stderr.strip()]
     assert p.stderr.startswith("ttfs: error: unknown model 'nosuchmodel'")
+
+
+def test_nan_errors_are_never_reported_as_zero():
+    """Python's max(0.0, nan) is 0.0: the verify table would print a NaN error as 0 and PASS."""
+    from ttfs_core.cli import LayerStats, worst
+
+    assert math.isnan(worst(0.0, float("nan"))) and math.isnan(worst(float("nan"), 3.0)) and worst(1.0, 2.0) == 2.0
+    row = LayerStats("x", "Linear", max_abs=float("nan"), max_ann=1.0).row()
+    assert row[3] == "nan"

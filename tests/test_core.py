@@ -210,6 +210,35 @@ def test_bad_inputs():
         ttfs_core.convert(model, x, input_range=(1.0, 1.0))
 
 
+@pytest.mark.parametrize("kw, needle", [
+    ({"alpha": float("nan")}, "alpha"), ({"alpha": 0.0}, "alpha"), ({"alpha": -1.0}, "alpha"),
+    ({"alpha": float("inf")}, "alpha"), ({"alpha": "1"}, "alpha"), ({"margin": float("inf")}, "margin"),
+    ({"margin": float("nan")}, "margin"), ({"margin": True}, "margin"),
+    ({"input_range": (0.0, float("inf"))}, "finite"), ({"input_range": (float("nan"), 1.0)}, "finite"),
+    ({"input_range": ("a", "b")}, "input_range"), ({"input_range": 3}, "input_range"),
+])
+def test_conversion_options_are_validated(kw, needle):
+    model, _, x = converted("mlp")
+    with pytest.raises(ConversionError, match=needle):
+        ttfs_core.convert(model, x, **kw)
+
+
+def test_weights_that_overflow_or_are_not_real_are_refused():
+    model = nets.build("mlp", dtype=torch.float32)
+    x = nets.inputs("mlp", 16, dtype=torch.float32)
+    huge = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.mul_(1e38)
+    with pytest.raises(ConversionError, match="too large"):
+        ttfs_core.convert(huge, x)
+    for dtype in (torch.int32, torch.bool, torch.complex64):
+        odd = copy.deepcopy(model)
+        odd[1].weight = nn.Parameter(odd[1].weight.detach().to(dtype), requires_grad=False)
+        with pytest.raises(ConversionError, match=str(dtype).replace("torch.", "")):
+            ttfs_core.convert(odd, x)
+
+
 class _Residual(nn.Module):
     def __init__(self):
         super().__init__()

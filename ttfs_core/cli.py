@@ -306,6 +306,13 @@ class LayerStats:
                 f"{self.searched:,}", f"{self.spikes / max(self.neurons, 1):.3f}"]
 
 
+def worst(a: float, b: float) -> float:
+    """The larger of two errors, where NaN is the worst of all (Python's max would drop it: max(0.0, nan) == 0.0)."""
+    if math.isnan(a) or math.isnan(b):
+        return float("nan")
+    return max(a, b)
+
+
 def certificate_line(stats: list[LayerStats]) -> str:
     """How the early-spike certificate (MATH §2) settled the hidden neurons, summed over layers and images."""
     totals: dict[str, int] = {}
@@ -361,8 +368,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             while isinstance(ann_logits, (tuple, list)):
                 ann_logits = ann_logits[0]
             for s, c, lr in zip(stats, comps, res.layers):
-                s.max_abs = max(s.max_abs, c.max_abs_error)
-                s.max_ann = max(s.max_ann, float(c.ann.abs().max()) if c.ann.numel() else 0.0)
+                s.max_abs = worst(s.max_abs, c.max_abs_error)
+                s.max_ann = worst(s.max_ann, float(c.ann.abs().max()) if c.ann.numel() else 0.0)
                 s.add(lr)
             early_mask = torch.zeros(xb.shape[0], dtype=torch.bool)
             for lr in res.layers:
@@ -370,8 +377,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             early_images += int(early_mask.sum())
             clipped += res.input_clipped
             ann_logits = ann_logits.to(res.logits.dtype).reshape(res.logits.shape)
-            readout.max_abs = max(readout.max_abs, float((res.logits - ann_logits).abs().max()))
-            readout.max_ann = max(readout.max_ann, float(ann_logits.abs().max()))
+            readout.max_abs = worst(readout.max_abs, float((res.logits - ann_logits).abs().max()))
+            readout.max_ann = worst(readout.max_ann, float(ann_logits.abs().max()))
             ann_pred.append(ann_logits.flatten(1).argmax(1))
             snn_pred.append(res.logits.flatten(1).argmax(1))
             progress.update(start + xb.shape[0])
@@ -397,6 +404,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if clipped:
         kv("note", f"{clipped:,} input values lay outside the input range {snn.input_range} and were clipped")
     reasons = []
+    broken = [st.name for st in [*stats, readout] if math.isnan(st.max_abs) or math.isnan(st.max_ann)]
+    if broken:
+        reasons.append(f"NaN values in {', '.join(broken)} (the model or the network overflows)")
     if agree < n:
         reasons.append(f"agreement {percent(agree, n)} < 100 % ({n - agree} of {n} predictions differ)")
     if early:

@@ -7,6 +7,7 @@ calibration data → windows → neuron parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -62,16 +63,25 @@ def convert(
         raise ConversionError(f"unknown neuron model {neuron!r}; supported: {', '.join(NEURONS)}")
     if rescale not in RESCALE:
         raise ConversionError(f"unknown rescaling {rescale!r}; supported: {', '.join(RESCALE)}")
-    if not margin > -1:
-        raise ConversionError(f"margin must be greater than -1 (windows B_n = (1 + margin)·X_n), got {margin}")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    margin, alpha = _number("margin", margin), _number("alpha", alpha)
+    if not -1 < margin < float("inf"):
+        raise ConversionError(f"margin must be a finite number greater than -1 (windows B_n = (1 + margin)·X_n), "
+                              f"got {margin}")
+    if not 0 < alpha < float("inf"):
+        raise ConversionError(f"alpha (the start current, MATH §2) must be a finite number > 0, got {alpha}")
+    dtype = _model_dtype(model)
     batches = _batches(calibration, dtype)
     input_shape = tuple(batches[0].shape[1:])
     if input_range is None:
         p = min(float(b.min()) for b in batches)
         q = max(float(b.max()) for b in batches)
     else:
-        p, q = (float(v) for v in input_range)
+        try:
+            p, q = (_number("input_range", v) for v in input_range)
+        except (TypeError, ValueError):
+            raise ConversionError(f"input_range must be two numbers (low, high), got {input_range!r}") from None
+    if not (math.isfinite(p) and math.isfinite(q)):
+        raise ConversionError(f"the input range [{p}, {q}] must be finite; give input_range=(low, high)")
     if not q > p:
         raise ConversionError(f"the input range [{p}, {q}] is empty; give input_range=(low, high) with low < high")
     capture = Capture(model, batches[0][:1])
@@ -83,7 +93,29 @@ def convert(
         snn = SpikingNetwork(hidden, output, input_shape, (p, q), neuron, margin, rescale, alpha, dtype)
         _calibrate(snn, batches, margin)
         _neuron_parameters(snn)
+        _check_finite(snn)
     return snn
+
+
+def _number(name: str, value: Any) -> float:
+    """A real number given as a Python or NumPy number or a one-element tensor (not a bool or a string)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise ConversionError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, complex):
+        raise ConversionError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype conversion works in: the model's floating-point parameters' (float32 if it has none). Integer,
+    boolean or complex weights would be cast silently, so they are refused by name."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_complex() or (not t.is_floating_point() and "num_batches_tracked" not in name):
+            raise ConversionError(f"{name} holds {str(t.dtype).replace('torch.', '')} values; the converter takes "
+                                  "float16, bfloat16, float32 or float64 weights")
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def _batches(calibration: Any, dtype: torch.dtype) -> list[Tensor]:
@@ -413,6 +445,10 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
         for chunk in snn._chunks(batch):
             acts, _ = snn.ann_forward(chunk)
             for i, a in enumerate(acts):
+                if not bool(torch.isfinite(a).all()):
+                    raise ConversionError(f"layer {snn.layers[i].name}: its activations on the calibration data "
+                                          f"overflow {str(snn.dtype).replace('torch.', '')} (NaN or inf); the weights "
+                                          "are too large for this dtype")
                 maxima[i] = max(float(maxima[i]), float(a.max()) if a.numel() else 0.0)
     t_min = 1.0
     starts, windows = [0.0], [1.0]  # the input layer's window is [0, 1]
@@ -429,6 +465,21 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
     out.start, out.in_window = starts[out.source + 1], windows[out.source + 1]
     out.t_min = out.t_max = t_min
     out.window = 0.0
+
+
+def _check_finite(snn: SpikingNetwork) -> None:
+    """Weights so large that folding, rescaling or the neuron parameters overflow the dtype would give NaN or inf
+    spike times; refuse them here, naming the layer, instead of simulating garbage."""
+    for layer in snn.all_layers:
+        if not math.isfinite(layer.window) or not math.isfinite(layer.t_max):
+            raise ConversionError(f"layer {layer.name}: its window is not finite (activations overflow "
+                                  f"{str(snn.dtype).replace('torch.', '')}); the weights are too large")
+        for what in ("weight", "bias", "J", "theta", "slope"):
+            value = getattr(layer, what)
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ConversionError(f"layer {layer.name}: its {what} overflows {str(snn.dtype).replace('torch.', '')}"
+                                      " after folding and rescaling (NaN or inf); the weights are too large for this "
+                                      "dtype — convert a float64 copy or rescale the model")
 
 
 def _neuron_parameters(snn: SpikingNetwork) -> None:
