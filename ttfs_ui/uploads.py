@@ -4,9 +4,7 @@ the app shows as it is (ModelLoadError is a ValueError)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from ttfs_core import data
 from ttfs_core.loading import ModelLoadError, check_input, load_model
 
 BUNDLED_SHAPE = (1, 28, 28)  # the only input shape the bundled data (MNIST) can calibrate and test
-MAX_PIXELS = 25_000_000  # larger images are refused before decoding them fully
+MAX_PIXELS = data.MAX_PIXELS  # larger images are refused before decoding them fully
 
 
 def digest(data_: bytes) -> str:
@@ -134,21 +132,5 @@ def _is_light(img: Image.Image) -> bool:
 
 
 def _open(data_: bytes) -> Image.Image:
-    """Decode image bytes; every failure becomes a ValueError with a plain message."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data_)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ValueError(f"the image is {im.width}×{im.height} pixels; images up to {MAX_PIXELS:,} "
-                                     "pixels are accepted")
-                im.load()
-                return im.copy()
-    except ValueError as e:
-        if "pixels" in str(e):
-            raise
-        raise ValueError(f"not a usable image: {e}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("the image is too large to decode safely") from None
-    except Exception:  # noqa: BLE001 - PIL raises many kinds of errors on garbage
-        raise ValueError("not an image: the file could not be decoded as PNG or JPEG") from None
+    """Decode image bytes (`ttfs_core.data.decode_image`: size limits, 16-bit and transparent images)."""
+    return data.decode_image(data_)
