@@ -7,7 +7,6 @@ import torch
 
 import ttfs_core
 
-from . import nets
 from .test_core import converted
 
 
@@ -155,7 +154,6 @@ def test_spike_counts_per_model():
         assert la.spikes == la.neurons  # one spike per neuron
         assert lb.spikes == int((comp.ann > 0).sum())  # B1: only non-zero activations spike
     assert rb.spikes < ra.spikes
-    assert nets  # shared helpers imported for fixtures
 
 
 def test_stepped_trace_fires_at_its_first_tick_above_threshold():
