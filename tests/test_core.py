@@ -202,6 +202,9 @@ def test_bad_inputs():
         snn.run(torch.zeros(2, 5))
     with pytest.raises(InputError, match="NaN"):
         snn.run(torch.full((1, 3, 4, 4), float("nan")))
+    huge = torch.zeros(1, 3, 4, 4, dtype=x.dtype).expand(10**8, 3, 4, 4)  # no memory: a broadcast view
+    with pytest.raises(InputError, match="at a time"):
+        snn.run(huge)
     with pytest.raises(ConversionError, match="empty"):
         ttfs_core.convert(model, torch.zeros(0, 3, 4, 4))
     with pytest.raises(ConversionError, match="margin"):

@@ -20,6 +20,7 @@ from .stepped import hidden_layer_loop, on_ticks, quantise_input, ticks_per_wind
 
 Perturb = Callable[[int, Tensor, float], Tensor]
 BATCH_ELEMENTS = 1 << 25  # neurons of the largest layer × batch simulated at once (bounds memory)
+MAX_RESULT_BYTES = 4 << 30  # a simulation keeps every layer's spike times: larger batches must be split by the caller
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,18 @@ class SpikingNetwork:
     def _check_input(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise InputError(f"expected a tensor, got {type(x).__name__}")
+        if x.is_complex():
+            raise InputError(f"the input holds complex values ({x.dtype}); the network takes real numbers")
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(
                 f"input of shape {tuple(x.shape)} does not fit: the network takes (batch, "
                 f"{', '.join(map(str, self.input_shape))})"
             )
+        per_sample = sum(layer.neurons for layer in self.all_layers) * torch.finfo(self.dtype).bits // 8
+        if x.shape[0] * per_sample > MAX_RESULT_BYTES:
+            fit = max(1, MAX_RESULT_BYTES // per_sample)
+            raise InputError(f"{x.shape[0]:,} inputs at once would keep {x.shape[0] * per_sample / 2**30:.1f} GiB of "
+                             f"spike times; simulate at most {fit:,} at a time (e.g. a loop over x.split({fit}))")
         x = x.to(self.dtype)
         if not torch.isfinite(x).all():
             raise InputError("the input contains NaN or inf values")
