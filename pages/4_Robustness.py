@@ -18,7 +18,9 @@ points: dict[str, list] = {}
 for knob, values in cache.KNOBS.items():
     points[knob] = []
     for value in values:
-        points[knob].append(cache.sweep_point(cur.net_key, knob, value, n, relative, cur.entry, cur.snn))
+        # the σ unit matters to jitter only: other knobs keep their cached points when it is switched
+        points[knob].append(cache.sweep_point(cur.net_key, knob, value, n, relative and knob == "jitter", cur.entry,
+                                              cur.snn))
         done = sum(len(p) for p in points.values())
         progress.progress(done / total, text=f"Swept {done} of {total} settings on {n:,} digits")
 progress.empty()

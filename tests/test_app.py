@@ -487,3 +487,58 @@ def test_the_redraw_benchmark_runs():
 
     out = bench.redraw_times({"traces": bench.CASES["traces: change k most active"]})
     assert out["traces"]["runs"] == 5 and out["traces"]["median_s"] > 0
+
+
+# --- many users ---------------------------------------------------------------------------------------------
+def test_sessions_uploading_the_same_bytes_see_their_own_file_names():
+    from safetensors.torch import save
+
+    blob = save(zoo.load("mlp")[0].state_dict())
+    keys = []
+    for name in ("alice.safetensors", "bob.safetensors"):
+        up = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+        up.session_state["test_kind"], up.session_state["test_bytes"] = "state dict", blob
+        up.session_state["test_name"], up.session_state["test_arch"] = name, "mlp"
+        up.run()
+        key = ok(up).session_state[state.MODEL]
+        app = run(APP, **{state.MODEL: key, state.UPLOADED_MODELS: up.session_state[state.UPLOADED_MODELS]})
+        label = app.selectbox(key=state.widget_key(state.MODEL)).format_func(key)
+        captions = " ".join(c.value for c in app.caption)
+        other = "alice" if name.startswith("bob") else "bob"
+        assert name in label and other not in label and other not in captions
+        keys.append(key)
+    assert keys[0] == keys[1]  # one shared cache entry for the same bytes
+
+
+def test_the_cached_network_is_shared_read_only():
+    from ttfs_ui import cache
+
+    entry = cache.zoo_model(zoo.DEFAULT_MODEL)
+    snn = cache.network((entry.key, 0.5, "alpha", "sum"), entry)
+    assert snn.frozen and snn is cache.network((entry.key, 0.5, "alpha", "sum"), entry)
+    with pytest.raises(AttributeError, match="frozen"):
+        snn.margin = 0.1
+    with pytest.raises(AttributeError, match="frozen"):
+        snn.layers[0].window = 1.0
+    with pytest.raises(AttributeError):
+        snn.layers.append(snn.layers[0])  # a tuple once frozen
+
+
+def test_the_jitter_unit_switch_recomputes_jitter_only(monkeypatch):
+    from ttfs_ui import cache
+
+    calls = []
+    real = cache.sweep_point
+
+    def spy(net_key, knob, value, n, relative, *rest):
+        calls.append((knob, relative))
+        return real(net_key, knob, value, n, relative, *rest)
+
+    monkeypatch.setattr(cache, "sweep_point", spy)
+    at = run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
+    assert {k for k, r in calls if r} == set()
+    calls.clear()
+    at.toggle(key=state.widget_key(state.ROBUST_RELATIVE)).set_value(True).run()
+    ok(at)
+    assert {k for k, r in calls if r} == {"jitter"}  # only jitter points ask for σ relative to windows
+    assert all(not r for k, r in calls if k != "jitter")  # the others hit the same cache keys as before

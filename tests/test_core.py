@@ -344,3 +344,21 @@ def test_exported_program_errors_name_the_module():
     exported = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},)).module()
     with pytest.raises(ConversionError, match=r"sigmoid.*module '1' \(Sigmoid\).*Supported"):
         ttfs_core.convert(exported, x)
+
+
+def test_a_frozen_network_refuses_changes_and_copies_are_writable():
+    model, snn, x = converted("cnn")
+    before = snn.run(x).logits
+    snn.freeze()
+    assert torch.equal(snn.run(x).logits, before)  # simulating is unchanged
+    with pytest.raises(AttributeError, match="frozen"):
+        snn.rescale = "positive"
+    with pytest.raises(AttributeError, match="frozen"):
+        snn.output.bias = snn.output.bias * 2
+    mine = copy.deepcopy(snn)
+    mine.margin = 1.0
+    mine.layers[0].J.mul_(2)  # a copy may change
+    assert torch.equal(snn.run(x).logits, before)
+    snn.layers[0].theta.add_(1.0)  # PyTorch cannot forbid this: the next simulation refuses to run
+    with pytest.raises(RuntimeError, match="changed in place"):
+        snn.run(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +76,22 @@ class Layer:
     J: Tensor | None = None
     theta: Tensor | None = None
     slope: Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    _frozen: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _refuse_if_frozen(self, name)
+        object.__setattr__(self, name, value)
+
+    def __deepcopy__(self, memo: dict) -> Layer:
+        return _thawed_copy(self, memo)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor this layer holds (parameters, pooling signs, probe affine, readout op parameters)."""
+        out = [t for t in (self.weight, self.bias, self.scale, self.J, self.theta, self.slope) if t is not None]
+        out += [p.sign for p in self.route if p.sign is not None]
+        out += [t for t in (self.probe.scale, self.probe.shift) if t is not None]
+        out += [v for op in self.readout for v in op.params.values() if isinstance(v, Tensor)]
+        return out
 
     @property
     def neurons(self) -> int:
@@ -123,6 +139,36 @@ class SpikingNetwork:
     rescale: str = "sum"
     alpha: float = 1.0
     dtype: torch.dtype = torch.float64
+    _frozen: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _refuse_if_frozen(self, name)
+        object.__setattr__(self, name, value)
+
+    def __deepcopy__(self, memo: dict) -> SpikingNetwork:
+        return _thawed_copy(self, memo)
+
+    def freeze(self) -> SpikingNetwork:
+        """Make this network read-only, so that one converted network can be shared by many users (the explorer
+        caches one per setting): the network and its layers refuse attribute assignment, and an in-place change of
+        any of its tensors (PyTorch has no read-only tensors) is detected by their version counters and refused at
+        the next simulation. `copy.deepcopy` gives a writable copy. Returns the network itself."""
+        for layer in self.all_layers:
+            object.__setattr__(layer, "_frozen", True)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "_versions", [(t, t._version) for la in self.all_layers for t in la.tensors()])
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    def _check_intact(self) -> None:
+        for t, version in self.__dict__.get("_versions", ()):
+            if t._version != version:
+                raise RuntimeError("this network is frozen (shared read-only) but one of its tensors was changed in "
+                                   "place; convert it again, and change copies (copy.deepcopy) only")
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
 
     @property
     def decision_time(self) -> float:
@@ -162,6 +208,7 @@ class SpikingNetwork:
 
     # ------------------------------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:
+        self._check_intact()
         if not isinstance(x, Tensor):
             raise InputError(f"expected a tensor, got {type(x).__name__}")
         if x.is_complex():
@@ -296,6 +343,25 @@ class SpikingNetwork:
         return (f"SpikingNetwork({len(self.layers)} spiking layers, neuron={self.neuron!r}, "
                 f"rescale={self.rescale!r}, decision time {self.decision_time:.4g} τ_c, smallest window "
                 f"{self.smallest_window:.3g} τ_c, dtype={self.dtype})")
+
+
+def _refuse_if_frozen(record: Any, name: str) -> None:
+    if record.__dict__.get("_frozen", False):
+        raise AttributeError(f"cannot set {name!r}: this {type(record).__name__} is frozen (shared read-only); "
+                             "change a copy.deepcopy of it instead")
+
+
+def _thawed_copy(record: Any, memo: dict) -> Any:
+    """A deep copy that is writable again (tensors become ordinary tensors)."""
+    new = object.__new__(type(record))
+    memo[id(record)] = new
+    for key, value in record.__dict__.items():
+        new.__dict__[key] = copy.deepcopy(value, memo)
+    new.__dict__["_frozen"] = False
+    new.__dict__.pop("_versions", None)
+    if isinstance(new.__dict__.get("layers"), tuple):
+        new.__dict__["layers"] = list(new.__dict__["layers"])
+    return new
 
 
 def _concat(parts: list[SimResult]) -> SimResult:

@@ -6,7 +6,7 @@ passed as `_name` arguments next to the key that identifies them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
@@ -59,10 +59,18 @@ def zoo_model(name: str) -> ModelEntry:
 
 @st.cache_resource(show_spinner="Loading the uploaded model…", max_entries=8)
 def uploaded_model(key: str, _upload: UploadedModel) -> ModelEntry:
-    """Raises ModelLoadError (not cached) for anything the safe loader refuses or that takes other inputs."""
+    """Raises ModelLoadError (not cached) for anything the safe loader refuses or that takes other inputs.
+
+    The entry is shared by every session that uploads the same bytes, so it carries no file name: each session
+    titles it with its own upload's name (`titled`)."""
     model = read_model(_upload.data, _upload.filename, _upload.arch)
     check_bundled_input(model)
-    return ModelEntry(key, _upload.title, model, None, data.MNIST_PREPROCESS, None)
+    return ModelEntry(key, "uploaded model", model, None, data.MNIST_PREPROCESS, None)
+
+
+def titled(entry: ModelEntry, upload: UploadedModel) -> ModelEntry:
+    """The shared entry of an uploaded model, titled with this session's file name."""
+    return replace(entry, title=upload.title)
 
 
 @st.cache_resource(show_spinner=False)
@@ -79,11 +87,12 @@ def images(entry: ModelEntry, split: str, start: int, stop: int) -> Tensor:
 
 @st.cache_resource(show_spinner="Converting the network to spikes…", max_entries=16)
 def network(net_key: NetKey, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
-    """The converted network; raises ttfs_core.ConversionError (not cached)."""
+    """The converted network, frozen: every session shares it, none can change it. Raises
+    ttfs_core.ConversionError (not cached)."""
     _, margin, neuron, rescale = net_key
     calibration = images(_entry, "train", 0, CALIBRATION_IMAGES)
     return ttfs_core.convert(_entry.model, calibration, margin=margin, input_range=_entry.input_range,
-                             neuron=neuron, rescale=rescale)
+                             neuron=neuron, rescale=rescale).freeze()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

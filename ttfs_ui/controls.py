@@ -116,7 +116,7 @@ def _entry(key: str) -> cache.ModelEntry:
     upload = state.get(state.UPLOADED_MODELS).get(key)
     if upload is None:
         raise ModelLoadError("the uploaded model is no longer in this session; upload it again")
-    return cache.uploaded_model(key, upload)
+    return cache.titled(cache.uploaded_model(key, upload), upload)
 
 
 def _net_key(model_key: str) -> cache.NetKey:
