@@ -542,3 +542,13 @@ def test_the_jitter_unit_switch_recomputes_jitter_only(monkeypatch):
     ok(at)
     assert {k for k, r in calls if r} == {"jitter"}  # only jitter points ask for σ relative to windows
     assert all(not r for k, r in calls if k != "jitter")  # the others hit the same cache keys as before
+
+
+def test_a_session_keeps_a_bounded_number_of_uploads():
+    from ttfs_ui import controls
+
+    store: dict = {}
+    for i in range(controls.MAX_SESSION_IMAGES + 5):
+        controls.remember(store, f"k{i}", i, controls.MAX_SESSION_IMAGES)
+    assert len(store) == controls.MAX_SESSION_IMAGES and f"k{controls.MAX_SESSION_IMAGES + 4}" in store
+    assert "k0" not in store  # the oldest are forgotten, the newest (selected) kept

@@ -22,6 +22,8 @@ from .timeline import Timeline, most_active, timeline_of
 from .uploads import UploadedImage, UploadedModel, digest, light_background, read_image
 
 TEST_IMAGES = 1000
+MAX_SESSION_MODELS = 3  # uploaded model files a session keeps (each up to server.maxUploadSize)
+MAX_SESSION_IMAGES = 10  # uploaded images a session keeps
 NEURON_MODELS = {"alpha": "α-model (exact mapping, every neuron fires once)",
                  "b1": "B1 (constant slope; silent neurons for activation 0)"}
 RESCALINGS = {"sum": "the paper's: Σ W < 1 (windows of the order of the activations)",
@@ -258,9 +260,17 @@ def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str |
         failed[key] = f"Cannot use {filename!r}: unexpected {type(e).__name__}: {e}"
     if key in failed:
         return failed[key]
-    state.get(state.UPLOADED_MODELS)[key] = upload
+    remember(state.get(state.UPLOADED_MODELS), key, upload, MAX_SESSION_MODELS)
     state.put(state.MODEL, key)
     return None
+
+
+def remember(store: dict, key: str, value, limit: int) -> None:
+    """Add an upload to this session's store, forgetting the oldest ones beyond `limit` (memory stays bounded
+    however many files a session uploads; the newest is the one selected)."""
+    store[key] = value
+    while len(store) > limit:
+        del store[next(iter(store))]
 
 
 def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str | None, list[str]]:
@@ -276,7 +286,7 @@ def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str |
         return f"Cannot use {filename!r} as an image: unexpected {type(e).__name__}: {e}", []
     uploads = state.get(state.UPLOADED_IMAGES)
     if key not in uploads:
-        uploads[key] = UploadedImage(key, filename, data_, invert)
+        remember(uploads, key, UploadedImage(key, filename, data_, invert), MAX_SESSION_IMAGES)
         state.put(state.IMAGE, key)
     return None, notes
 

@@ -1,0 +1,187 @@
+"""Load test of the explorer: N browser sessions at once stepping the spike raster's time cursor.
+
+    python bench/load.py                 # 1, 4 and 8 sessions, 12 steps each; writes the "load" section
+    python bench/load.py 1 4 --steps 6
+
+One `streamlit run app.py` server on 127.0.0.1 (nothing else is contacted), one headless Debian chromium with one
+browser context (= one Streamlit session) per simulated user. Each user opens the raster page, then clicks "one
+step forward" again and again; a step's redraw time runs from the click until the cursor's label has changed and
+the script has finished. Reported per session count: median and worst redraw time, failures (an error element, a
+timeout, or cross-talk: a session whose cursor does not end where a session alone ends after the same clicks), and
+the server's resident memory before, at the peak during, and after the run. The request loops are bounded
+(steps × sessions) and time out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+STEP_TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children, MiB (Linux /proc)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("streamlit did not start within 90 s")
+
+
+async def cursor_label(page) -> str:
+    return await page.locator('[data-testid="stSlider"]').filter(has_text="Time cursor").inner_text()
+
+
+async def user(browser, url: str, steps: int, times: list[float], failures: list[str], finals: list[str]) -> None:
+    """One session: open the raster page, then step the cursor `steps` times, timing each redraw."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await context.new_page()
+    try:
+        await page.goto(f"{url}/Spike_raster", timeout=STEP_TIMEOUT_MS)
+        await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
+        await page.locator(".st-key-cursor_start button").first.click()
+        await page.wait_for_timeout(300)
+        await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
+        for _ in range(steps):
+            before = await cursor_label(page)
+            start = time.perf_counter()
+            await page.locator(".st-key-cursor_forward button").first.click()
+            try:
+                await page.wait_for_function(
+                    """([sel, before]) => {
+                        const s = [...document.querySelectorAll('[data-testid="stSlider"]')]
+                            .find(e => e.innerText.includes('Time cursor'));
+                        const idle = document.querySelector(sel);
+                        return s && idle && s.innerText !== before;
+                    }""", arg=[IDLE, before], timeout=STEP_TIMEOUT_MS)
+            except Exception as e:  # noqa: BLE001 - a timeout is a failed step, counted and reported
+                failures.append(f"timeout: {type(e).__name__}")
+                continue
+            times.append(time.perf_counter() - start)
+            if await page.locator(ERRORS).count():
+                failures.append("error element")
+        finals.append(await cursor_label(page))  # where this session's own clicks put its cursor
+    finally:
+        await context.close()
+
+
+async def run_load(url: str, server_pid: int, sessions: int, steps: int, reference: str | None = None) -> dict:
+    from playwright.async_api import async_playwright
+
+    times: list[float] = []
+    failures: list[str] = []
+    finals: list[str] = []
+    peak = [rss_mib(server_pid)]
+    before = peak[0]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], rss_mib(server_pid))
+            await asyncio.sleep(0.2)
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        sampler = asyncio.create_task(sample())
+        started = time.perf_counter()
+        await asyncio.gather(*(user(browser, url, steps, times, failures, finals) for _ in range(sessions)))
+        wall = time.perf_counter() - started
+        sampler.cancel()
+        await browser.close()
+    await asyncio.sleep(2)
+    # every session made the same clicks, so every cursor must end at the same place as a session alone: a shared
+    # or leaked state would move it by other sessions' clicks too
+    reference = reference or (finals[0] if finals else None)
+    failures += [f"cross-talk: cursor ended at {f!r}, expected {reference!r}" for f in finals if f != reference]
+    nan = float("nan")
+    return {"final_cursor": reference, "sessions": sessions, "steps": len(times),
+            "median_s": statistics.median(times) if times else nan, "worst_s": max(times) if times else nan,
+            "failed_steps": len(failures), "server_rss_before_mib": before, "server_rss_peak_mib": peak[0],
+            "server_rss_after_mib": rss_mib(server_pid), "wall_s": wall, "failures": sorted(set(failures))[:5]}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sessions", nargs="*", type=int, default=[1, 4, 8])
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args(argv)
+    proc, url = start_server()
+    rows = {}
+    try:
+        # warm the caches once (model load, conversion) so every row measures stepping, not the first conversion
+        asyncio.run(run_load(url, proc.pid, 1, 1))
+        reference = asyncio.run(run_load(url, proc.pid, 1, args.steps))["final_cursor"]  # one session alone
+        for n in args.sessions:
+            row = asyncio.run(run_load(url, proc.pid, n, args.steps, reference))
+            print(json.dumps(row), flush=True)
+            rows[f"{n} sessions"] = {k: v for k, v in row.items() if k not in ("failures", "final_cursor")}
+            if row["failures"]:
+                print("  failures:", row["failures"], flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from run import HERE, write_markdown  # the shared results file and its Markdown table
+
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
+    results["sections"]["load"] = rows
+    results["date"] = time.strftime("%Y-%m-%d")
+    path.write_text(json.dumps(results, indent=1))
+    write_markdown(results, HERE / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
