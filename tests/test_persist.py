@@ -1,16 +1,27 @@
-"""Saving and loading converted networks: bit-for-bit round trips, no code in the file, clear errors."""
+"""Saving and loading converted networks: bit-for-bit round trips, no code in the file, clear errors, and hostile
+files (issue 14): every crafted or damaged file ends in one NetworkFileError naming the field, quickly."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import pickle
+import random
+import resource
+import signal
+import struct
+import time
+from contextlib import contextmanager
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import ttfs_core
-from ttfs_core import NetworkFileError
+from ttfs_core import NetworkFileError, persist
 
+from . import network_attacks as na
 from .test_core import converted
 
 
@@ -30,6 +41,25 @@ def test_round_trip_is_bit_for_bit(tmp_path, name, neuron):
     assert torch.equal(s1.logits, s2.logits)
     # the loaded network still compares against the original model
     assert all(c.max_rel_error < 1e-9 for c in ttfs_core.compare(model, back, x))
+
+
+def test_round_trip_float32_positive_and_readout_ops(tmp_path):
+    """float32 and the positive rescaling load too, and so does a readout holding every op kind the converter
+    puts after the last weighted sum (affine, max/avg/adaptive pooling, reshape)."""
+    _, snn32, x32 = converted("cnn", dtype=torch.float32, rescale="positive")
+    g = torch.Generator().manual_seed(5)
+    xr = torch.rand(8, 2, 16, 16, generator=g, dtype=torch.float64)
+    for snn, x in ((snn32, x32), (na.base_network("readout"), xr)):
+        path = tmp_path / "net.safetensors"
+        snn.save(path)
+        back = ttfs_core.load(path)
+        assert back.dtype == snn.dtype and back.rescale == snn.rescale
+        assert [op.kind for op in back.output.readout] == [op.kind for op in snn.output.readout]
+        a, b = snn.run(x), back.run(x)
+        assert torch.equal(a.logits, b.logits)
+        for la, lb in zip(a.layers, b.layers):
+            assert torch.equal(la.offsets, lb.offsets)
+    assert [op.kind for op in back.output.readout] == ["affine", "maxpool", "avgpool", "adaptive_avgpool", "reshape"]
 
 
 def test_file_has_no_pickle(tmp_path):
@@ -57,5 +87,219 @@ def test_bad_files(tmp_path):
         ttfs_core.load(plain)
     damaged = tmp_path / "damaged.safetensors"
     save_file({"w": torch.zeros(2)}, str(damaged), metadata={"ttfs": '{"format": "ttfs-network", "version": 1}'})
-    with pytest.raises(NetworkFileError, match="damaged"):
+    with pytest.raises(NetworkFileError, match=r"layers: missing \(a required field\)"):
         ttfs_core.load(damaged)
+
+
+# --- hostile files ------------------------------------------------------------------------------------------------
+class _TookTooLong(BaseException):
+    """Not an Exception: the loader's own `except Exception` cannot swallow it."""
+
+
+@contextmanager
+def bounded(seconds: float = 10.0, megabytes: float = 256.0):
+    """Fail if the block runs longer than `seconds` (interrupting it) or raises the peak memory of this process by
+    more than `megabytes`."""
+    def alarm(signum, frame):
+        raise _TookTooLong(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown < megabytes, f"peak memory grew by {grown:.0f} MiB"
+
+
+def rejected(path) -> str:
+    """Load `path`, expecting one NetworkFileError within a few seconds; return its message without the path."""
+    with bounded():
+        with pytest.raises(NetworkFileError) as info:
+            ttfs_core.load(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    message = message[len(str(path)) + 2:]
+    assert len(message) < 300, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    """The real saved networks the attacks start from."""
+    folder = tmp_path_factory.mktemp("bases")
+    paths = {}
+    for name in na.BASES:
+        paths[name] = folder / f"{name}.safetensors"
+        na.base_network(name).save(paths[name])
+    return paths
+
+
+def test_attack_bases_are_valid(bases):
+    for path in bases.values():
+        snn = ttfs_core.load(path)
+        p, q = snn.input_range
+        assert torch.isfinite(snn.run(torch.rand(2, *snn.input_shape, dtype=snn.dtype) * (q - p) + p).logits).all()
+
+
+@pytest.mark.parametrize("attack", na.ATTACKS, ids=lambda a: a.name)
+def test_crafted_file_is_rejected(bases, tmp_path, attack):
+    path = tmp_path / f"{attack.name}.safetensors"
+    na.craft(attack, bases[attack.base], path)
+    assert path.stat().st_size < 1 << 20  # every crafted file is small
+    message = rejected(path)
+    assert attack.field in message, message
+
+
+def test_messages_name_the_field_and_what_is_allowed(bases, tmp_path):
+    expected = {
+        "conv_stride_zero": "layers[0].conv.stride: expected two integers ≥ 1, got [0, 1]",
+        "version_infinity": "version: expected an integer in [1, 1] (the format versions this ttfs_core reads), "
+                            "got Infinity",
+        "source_forward": "layers[1].source: expected an integer in [-1, 0] (an earlier layer, or -1 for the input), "
+                          "got 2",
+        "readout_kind_linear": 'output.readout[1].kind: expected one of "affine", "reshape", "maxpool", "avgpool", '
+                               '"adaptive_avgpool", "identity", got "linear"',
+        "sign_wrong_length": "layers[2].route[0].sign: expected [10] (one value per channel), got [9]",
+        "duplicate_top_key": 'description: the key "version" appears twice',
+        "missing_t_min": "layers[1].t_min: missing (a required field)",
+    }
+    attacks = {a.name: a for a in na.ATTACKS}
+    for name, message in expected.items():
+        path = tmp_path / f"{name}.safetensors"
+        na.craft(attacks[name], bases[attacks[name].base], path)
+        assert rejected(path) == message
+
+
+def test_header_claiming_tensors_larger_than_the_file(tmp_path):
+    for name, path in na.raw_attacks(tmp_path):
+        assert path.stat().st_size < 1024
+        assert rejected(path).startswith("not a safetensors file"), name
+
+
+def test_size_limits(bases, tmp_path, monkeypatch):
+    """Our own limits on declared sizes, checked from the header before any tensor is read (lowered here so that a
+    small file reaches them)."""
+    monkeypatch.setattr(persist, "MAX_TENSOR_ELEMENTS", 1000)
+    assert rejected(bases["conv"]) == 'tensor "layers.2.J": declares 2160 elements; at most 1000'
+    monkeypatch.undo()
+    monkeypatch.setattr(persist, "MAX_TOTAL_ELEMENTS", 5000)
+    assert rejected(bases["conv"]).startswith("tensors: declare ")
+    monkeypatch.undo()
+    monkeypatch.setattr(persist, "MAX_DESCRIPTION_CHARS", 100)
+    assert rejected(bases["conv"]).startswith("description: ")
+    monkeypatch.undo()
+    monkeypatch.setattr(persist, "MAX_TENSOR_ELEMENTS", 100)
+    assert rejected(bases["conv"]).startswith("input_shape: expected a shape")  # a declared shape of 512 elements
+
+
+def test_nothing_is_built_before_everything_is_checked(bases, tmp_path, monkeypatch):
+    """The last check (the values of the last tensor) still comes before any Layer is built."""
+    attack = next(a for a in na.ATTACKS if a.name == "readout_shift_nan")
+    path = tmp_path / "late.safetensors"
+    na.craft(attack, bases["readout"], path)
+
+    def no_layer(*args, **kwargs):
+        raise AssertionError("a Layer was built from a file that fails its checks")
+
+    monkeypatch.setattr(persist, "Layer", no_layer)
+    assert rejected(path).startswith("output.readout[0].params.shift: ")
+
+
+def test_output_sizes_match_torch():
+    """The loader's pooling and convolution output sizes are PyTorch's (it checks files without running them)."""
+    x = torch.zeros(1, 1, 7, 9)
+    for k, s, p, d, ceil in itertools.product((1, 2, 3), (1, 2, 3), (0, 1), (1, 2), (False, True)):
+        if p > k // 2:
+            continue
+        want = [persist.pool_output(n, k, s, p, d, ceil) for n in (7, 9)]
+        try:
+            got = list(F.max_pool2d(x, k, s, p, d, ceil).shape[2:])
+        except RuntimeError:
+            got = None
+        assert (got is None and min(want) < 1) or got == want, (k, s, p, d, ceil)
+        if d == 1:
+            try:
+                got = list(F.avg_pool2d(x, k, s, p, ceil).shape[2:])
+            except RuntimeError:
+                got = None
+            assert (got is None and min(want) < 1) or got == want, (k, s, p, ceil)
+        w = torch.zeros(1, 1, k, k + 1)
+        want = [persist.conv_output(7, k, s, p, d), persist.conv_output(9, k + 1, s, p, d)]
+        try:
+            got = list(F.conv2d(x, w, None, s, p, d).shape[2:])
+        except RuntimeError:
+            got = None
+        assert (got is None and min(want) < 1) or got == want, (k, s, p, d)
+
+
+def _mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """One random damage: bytes of the header changed, digits of the description changed, bytes anywhere (mostly
+    tensor data) changed, or the file cut short."""
+    out = bytearray(data)
+    head = 8 + struct.unpack("<Q", data[:8])[0]
+    mode = rng.choice(["header", "header", "digits", "anywhere", "truncate"])
+    if mode == "truncate":
+        return mode, bytes(out[:rng.randrange(len(out))])
+    if mode == "digits":
+        digits = [k for k in range(8, head) if 48 <= out[k] <= 57]
+        for _ in range(rng.randint(1, 3)):
+            out[rng.choice(digits)] = rng.randint(48, 57)
+        return mode, bytes(out)
+    lo, hi = (8, head) if mode == "header" else (0, len(out))
+    for _ in range(rng.randint(1, 4)):
+        out[rng.randrange(lo, hi)] = rng.randrange(256)
+    return mode, bytes(out)
+
+
+def test_fuzzed_files_fail_cleanly(bases, tmp_path):
+    """Seeded random damage to valid files: each ends in a NetworkFileError, or loads into a network that runs on
+    one input; never another exception, a hang or a memory blow-up."""
+    rng = random.Random(14)
+    outcomes = {"rejected": 0, "ran": 0}
+    start = time.perf_counter()
+    for case in range(200):
+        name = na.BASES[case % len(na.BASES)]
+        mode, data = _mutate(bases[name].read_bytes(), rng)
+        path = tmp_path / f"fuzz{case}.safetensors"
+        path.write_bytes(data)
+        with bounded(seconds=10):
+            try:
+                snn = ttfs_core.load(path)
+            except NetworkFileError as exc:
+                assert "\n" not in str(exc), (case, mode)
+                outcomes["rejected"] += 1
+                continue
+            p, q = snn.input_range
+            snn.run(torch.rand(1, *snn.input_shape, dtype=snn.dtype) * (q - p) + p)
+            outcomes["ran"] += 1
+    assert outcomes["rejected"] > 100 and outcomes["ran"] > 10, outcomes  # both paths were exercised
+    assert time.perf_counter() - start < 60
+
+
+def test_fuzzed_descriptions_fail_cleanly(bases, tmp_path):
+    """Seeded random edits of the description's fields (other types, out-of-range values, deletions): each ends in
+    a NetworkFileError or loads into a network that runs on one input."""
+    rng = random.Random(41)
+    originals = {name: na.read(path) for name, path in bases.items()}
+    outcomes = {"rejected": 0, "ran": 0}
+    for case in range(200):
+        name = na.BASES[case % len(na.BASES)]
+        desc, tensors = copy.deepcopy(originals[name][0]), dict(originals[name][1])
+        na.mutate_description(desc, tensors, rng)
+        path = tmp_path / f"fuzz{case}.safetensors"
+        na.write(path, desc, tensors)
+        with bounded(seconds=10):
+            try:
+                snn = ttfs_core.load(path)
+            except NetworkFileError as exc:
+                assert "\n" not in str(exc), case
+                outcomes["rejected"] += 1
+                continue
+            p, q = snn.input_range
+            snn.run(torch.rand(1, *snn.input_shape, dtype=snn.dtype) * (q - p) + p)
+            outcomes["ran"] += 1
+    assert outcomes["rejected"] > 100, outcomes
