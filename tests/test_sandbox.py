@@ -1,0 +1,369 @@
+"""ttfs_core.sandbox and the hostile files of issue 14: each is one clear ModelLoadError, quickly, with nothing
+written, the test process alive and no temporary files left behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx as fx
+
+from tests import attacks
+from ttfs_core import loading, sandbox
+from ttfs_core.loading import ModelLoadError, load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, attacks.Attack]:
+    return {a.name: a for a in attacks.build_all(tmp_path_factory.mktemp("attacks"))}
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Temporary files of this process go to a folder of the test's own, to be checked for leftovers."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _assert_alive() -> None:
+    assert torch.ones(3).sum().item() == 3.0  # this process still computes
+
+
+def _refused(path: Path, arch: str | None = None, seconds: float = 30.0) -> str:
+    """load_model's one-line ModelLoadError message for a file, asserting it came within ``seconds``."""
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path, arch)
+    assert time.monotonic() - start < seconds
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) <= 500
+    return msg
+
+
+ATTACKS = [
+    "torchscript_setstate_in_data_package", "torchscript_deep_brackets", "torchscript_deep_pickle",
+    "torchscript_deep_tuple_pickle", "pt2_power_tower", "pt2_factorial", "fifo", "pt2_zip_bomb",
+    "torchscript_zip_bomb", "sparse_8gb", "pt2_stride0_weight", "pt2_empty_weight_member",
+    "safetensors_huge_classifier", "legacy_pickle_huge_storage", "safetensors_duplicate_names",
+    "safetensors_int_weight", "safetensors_bool_weight", "safetensors_complex_weight", "torchsave_complex_weight",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_hostile_file_is_one_clear_error(hostile: dict[str, attacks.Attack], private_tmp: Path, name: str) -> None:
+    attack = hostile[name]
+    next_to_it = sorted(attack.path.parent.iterdir())
+    msg = _refused(attack.path, attack.arch)
+    assert re.search(attack.expected, msg), msg
+    assert attack.marker is None or not attack.marker.exists()
+    assert sorted(attack.path.parent.iterdir()) == next_to_it  # nothing written next to the file either
+    _assert_alive()
+    assert not list(private_tmp.iterdir())  # no temporary copies or working folders left
+
+
+def test_attack_files_are_small(hostile: dict[str, attacks.Attack]) -> None:
+    assert sorted(hostile) == sorted(ATTACKS)
+    for a in hostile.values():
+        if a.name not in ("fifo", "sparse_8gb"):
+            assert a.path.stat().st_size < 4 << 20, a.name
+    assert hostile["sparse_8gb"].path.stat().st_blocks * 512 < 1 << 20  # sparse: nothing stored
+    assert hostile["safetensors_huge_classifier"].path.stat().st_size < 100
+
+
+# --- the sandbox itself ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlp_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.pt2"
+    x = torch.zeros(2, 1, 4, 4)
+    torch.export.save(torch.export.export(attacks.tiny_mlp(), (x,)), path)
+    return path
+
+
+@pytest.mark.parametrize(("hook", "expected"), [
+    ("segfault", r"the sandboxed parser crashed \(killed by signal SIGSEGV\)"),
+    ("allocate", r"the sandboxed parser needs more than 3 GiB of memory"),
+])  # fmt: skip
+def test_child_crash_and_memory_are_clear_errors(
+    mlp_file: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, hook: str, expected: str
+) -> None:
+    monkeypatch.setattr(loading, "_TEST_HOOK", hook)
+    msg = _refused(mlp_file, seconds=10)
+    assert re.search(expected, msg), msg
+    _assert_alive()
+    assert not list(private_tmp.iterdir())
+    monkeypatch.setattr(loading, "_TEST_HOOK", None)
+    assert isinstance(load_model(mlp_file), fx.GraphModule)  # the next load works
+
+
+@pytest.mark.parametrize(("hook", "limits", "expected"), [
+    ("sleep", sandbox.Limits(wall_seconds=1.5), r"took longer than 1\.5 s \(wall-clock limit\)"),
+    ("spin", sandbox.Limits(cpu_seconds=1), r"used more than 1 s of CPU time"),
+])  # fmt: skip
+def test_child_timeouts_are_clear_errors(
+    mlp_file: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, hook: str, limits: sandbox.Limits,
+    expected: str,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(loading, "_TEST_HOOK", hook)
+    monkeypatch.setattr(loading, "SANDBOX_LIMITS", limits)
+    msg = _refused(mlp_file, seconds=10)
+    assert re.search(expected, msg), msg
+    _assert_alive()
+    assert not list(private_tmp.iterdir())
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_caller_killed_mid_request_leaves_nothing_behind(mlp_file: Path, tmp_path: Path) -> None:
+    """The zygote notices that its caller died, kills the child and removes the working folder."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    script = (
+        f"import tempfile; tempfile.tempdir = {str(folder)!r}\n"
+        "from ttfs_core import loading\n"
+        "loading._TEST_HOOK = 'sleep'\n"
+        f"loading.load_model({str(mlp_file)!r})\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(folder.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        zygotes = _children(caller.pid)
+        assert list(folder.iterdir()) and len(zygotes) == 1, "the request never started"
+        while not (child := _children(zygotes[0])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(child) == 1, "the zygote never forked the child"
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 20
+    alive = [*zygotes, *child]
+    while (alive or list(folder.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+    assert not alive and not list(folder.iterdir())
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_child_cannot_write_connect_or_spawn(tmp_path: Path) -> None:
+    marker = tmp_path / "probe"
+    report = json.loads(sandbox.run("ttfs_core.sandbox:_probe", {"path": str(marker)}))
+    assert report["fsize"] == 0 and report["cwd_empty"]
+    if sandbox.seccomp_status() == "active":
+        assert report["write"] == "EPERM" and not marker.exists()
+        assert report["socket"] == report["spawn"] == report["kill_parent"] == report["raise_limit"] == "EPERM"
+    else:  # resource limits only: a file can be created but nothing written into it
+        assert report["write"] == "EFBIG"
+
+
+def test_without_seccomp_the_limits_and_checks_still_hold(
+    hostile: dict[str, attacks.Attack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback when pyseccomp/libseccomp are missing: resource limits and the loader's own checks."""
+    monkeypatch.setenv("TTFS_SANDBOX_SECCOMP", "0")
+    sandbox.shutdown()  # new zygotes see the variable
+    try:
+        assert sandbox.seccomp_status().startswith("disabled")
+        report = json.loads(sandbox.run("ttfs_core.sandbox:_probe", {"path": str(tmp_path / "probe")}))
+        assert report["write"] == "EFBIG" and (tmp_path / "probe").stat().st_size == 0
+        attack = hostile["torchscript_setstate_in_data_package"]
+        assert "__setstate__" in _refused(attack.path)
+        assert attack.marker is not None and not attack.marker.exists()
+    finally:
+        monkeypatch.delenv("TTFS_SANDBOX_SECCOMP")
+        sandbox.shutdown()
+
+
+def test_zygote_stays_single_threaded_after_warming_up() -> None:
+    zygote = sandbox._acquire()
+    try:
+        assert zygote.info["threads"] == 1  # forking a multi-threaded process is unsafe
+    finally:
+        sandbox._release(zygote, True)
+
+
+def test_prewarm_fills_the_idle_pool() -> None:
+    sandbox.shutdown()
+    sandbox.prewarm()
+    deadline = time.monotonic() + 60
+    while not sandbox._POOL and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox._POOL and sandbox._POOL[0].usable()
+
+
+def test_sandbox_targets_are_ttfs_functions() -> None:
+    with pytest.raises(ValueError, match="ttfs_core functions"):
+        sandbox.run("os:system", {})
+
+
+def test_function_errors_come_back_as_refusals() -> None:
+    with pytest.raises(sandbox.SandboxError) as e:
+        sandbox.run("ttfs_core.loading:_sandbox_parse", {"path": "/nonexistent/model.pt"})
+    assert e.value.kind == "refused" and "model file not found" in e.value.message
+
+
+def test_sandboxed_and_in_process_loading_agree(mlp_file: Path) -> None:
+    """Same results, and the same input guards (the program was exported with a static batch of 2)."""
+    direct = loading._load_in_process(mlp_file)
+    sandboxed = load_model(mlp_file)
+    assert isinstance(sandboxed, fx.GraphModule)
+    with torch.no_grad():
+        x = torch.randn(2, 1, 4, 4)
+        assert torch.equal(direct(x), sandboxed(x))
+        for model in (direct, sandboxed):
+            with pytest.raises(Exception, match=r"Guard failed: input.size\(\)\[0\] == 2"):
+                model(torch.randn(3, 1, 4, 4))
+
+
+# --- the caller rebuilds from plain data only --------------------------------------------------------------------
+
+
+def _payload(desc: dict, tensors: dict[str, torch.Tensor] | None = None) -> bytes:
+    head = json.dumps({**desc, "format": 1}).encode()
+    return len(head).to_bytes(8, "little") + head + loading._write_safetensors(tensors or {})
+
+
+def _graph(nodes: list[dict], tensors: dict | None = None) -> dict:
+    return {"kind": "graph", "class_name": "GraphModule", "tensors": tensors or {}, "nodes": nodes}
+
+
+OUT = {"op": "output", "args": {"node": 0}}
+
+
+@pytest.mark.parametrize(("desc", "expected"), [
+    (_graph([{"op": "placeholder", "target": "x"}, {"op": "call_function", "target": "builtins.eval",
+              "args": ["1"], "kwargs": {}}, OUT]), "not an allowed operator"),
+    (_graph([{"op": "placeholder", "target": "x"}, {"op": "call_function", "target": "aten.save.default",
+              "args": [], "kwargs": {}}, OUT]), "not an allowed operator"),
+    (_graph([{"op": "placeholder", "target": "x"}, {"op": "call_module", "target": "os"}, OUT]), "not supported"),
+    (_graph([{"op": "get_attr", "target": "__class__"}, OUT]), "get_attr of an unknown tensor"),
+    (_graph([{"op": "placeholder", "target": "x"}, OUT, OUT]), "output node must come last"),
+    (_graph([{"op": "placeholder", "target": "x"}, {"op": "output", "args": {"node": 7}}]), "unsupported argument"),
+    (_graph([{"op": "placeholder", "target": "x"}, {"op": "output", "args": {"eval": "1"}}]), "unsupported argument"),
+    ({"kind": "pickle"}, "unknown kind"),
+])  # fmt: skip
+def test_hostile_descriptions_are_refused(desc: dict, expected: str) -> None:
+    with pytest.raises(ModelLoadError, match=expected):
+        loading._rebuild(_payload(desc), None, None)
+
+
+def test_hostile_names_never_reach_generated_code() -> None:
+    weight = torch.ones(2)
+    nodes = [
+        {"op": "placeholder", "target": "x):\n    import os  #", "name": "x"},
+        {"op": "get_attr", "target": "w", "name": "w\nimport os"},
+        {"op": "call_function", "target": "aten.mul.Tensor", "args": [{"node": 0}, {"node": 1}], "kwargs": {},
+         "name": "__import__('os')", "module": ["a\nb", "C"]},
+        {"op": "output", "args": {"node": 2}},
+    ]  # fmt: skip
+    gm = loading._rebuild(_payload(_graph(nodes, {"w": {"parameter": True}}), {"w": weight}), None, None)
+    assert "import" not in gm.code and "\nb" not in str([n.meta for n in gm.graph.nodes])
+    assert gm.code.lstrip().startswith("def forward(self, x0):")
+    assert torch.equal(gm(torch.full((2,), 3.0)), torch.full((2,), 3.0))
+    shadowing = [{"op": "placeholder", "target": t} for t in ("torch", "self", "print", "x", "x", "lambda")]
+    gm = loading._rebuild(_payload(_graph([*shadowing, {"op": "output", "args": {"node": 3}}])), None, None)
+    assert gm.code.lstrip().startswith("def forward(self, x0, x1, x2, x, x4, x5):")
+    for bad in ("training", "forward", "__dict__", "a.__class__.b", "ü"):
+        with pytest.raises(ModelLoadError, match="not a valid graph"):
+            desc = _graph([{"op": "get_attr", "target": bad}, {"op": "output", "args": {"node": 0}}], {bad: {}})
+            loading._rebuild(_payload(desc, {bad: weight}), None, None)
+
+
+def test_state_dict_shapes_are_checked_on_the_meta_device_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The architecture is never built with the file's shapes before they were compared with the reference."""
+    import torchvision
+
+    built: list[str] = []
+    real = torchvision.models.get_model
+
+    def spy(name: str, **kwargs: object) -> torch.nn.Module:
+        built.append(str(torch.empty(0).device))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(torchvision.models, "get_model", spy)
+    sd = {"fc.weight": torch.empty(10**12, 0)}
+    with pytest.raises(ModelLoadError, match="does not fit architecture 'resnet18'"):
+        loading._load_arch("resnet18", sd, None)
+    assert built and set(built) == {"meta"}
+
+
+# --- root fixes in the loader ------------------------------------------------------------------------------------
+
+S = "Symbol('s16', positive=True, integer=True)"
+
+
+@pytest.mark.parametrize("expr", [
+    S, f"Add(FloorDiv(Add({S}, Integer(-1)), Integer(2)), Integer(1))",
+    f"Mul(Integer(4), Pow(Max(Integer(1), Add(FloorDiv(Add({S}, Integer(-1)), Integer(2)), Integer(1))), Integer(2)))",
+    "s0 + 1", "(s0 - 1)//2 + 1", "Max(s0, 2)*s1 % 7", "-s0 + -(-3)",
+])  # fmt: skip
+def test_shape_expressions_torch_writes_are_accepted(expr: str) -> None:
+    loading._check_expr(expr)
+
+
+@pytest.mark.parametrize("expr", [
+    f"{S} + 0*9**9**9", f"{S} + 0*99999999!", "__import__('os').system('true')", "s0 / 2", "Float('1.5', precision=53)",
+    "Pow(Pow(s0, Integer(8)), Integer(8))", "Pow(s0, Integer(9))", "Pow(Integer(9), s0)", f"Integer({'9' * 30})",
+    "s0 + " + "(" * 40 + "1" + ")" * 40, "-" * 40 + "s0", "Symbol('__class__')", "Lambda(s0, s0)", "s0; s1", "",
+    "s0 " * 10, "s0" + " + s0" * 1000,
+])  # fmt: skip
+def test_shape_expressions_outside_the_grammar_are_refused(expr: str) -> None:
+    with pytest.raises(ModelLoadError, match="symbolic shape expression that is refused"):
+        loading._check_expr(expr)
+
+
+def test_pt2_with_symmetric_dynamic_height_and_width_loads(tmp_path: Path) -> None:
+    """torch writes Pow(H, 2) when height and width share a symbol: allowed with a small literal exponent."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten()).eval()
+    h = torch.export.Dim("h", min=4, max=64)
+    program = torch.export.export(model, (torch.zeros(1, 1, 8, 8),), dynamic_shapes={"input": {2: h, 3: h}})
+    torch.export.save(program, tmp_path / "dyn.pt2")
+    assert "Pow(" in zipfile.ZipFile(tmp_path / "dyn.pt2").read("dyn/models/model.json").decode()
+    loaded = load_model(tmp_path / "dyn.pt2")
+    x = torch.randn(1, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x))
+
+
+def test_pickle_nesting_is_measured_without_unpickling() -> None:
+    import pickle
+
+    loading._check_pickle(pickle.dumps({"a": [[1, 2], (3, [4])], "b": list(range(5000))}), "test pickle")
+    deep: list = []
+    for _ in range(loading.MAX_PICKLE_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(ModelLoadError, match="nests containers more than"):
+        loading._check_pickle(pickle.dumps(deep), "test pickle")
