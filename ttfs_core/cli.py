@@ -131,6 +131,8 @@ def _is_network_file(path: Path) -> bool:
     """Whether ``path`` is a network saved by ``ttfs convert`` (a safetensors file with a 'ttfs' header)."""
     from safetensors import safe_open
 
+    if not path.is_file():  # a FIFO or a device would block or never end
+        return False
     try:
         with safe_open(str(path), "pt") as f:
             return "ttfs" in (f.metadata() or {})

@@ -714,7 +714,8 @@ def load_network(path: str | os.PathLike) -> SpikingNetwork:
     nothing from the file is built or run before all of it has been checked."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise NetworkFileError(f"{path}: no such file")
+        what = "not a regular file" if os.path.exists(path) else "no such file"
+        raise NetworkFileError(f"{path}: {what}")
     try:
         return _load(path)
     except _Invalid as exc:
