@@ -40,8 +40,20 @@ class Probe:
         return value.clamp(min=0) if self.relu else value
 
 
+class _Freezable:
+    """Records that can be frozen (shared read-only): once `_frozen` is set, assigning an attribute raises, and
+    `copy.deepcopy` gives a writable copy."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _refuse_if_frozen(self, name)
+        object.__setattr__(self, name, value)
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        return _thawed_copy(self, memo)
+
+
 @dataclass
-class Layer:
+class Layer(_Freezable):
     """One layer of neurons: a hidden spiking layer, or the non-spiking readout (`is_output`).
 
     It reads the spike times of layer `source` (−1: the input layer) through `route` (max pooling on spike
@@ -77,13 +89,6 @@ class Layer:
     theta: Tensor | None = None
     slope: Tensor | None = None
     _frozen: bool = field(default=False, init=False, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        _refuse_if_frozen(self, name)
-        object.__setattr__(self, name, value)
-
-    def __deepcopy__(self, memo: dict) -> Layer:
-        return _thawed_copy(self, memo)
 
     def tensors(self) -> list[Tensor]:
         """Every tensor this layer holds (parameters, pooling signs, probe affine, readout op parameters)."""
@@ -127,7 +132,7 @@ class Layer:
 
 
 @dataclass
-class SpikingNetwork:
+class SpikingNetwork(_Freezable):
     """A ReLU network converted to a single-spike TTFS network (MATH §1–§4). Built by `ttfs_core.convert`."""
 
     layers: list[Layer]  # hidden spiking layers, in time order
@@ -140,13 +145,6 @@ class SpikingNetwork:
     alpha: float = 1.0
     dtype: torch.dtype = torch.float64
     _frozen: bool = field(default=False, init=False, repr=False, compare=False)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        _refuse_if_frozen(self, name)
-        object.__setattr__(self, name, value)
-
-    def __deepcopy__(self, memo: dict) -> SpikingNetwork:
-        return _thawed_copy(self, memo)
 
     def freeze(self) -> SpikingNetwork:
         """Make this network read-only, so that one converted network can be shared by many users (the explorer
