@@ -6,8 +6,9 @@
 One `streamlit run app.py` server on 127.0.0.1 (nothing else is contacted), one headless Debian chromium with one
 browser context (= one Streamlit session) per simulated user. Each user opens the raster page, then clicks "one
 step forward" again and again; a step's redraw time runs from the click until the cursor's label has changed and
-the script has finished. Reported per session count: median and worst redraw time, failures (an error element, a
-timeout, or cross-talk: a session whose cursor does not end where a session alone ends after the same clicks), and
+the script has finished. Each session first chooses its own test digit. Reported per session count: median and
+worst redraw time, timed-out steps, cross-talk (a session that ends up showing another digit, or whose cursor -- when
+none of its clicks was lost -- does not end where a session alone ends after the same clicks), other failures, and
 the server's resident memory before, at the peak during, and after the run. The request loops are bounded
 (steps × sessions) and time out.
 """
@@ -82,12 +83,23 @@ async def cursor_label(page) -> str:
     return await page.locator('[data-testid="stSlider"]').filter(has_text="Time cursor").inner_text()
 
 
-async def user(browser, url: str, steps: int, times: list[float], failures: list[str], finals: list[str]) -> None:
-    """One session: open the raster page, then step the cursor `steps` times, timing each redraw."""
+async def user(browser, url: str, steps: int, times: list[float], failures: list[str], finals: list[str],
+               digit: int) -> None:
+    """One session: open the raster page, choose its own test digit, then step the cursor `steps` times, timing
+    each redraw. At the end the page must still show this session's digit (a session that saw another session's
+    state would show another digit) and, if none of its clicks was lost, the cursor where its own clicks put it."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
+    lost = False
     try:
         await page.goto(f"{url}/Spike_raster", timeout=STEP_TIMEOUT_MS)
+        await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
+        box = page.locator('[data-testid="stSidebar"] input[type="number"]').first
+        await box.fill(str(digit))
+        await box.press("Enter")
+        await page.wait_for_function(
+            """(d) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+                   .some(e => e.innerText.includes('test digit #' + d + ' '))""", arg=digit, timeout=STEP_TIMEOUT_MS)
         await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
         await page.locator(".st-key-cursor_start button").first.click()
         await page.wait_for_timeout(300)
@@ -106,11 +118,19 @@ async def user(browser, url: str, steps: int, times: list[float], failures: list
                     }""", arg=[IDLE, before], timeout=STEP_TIMEOUT_MS)
             except Exception as e:  # noqa: BLE001 - a timeout is a failed step, counted and reported
                 failures.append(f"timeout: {type(e).__name__}")
+                lost = True
                 continue
             times.append(time.perf_counter() - start)
             if await page.locator(ERRORS).count():
                 failures.append("error element")
-        finals.append(await cursor_label(page))  # where this session's own clicks put its cursor
+        await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
+        captions = " ".join(await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts())
+        if f"test digit #{digit} " not in captions:
+            failures.append(f"cross-talk: session of digit #{digit} shows another input")
+        if not lost:
+            finals.append(await cursor_label(page))  # where this session's own clicks put its cursor
+    except Exception as e:  # noqa: BLE001 - a session that could not even start is a failure, not a crash
+        failures.append(f"session failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     finally:
         await context.close()
 
@@ -133,7 +153,8 @@ async def run_load(url: str, server_pid: int, sessions: int, steps: int, referen
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         sampler = asyncio.create_task(sample())
         started = time.perf_counter()
-        await asyncio.gather(*(user(browser, url, steps, times, failures, finals) for _ in range(sessions)))
+        await asyncio.gather(*(user(browser, url, steps, times, failures, finals, 10 + 7 * i)
+                               for i in range(sessions)))
         wall = time.perf_counter() - started
         sampler.cancel()
         await browser.close()
@@ -142,10 +163,13 @@ async def run_load(url: str, server_pid: int, sessions: int, steps: int, referen
     # or leaked state would move it by other sessions' clicks too
     reference = reference or (finals[0] if finals else None)
     failures += [f"cross-talk: cursor ended at {f!r}, expected {reference!r}" for f in finals if f != reference]
+    crosstalk = sum(f.startswith("cross-talk") for f in failures)
     nan = float("nan")
     return {"final_cursor": reference, "sessions": sessions, "steps": len(times),
             "median_s": statistics.median(times) if times else nan, "worst_s": max(times) if times else nan,
-            "failed_steps": len(failures), "server_rss_before_mib": before, "server_rss_peak_mib": peak[0],
+            "failed_steps": sum(f.startswith("timeout") for f in failures), "cross_talk": crosstalk,
+            "other_failures": sum(not f.startswith(("timeout", "cross-talk")) for f in failures),
+            "server_rss_before_mib": before, "server_rss_peak_mib": peak[0],
             "server_rss_after_mib": rss_mib(server_pid), "wall_s": wall, "failures": sorted(set(failures))[:5]}
 
 
