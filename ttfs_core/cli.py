@@ -27,6 +27,7 @@ from .compare import compare
 from .convert import NEURONS, RESCALE, convert
 from .network import SpikingNetwork
 from .persist import load_network
+from .result import merge_counts
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 CALIB_DEFAULT = "mnist-train"
@@ -289,7 +290,7 @@ class LayerStats:
     spikes: int = 0
     neurons: int = 0
     searched: int = 0
-    certificate: dict[str, int] = field(default_factory=dict)
+    certificate: tuple[tuple[str, int], ...] = ()
 
     def add(self, lr) -> None:
         """Count one batch's layer result."""
@@ -297,8 +298,7 @@ class LayerStats:
         self.spikes += lr.spikes
         self.neurons += lr.neurons
         self.searched += lr.searched
-        for stage, count in lr.certificate:
-            self.certificate[stage] = self.certificate.get(stage, 0) + count
+        self.certificate = merge_counts([self.certificate, lr.certificate])
 
     def row(self, spiking: bool = True) -> list[str]:
         rel = self.max_abs / max(self.max_ann, 1e-30)
@@ -317,13 +317,10 @@ def worst(a: float, b: float) -> float:
 
 def certificate_line(stats: list[LayerStats]) -> str:
     """How the early-spike certificate (MATH §2) settled the hidden neurons, summed over layers and images."""
-    totals: dict[str, int] = {}
-    for s in stats:
-        for stage, count in s.certificate.items():
-            totals[stage] = totals.get(stage, 0) + count
+    totals = merge_counts(s.certificate for s in stats)
     neurons = sum(s.neurons for s in stats)
     searched = sum(s.searched for s in stats)
-    parts = [f"{stage} {percent(count, neurons)}" for stage, count in totals.items() if count]
+    parts = [f"{stage} {percent(count, neurons)}" for stage, count in totals if count]
     return ", ".join(parts + [f"searched exactly {searched:,} ({percent(searched, neurons)})"])
 
 

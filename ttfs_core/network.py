@@ -15,7 +15,7 @@ from .capture import apply_op
 from .certify import STAGES, certify
 from .errors import InputError
 from .mapping import encode_input
-from .result import LayerResult, SimResult
+from .result import LayerResult, SimResult, merge_counts
 from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks, settle_spikes
 from .stepped import hidden_layer_loop, on_ticks, quantise_input, ticks_per_window
 
@@ -373,7 +373,7 @@ def _concat(parts: list[SimResult]) -> SimResult:
             layer.name, layer.op, torch.cat([g.offsets for g in group]), layer.t_min, layer.t_max, layer.window,
             sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
             sum(g.forced for g in group), sum(g.spikes for g in group),
-            tuple((name, sum(dict(g.certificate).get(name, 0) for g in group)) for name, _ in layer.certificate),
+            merge_counts(g.certificate for g in group),
             sum(g.searched for g in group),
         ))
     return SimResult(torch.cat([p.logits for p in parts]), layers, torch.cat([p.input_times for p in parts]),

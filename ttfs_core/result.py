@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .mapping import decode
+
+
+def merge_counts(groups: Iterable[Iterable[tuple[str, int]]]) -> tuple[tuple[str, int], ...]:
+    """Sum (name, count) pairs, such as certificate stages, over layers, batches or chunks; names keep the order
+    in which they first appear."""
+    totals: dict[str, int] = {}
+    for group in groups:
+        for name, count in group:
+            totals[name] = totals.get(name, 0) + int(count)
+    return tuple(totals.items())
 
 
 @dataclass(frozen=True)
@@ -90,11 +101,7 @@ class SimResult:
     @property
     def certificate(self) -> tuple[tuple[str, int], ...]:
         """Neurons settled by each certificate stage, summed over layers (MATH §2)."""
-        totals: dict[str, int] = {}
-        for layer in self.layers:
-            for name, count in layer.certificate:
-                totals[name] = totals.get(name, 0) + count
-        return tuple(totals.items())
+        return merge_counts(layer.certificate for layer in self.layers)
 
     @property
     def neurons(self) -> int:

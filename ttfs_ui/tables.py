@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ttfs_core.result import merge_counts
+
 from .timeline import layer_label
 
 
@@ -93,17 +95,9 @@ def evaluation_summary(chunks) -> dict:
         "early spikes": int(sum(c.early_spikes for c in chunks)),
         "spikes per neuron": float(sum(c.spikes for c in chunks) / max(sum(c.neurons for c in chunks), 1)),
         "neurons": int(sum(c.neurons for c in chunks)),
-        "certificate": _merge_counts(c.certificate for c in chunks),
+        "certificate": dict(merge_counts(c.certificate for c in chunks)),
         "searched": int(sum(c.searched for c in chunks)),
     }
-
-
-def _merge_counts(groups) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for group in groups:
-        for name, count in group:
-            totals[name] = totals.get(name, 0) + int(count)
-    return totals
 
 
 def certificate_rows(snn, result) -> list[dict]:
