@@ -147,19 +147,21 @@ def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tenso
     """
     dims = tuple(range(1, J.dim()))
     per_neuron = (-1, *([1] * (v_end.dim() - 2)))
+    per_sample = (-1, *([1] * (v_end.dim() - 1)))
     base = alpha * in_window
     eps = torch.finfo(v_end.dtype).eps
+    negative = (-J).clamp(min=0)
+    negative_sum = negative.sum(dims).reshape(per_neuron)
     # rounding allowance: a few ulps of the largest terms that enter a level value
     rounding = 64 * eps * (theta.abs() + J.abs().sum(dims).reshape(per_neuron) * in_window + base)
     limit = (theta - rounding).expand_as(v_end)
-    negative = (-J).clamp(min=0)
     top = x.flatten(1).max(1).values if x[0].numel() else torch.zeros(x.shape[0], dtype=x.dtype)
     fan_in = J[0].numel()
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
-    top_value = (base - alpha * top).reshape(-1, *([1] * (v_end.dim() - 1))).expand_as(v_end)
+    top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
     beyond = (limit <= 0) | (top_value >= limit)
     # one cell [0, m] with every tent at its highest, m/4: no weighted sum at all (Σ|J⁻| is per neuron)
-    spread = negative.sum(dims).reshape(per_neuron) * top.reshape(-1, *([1] * (v_end.dim() - 1))) / 4
+    spread = negative_sum * top.reshape(per_sample) / 4
     uncertified = beyond | (torch.maximum(v_end, top_value) + spread >= limit)
     settled = [v_end.numel() - int(torch.count_nonzero(uncertified))]
     for cells in CELLS:

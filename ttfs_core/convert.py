@@ -108,12 +108,16 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype conversion works in: the model's floating-point parameters' (float32 if it has none). Integer,
     boolean or complex weights would be cast silently, so they are refused by name."""
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         if t.is_complex() or (not t.is_floating_point() and "num_batches_tracked" not in name):
-            raise ConversionError(f"{name} holds {str(t.dtype).replace('torch.', '')} values; the converter takes "
+            raise ConversionError(f"{name} holds {_dtype_name(t.dtype)} values; the converter takes "
                                   "float16, bfloat16, float32 or float64 weights")
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
@@ -447,7 +451,7 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
             for i, a in enumerate(acts):
                 if not bool(torch.isfinite(a).all()):
                     raise ConversionError(f"layer {snn.layers[i].name}: its activations on the calibration data "
-                                          f"overflow {str(snn.dtype).replace('torch.', '')} (NaN or inf); the weights "
+                                          f"overflow {_dtype_name(snn.dtype)} (NaN or inf); the weights "
                                           "are too large for this dtype")
                 maxima[i] = max(float(maxima[i]), float(a.max()) if a.numel() else 0.0)
     t_min = 1.0
@@ -473,11 +477,11 @@ def _check_finite(snn: SpikingNetwork) -> None:
     for layer in snn.all_layers:
         if not math.isfinite(layer.window) or not math.isfinite(layer.t_max):
             raise ConversionError(f"layer {layer.name}: its window is not finite (activations overflow "
-                                  f"{str(snn.dtype).replace('torch.', '')}); the weights are too large")
+                                  f"{_dtype_name(snn.dtype)}); the weights are too large")
         for what in ("weight", "bias", "J", "theta", "slope"):
             value = getattr(layer, what)
             if value is not None and not bool(torch.isfinite(value).all()):
-                raise ConversionError(f"layer {layer.name}: its {what} overflows {str(snn.dtype).replace('torch.', '')}"
+                raise ConversionError(f"layer {layer.name}: its {what} overflows {_dtype_name(snn.dtype)}"
                                       " after folding and rescaling (NaN or inf); the weights are too large for this "
                                       "dtype — convert a float64 copy or rescale the model")
 
