@@ -245,21 +245,24 @@ def _append_raw_member(path: Path, name: str, raw: bytes, crc: int, size: int) -
     path.write_bytes(body + cd + end)
 
 
-def pt2_zip_bomb(folder: Path, base: Path, size: int = 3 << 30) -> Attack:
-    """A 3 GiB weight member deflated to about 3 MB (the old check allowed 4 GiB, then copied it out)."""
-    path = rewrite_zip(base, folder / "bomb.pt2", lambda n, d: d)
+def _zip_bomb(base: Path, dst: Path, member: str, size: int) -> Path:
+    """A copy of the archive `base` with one more member, `size` zero bytes deflated to about size/1000."""
+    path = rewrite_zip(base, dst, lambda n, d: d)
     root = zipfile.ZipFile(path).namelist()[0].split("/")[0]
     raw, crc = _deflated_zeros(size)
-    _append_raw_member(path, f"{root}/data/weights/weight_99", raw, crc, size)
+    _append_raw_member(path, f"{root}/{member}", raw, crc, size)
+    return path
+
+
+def pt2_zip_bomb(folder: Path, base: Path, size: int = 3 << 30) -> Attack:
+    """A 3 GiB weight member deflated to about 3 MB (the old check allowed 4 GiB, then copied it out)."""
+    path = _zip_bomb(base, folder / "bomb.pt2", "data/weights/weight_99", size)
     return Attack("pt2_zip_bomb", path, r"expands to 3 GiB, more than")
 
 
 def torchscript_zip_bomb(folder: Path, base: Path, size: int = 768 << 20) -> Attack:
     """A storage member of 768 MiB deflated 1000-fold: refused by its ratio before decompression."""
-    path = rewrite_zip(base, folder / "bomb.pt", lambda n, d: d)
-    root = zipfile.ZipFile(path).namelist()[0].split("/")[0]
-    raw, crc = _deflated_zeros(size)
-    _append_raw_member(path, f"{root}/data/99", raw, crc, size)
+    path = _zip_bomb(base, folder / "bomb.pt", "data/99", size)
     return Attack("torchscript_zip_bomb", path, r"would expand \d+-fold.*zip bomb")
 
 
