@@ -100,7 +100,7 @@ def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = 
     """
     if not data_:
         raise ValueError("the uploaded image is empty")
-    img = _open(data_)
+    img = data.decode_image(data_)  # size limits, 16-bit and transparent images (ttfs_core.data)
     notes = []
     if img.width < 4 or img.height < 4:
         raise ValueError(f"the image is only {img.width}×{img.height} pixels; the model takes "
@@ -122,15 +122,10 @@ def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = 
 
 def light_background(data_: bytes) -> bool:
     """Whether an image's border is mostly light (a dark digit on white paper)."""
-    return _is_light(_open(data_))
+    return _is_light(data.decode_image(data_))
 
 
 def _is_light(img: Image.Image) -> bool:
     gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return float(border.mean()) > 0.5
-
-
-def _open(data_: bytes) -> Image.Image:
-    """Decode image bytes (`ttfs_core.data.decode_image`: size limits, 16-bit and transparent images)."""
-    return data.decode_image(data_)
