@@ -6,7 +6,7 @@ Run from the repository root:  streamlit run app.py
 import numpy as np
 import streamlit as st
 
-from ttfs_core import zoo
+from ttfs_core import data, zoo
 from ttfs_ui import cache, controls, figures, state, tables
 
 st.set_page_config(page_title="TTFS explorer", page_icon="⚡", layout="wide")
@@ -28,7 +28,8 @@ with upload:
     with st.expander("Upload a model file", expanded=False):
         st.caption("torch.export `.pt2`, TorchScript `.pt`, or a state dict (`.safetensors`, `.pt`, `.pth`) of a "
                    "zoo architecture. Files are loaded without running any code from them. The bundled data are "
-                   "28×28 grayscale digits, so the model must take 1×28×28 inputs in [0, 1].")
+                   "28×28 grayscale images (MNIST digits, Fashion-MNIST clothes), so the model must take 1×28×28 "
+                   "inputs in [0, 1]; an uploaded model is calibrated on MNIST.")
         arch = st.selectbox("Architecture (state dicts only)", ["", *zoo.ARCHITECTURES],
                             format_func=lambda a: a or "— not a state dict —", key="upload_arch")
         file = st.file_uploader("Model file", key="upload_model")
@@ -67,19 +68,22 @@ st.dataframe(tables.summary_rows(cur.snn, result), hide_index=True, width="stret
 st.header("3 · Input image")
 gallery, mine = st.columns([3, 2], gap="large")
 with gallery:
-    st.markdown("**Bundled test digits** (the first of each class)")
-    imgs, labels = cache.mnist("test")
+    title = data.dataset(cur.dataset).title
+    st.markdown(f"**Bundled {title} test images** (the first of each class)")
+    imgs, labels = cache.bundled(cur.dataset, "test")
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in range(10)]
     for row in (firsts[:5], firsts[5:]):
         for col, i in zip(st.columns(5), row):
+            name = cur.class_name(labels[i])
             col.image(np.kron(imgs[i], np.ones((3, 3), dtype=np.uint8)), width="stretch")
-            col.button(f"#{i} ({labels[i]})", key=f"gallery_{i}", on_click=controls.use_test_image, args=(i,),
-                       width="stretch", type="primary" if cur.image_key == f"test:{i}" else "secondary",
-                       help=f"use test digit #{i}, a {labels[i]}")
-    st.caption("Any of the 1,000 test digits can be chosen by number in the sidebar.")
+            col.button(f"#{i} ({name})", key=f"gallery_{i}", on_click=controls.use_test_image, args=(i,),
+                       width="stretch", type="primary" if cur.image_key == f"{cur.dataset}:{i}" else "secondary",
+                       help=f"use {title} test image #{i}, class {name}")
+    st.caption(f"Any of the {controls.TEST_IMAGES:,} {title} test images can be chosen by number in the sidebar, "
+               "where the other bundled dataset can be chosen too.")
 with mine:
     st.markdown("**Your own image**")
-    image_file = st.file_uploader("PNG or JPEG of a digit", type=["png", "jpg", "jpeg"], key="upload_image",
+    image_file = st.file_uploader("PNG or JPEG image", type=["png", "jpg", "jpeg"], key="upload_image",
                                   help=f"Resized to the model's input size and converted to grayscale; "
                                        f"preprocessing: {cur.entry.preprocess.input_range}.")
     if image_file is not None:
@@ -104,12 +108,14 @@ with left:
     st.caption(cur.image_title)
 with right:
     a, s, d, t = st.columns(4)
-    a.metric("ANN predicts", int(ann.argmax()))
-    s.metric("SNN predicts", int(snn.argmax()), delta="agrees" if ann.argmax() == snn.argmax() else "DIFFERS",
+    a.metric("ANN predicts", cur.class_name(ann.argmax()))
+    s.metric("SNN predicts", cur.class_name(snn.argmax()),
+             delta="agrees" if ann.argmax() == snn.argmax() else "DIFFERS",
              delta_color="normal" if ann.argmax() == snn.argmax() else "inverse")
     d.metric("max |logit difference|", f"{np.abs(ann - snn).max():.2e}")
-    t.metric("True label", "—" if cur.label is None else cur.label)
-    st.plotly_chart(figures.logits([str(c) for c in range(ann.size)], ann, snn), key="logits")
+    t.metric("True label", "—" if cur.label is None else cur.class_name(cur.label))
+    classes = [cur.class_name(c) if c < 10 else str(c) for c in range(ann.size)]
+    st.plotly_chart(figures.logits(classes, ann, snn), key="logits")
 with st.expander("Logits as a table"):
     st.dataframe(tables.logit_rows(ann, snn), hide_index=True, width="stretch")
 st.info("Next: open **Spike raster** in the sidebar to watch these spikes happen in time.",

@@ -1,7 +1,8 @@
 """Benchmarks: SNN simulation time against the ANN forward on the same batch, measured side by side.
 
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
-    python bench/run.py core       # one section: core | stepped | convert | memory
+    python bench/run.py core       # one section: core | stepped | convert | memory | app | paper
+    python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
 
 The machine is shared and noisy: every figure is a median over interleaved repeats, and the headline numbers are
 ratios of times taken in the same run.
@@ -55,11 +56,12 @@ def bench_core(repeats: int = 7) -> dict:
     margin 0.5, whether every argmax equals the ANN's, and the share of neurons the certificate left to the exact
     search."""
     out = {}
-    images, _ = data.load_mnist("test")
-    train, _ = data.load_mnist("train")
     cases = [("vgg16_bn_32x32_b64_f32", vgg16(), torch.randn(512, 3, 32, 32), torch.randn(64, 3, 32, 32))]
-    for name in ("lenet5", "vgg_mnist", "mlp"):
-        cases.append((f"{name}_b256_f32", zoo.load(name)[0], train[:512], images[:256]))
+    for name in zoo.ARCHITECTURES:
+        model, card = zoo.load(name)
+        train, _ = data.load(card.dataset, "train")
+        images, _ = data.load(card.dataset, "test")
+        cases.append((f"{name}_b256_f32", model, train[:512], images[:256]))
     for case, model, calib, x in cases:
         nets = {r: ttfs_core.convert(model, calib, rescale=r) for r in ("sum", "positive")}
         fns = {"ann": lambda m=model, x=x: m(x)}
@@ -114,11 +116,11 @@ def bench_memory() -> dict:
 def bench_stepped(repeats: int = 3) -> dict:
     """Clock-driven simulation vs ANN forward at 64, 256 and 1024 ticks per window."""
     out = {}
-    images, _ = data.load_mnist("test")
-    train, _ = data.load_mnist("train")
     cases = []
-    for name in ("lenet5", "vgg_mnist"):
-        m, _ = zoo.load(name)
+    for name in ("lenet5", "vgg_fashion"):
+        m, card = zoo.load(name)
+        train, _ = data.load(card.dataset, "train")
+        images, _ = data.load(card.dataset, "test")
         cases.append((name, m, ttfs_core.convert(m, train[:512]), images[:256]))
     model = vgg16()
     cases.append(("vgg16_bn_32x32", model, ttfs_core.convert(model, torch.randn(512, 3, 32, 32)),
@@ -145,8 +147,59 @@ def bench_app() -> dict:
     return redraw_times()
 
 
+@torch.no_grad()
+def bench_paper(batch: int = 500) -> dict:
+    """The paper's experiment for every zoo model: the default conversion (the paper's rescaling, margin 0.5,
+    calibrated on the first 512 images of the model's bundled training subset) against the ReLU network on all
+    10,000 test images of its dataset, for the α-model and B1. Rows: accuracies, agreement, early spikes, spikes per
+    hidden neuron, the decision time and the wall time of the whole pass."""
+    out = {}
+    for name in zoo.ARCHITECTURES:
+        model, card = zoo.load(name)
+        calib, _ = data.load(card.dataset, "train")
+        x, y = data.load(card.dataset, "test")
+        ann = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).argmax(1)
+        for neuron in ("alpha", "b1"):
+            t = time.perf_counter()
+            snn = ttfs_core.convert(model, calib[:512], neuron=neuron)
+            pred, early, spikes, neurons = [], 0, 0, 0
+            for i in range(0, len(x), batch):
+                res = snn.run(x[i:i + batch])
+                pred.append(res.logits.argmax(1))
+                early, spikes, neurons = early + res.early_spikes, spikes + res.spikes, neurons + res.neurons
+            s = torch.cat(pred)
+            out[f"{name} {neuron}"] = {
+                "dataset": data.dataset(card.dataset).title, "test_images": len(x),
+                "ann_accuracy_pct": 100.0 * float((ann == y).double().mean()),
+                "snn_accuracy_pct": 100.0 * float((s == y).double().mean()),
+                "agreement_pct": 100.0 * float((s == ann).double().mean()),
+                "early_spikes": early, "spikes_per_neuron": spikes / max(neurons, 1),
+                "decision_time_tau": snn.decision_time, "wall_s": time.perf_counter() - t,
+            }
+    return out
+
+
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
-            "app": bench_app}
+            "app": bench_app, "paper": bench_paper}
+
+
+def paper_table(rows: dict) -> list[str]:
+    """The reproduction table (README): per zoo model, the `paper` section's α and B1 rows side by side with the
+    zero accuracy drop the paper reports for MNIST and Fashion-MNIST."""
+    lines = ["| model | dataset | ANN accuracy | SNN accuracy | drop (paper: 0 %) | agreement | early spikes | "
+             "spikes per neuron, α · B1 | decision time |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in zoo.ARCHITECTURES:
+        a, b = rows.get(f"{name} alpha"), rows.get(f"{name} b1")
+        if a is None or b is None:
+            continue
+        drop = a["ann_accuracy_pct"] - a["snn_accuracy_pct"]
+        agree = min(a["agreement_pct"], b["agreement_pct"])
+        lines.append(
+            f"| `{name}` | {a['dataset']} | {a['ann_accuracy_pct']:.2f} % | {a['snn_accuracy_pct']:.2f} % "
+            f"(B1 {b['snn_accuracy_pct']:.2f} %) | {drop:.2f} % | {agree:.2f} % of {a['test_images']:,} | "
+            f"{a['early_spikes'] + b['early_spikes']} | {a['spikes_per_neuron']:.3f} · {b['spikes_per_neuron']:.3f} | "
+            f"{a['decision_time_tau']:.3g} τ_c |")
+    return lines
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -154,6 +207,9 @@ def write_markdown(results: dict, path: Path) -> None:
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
              f"measured {results['date']}. Medians of interleaved repeats; ratios are SNN time / ANN time on the "
              "same batch in the same run. Regenerate with `python bench/run.py`.", ""]
+    if "paper" in results["sections"]:
+        lines += ["## The paper's table (`python bench/run.py paper`)", "", *paper_table(results["sections"]["paper"]),
+                  ""]
     for section, rows in results["sections"].items():
         lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
                   "|---|" + "---|" * len(next(iter(rows.values())))]
@@ -172,7 +228,8 @@ def main(argv: list[str]) -> None:
         print(f"== {name}", flush=True)
         results["sections"][name] = SECTIONS[name]()
         for case, vals in results["sections"][name].items():
-            print(f"  {case}: " + ", ".join(f"{k}={v:.4g}" for k, v in vals.items()), flush=True)
+            print(f"  {case}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in vals.items()), flush=True)
     results["date"] = time.strftime("%Y-%m-%d")
     results["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     path.write_text(json.dumps(results, indent=1))

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from ttfs_ui import cache, controls, figures, tables
+from ttfs_core import data
+from ttfs_ui import cache, controls, figures, state, tables
 
 cur = controls.page_start("ANN vs SNN", "ann_vs_snn")
 
@@ -29,13 +30,21 @@ st.caption("A neuron's spike time has a closed form once all its inputs have arr
 st.dataframe(tables.certificate_rows(cur.snn, cur.result), hide_index=True, width="stretch",
              column_config={"B_n (τ_c)": st.column_config.NumberColumn(format="%.4g")})
 
-st.header(f"The bundled test split ({controls.TEST_IMAGES:,} digits)")
-progress = st.progress(0.0, text="Simulating the test split…")
+title = data.dataset(cur.dataset).title
+st.header(f"The {title} test set")
+if state.get(state.EVAL_IMAGES) not in controls.EVAL_OPTIONS:
+    state.put(state.EVAL_IMAGES, state.DEFAULTS[state.EVAL_IMAGES])
+st.radio("Test images evaluated", controls.EVAL_OPTIONS, horizontal=True, **state.bind(state.EVAL_IMAGES),
+         format_func=lambda n: f"the first {n:,}" if n < controls.TEST_IMAGES else f"all {n:,}",
+         help="All 10,000 take about ten times as long on the first visit; results are cached per chunk, so the "
+              "first 1,000 are reused. `ttfs verify` checks the whole set from the command line.")
+n_eval = int(state.get(state.EVAL_IMAGES))
+progress = st.progress(0.0, text="Simulating the test set…")
 chunks = []
-for start in range(0, controls.TEST_IMAGES, cache.EVAL_CHUNK):
-    stop = min(start + cache.EVAL_CHUNK, controls.TEST_IMAGES)
-    chunks.append(cache.evaluate_chunk(cur.net_key, start, stop, cur.entry, cur.snn))
-    progress.progress(stop / controls.TEST_IMAGES, text=f"Simulated {stop:,} of {controls.TEST_IMAGES:,} digits")
+for start in range(0, n_eval, cache.EVAL_CHUNK):
+    stop = min(start + cache.EVAL_CHUNK, n_eval)
+    chunks.append(cache.evaluate_chunk(cur.net_key, cur.dataset, start, stop, cur.entry, cur.snn))
+    progress.progress(stop / n_eval, text=f"Simulated {stop:,} of {n_eval:,} test images")
 progress.empty()
 summary = tables.evaluation_summary(chunks)
 m = st.columns(5)
@@ -46,21 +55,21 @@ m[3].metric("Early spikes", f"{summary['early spikes']:,}")
 m[4].metric("Spikes per neuron", f"{summary['spikes per neuron']:.3f}")
 certified = ", ".join(f"{name}: {100 * count / max(summary['neurons'], 1):.2f} %"
                       for name, count in summary["certificate"].items() if count)
-st.caption(f"Early-spike certificate over these digits: {certified or 'nothing to settle'}; searched exactly: "
+st.caption(f"Early-spike certificate over these images: {certified or 'nothing to settle'}; searched exactly: "
            f"{summary['searched']:,} of {summary['neurons']:,} neurons "
            f"({100 * summary['searched'] / max(summary['neurons'], 1):.3f} %).")
 if summary["disagreements"]:
-    st.warning("SNN and ANN disagree on test digits " + ", ".join(f"#{i}" for i in summary["disagreements"][:30])
+    st.warning("SNN and ANN disagree on test images " + ", ".join(f"#{i}" for i in summary["disagreements"][:30])
                + (" …" if len(summary["disagreements"]) > 30 else "") + " (choose one in the sidebar to inspect it).")
 
 st.subheader("Early spikes")
 rows = tables.early_rows(chunks, cur.snn)
 if not rows:
-    st.success("No neuron fired early on any test digit: every spike came after all of its inputs. "
+    st.success("No neuron fired early on any of these test images: every spike came after all of its inputs. "
                "Lower the safety margin ζ in the conversion settings to see some.")
 else:
     st.caption(f"{summary['early spikes']:,} early spikes; {len(rows):,} listed (at most {cache.MAX_EARLY_ROWS} per "
-               f"layer and {cache.EVAL_CHUNK} digits). Click a row to open that neuron's membrane trace.")
+               f"layer and {cache.EVAL_CHUNK} images). Click a row to open that neuron's membrane trace.")
     table = st.dataframe(rows, hide_index=True, width="stretch", key="early_table", on_select="rerun",
                          selection_mode="single-row", column_order=("image", "layer", "index", "early by (τ_c)"))
     if table.selection.rows:

@@ -7,8 +7,8 @@ from ttfs_ui import cache, controls, figures, state, tables
 cur = controls.page_start("Robustness", "robustness")
 
 left, right = st.columns(2, gap="large")
-left.select_slider("Test digits per point", options=[100, 200, 500, 1000], **state.bind(state.ROBUST_IMAGES),
-                   help="The first digits of the bundled test split. More digits: smoother curves, slower first run.")
+left.select_slider("Test images per point", options=[100, 200, 500, 1000], **state.bind(state.ROBUST_IMAGES),
+                   help="The first images of the bundled test set. More images: smoother curves, slower first run.")
 right.toggle("Jitter σ relative to each window (instead of τ_c)", **state.bind(state.ROBUST_RELATIVE))
 n, relative = state.get(state.ROBUST_IMAGES), state.get(state.ROBUST_RELATIVE)
 
@@ -19,15 +19,15 @@ for knob, values in cache.KNOBS.items():
     points[knob] = []
     for value in values:
         # the σ unit matters to jitter only: other knobs keep their cached points when it is switched
-        points[knob].append(cache.sweep_point(cur.net_key, knob, value, n, relative and knob == "jitter", cur.entry,
-                                              cur.snn))
+        points[knob].append(cache.sweep_point(cur.net_key, cur.dataset, knob, value, n,
+                                              relative and knob == "jitter", cur.entry, cur.snn))
         done = sum(len(p) for p in points.values())
-        progress.progress(done / total, text=f"Swept {done} of {total} settings on {n:,} digits")
+        progress.progress(done / total, text=f"Swept {done} of {total} settings on {n:,} test images")
 progress.empty()
 
-exact = tables.evaluation_summary([cache.evaluate_chunk(cur.net_key, s, min(s + cache.EVAL_CHUNK, n), cur.entry,
-                                                        cur.snn) for s in range(0, n, cache.EVAL_CHUNK)])
-st.caption(f"Without perturbation, on these {n:,} digits: ANN accuracy {100 * exact['ANN accuracy']:.1f} %, "
+exact = tables.evaluation_summary([cache.evaluate_chunk(cur.net_key, cur.dataset, s, min(s + cache.EVAL_CHUNK, n),
+                                                        cur.entry, cur.snn) for s in range(0, n, cache.EVAL_CHUNK)])
+st.caption(f"Without perturbation, on these {n:,} test images: ANN accuracy {100 * exact['ANN accuracy']:.1f} %, "
            f"SNN accuracy {100 * exact['SNN accuracy']:.1f} %, agreement {100 * exact['agreement']:.1f} %.")
 sigma_unit = "each window B_n" if relative else "τ_c"
 charts = {

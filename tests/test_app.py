@@ -77,10 +77,10 @@ def arr(v) -> np.ndarray:
 def core():
     """The default model converted exactly as the app does, and the first test digit."""
     model, card = zoo.load(zoo.DEFAULT_MODEL)
-    imgs, labels = data.load_mnist_uint8("train")
+    imgs, labels = data.load_uint8("mnist", "train")
     calib = card.preprocess.batch_from_uint8(np.asarray(imgs[:512]))
     snn = ttfs_core.convert(model, calib, margin=0.5, input_range=card.input_range)
-    test, test_labels = data.load_mnist_uint8("test")
+    test, test_labels = data.load_uint8("mnist", "test")
     x = card.preprocess.batch_from_uint8(np.asarray(test[:8]))
     return model, snn, x, test_labels
 
@@ -131,19 +131,39 @@ def test_app_shows_the_core_results(core):
 
 def test_app_widgets_change_model_image_and_settings():
     at = run(APP)
-    at.selectbox(key=state.widget_key(state.MODEL)).set_value("zoo:mlp").run()
+    at.selectbox(key=state.widget_key(state.MODEL)).set_value("zoo:fc").run()
     ok(at)
-    assert at.session_state[state.MODEL] == "zoo:mlp"
-    assert len(at.dataframe[0].value) == 3  # two spiking layers and the readout
-    at.button(key="gallery_22").click().run()  # the gallery's first 0
+    assert at.session_state[state.MODEL] == "zoo:fc"
+    assert len(at.dataframe[0].value) == 2  # the paper's FC: one spiking layer and the readout
+    at.button(key="gallery_3").click().run()  # the gallery's first 0 (MNIST's test set starts 7, 2, 1, 0)
     ok(at)
-    assert at.session_state[state.TEST_INDEX] == 22
-    assert any("#22" in c.value for c in at.caption)
+    assert at.session_state[state.TEST_INDEX] == 3
+    assert any("MNIST test image #3" in c.value for c in at.caption)
     at.number_input(key=state.widget_key(state.TEST_INDEX)).set_value(7).run()
     assert ok(at).session_state[state.TEST_INDEX] == 7
     at.slider(key=state.widget_key(state.MARGIN)).set_value(1.0).run()
     ok(at)
     assert not at.error
+
+
+def test_fashion_models_show_fashion_images_and_class_names():
+    """A Fashion-MNIST model opens on its own test set, with class names; the dataset can be switched."""
+    at = run(APP)
+    at.selectbox(key=state.widget_key(state.MODEL)).set_value("zoo:lenet5_fashion").run()
+    ok(at)
+    images, labels = data.load_uint8("fashion", "test")
+    assert any("Fashion-MNIST test images" in m.value for m in at.markdown)
+    assert at.button(key="gallery_0").label == "#0 (9 · Ankle boot)"  # the first test image is an ankle boot
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["True label"] == "9 · Ankle boot"
+    model, card = zoo.load("lenet5_fashion")
+    with torch.no_grad():
+        pred = int(model(torch.from_numpy(images[:1].astype(np.float32) / 255).unsqueeze(1)).argmax())
+    assert metrics["ANN predicts"] == metrics["SNN predicts"] == f"{pred} · {data.dataset('fashion').class_name(pred)}"
+    at.selectbox(key=state.widget_key(state.DATASET)).set_value("mnist").run()  # MNIST digits through it
+    ok(at)
+    assert any("MNIST test image #0 (label 7)" in c.value for c in at.caption)
+    assert {m.label: m.value for m in at.metric}["True label"] == "7"
 
 
 # --- pages/1: spike raster ----------------------------------------------------------------------------------
@@ -175,17 +195,17 @@ def test_raster_spike_times_are_the_simulators(core):
     assert tl.default_mode() == timeline.ABSOLUTE
     assert max(snn.windows) <= timeline.STRETCH_RATIO * min(snn.windows)
     model, _ = zoo.load("lenet5")
-    fast = ttfs_core.convert(model, data.load_mnist("train")[0][:256], rescale="positive")
+    fast = ttfs_core.convert(model, data.load("mnist", "train")[0][:256], rescale="positive")
     assert timeline.timeline_of(fast).default_mode() == timeline.STRETCHED
 
 
 def test_raster_marks_early_spikes():
     at = run(RASTER, **{state.MARGIN: -0.6, state.TEST_INDEX: 3, state.AXIS: timeline.STRETCHED})
     model, card = zoo.load(zoo.DEFAULT_MODEL)
-    imgs, _ = data.load_mnist_uint8("train")
+    imgs, _ = data.load_uint8("mnist", "train")
     snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=-0.6,
                             input_range=card.input_range)
-    test, _ = data.load_mnist_uint8("test")
+    test, _ = data.load_uint8("mnist", "test")
     res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[3:4])))
     assert res.early_spikes > 0
     rings = [t for t in charts(at)["raster"]["data"] if t.get("name") == figures.EARLY]
@@ -308,7 +328,19 @@ def test_ann_vs_snn_figures_and_test_split(core):
     assert stages and list(cert[stages].sum(axis=1) + cert["searched exactly"]) == [lr.neurons for lr in res.layers]
     assert any("searched exactly" in c.value for c in at.caption)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["ANN accuracy"] == metrics["SNN accuracy"] == "98.8 %"  # the model card's test accuracy
+    test, test_labels = data.load_uint8("mnist", "test")
+    with torch.no_grad():  # the ANN's accuracy on the first 1,000 test images (the page's default), computed here
+        ann = model(torch.from_numpy(test[:1000].astype(np.float32) / 255).unsqueeze(1)).argmax(1)
+    expected = f"{100 * float((ann == torch.from_numpy(test_labels[:1000].copy())).double().mean()):.1f} %"
+    assert metrics["ANN accuracy"] == metrics["SNN accuracy"] == expected
+    assert metrics["Agreement"] == "100.0 %"
+    assert any(h.value == "The MNIST test set" for h in at.header)
+    # all 10,000 on request: the counts follow (the first 1,000 are reused from the cache)
+    at.radio(key=state.widget_key(state.EVAL_IMAGES)).set_value(10_000).run()
+    ok(at)
+    card_acc = zoo.load(zoo.DEFAULT_MODEL)[1].test_accuracy  # the card's accuracy is on all 10,000
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["ANN accuracy"] == metrics["SNN accuracy"] == f"{100 * card_acc:.1f} %"
     assert metrics["Agreement"] == "100.0 %"
 
 
@@ -333,7 +365,7 @@ def test_robustness_sweeps_are_the_cores(core):
     model, snn, _, labels = core
     at = run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
     figs = charts(at)
-    test, _ = data.load_mnist_uint8("test")
+    test, _ = data.load_uint8("mnist", "test")
     x = data.MNIST_PREPROCESS.batch_from_uint8(np.asarray(test[:100]))
     y = torch.from_numpy(np.asarray(labels[:100]).copy())
     expected = robustness.time_bits_sweep(snn, x, y, bits=[2, 4, 8], model=model)
@@ -419,9 +451,9 @@ def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):
 
     at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
     at.session_state["test_kind"] = "state dict"
-    at.session_state["test_bytes"] = save(zoo.load("mlp")[0].state_dict())
+    at.session_state["test_bytes"] = save(zoo.load("fc")[0].state_dict())
     at.session_state["test_name"] = "mine.safetensors"
-    at.session_state["test_arch"] = "mlp"
+    at.session_state["test_arch"] = "fc"
     at.run()
     ok(at)
     assert not at.error
@@ -493,12 +525,12 @@ def test_the_redraw_benchmark_runs():
 def test_sessions_uploading_the_same_bytes_see_their_own_file_names():
     from safetensors.torch import save
 
-    blob = save(zoo.load("mlp")[0].state_dict())
+    blob = save(zoo.load("fc")[0].state_dict())
     keys = []
     for name in ("alice.safetensors", "bob.safetensors"):
         up = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
         up.session_state["test_kind"], up.session_state["test_bytes"] = "state dict", blob
-        up.session_state["test_name"], up.session_state["test_arch"] = name, "mlp"
+        up.session_state["test_name"], up.session_state["test_arch"] = name, "fc"
         up.run()
         key = ok(up).session_state[state.MODEL]
         app = run(APP, **{state.MODEL: key, state.UPLOADED_MODELS: up.session_state[state.UPLOADED_MODELS]})
@@ -530,9 +562,9 @@ def test_the_jitter_unit_switch_recomputes_jitter_only(monkeypatch):
     calls = []
     real = cache.sweep_point
 
-    def spy(net_key, knob, value, n, relative, *rest):
+    def spy(net_key, dataset, knob, value, n, relative, *rest):
         calls.append((knob, relative))
-        return real(net_key, knob, value, n, relative, *rest)
+        return real(net_key, dataset, knob, value, n, relative, *rest)
 
     monkeypatch.setattr(cache, "sweep_point", spy)
     at = run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})

@@ -108,7 +108,7 @@ def _paper_digit(labels, digit: int) -> bytes:
 
     from ttfs_core import data
 
-    images, _ = data.load_mnist_uint8("test")
+    images, _ = data.load_uint8("mnist", "test")
     i = int((labels == digit).nonzero()[0][0])
     buf = io.BytesIO()
     Image.fromarray(255 - np.asarray(images[i])).resize((112, 112)).save(buf, format="PNG")
@@ -177,7 +177,8 @@ def test_every_page_in_a_browser(server, browser, request):
 
         order = figures.mosaic_index((6, 28, 28))
         label = timeline.unravel((6, 28, 28), [order[order >= 0][100]])[0]
-        assert f"neuron {label}" in page.locator(".st-key-membrane").inner_text()
+        # a rerun may briefly show the old and the new chart together: wait for the one naming the clicked neuron
+        page.locator(".st-key-membrane").filter(has_text=f"neuron {label}").first.wait_for(timeout=30_000)
         _no_errors(page, "membrane traces after picking from the map")
         page.screenshot(path=str(SHOTS / "membrane_traces_picked.png"), full_page=True)
 
@@ -186,7 +187,7 @@ def test_every_page_in_a_browser(server, browser, request):
         _settle(page)
         from ttfs_core import data
 
-        _, labels = data.load_mnist_uint8("test")
+        _, labels = data.load_uint8("mnist", "test")
         first_three = int((labels == 3).nonzero()[0][0])
         page.locator(f".st-key-gallery_{first_three} button").first.click()
         _settle(page)
@@ -195,7 +196,7 @@ def test_every_page_in_a_browser(server, browser, request):
         _settle(page)
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         _no_errors(page, "ANN vs SNN via the sidebar")
-        assert f"test digit #{first_three}" in page.locator("body").inner_text()
+        assert f"MNIST test image #{first_three}" in page.locator("body").inner_text()
 
         # a photo-like upload: a dark 7 on white paper, larger than 28×28, is resized and inverted
         page.goto(f"{server}/", wait_until="domcontentloaded")

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import ttfs_core
-from ttfs_core import zoo
+from ttfs_core import data, zoo
 from ttfs_core.cli import main
-from ttfs_core.data import load_dataset, load_mnist, load_mnist_uint8
+from ttfs_core.data import load_dataset
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -64,25 +64,25 @@ def test_convert_writes_a_network_that_reproduces_convert(lenet_file, capsys):
 
 
 def test_convert_prints_the_summary(tmp_path, capsys):
-    code, out, _ = run(capsys, "convert", "mlp", "--limit", "32", "--float64", "--neuron", "b1",
-                       "-o", str(tmp_path / "mlp.safetensors"))
+    code, out, _ = run(capsys, "convert", "fc", "--limit", "32", "--float64", "--neuron", "b1",
+                       "-o", str(tmp_path / "fc.safetensors"))
     assert code == 0
     assert "window (τ_c)" in out and "X_n" in out and "latency" in out and "readout" in out
     assert "neuron b1" in out and "float64" in out and "mnist-train: 32 images" in out
-    snn = ttfs_core.load(tmp_path / "mlp.safetensors")
+    snn = ttfs_core.load(tmp_path / "fc.safetensors")
     assert snn.dtype == torch.float64 and snn.neuron == "b1"
     assert f"{snn.decision_latency:.6g}" in out
 
 
 def test_verify_passes_with_full_agreement(capsys):
-    code, out, err = run(capsys, "verify", "mlp", "--data", "mnist-test", "--limit", "200", "--batch-size", "64")
+    code, out, err = run(capsys, "verify", "fc", "--data", "mnist-test", "--limit", "200", "--batch-size", "64")
     assert code == 0, out + err
     lines = out.strip().splitlines()
     assert lines[-1] == "PASS"
     assert "100.00 % (200/200" in out and "accuracy" in out and "ANN" in out and "SNN" in out
     assert "max abs err" in out and "early spikes" in out and "spikes/neuron" in out
     # time in τ_c under the paper's rescaling (the default), and what the early-spike certificate settled
-    snn = ttfs_core.convert(zoo.load("mlp")[0], load_mnist("train")[0][:512])
+    snn = ttfs_core.convert(zoo.load("fc")[0], data.load("mnist", "train")[0][:512])
     assert snn.rescale == "sum"
     assert f"decision at {snn.decision_time:.4g} τ_c; smallest window {snn.smallest_window:.3g} τ_c" in out
     cert = next(line for line in lines if line.startswith("certificate"))
@@ -96,7 +96,7 @@ def test_verify_passes_with_full_agreement(capsys):
 
 
 def test_verify_fails_on_early_spikes(capsys):
-    code, out, err = run(capsys, "verify", "mlp", "--limit", "50", "--margin", "-0.7", "-q")
+    code, out, err = run(capsys, "verify", "fc", "--limit", "50", "--margin", "-0.7", "-q")
     assert code == 1 and err == ""
     last = out.strip().splitlines()[-1]
     assert last.startswith("FAIL: ") and "early spikes" in last
@@ -106,19 +106,19 @@ def test_verify_a_saved_network(lenet_file, capsys):
     code, out, _ = run(capsys, "verify", "lenet5", "--snn", str(lenet_file), "--limit", "100", "-q")
     assert code == 0 and out.strip().endswith("PASS") and str(lenet_file) in out
     # a network converted from another model is refused before any work, in one line
-    assert_one_line_error(*run(capsys, "verify", "mlp", "--snn", str(lenet_file), "--limit", "10")[::2])
+    assert_one_line_error(*run(capsys, "verify", "fc", "--snn", str(lenet_file), "--limit", "10")[::2])
     # conversion options make no sense with --snn
     assert_one_line_error(*run(capsys, "verify", "lenet5", "--snn", str(lenet_file), "--margin", "1")[::2])
 
 
 def test_verify_a_model_file_and_an_image_folder(tmp_path, capsys):
-    model, _ = zoo.load("mlp")
+    model, _ = zoo.load("fc")
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    images, labels = load_mnist_uint8("test")
+    images, labels = data.load_uint8("mnist", "test")
     for i in range(20):
         (tmp_path / "digits" / str(labels[i])).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(images[i])).save(tmp_path / "digits" / str(labels[i]) / f"{i}.png")
-    code, out, err = run(capsys, "verify", str(tmp_path / "weights.pt"), "--arch", "mlp",
+    code, out, err = run(capsys, "verify", str(tmp_path / "weights.pt"), "--arch", "fc",
                          "--data", str(tmp_path / "digits"), "-q")
     assert code == 0, out + err
     assert "20 images, labelled" in out and "accuracy" in out and "MNIST" in out and out.strip().endswith("PASS")
@@ -144,19 +144,19 @@ def bad_files(tmp_path, lenet_file) -> dict[str, str]:
     "convert GARBAGE -o NODIR",
     "verify TEXT",
     "verify NET",
-    "verify mlp --data TEXT",
-    "verify mlp --data MISSING",
-    "convert mlp --calib TEXT -o NODIR",
-    "verify mlp --limit 0",
-    "verify mlp --limit -5",
-    "convert mlp --limit 0 -o NODIR",
-    "verify mlp --neuron foo",
-    "verify mlp --rescale foo",
-    "verify mlp --margin -1",
-    "verify mlp --batch-size x",
-    "verify mlp --snn GARBAGE",
-    "verify lenet5 --arch mlp",
-    "convert mlp -o NODIR",
+    "verify fc --data TEXT",
+    "verify fc --data MISSING",
+    "convert fc --calib TEXT -o NODIR",
+    "verify fc --limit 0",
+    "verify fc --limit -5",
+    "convert fc --limit 0 -o NODIR",
+    "verify fc --neuron foo",
+    "verify fc --rescale foo",
+    "verify fc --margin -1",
+    "verify fc --batch-size x",
+    "verify fc --snn GARBAGE",
+    "verify lenet5 --arch fc",
+    "convert fc -o NODIR",
     "verify",
     "frobnicate",
 ])
@@ -179,7 +179,7 @@ def test_console_script_and_module_entry_points():
     script = Path(sys.executable).parent / "ttfs"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if script.exists():
-        p = subprocess.run([str(script), "verify", "mlp", "--limit", "20", "--margin", "-0.7"],
+        p = subprocess.run([str(script), "verify", "fc", "--limit", "20", "--margin", "-0.7"],
                            capture_output=True, text=True, timeout=120, env=env)
         assert p.returncode == 1 and "FAIL: " in p.stdout and "20/20" in p.stderr
     p = subprocess.run([sys.executable, "-m", "ttfs_core.cli", "verify", "nosuchmodel"],

@@ -2,7 +2,7 @@
 
     ttfs zoo
     ttfs convert lenet5 --calib mnist-train -o lenet5.snn.safetensors
-    ttfs verify lenet5 --data mnist-test            # exit 0: PASS, 1: FAIL, 2: usage or input error
+    ttfs verify vgg_fashion --data fashion-test     # exit 0: PASS, 1: FAIL, 2: usage or input error
 
 See ``EPILOG`` (``ttfs --help``) for what MODEL and DATA may be.
 """
@@ -30,20 +30,23 @@ from .persist import load_network
 from .result import merge_counts
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-CALIB_DEFAULT = "mnist-train"
+DEFAULT_DATASET = "mnist"  # the dataset of model files (a bundled model uses its card's)
 CALIB_LIMIT = 512  # calibration images used by default (the first ones of --calib)
 MARGIN_DEFAULT = 0.5
 EPILOG = """\
 MODEL is a bundled model name (see 'ttfs zoo') or a model file: torch.export .pt2, TorchScript, or a state
 dict (.safetensors/.pt/.pth) with --arch. Model files are assumed to take MNIST pixels / 255 in [0, 1],
-shaped 1x28x28. A bundled name wins over a file of the same name (write ./mlp for the file).
-DATA is mnist-test or mnist-train (bundled), a folder of images (class sub-folders give labels), or
-torchvision:NAME:/root[:train] for a torchvision dataset already on disk.
+shaped 1x28x28. A bundled name wins over a file of the same name (write ./fc for the file).
+DATA is mnist-test, mnist-train, fashion-test or fashion-train (bundled: each -test is the whole 10,000-image
+test set, each -train a 4,000-image calibration subset of the training set), a folder of images (class
+sub-folders give labels), or torchvision:NAME:/root[:train] for a torchvision dataset already on disk.
+--data and --calib default to the model's own dataset (its card's), MNIST for model files.
 
 examples:
   ttfs zoo
   ttfs convert lenet5 -o lenet5.snn.safetensors
   ttfs verify lenet5 --data mnist-test          # exit 0 PASS, 1 FAIL, 2 usage or input error
+  ttfs verify vgg_fashion                       # its own dataset: fashion-test
   ttfs verify lenet5 --snn lenet5.snn.safetensors
   ttfs verify model.pt2 --data digits/ --float64
 """
@@ -97,6 +100,11 @@ class Model:
     input_range: tuple[float, float]
     card: zoo.ModelCard | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str:
+        """The bundled dataset this model was trained on (MNIST for model files)."""
+        return self.card.dataset if self.card is not None else DEFAULT_DATASET
 
 
 def load_model(spec: str, arch: str | None = None) -> Model:
@@ -159,6 +167,7 @@ def model_dtype(module: nn.Module) -> torch.dtype:
 def convert_model(model: Model, args: argparse.Namespace, out: TextIO) -> tuple[SpikingNetwork, nn.Module]:
     """Convert ``model`` with the options in ``args``; returns the network and the ANN it was converted from."""
     module = copy.deepcopy(model.module).double() if args.float64 else model.module
+    args.calib = args.calib or f"{model.dataset}-train"
     xc, _ = load_data(args.calib, model, args.calib_limit, "--calib")
     xc = xc.to(model_dtype(module))
     kv("calibration", f"{args.calib}: {xc.shape[0]} images", out)
@@ -229,12 +238,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     cards = zoo.list_models()
     if not cards:
         raise CliError(f"no bundled models found in {zoo.ZOO_DIR}")
-    rows = [[c.name, f"{100 * c.test_accuracy:.2f}%", f"{c.num_parameters:,} params",
+    rows = [[c.name, data.dataset(c.dataset).title, f"{100 * c.test_accuracy:.2f}%", f"{c.num_parameters:,} params",
              f"{c.file_size_bytes / 1e6:.2f} MB", c.title + (" [default]" if c.name == zoo.DEFAULT_MODEL else "")]
             for c in cards]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:4], widths[1:])), r[4]]))
+        print("  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]),
+                         *(c.rjust(w) for c, w in zip(r[2:5], widths[2:])), r[5]]))
     return EXIT_PASS
 
 
@@ -329,6 +339,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     kv("model", model.label)
     for note in model.notes:
         kv("note", note)
+    args.data = args.data or f"{model.dataset}-test"
     x, y = load_data(args.data, model, args.limit, "--data")
     if args.snn is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("calib", "calib_limit", "margin", "neuron", "rescale")
@@ -340,7 +351,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         kv("network", f"{args.snn}: {describe(snn)}")
         check_match(module, snn, x[:1].to(snn.dtype), args)
     else:
-        args.calib = args.calib or CALIB_DEFAULT
         args.calib_limit = args.calib_limit or CALIB_LIMIT
         args.margin = MARGIN_DEFAULT if args.margin is None else args.margin
         args.neuron, args.rescale = args.neuron or "alpha", args.rescale or "sum"
@@ -426,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     z = sub.add_parser("zoo", help="list the bundled models", description="One line per bundled model: name, "
-                       "test accuracy (bundled 1,000 MNIST test digits), parameters, file size, title. "
+                       "dataset, test accuracy (its whole 10,000-image test set), parameters, file size, title. "
                        "[default] marks the model the app opens with.")
     z.set_defaults(func=cmd_zoo)
 
@@ -438,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def conversion_args(q: argparse.ArgumentParser, defaults: bool) -> None:
         d = (lambda v: v) if defaults else (lambda v: None)
-        q.add_argument("--calib", metavar="DATA", default=d(CALIB_DEFAULT),
-                       help=f"calibration data (default: {CALIB_DEFAULT})")
+        q.add_argument("--calib", metavar="DATA",
+                       help="calibration data (default: the model's dataset, e.g. mnist-train or fashion-train)")
         q.add_argument("--margin", type=_margin, default=d(MARGIN_DEFAULT),
                        help=f"window margin: B_n = (1 + margin)·X_n, > -1 (default: {MARGIN_DEFAULT})")
         q.add_argument("--neuron", choices=NEURONS, default=d("alpha"), help="neuron model (default: alpha)")
@@ -463,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "largest error, early spikes and spikes per neuron, then accuracy and agreement. Exit status: "
                        "0 PASS (100 % agreement, no early spike), 1 FAIL, 2 usage or input error.")
     model_args(v)
-    v.add_argument("--data", default="mnist-test", metavar="DATA",
-                   help="mnist-test, mnist-train, a folder of images or torchvision:NAME:/root (default: mnist-test)")
+    v.add_argument("--data", metavar="DATA",
+                   help="mnist-test, fashion-test (10,000 images each), mnist-train, fashion-train, a folder of images "
+                        "or torchvision:NAME:/root (default: the model's dataset's test set)")
     v.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N items of --data")
     v.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per batch (default: 256)")
     v.add_argument("--snn", metavar="FILE", help="verify this saved network (from 'ttfs convert') instead of "

@@ -41,7 +41,7 @@ CASES: dict[str, tuple[str, list[Callable]]] = {
                                             for i in (11, 12, 13, 14, 15)]),
     "raster: switch bundled model (converted before)": ("pages/1_Spike_raster.py",
                                                         [lambda a, m=m: a.selectbox(key=W(state.MODEL)).set_value(m)
-                                                         for m in ("zoo:mlp", "zoo:lenet5") * 3]),
+                                                         for m in ("zoo:fc", "zoo:lenet5") * 3]),
     "traces: change k most active": ("pages/2_Membrane_traces.py",
                                      [lambda a, k=k: a.number_input(key=W(state.TRACE_K)).set_value(k)
                                       for k in (4, 5, 2, 1, 3)]),

@@ -18,8 +18,9 @@ from ttfs_core import data, zoo
 
 from .uploads import UploadedModel, check_bundled_input, read_model
 
-CALIBRATION_IMAGES = 512  # first images of the bundled train split used to calibrate uploaded models
+CALIBRATION_IMAGES = 512  # first images of the model's dataset's bundled train subset used to calibrate
 EVAL_CHUNK = 100  # test images simulated per cached chunk (the progress bar advances per chunk)
+UPLOAD_DATASET = "mnist"  # what uploaded models are assumed to have been trained on
 MAX_EARLY_ROWS = 500
 
 
@@ -35,12 +36,17 @@ class ModelEntry:
     input_range: tuple[float, float] | None  # None: from the calibration data
 
     @property
+    def dataset(self) -> str:
+        """The bundled dataset the model was trained on: its card's, MNIST for uploads (calibration uses it)."""
+        return self.card.dataset if self.card is not None else UPLOAD_DATASET
+
+    @property
     def description(self) -> str:
         if self.card is None:
             return "Uploaded model; inputs assumed to be MNIST pixels / 255 in [0, 1] (1×28×28)."
         c = self.card
-        return (f"{c.architecture}. {c.num_parameters:,} parameters; test accuracy {100 * c.test_accuracy:.1f} % on "
-                f"the bundled 1,000 test digits. Input: {c.preprocess.input_range}.")
+        return (f"{c.architecture}. {c.num_parameters:,} parameters; test accuracy {100 * c.test_accuracy:.2f} % on "
+                f"all 10,000 {data.dataset(c.dataset).title} test images. Input: {c.preprocess.input_range}.")
 
 
 NetKey = tuple[str, float, str, str]  # (model key, margin, neuron, rescale)
@@ -74,14 +80,14 @@ def titled(entry: ModelEntry, upload: UploadedModel) -> ModelEntry:
 
 
 @st.cache_resource(show_spinner=False)
-def mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Bundled MNIST as read-only uint8 images (N, 28, 28) and labels (N,)."""
-    return data.load_mnist_uint8(split)
+def bundled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled dataset split as read-only uint8 images (N, 28, 28) and labels (N,) (checksum verified)."""
+    return data.load_uint8(dataset, split)
 
 
-def images(entry: ModelEntry, split: str, start: int, stop: int) -> Tensor:
+def images(entry: ModelEntry, dataset: str, split: str, start: int, stop: int) -> Tensor:
     """Bundled images [start, stop) preprocessed for the model. Shape: (stop − start, C, H, W)."""
-    imgs, _ = mnist(split)
+    imgs, _ = bundled(dataset, split)
     return entry.preprocess.batch_from_uint8(np.asarray(imgs[start:stop]))
 
 
@@ -90,7 +96,7 @@ def network(net_key: NetKey, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
     """The converted network, frozen: every session shares it, none can change it. Raises
     ttfs_core.ConversionError (not cached)."""
     _, margin, neuron, rescale = net_key
-    calibration = images(_entry, "train", 0, CALIBRATION_IMAGES)
+    calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
     return ttfs_core.convert(_entry.model, calibration, margin=margin, input_range=_entry.input_range,
                              neuron=neuron, rescale=rescale).freeze()
 
@@ -135,10 +141,11 @@ class ChunkEval:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def evaluate_chunk(net_key: NetKey, start: int, stop: int, _entry: ModelEntry,
+def evaluate_chunk(net_key: NetKey, dataset: str, start: int, stop: int, _entry: ModelEntry,
                    _snn: ttfs_core.SpikingNetwork) -> ChunkEval:
-    x = images(_entry, "test", start, stop)
-    _, labels = mnist("test")
+    """ANN and SNN on the test images [start, stop) of ``dataset``."""
+    x = images(_entry, dataset, "test", start, stop)
+    _, labels = bundled(dataset, "test")
     res = _snn.run(x)
     with torch.no_grad():
         out = _entry.model(x)
@@ -183,16 +190,16 @@ KNOBS = {  # knob -> values swept (MATH §7, §9)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def sweep_point(net_key: NetKey, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
+def sweep_point(net_key: NetKey, dataset: str, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
                 _snn: ttfs_core.SpikingNetwork):
-    """One point of a robustness sweep over the first n bundled test digits (`ttfs_core.robustness`).
+    """One point of a robustness sweep over the first n test images of ``dataset`` (`ttfs_core.robustness`).
 
     Agreement is with the original model's argmax; `relative`: jitter σ in units of each window, not of τ_c.
     """
     from ttfs_core import robustness
 
-    x = images(_entry, "test", 0, n)
-    labels = torch.from_numpy(np.asarray(mnist("test")[1][:n]).copy())
+    x = images(_entry, dataset, "test", 0, n)
+    labels = torch.from_numpy(np.asarray(bundled(dataset, "test")[1][:n]).copy())
     model = _entry.model
     if knob == "time_bits":
         return robustness.time_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
@@ -202,7 +209,7 @@ def sweep_point(net_key: NetKey, knob: str, value: float, n: int, relative: bool
         return robustness.weight_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
     if knob == "margin":
         _, _, neuron, rescale = net_key
-        calibration = images(_entry, "train", 0, CALIBRATION_IMAGES)
+        calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
         return robustness.margin_sweep(model, calibration, x, labels, margins=[float(value)],
                                        input_range=_entry.input_range, neuron=neuron, rescale=rescale)[0]
     raise ValueError(f"unknown knob {knob!r}; known: {', '.join(KNOBS)}")

@@ -1,7 +1,7 @@
 """Widgets shared by every page, and the resolution of the session's choices into cached core objects.
 
 `current()` never raises for bad state: an upload that disappeared, a model that no longer converts or an image
-that no longer decodes makes the app fall back to the default model / first test digit, with a message.
+that no longer decodes makes the app fall back to the default model / first test image, with a message.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from streamlit.errors import StreamlitPageNotFoundError
 from torch import Tensor
 
 import ttfs_core
+from ttfs_core import data
 from ttfs_core.loading import ModelLoadError
 
 from . import cache, state, text
 from .timeline import Timeline, most_active, timeline_of
 from .uploads import UploadedImage, UploadedModel, digest, light_background, read_image
 
-TEST_IMAGES = 1000
+TEST_IMAGES = 10_000  # each bundled dataset ships its whole test set
+EVAL_OPTIONS = (1000, 10_000)  # test images the ANN-vs-SNN page can evaluate
 MAX_SESSION_MODELS = 3  # uploaded model files a session keeps (each up to server.maxUploadSize)
 MAX_SESSION_IMAGES = 10  # uploaded images a session keeps
 NEURON_MODELS = {"alpha": "α-model (exact mapping, every neuron fires once)",
@@ -37,6 +39,7 @@ class Current:
     entry: cache.ModelEntry
     snn: ttfs_core.SpikingNetwork
     net_key: cache.NetKey
+    dataset: str  # the bundled dataset test images come from (``ttfs_core.data.DATASETS``)
     image_key: str
     x: Tensor  # (1, C, H, W), preprocessed for the model
     label: int | None
@@ -49,6 +52,22 @@ class Current:
     @property
     def timeline(self) -> Timeline:
         return timeline_of(self.snn)
+
+    def class_name(self, label: int) -> str:
+        """How class ``label`` is shown: the digit for MNIST, "9 · Ankle boot" for Fashion-MNIST."""
+        return class_label(self.dataset, label)
+
+
+def class_label(dataset: str, label: int) -> str:
+    """Class ``label`` of a bundled dataset as shown: the digit for MNIST, "9 · Ankle boot" for Fashion-MNIST."""
+    name = data.dataset(dataset).class_name(label)
+    return name if name == str(int(label)) else f"{int(label)} · {name}"
+
+
+def dataset_of(entry: cache.ModelEntry) -> str:
+    """The bundled dataset whose test images are shown: the session's choice, else the model's own."""
+    choice = state.get(state.DATASET)
+    return choice if choice in data.DATASETS else entry.dataset
 
 
 # --- choices ------------------------------------------------------------------------------------------------
@@ -69,7 +88,7 @@ def model_select(where=st) -> None:
 
 
 def image_options() -> dict[str, str]:
-    opts = {"test": "a bundled test digit"}
+    opts = {"test": "a bundled test image"}
     for key, up in state.get(state.UPLOADED_IMAGES).items():
         opts[key] = f"uploaded: {up.filename}"
     return opts
@@ -82,8 +101,15 @@ def image_select(where=st) -> None:
     if len(opts) > 1:
         where.radio("Input image", list(opts), format_func=opts.get, **state.bind(state.IMAGE))
     if state.get(state.IMAGE) == "test":
-        where.number_input("Test digit #", min_value=0, max_value=TEST_IMAGES - 1, step=1,
-                           **state.bind(state.TEST_INDEX), help="Index into the bundled 1,000 MNIST test digits.")
+        if state.get(state.DATASET) not in ("", *data.DATASETS):
+            state.put(state.DATASET, "")
+        names = {"": "the model's own", **{k: d.title for k, d in data.DATASETS.items()}}
+        where.selectbox("Test images", list(names), format_func=names.get, **state.bind(state.DATASET),
+                        help="The bundled test set the images come from: by default the one the model was trained "
+                             "on (MNIST for uploaded models). Conversion always calibrates on the model's own.")
+        where.number_input("Test image #", min_value=0, max_value=TEST_IMAGES - 1, step=1,
+                           **state.bind(state.TEST_INDEX),
+                           help=f"Index into the whole {TEST_IMAGES:,}-image test set, in its original order.")
 
 
 def conversion_settings(where=st) -> None:
@@ -145,11 +171,12 @@ def current() -> Current:
         key = state.DEFAULT_MODEL
         entry = _entry(key)
         snn = cache.network(_net_key(key), entry)
-    x, label, image_key, title = _image(entry)
-    return Current(entry, snn, _net_key(key), image_key, x, label, title)
+    dataset = dataset_of(entry)
+    x, label, image_key, title = _image(entry, dataset)
+    return Current(entry, snn, _net_key(key), dataset, image_key, x, label, title)
 
 
-def _image(entry: cache.ModelEntry) -> tuple[Tensor, int | None, str, str]:
+def _image(entry: cache.ModelEntry, dataset: str) -> tuple[Tensor, int | None, str, str]:
     choice = state.get(state.IMAGE)
     uploads = state.get(state.UPLOADED_IMAGES)
     if choice != "test":
@@ -160,12 +187,13 @@ def _image(entry: cache.ModelEntry) -> tuple[Tensor, int | None, str, str]:
             x, _ = read_image(up.data, entry.preprocess, invert=up.invert)
             return x, None, f"{up.key}:{int(up.invert)}", f"uploaded {up.filename}"
         except ValueError as e:
-            st.error(f"Cannot use the uploaded image: {e} — showing a test digit instead.")
+            st.error(f"Cannot use the uploaded image: {e} — showing a test image instead.")
             state.put(state.IMAGE, "test")
     i = int(np.clip(state.get(state.TEST_INDEX), 0, TEST_IMAGES - 1))
-    x = cache.images(entry, "test", i, i + 1)
-    _, labels = cache.mnist("test")
-    return x, int(labels[i]), f"test:{i}", f"test digit #{i} (label {int(labels[i])})"
+    x = cache.images(entry, dataset, "test", i, i + 1)
+    _, labels = cache.bundled(dataset, "test")
+    title = data.dataset(dataset).title
+    return x, int(labels[i]), f"{dataset}:{i}", f"{title} test image #{i} (label {class_label(dataset, labels[i])})"
 
 
 def caption(cur: Current) -> None:

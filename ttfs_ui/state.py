@@ -15,8 +15,10 @@ from ttfs_core import zoo
 
 PREFIX = "ttfs_"
 MODEL = "ttfs_model"  # "zoo:<name>" or "upload:<sha256 prefix>"
-IMAGE = "ttfs_image"  # "test" (a bundled test digit) or "upload:<sha256 prefix>"
-TEST_INDEX = "ttfs_test_index"  # which bundled test digit
+IMAGE = "ttfs_image"  # "test" (a bundled test image) or "upload:<sha256 prefix>"
+DATASET = "ttfs_dataset"  # bundled dataset the test images come from: "" (the model's own), "mnist" or "fashion"
+TEST_INDEX = "ttfs_test_index"  # which bundled test image
+EVAL_IMAGES = "ttfs_eval_images"  # test images the ANN-vs-SNN page evaluates
 MARGIN = "ttfs_margin"  # ζ of B_n = (1 + ζ) X_n
 NEURON = "ttfs_neuron"  # "alpha" or "b1"
 RESCALE = "ttfs_rescale"  # "sum" (the paper's, default) or "positive"
@@ -31,7 +33,7 @@ TRACE_CLOCK = "ttfs_trace_clock"  # clock-driven trace: "off", "steps" (ticks pe
 TRACE_STEPS = "ttfs_trace_steps"  # clock ticks per window of the stepped trace
 TRACE_DT = "ttfs_trace_dt"  # longest tick of the stepped trace (τ_c)
 SCATTER_LAYER = "ttfs_scatter_layer"
-ROBUST_IMAGES = "ttfs_robust_images"  # test digits per robustness sweep point
+ROBUST_IMAGES = "ttfs_robust_images"  # test images per robustness sweep point
 ROBUST_RELATIVE = "ttfs_robust_relative"  # jitter σ relative to each window
 UPLOADED_MODELS = "ttfs_uploaded_models"  # key -> UploadedModel (bytes, name, arch)
 UPLOADED_IMAGES = "ttfs_uploaded_images"  # key -> UploadedImage (bytes, name)
@@ -43,7 +45,9 @@ DEFAULT_MODEL = f"zoo:{zoo.DEFAULT_MODEL}"
 DEFAULTS: dict[str, Any] = {
     MODEL: DEFAULT_MODEL,
     IMAGE: "test",
+    DATASET: "",
     TEST_INDEX: 0,
+    EVAL_IMAGES: 1000,
     MARGIN: 0.5,
     NEURON: "alpha",
     RESCALE: "sum",
