@@ -160,7 +160,9 @@ def test_fashion_models_show_fashion_images_and_class_names():
     with torch.no_grad():
         pred = int(model(torch.from_numpy(images[:1].astype(np.float32) / 255).unsqueeze(1)).argmax())
     assert metrics["ANN predicts"] == metrics["SNN predicts"] == f"{pred} · {data.dataset('fashion').class_name(pred)}"
-    at.selectbox(key=state.widget_key(state.DATASET)).set_value("mnist").run()  # MNIST digits through it
+    chooser = at.selectbox(key=state.widget_key(state.DATASET))
+    assert chooser.format_func("") == "the model's own (Fashion-MNIST)"
+    chooser.set_value("mnist").run()  # MNIST digits through it
     ok(at)
     assert any("MNIST test image #0 (label 7)" in c.value for c in at.caption)
     assert {m.label: m.value for m in at.metric}["True label"] == "7"

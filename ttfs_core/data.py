@@ -14,7 +14,7 @@ import json
 import stat
 import warnings
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def dataset(name: str) -> Dataset:
     return DATASETS[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arrays(name: str) -> dict[str, np.ndarray]:
     ds = dataset(name)
     if not ds.path.is_file():
@@ -331,7 +331,8 @@ def load_dataset(
 ) -> tuple[Tensor, Tensor | None]:
     """Images (preprocessed for the model) and labels (None when unlabelled) named by ``spec``.
 
-    ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled); a folder of images (class sub-folders as in
+    ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled: a whole test set,
+    or a training subset for calibration); a folder of images (class sub-folders as in
     torchvision's ImageFolder, integer folder names taken as the label, or a flat folder: no labels);
     or ``torchvision:NAME:/root`` (test split, add ``:train`` for the training split) with NAME one of
     MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never downloaded). ``limit``: keep the

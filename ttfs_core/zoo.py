@@ -50,7 +50,9 @@ VGG_FC = (64, 64)
 
 
 def vgg16() -> nn.Sequential:
-    """The paper's "VGG-like, 16 layers", narrowed for a 2-core machine: 13 zero-padded 3×3 convs + 3 fc, BatchNorm *after* ReLU.
+    """The paper's "VGG-like, 16 layers", narrowed for a 2-core machine.
+
+    13 zero-padded 3×3 convs + 3 fc, BatchNorm *after* ReLU.
 
     Pools (2×2, floor) take 28 -> 14 -> 7 -> 3 -> 1. Shape: (N, 1, 28, 28) -> (N, 10).
     """

@@ -15,7 +15,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 from torch import Tensor
 
 import ttfs_core
-from ttfs_core import data
+from ttfs_core import data, zoo
 from ttfs_core.loading import ModelLoadError
 
 from . import cache, state, text
@@ -103,7 +103,10 @@ def image_select(where=st) -> None:
     if state.get(state.IMAGE) == "test":
         if state.get(state.DATASET) not in ("", *data.DATASETS):
             state.put(state.DATASET, "")
-        names = {"": "the model's own", **{k: d.title for k, d in data.DATASETS.items()}}
+        model = str(state.get(state.MODEL))
+        own = zoo.DATASET.get(model.removeprefix("zoo:"), cache.UPLOAD_DATASET) if model.startswith("zoo:") \
+            else cache.UPLOAD_DATASET
+        names = {"": f"the model's own ({data.dataset(own).title})", **{k: d.title for k, d in data.DATASETS.items()}}
         where.selectbox("Test images", list(names), format_func=names.get, **state.bind(state.DATASET),
                         help="The bundled test set the images come from: by default the one the model was trained "
                              "on (MNIST for uploaded models). Conversion always calibrates on the model's own.")
