@@ -114,8 +114,7 @@ with right:
              delta_color="normal" if ann.argmax() == snn.argmax() else "inverse")
     d.metric("max |logit difference|", f"{np.abs(ann - snn).max():.2e}")
     t.metric("True label", "—" if cur.label is None else cur.class_name(cur.label))
-    classes = [cur.class_name(c) if c < 10 else str(c) for c in range(ann.size)]
-    st.plotly_chart(figures.logits(classes, ann, snn), key="logits")
+    st.plotly_chart(figures.logits([cur.class_name(c) for c in range(ann.size)], ann, snn), key="logits")
 with st.expander("Logits as a table"):
     st.dataframe(tables.logit_rows(ann, snn), hide_index=True, width="stretch")
 st.info("Next: open **Spike raster** in the sidebar to watch these spikes happen in time.",

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import ttfs_core
 from ttfs_core import data, zoo
-from ttfs_ui import figures, state, timeline, uploads
+from ttfs_ui import controls, figures, state, timeline, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -465,6 +465,29 @@ def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):
     upload = at.session_state[state.UPLOADED_MODELS]
     app = run(APP, **{state.MODEL: key, state.UPLOADED_MODELS: upload})
     assert not app.error and "mine.safetensors" in app.selectbox(key=state.widget_key(state.MODEL)).format_func(key)
+
+
+def test_an_upload_with_more_classes_than_the_dataset_shows_their_numbers():
+    """A 12-class model predicting class 11 on a Fashion image: classes the dataset does not name are numbers."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.ReLU(), nn.Linear(12, 12))
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model[1].bias[11], model[3].weight[11, 11] = 1.0, 1.0  # class 11 wins on every input
+    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at.session_state["test_kind"], at.session_state["test_name"] = "x", "twelve.pt2"
+    at.session_state["test_bytes"] = _saved(model, torch.zeros(1, 1, 28, 28), "export")
+    at.run()
+    key = ok(at).session_state[state.MODEL]
+    app = run(APP, **{state.MODEL: key, state.UPLOADED_MODELS: at.session_state[state.UPLOADED_MODELS],
+                      state.DATASET: "fashion"})
+    metrics = {m.label: m.value for m in ok(app).metric}
+    assert metrics["ANN predicts"] == metrics["SNN predicts"] == "11"
+    assert metrics["True label"] == "9 · Ankle boot"
+    assert controls.class_label("fashion", 11) == "11" and controls.class_label("mnist", 4) == "4"
 
 
 def test_a_broken_upload_in_the_session_falls_back_to_the_default_model():

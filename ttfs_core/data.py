@@ -43,8 +43,10 @@ class Dataset:
         return ASSETS_DIR / self.file
 
     def class_name(self, label: int) -> str:
-        """The name of class ``label`` (a digit for MNIST)."""
-        return self.classes[int(label)]
+        """The name of class ``label`` (a digit for MNIST); its number for a class the dataset does not have (a
+        model with more outputs than the dataset has classes)."""
+        label = int(label)
+        return self.classes[label] if 0 <= label < len(self.classes) else str(label)
 
 
 DATASETS: dict[str, Dataset] = {
