@@ -30,7 +30,6 @@ from .persist import load_network
 from .result import merge_counts
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-DEFAULT_DATASET = "mnist"  # the dataset of model files (a bundled model uses its card's)
 CALIB_LIMIT = 512  # calibration images used by default (the first ones of --calib)
 MARGIN_DEFAULT = 0.5
 EPILOG = """\
@@ -104,7 +103,7 @@ class Model:
     @property
     def dataset(self) -> str:
         """The bundled dataset this model was trained on (MNIST for model files)."""
-        return self.card.dataset if self.card is not None else DEFAULT_DATASET
+        return self.card.dataset if self.card is not None else data.DEFAULT_DATASET
 
 
 def load_model(spec: str, arch: str | None = None) -> Model:

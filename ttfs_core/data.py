@@ -56,6 +56,8 @@ DATASETS: dict[str, Dataset] = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
 }  # fmt: skip
+DEFAULT_DATASET = "mnist"
+"""The bundled dataset a model file without a card (CLI, explorer upload) is assumed to take, and calibrated on."""
 BUNDLED_SPECS = tuple(f"{name}-{split}" for name in DATASETS for split in SPLITS)
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SUPPORTED_SPECS = (

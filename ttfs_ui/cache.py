@@ -20,7 +20,6 @@ from .uploads import UploadedModel, check_bundled_input, read_model
 
 CALIBRATION_IMAGES = 512  # first images of the model's dataset's bundled train subset used to calibrate
 EVAL_CHUNK = 100  # test images simulated per cached chunk (the progress bar advances per chunk)
-UPLOAD_DATASET = "mnist"  # what uploaded models are assumed to have been trained on
 MAX_EARLY_ROWS = 500
 
 
@@ -38,7 +37,7 @@ class ModelEntry:
     @property
     def dataset(self) -> str:
         """The bundled dataset the model was trained on: its card's, MNIST for uploads (calibration uses it)."""
-        return self.card.dataset if self.card is not None else UPLOAD_DATASET
+        return self.card.dataset if self.card is not None else data.DEFAULT_DATASET
 
     @property
     def description(self) -> str:

@@ -103,9 +103,8 @@ def image_select(where=st) -> None:
     if state.get(state.IMAGE) == "test":
         if state.get(state.DATASET) not in ("", *data.DATASETS):
             state.put(state.DATASET, "")
-        model = str(state.get(state.MODEL))
-        own = zoo.DATASET.get(model.removeprefix("zoo:"), cache.UPLOAD_DATASET) if model.startswith("zoo:") \
-            else cache.UPLOAD_DATASET
+        # the model is resolved after the sidebar is drawn: a bundled one's dataset is known by name
+        own = zoo.DATASET.get(str(state.get(state.MODEL)).removeprefix("zoo:"), data.DEFAULT_DATASET)
         names = {"": f"the model's own ({data.dataset(own).title})", **{k: d.title for k, d in data.DATASETS.items()}}
         where.selectbox("Test images", list(names), format_func=names.get, **state.bind(state.DATASET),
                         help="The bundled test set the images come from: by default the one the model was trained "
