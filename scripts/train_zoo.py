@@ -150,12 +150,16 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
+    training_sets: dict[str, tuple[Tensor, Tensor]] = {}
     for name in args.names:
         if name not in RECIPES:
             raise SystemExit(f"unknown model {name!r}; known: {', '.join(RECIPES)}")
         ds = zoo.DATASET[name]
-        images, labels = read_full(ds, "train", mnist=args.mnist, fashion=args.fashion)
-        x, y = torch.from_numpy(images).float().div_(255).unsqueeze(1), torch.from_numpy(labels)
+        if ds not in training_sets:  # each package is read once, whatever the number of models trained on it
+            images, labels = read_full(ds, mnist=args.mnist, fashion=args.fashion)["train"]
+            training_sets[ds] = (torch.from_numpy(images.copy()).float().div_(255).unsqueeze(1),
+                                 torch.from_numpy(labels))
+        x, y = training_sets[ds]
         x_test, y_test = data.load(ds, "test")
         seed = SEED + list(RECIPES).index(name)  # per model, so training one alone reproduces it
         model, recipe, wall = train(name, x, y, seed)
