@@ -242,14 +242,17 @@ def test_weights_that_overflow_or_are_not_real_are_refused():
             ttfs_core.convert(odd, x)
 
 
-class _Residual(nn.Module):
+class _Product(nn.Module):
+    """Two activations multiplied together (a gate): not a ReLU-family op."""
+
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(4, 4)
         self.b = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.b(torch.relu(self.a(x)) + x)
+        h = torch.relu(self.a(x))
+        return self.b(h * torch.relu(x))
 
 
 @pytest.mark.parametrize(
@@ -260,7 +263,8 @@ class _Residual(nn.Module):
         (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "Tanh"),
         (nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(), nn.Linear(4, 2)), "LeakyReLU"),
         (nn.LSTM(4, 4), "LSTM"),
-        (_Residual(), "residual"),
+        (_Product(), "multiplies two activations"),
+        (nn.Sequential(nn.Linear(4, 4), nn.SiLU(), nn.Linear(4, 2)), r"1 \(SiLU\)"),
         (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), "readout"),
     ],
 )

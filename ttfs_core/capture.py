@@ -21,12 +21,15 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .errors import ConversionError
 from .fold import batchnorm_scale_shift
 
-KINDS = ("conv", "linear", "affine", "relu", "maxpool", "avgpool", "adaptive_avgpool", "reshape", "identity")
+KINDS = ("conv", "linear", "affine", "relu", "relu6", "maxpool", "avgpool", "adaptive_avgpool", "reshape", "identity",
+         "add", "cat", "slice", "permute", "mean", "mul")
 
 SUPPORTED = (
     "Conv2d (zero padding, stride, dilation, groups), Linear, BatchNorm1d/2d (eval), ReLU (module, F.relu, "
-    "torch.relu, in-place), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten / view / reshape, "
-    "Dropout, Identity, and a last Linear or Conv2d without ReLU"
+    "torch.relu, in-place), ReLU6 / hardtanh(0, c), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean over space, "
+    "Flatten / torch.flatten / view / reshape / transpose / permute, additions (+, torch.add, in-place), "
+    "torch.cat / chunk / split and channel slices, multiplication by a constant, Dropout, Identity, and a last "
+    "linear map without ReLU (the readout)"
 )
 
 
@@ -41,6 +44,7 @@ class Op:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     params: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()  # fx node names of the ops whose values this one reads ("" : the model's input)
 
 
 # --- parameter binding for functional and aten ops -------------------------------------------------------
@@ -96,21 +100,60 @@ FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     aten.contiguous.default: ("identity", ("input",), {}),
     aten.detach.default: ("identity", ("input",), {}),
     operator.getitem: ("getitem", ("input", "index"), {}),
+    F.relu6: ("relu6", ("input",), {}),
+    F.hardtanh: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+    aten.hardtanh.default: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+    aten.hardtanh_.default: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
+    aten.relu6.default: ("relu6", ("input",), {}),
+    operator.add: ("add", ("input", "other"), {}),
+    operator.iadd: ("add", ("input", "other"), {}),
+    torch.add: ("add", ("input", "other", "alpha"), {"alpha": 1}),
+    aten.add.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
+    aten.add_.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
+    operator.mul: ("mul", ("input", "other"), {}),
+    torch.mul: ("mul", ("input", "other"), {}),
+    aten.mul.Tensor: ("mul", ("input", "other"), {}),
+    operator.truediv: ("div", ("input", "other"), {}),
+    torch.cat: ("cat", ("tensors", "dim"), {"dim": 0}),
+    torch.concat: ("cat", ("tensors", "dim"), {"dim": 0}),
+    aten.cat.default: ("cat", ("tensors", "dim"), {"dim": 0}),
+    torch.chunk: ("chunk", ("input", "chunks", "dim"), {"dim": 0}),
+    aten.chunk.default: ("chunk", ("input", "chunks", "dim"), {"dim": 0}),
+    torch.split: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
+    aten.split.Tensor: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
+    aten.split_with_sizes.default: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
+    torch.transpose: ("transpose", ("input", "dim0", "dim1"), {}),
+    aten.transpose.int: ("transpose", ("input", "dim0", "dim1"), {}),
+    torch.permute: ("permute", ("input", "dims"), {}),
+    aten.permute.default: ("permute", ("input", "dims"), {}),
+    torch.mean: ("mean", ("input", "dim", "keepdim"), {"keepdim": False}),
+    aten.mean.dim: ("mean", ("input", "dim", "keepdim"), {"keepdim": False}),
+    aten.slice.Tensor: ("narrow", ("input", "dim", "start", "end", "step"), {"dim": 0, "start": None, "end": None,
+                                                                             "step": 1}),
 }
 
 METHODS = {
     "relu": "relu", "relu_": "relu", "view": "reshape", "reshape": "reshape", "flatten": "reshape",
-    "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "contiguous": "identity", "clone": "identity", "detach": "identity", "add": "add", "add_": "add",
+    "__add__": "add", "__iadd__": "add", "mul": "mul", "mul_": "mul", "chunk": "chunk", "split": "split",
+    "transpose": "transpose", "permute": "permute", "mean": "mean",
+}
+# tensor method -> parameter names (after self) and defaults
+_METHOD_ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "add": (("other", "alpha"), {"alpha": 1}), "add_": (("other", "alpha"), {"alpha": 1}),
+    "__add__": (("other",), {}), "__iadd__": (("other",), {}),
+    "mul": (("other",), {}), "mul_": (("other",), {}),
+    "chunk": (("chunks", "dim"), {"dim": 0}), "split": (("split_size_or_sections", "dim"), {"dim": 0}),
+    "transpose": (("dim0", "dim1"), {}), "permute": (("dims",), {}), "mean": (("dim", "keepdim"), {"keepdim": False}),
 }
 
 MODULES: dict[type, str] = {
     nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm",
     nn.ReLU: "relu", nn.MaxPool2d: "maxpool", nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
     nn.Flatten: "reshape", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
-    nn.Identity: "identity",
+    nn.Identity: "identity", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
 }
 
-RESIDUAL = {operator.add, torch.add, aten.add.Tensor, operator.iadd, torch.cat, aten.cat.default}
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -190,13 +233,15 @@ class Capture:
         self.ops = self._walk()
 
     def _walk(self) -> list[Op]:
+        """The data-path ops in graph (topological) order; each names the ops it reads (`Op.inputs`)."""
         graph = self.gm.graph
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise ConversionError(f"the model must take one input tensor; its forward takes {len(placeholders)}")
-        data: dict[fx.Node, fx.Node] = {placeholders[0]: placeholders[0]}  # node -> node carrying its value
+        data: dict[fx.Node, str] = {placeholders[0]: ""}  # node -> name of the op carrying its value ("": input)
+        parts: dict[fx.Node, tuple[str, int, list[tuple[int, int]]]] = {}  # chunk/split -> (source, dim, ranges)
         ops: list[Op] = []
-        last = placeholders[0]
+        self.output = ""
         for node in graph.nodes:
             if node.op in ("placeholder", "get_attr"):
                 continue
@@ -206,36 +251,82 @@ class Capture:
                     out = out[0]
                 if not isinstance(out, fx.Node) or out not in data:
                     raise ConversionError("the model must return a single tensor (the logits)")
-                if data[out] is not last:
-                    raise ConversionError("the model's output is not the end of its chain of layers")
+                self.output = data[out]
                 break
-            inputs = [a for a in node.all_input_nodes if a in data]
+            inputs = [a for a in node.all_input_nodes if a in data or a in parts]
             if not inputs:
                 continue  # shape arithmetic, guards, constants: not on the data path
             meta = node.meta.get("tensor_meta")
-            if node.op == "call_function" and node.target in RESIDUAL:
-                raise ConversionError(
-                    f"{_describe(node, self.gm)}: branches and residual connections (add/cat) are not supported "
-                    f"yet. Supported: a chain of {SUPPORTED}"
-                )
+            if node.op == "call_function" and node.target is operator.getitem and inputs[0] in parts:
+                source, dim, ranges = parts[inputs[0]]
+                lo, hi = ranges[int(node.args[1])]
+                op = Op(node.name, node.name, "slice", "chunk", self._shape(inputs[0].args[0]), self._shape(node),
+                        {"dim": dim, "start": lo, "stop": hi}, (source,))
+                data[node] = node.name
+                ops.append(op)
+                continue
             if not hasattr(meta, "shape") and not isinstance(meta, (tuple, list)):
                 continue  # consumes the data but yields no tensor (e.g. x.size(0), export guards)
-            if len(inputs) != 1:
-                raise ConversionError(f"{_describe(node, self.gm)}: an op with several data inputs is not supported")
-            src = data[inputs[0]]
-            if src is not last:
-                raise ConversionError(
-                    f"{_describe(node, self.gm)}: the data path branches here; branches and residual connections "
-                    "are not supported yet"
-                )
-            op = self._normalise(node)
-            if op is None:  # getitem(x, 0) of a tuple-valued op: same value
-                data[node] = src
+            kind = self._kind(node)
+            if kind in ("chunk", "split"):
+                parts[node] = self._parts(node, data)
                 continue
-            data[node] = node
-            last = node
+            op = self._normalise(node, data)
+            if op is None:  # getitem(x, 0) of a tuple-valued op: same value
+                data[node] = data[inputs[0]]
+                continue
+            data[node] = node.name
             ops.append(op)
         return ops
+
+    def _kind(self, node: fx.Node) -> str | None:
+        if node.op == "call_module":
+            return MODULES.get(type(self.gm.get_submodule(node.target)))
+        if node.op == "call_method":
+            return METHODS.get(str(node.target))
+        entry = FUNCTIONS.get(node.target)
+        return entry[0] if entry else None
+
+    def _data_args(self, node: fx.Node, data: dict) -> list[str]:
+        """The data inputs of `node` in argument order (an input used twice is listed twice)."""
+        found: list[str] = []
+
+        def visit(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                if a in data:
+                    found.append(data[a])
+            elif isinstance(a, (list, tuple)):
+                for b in a:
+                    visit(b)
+
+        visit(node.args)
+        visit(tuple(node.kwargs.values()))
+        return found
+
+    def _sample_dim(self, dim: Any, rank: int, desc: str) -> int:
+        """A tensor dimension (batch first, may be negative) as a per-sample dimension."""
+        d = int(dim) + (rank + 1 if int(dim) < 0 else 0)
+        if d == 0:
+            raise ConversionError(f"{desc}: it works across the batch dimension; only per-sample ops are supported")
+        return d - 1
+
+    def _parts(self, node: fx.Node, data: dict) -> tuple[str, int, list[tuple[int, int]]]:
+        desc = _describe(node, self.gm)
+        src = next(a for a in node.all_input_nodes if a in data)
+        if node.op == "call_method":
+            names, defaults = _METHOD_ARGS[str(node.target)]
+            a = _bind(("input", *names), defaults, node)
+        else:
+            _, names, defaults = FUNCTIONS[node.target]
+            a = _bind(names, defaults, node)
+        rank = len(self._shape(src))
+        dim = self._sample_dim(a["dim"], rank, desc)
+        metas = node.meta.get("tensor_meta")
+        sizes = [int(m.shape[dim + 1]) for m in metas]
+        bounds = [0]
+        for size in sizes:
+            bounds.append(bounds[-1] + size)
+        return data[src], dim, list(zip(bounds[:-1], bounds[1:]))
 
     def _shape(self, node: fx.Node) -> tuple[int, ...]:
         meta = node.meta.get("tensor_meta")
@@ -243,40 +334,37 @@ class Capture:
             meta = meta[0]
         return tuple(int(s) for s in meta.shape[1:])
 
-    def _normalise(self, node: fx.Node) -> Op | None:
+    def _normalise(self, node: fx.Node, data: dict) -> Op | None:
         desc = _describe(node, self.gm)
-        src = node.all_input_nodes[0]
-        for a in node.all_input_nodes:
-            if a.meta.get("tensor_meta") is not None and a.op not in ("get_attr",):
-                src = a
-                break
+        inputs = tuple(self._data_args(node, data))
+        src = next(a for a in node.all_input_nodes if a in data)
         in_shape = self._shape(src)
         out_shape = self._shape(node)
         if node.op == "call_module":
             mod = self.gm.get_submodule(node.target)
             kind = MODULES.get(type(mod))
             if kind is None:
-                raise ConversionError(
-                    f"unsupported layer {desc}. Supported: {SUPPORTED}"
-                )
+                raise ConversionError(f"unsupported layer {desc}: it is not a ReLU-family operation. Supported: "
+                                      f"{SUPPORTED}")
             name, target = str(node.target), type(mod).__name__
             p = self._module_params(kind, mod, desc)
         elif node.op == "call_method":
             kind = METHODS.get(str(node.target))
             if kind is None:
                 raise ConversionError(f"unsupported tensor method {desc}. Supported: {SUPPORTED}")
-            name, target, p = node.name, f".{node.target}()", {}
+            name, target = node.name, f".{node.target}()"
+            names, defaults = _METHOD_ARGS.get(str(node.target), ((), {}))
+            p = self._function_params(kind, _bind(("input", *names), defaults, node), desc, node, len(in_shape))
         else:
             entry = FUNCTIONS.get(node.target)
             if entry is None:
-                raise ConversionError(f"unsupported function {desc}. Supported: {SUPPORTED}")
+                raise ConversionError(f"unsupported function {desc}: it is not a ReLU-family operation. Supported: "
+                                      f"{SUPPORTED}")
             kind, names, defaults = entry
             name, target = node.name, getattr(node.target, "__name__", str(node.target))
             if kind == "getitem":
-                if node.args[1] != 0:
-                    raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
-                return None
-            p = self._function_params(kind, _bind(names, defaults, node), desc)
+                return self._getitem(node, desc, src, inputs, in_shape, out_shape)
+            p = self._function_params(kind, _bind(names, defaults, node), desc, node, len(in_shape))
         if kind == "dropout":
             if p.get("training") or p.get("train"):
                 raise ConversionError(f"{desc}: dropout is active (training=True) in forward(); pass "
@@ -284,7 +372,73 @@ class Capture:
             kind = "identity"
         if kind == "batchnorm":
             kind = "affine"
-        return Op(name, node.name, kind, target, in_shape, out_shape, p)
+        if kind == "hardtanh":
+            if float(p["min_val"]) != 0.0 or not float(p["max_val"]) > 0:
+                raise ConversionError(f"{desc}: hardtanh({p['min_val']}, {p['max_val']}) is not a clipped ReLU; "
+                                      "supported: hardtanh(0, c) with c > 0 and ReLU6")
+            kind, p = "relu6", {"max": float(p["max_val"])}
+        if kind == "relu6" and "max" not in p:
+            p = {"max": 6.0}
+        if kind in ("add", "mul", "div"):
+            kind, p, inputs = self._arithmetic(kind, p, desc, node, data, inputs)
+        if kind == "transpose":
+            kind = "permute"
+        if kind == "narrow":
+            if p.get("whole_batch"):
+                kind, p = "identity", {}
+            else:
+                lo, hi, _ = slice(p["start"], p["stop"]).indices(in_shape[p["dim"]])
+                kind, p = "slice", {"dim": p["dim"], "start": lo, "stop": max(lo, hi)}
+        if kind not in ("add", "cat") and len(inputs) != 1:
+            raise ConversionError(f"{desc}: an op with several data inputs is not supported. Supported: {SUPPORTED}")
+        return Op(name, node.name, kind, target, in_shape, out_shape, p, inputs)
+
+    def _getitem(self, node, desc, src, inputs, in_shape, out_shape) -> Op | None:
+        index = node.args[1]
+        if isinstance(src.meta.get("tensor_meta"), (tuple, list)):  # a tuple-valued op (max pool with indices)
+            if index != 0:
+                raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
+            return None
+        index = index if isinstance(index, tuple) else (index,)
+        narrowed = [(d, i) for d, i in enumerate(index) if not (isinstance(i, slice) and i == slice(None))]
+        if (len(narrowed) == 1 and narrowed[0][0] > 0 and isinstance(narrowed[0][1], slice)
+                and narrowed[0][1].step in (None, 1)):
+            d, sl = narrowed[0]
+            size = in_shape[d - 1]
+            lo, hi, _ = sl.indices(size)
+            return Op(node.name, node.name, "slice", "[...]", in_shape, out_shape,
+                      {"dim": d - 1, "start": lo, "stop": max(lo, hi)}, inputs)
+        raise ConversionError(f"{desc}: indexing {index!r} is not supported; one contiguous slice along a "
+                              "per-sample dimension is")
+
+    def _arithmetic(self, kind, p, desc, node, data, inputs):
+        """x + y, x + c, c·x, x / c: linear in the data. Two activations multiplied together are not."""
+        operands = [node.args[0], p.get("other", node.args[1] if len(node.args) > 1 else None)]
+        consts = [a for a in operands if not (isinstance(a, fx.Node) and a in data)]
+        if kind in ("mul", "div"):
+            if len(inputs) != 1:
+                raise ConversionError(f"{desc}: it multiplies two activations, which is not a ReLU-family "
+                                      f"operation (gates and attention cannot be converted). Supported: {SUPPORTED}")
+            c = self._scalar(consts[0], desc)
+            numerator_is_data = isinstance(operands[0], fx.Node) and operands[0] in data
+            if kind == "div" and (not numerator_is_data or c == 0):
+                raise ConversionError(f"{desc}: only division of an activation by a non-zero constant is supported")
+            return "mul", {"factor": 1.0 / c if kind == "div" else c}, inputs
+        alpha = float(p.get("alpha", 1))
+        if len(inputs) == 2:
+            return "add", {"alpha": alpha, "constant": 0.0}, inputs
+        return "add", {"alpha": 1.0, "constant": alpha * self._scalar(consts[0], desc)}, inputs
+
+    def _scalar(self, value: Any, desc: str) -> float:
+        value = self._const_named(value, desc, "constant") if isinstance(value, fx.Node) else value
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ConversionError(f"{desc}: only a scalar constant is supported here, got a tensor of shape "
+                                      f"{tuple(value.shape)}")
+            value = value.item()
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConversionError(f"{desc}: expected a number, got {value!r}")
+        return float(value)
 
     def _module_params(self, kind: str, mod: nn.Module, desc: str) -> dict[str, Any]:
         if kind == "conv":
@@ -325,7 +479,33 @@ class Capture:
             return {"output_size": mod.output_size}
         return {}
 
-    def _function_params(self, kind: str, a: dict[str, Any], desc: str) -> dict[str, Any]:
+    def _function_params(self, kind: str, a: dict[str, Any], desc: str, node: fx.Node | None = None,
+                         rank: int = 0) -> dict[str, Any]:
+        if kind == "cat":
+            return {"dim": self._sample_dim(a["dim"], rank, desc)}
+        if kind == "transpose":
+            d0, d1 = (self._sample_dim(a[k], rank, desc) for k in ("dim0", "dim1"))
+            dims = list(range(rank))
+            dims[d0], dims[d1] = dims[d1], dims[d0]
+            return {"dims": tuple(dims)}
+        if kind == "permute":
+            raw = a["dims"]
+            raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+            if len(raw) == 1 and isinstance(raw[0], (list, tuple)):
+                raw = list(raw[0])
+            full = [int(d) % (rank + 1) for d in raw]
+            if full[0] != 0:
+                raise ConversionError(f"{desc}: it moves the batch dimension; only per-sample permutes are supported")
+            return {"dims": tuple(d - 1 for d in full[1:])}
+        if kind == "mean":
+            dims = a["dim"] if isinstance(a["dim"], (list, tuple)) else [a["dim"]]
+            return {"dims": tuple(sorted(self._sample_dim(d, rank, desc) for d in dims)), "keepdim": bool(a["keepdim"])}
+        if kind == "narrow":
+            if a["step"] not in (None, 1):
+                raise ConversionError(f"{desc}: a strided slice is not supported")
+            if int(a["dim"]) == 0 and a["start"] in (None, 0) and (a["end"] is None or int(a["end"]) >= 2**62):
+                return {"whole_batch": True}  # x[:] on the batch dimension (torch.export writes it)
+            return {"dim": self._sample_dim(a["dim"], rank, desc), "start": a["start"], "stop": a["end"]}
         if kind == "conv":
             w = self._const_named(a["weight"], desc, "weight")
             b = self._const_named(a["bias"], desc, "bias")
@@ -410,6 +590,24 @@ def _op_fn(op: Op):
         def fn(x):
             return F.conv2d(x, p["weight"].to(x.dtype), p["bias"].to(x.dtype), p["stride"], p["padding"],
                             p["dilation"], p["groups"])
+    elif op.kind == "slice":
+        def fn(x, d=p["dim"] + 1, lo=p["start"], hi=p["stop"]):
+            return x.narrow(d, lo, hi - lo)
+    elif op.kind == "place":  # x into channels [offset, offset + C) of a zero tensor with `total` of them (cat)
+        def fn(x, d=p["dim"] + 1, lo=p["offset"], total=p["total"]):
+            shape = list(x.shape)
+            shape[d] = total
+            return torch.cat([x.new_zeros(*shape[:d], lo, *shape[d + 1:]), x,
+                              x.new_zeros(*shape[:d], total - lo - x.shape[d], *shape[d + 1:])], d)
+    elif op.kind == "permute":
+        def fn(x, dims=p["dims"]):
+            return x.permute(0, *(d + 1 for d in dims))
+    elif op.kind == "mean":
+        def fn(x, dims=p["dims"], keep=p["keepdim"]):
+            return x.mean(tuple(d + 1 for d in dims), keepdim=keep)
+    elif op.kind == "mul":
+        def fn(x, k=p["factor"]):
+            return x * k
     else:
         def fn(x):
             return x

@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .simulate import place
+
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
 SAMPLE = 1024  # inputs per sample used to place the quantile levels (placement only; the bound holds anyway)
@@ -80,45 +82,78 @@ STAGES = ("no weighted sum", *(f"{k} cell" + "s" * (k > 1) for k in CELLS))
 
 
 @dataclass(frozen=True)
+class Fan:
+    """One input of a layer as the certificate sees it: `x` the routed input activations (the time each input has
+    been driving the neurons at t_min), `J` the synaptic weights, `conv` the convolution parameters (None:
+    dense), `channels` the output channels [lo, hi) it drives (None: all). Shape: x (B, *in_shape)."""
+
+    x: Tensor
+    J: Tensor
+    conv: dict | None = None
+    channels: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class _Block:
     """The part of a layer a refinement stage works on: samples `rows` and (when the layer allows it) output
-    channels `cols`, with the input and the weights restricted to them."""
+    channels `cols`, with the inputs and the weights restricted to them."""
 
     rows: Tensor | None  # None: every sample
     cols: Tensor | None  # None: every channel
-    x: Tensor
-    J: Tensor
+    fan: tuple[Fan, ...]
+    shape: tuple[int, ...]  # the neurons' shape per sample within the block
 
 
-def level_values(block: _Block, conv: dict | None, g: Tensor, alpha: float, base: float) -> Tensor:
+def weighted_sum(fan, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Σ over the inputs of Σ_j w_ij x_j, each input into its output channels. Shape: -> (B, *shape)."""
+    parts = []
+    for f, x, w in zip(fan, xs, ws):
+        part = shape if f.channels is None else (f.channels[1] - f.channels[0], *shape[1:])
+        if f.conv is not None:
+            parts.append((f.channels, F.conv2d(x, w, None, **f.conv)))
+        else:
+            parts.append((f.channels, F.linear(x.flatten(1), w).reshape(x.shape[0], *part)))
+    return place(parts, shape, xs[0])
+
+
+def per_neuron(fan, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Σ_j w_ij per neuron over all inputs (zero-padded taps included), in the layer's shape (a conv input's sum
+    is the same at every position). Shape: -> (*shape)."""
+    out = ws[0].new_zeros(shape)
+    for f, w in zip(fan, ws):
+        sums = w.sum(tuple(range(1, w.dim())))
+        lo, hi = f.channels if f.channels is not None else (0, shape[0])
+        target = out[lo:hi]
+        target += sums.reshape(-1, *([1] * (len(shape) - 1))) if f.conv is not None else sums.reshape(target.shape)
+    return out
+
+
+def level_values(block: _Block, g: Tensor, alpha: float, base: float) -> Tensor:
     """v_i(g) = α (B_(n−1) − g) + Σ_j J_ij (x_j − g)⁺ at one level g per sample: V_i at t_min − g (MATH §2).
 
     `base` = α B_(n−1). Shape: g (B,) -> (B, *neurons)."""
-    gx = g.reshape(-1, *([1] * (block.x.dim() - 1)))
-    v = _weighted_sum(conv, (block.x - gx).clamp(min=0), block.J)
+    xs = [(f.x - g.reshape(-1, *([1] * (f.x.dim() - 1)))).clamp(min=0) for f in block.fan]
+    v = weighted_sum(block.fan, xs, [f.J for f in block.fan], block.shape)
     return v + (base - alpha * g).reshape(-1, *([1] * (v.dim() - 1)))
 
 
-def tent_deviations(block: _Block, conv: dict | None, negative: Tensor, levels: Tensor) -> list[Tensor]:
+def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> list[Tensor]:
     """For every cell [a, c] between consecutive `levels`: Σ_{j: a<x_j<c, J_ij<0} |J_ij| (x_j − a)(c − x_j)/(c − a),
     how far the concave part of v_i can rise above its chord on that cell (MATH §2). One weighted sum per cell.
     Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
-    x = block.x
-    flat = x.flatten(1)
-    cell = torch.ones_like(flat, dtype=torch.long)  # x in (levels[k−1], levels[k]] lies in cell k
-    for k in range(1, levels.shape[1] - 1):
-        cell += flat > levels[:, k:k + 1]
-    a, c = levels.gather(1, cell - 1), levels.gather(1, cell)
-    tent = torch.where((flat > a) & (flat < c), (flat - a) * (c - flat) / (c - a).clamp(min=torch.finfo(x.dtype).tiny),
-                       0.0)
-    return [_weighted_sum(conv, torch.where(cell == k, tent, 0.0).reshape(x.shape), negative)
-            for k in range(1, levels.shape[1])]
-
-
-def _weighted_sum(conv: dict | None, x: Tensor, w: Tensor) -> Tensor:
-    if conv is not None:
-        return F.conv2d(x, w, None, **conv)
-    return F.linear(x.flatten(1), w)
+    per_cell: list[list[Tensor]] = [[] for _ in range(1, levels.shape[1])]
+    for f in block.fan:
+        x = f.x
+        flat = x.flatten(1)
+        cell = torch.ones_like(flat, dtype=torch.long)  # x in (levels[k−1], levels[k]] lies in cell k
+        for k in range(1, levels.shape[1] - 1):
+            cell += flat > levels[:, k:k + 1]
+        a, c = levels.gather(1, cell - 1), levels.gather(1, cell)
+        tiny = torch.finfo(x.dtype).tiny
+        tent = torch.where((flat > a) & (flat < c), (flat - a) * (c - flat) / (c - a).clamp(min=tiny), 0.0)
+        for k in range(1, levels.shape[1]):
+            per_cell[k - 1].append(torch.where(cell == k, tent, 0.0).reshape(x.shape))
+    return [weighted_sum(block.fan, xs, negative, block.shape) for xs in per_cell]
 
 
 def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
@@ -138,25 +173,32 @@ def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
 
 def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tensor, in_window: float,
             alpha: float, search_budget: int = SEARCH_BUDGET) -> Certificate:
+    """`certify_fan` for a layer with a single input."""
+    return certify_fan([Fan(x, J, conv)], theta, v_end, in_window, alpha, search_budget)
+
+
+def certify_fan(fan, theta: Tensor, v_end: Tensor, in_window: float, alpha: float,
+                search_budget: int = SEARCH_BUDGET) -> Certificate:
     """Prove, for every neuron of a hidden layer, that its potential stays below θ before t_min (module
     docstring), in stages of finer cells; return the neurons it cannot prove.
 
-    `J`, `theta` are the layer's synaptic weights and thresholds, `x` its routed input activations (the time
-    each input has been driving the neuron at t_min) clamped to [0, B_(n−1)] (= `in_window`), `v_end` = V(t_min),
-    `alpha` the start current (0 for B1). Shape: x (B, *in_shape); v_end (B, *shape) -> uncertified (B, *shape).
+    `fan` lists the layer's inputs (`Fan`: activations clamped to [0, `in_window`], weights J, geometry);
+    `theta` the thresholds, `v_end` = V(t_min), `alpha` the start current (0 for B1).
+    Shape: v_end (B, *shape) -> uncertified (B, *shape).
     """
-    dims = tuple(range(1, J.dim()))
-    per_neuron = (-1, *([1] * (v_end.dim() - 2)))
+    fan = tuple(fan)
+    shape = tuple(v_end.shape[1:])
     per_sample = (-1, *([1] * (v_end.dim() - 1)))
     base = alpha * in_window
     eps = torch.finfo(v_end.dtype).eps
-    negative = (-J).clamp(min=0)
-    negative_sum = negative.sum(dims).reshape(per_neuron)
+    negative = [(-f.J).clamp(min=0) for f in fan]
+    negative_sum = per_neuron(fan, negative, shape)
     # rounding allowance: a few ulps of the largest terms that enter a level value
-    rounding = 64 * eps * (theta.abs() + J.abs().sum(dims).reshape(per_neuron) * in_window + base)
+    rounding = 64 * eps * (theta.abs() + per_neuron(fan, [f.J.abs() for f in fan], shape) * in_window + base)
     limit = (theta - rounding).expand_as(v_end)
-    top = x.flatten(1).max(1).values if x[0].numel() else torch.zeros(x.shape[0], dtype=x.dtype)
-    fan_in = J[0].numel()
+    flat = torch.cat([f.x.flatten(1) for f in fan], 1)
+    top = flat.max(1).values if flat.shape[1] else torch.zeros(v_end.shape[0], dtype=v_end.dtype)
+    fan_in = sum(f.J[0].numel() for f in fan)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
     beyond = (limit <= 0) | (top_value >= limit)
@@ -169,13 +211,15 @@ def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tenso
         if not count or count * fan_in <= search_budget:
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
-        block = _restrict(uncertified, J, conv, x)
-        inner = quantile_levels(block.x, [k / cells for k in range(1, cells)])
+        block = _restrict(uncertified, fan, shape)
+        xs = torch.cat([f.x.flatten(1) for f in block.fan], 1)
+        inner = quantile_levels(xs, [k / cells for k in range(1, cells)])
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
-        values = [_take(v_end, block), *(level_values(block, conv, g, alpha, base) for g in inner),
+        values = [_take(v_end, block), *(level_values(block, g, alpha, base) for g in inner),
                   _take(top_value, block)]
-        deviations = tent_deviations(block, conv, negative if block.cols is None else negative[block.cols], levels)
+        neg = negative if block.cols is None else [negative[0][block.cols]]
+        deviations = tent_deviations(block, neg, levels)
         fails = _take(beyond, block)
         limit_b = _take(limit, block)
         for k, dev in enumerate(deviations):
@@ -185,18 +229,22 @@ def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tenso
     return Certificate(uncertified, tuple(settled))
 
 
-def _restrict(mask: Tensor, J: Tensor, conv: dict | None, x: Tensor) -> _Block:
-    """The samples holding uncertified neurons and, for dense layers and ungrouped convolutions, their output
-    channels: later stages compute weighted sums only there (leftovers concentrate in a few channels: measured
-    on VGG16-BN, 0.05–7 % of them)."""
+def _restrict(mask: Tensor, fan: tuple[Fan, ...], shape: tuple[int, ...]) -> _Block:
+    """The samples holding uncertified neurons and, for a layer with one dense or ungrouped-convolution input,
+    their output channels: later stages compute weighted sums only there (leftovers concentrate in a few
+    channels: measured on VGG16-BN, 0.05–7 % of them)."""
     per_sample = mask.flatten(1).any(1)
     rows = None if bool(per_sample.all()) else per_sample.nonzero()[:, 0]
     cols = None
-    if conv is None or conv["groups"] == 1:
+    single = len(fan) == 1 and fan[0].channels is None
+    if single and (fan[0].conv is None and len(shape) == 1 or fan[0].conv is not None and fan[0].conv["groups"] == 1):
         per_channel = (mask if rows is None else mask[rows]).transpose(0, 1).flatten(1).any(1)
         if not bool(per_channel.all()):
             cols = per_channel.nonzero()[:, 0]
-    return _Block(rows, cols, x if rows is None else x[rows], J if cols is None else J[cols])
+    parts = tuple(Fan(f.x if rows is None else f.x[rows], f.J if cols is None else f.J[cols], f.conv, f.channels)
+                  for f in fan)
+    block_shape = shape if cols is None else (len(cols), *shape[1:])
+    return _Block(rows, cols, parts, block_shape)
 
 
 def _rows(t: Tensor, block: _Block) -> Tensor:

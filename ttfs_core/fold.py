@@ -102,19 +102,22 @@ def fold_chain_into_linear(
     return torch.cat(rows), new_b
 
 
-def rescale_factor(weight: Tensor, mode: str, limit: float = 0.99, floor: float = -10.0) -> Tensor:
+def rescale_factor(weight, mode: str, limit: float = 0.99, floor: float = -10.0, sums=None) -> Tensor:
     """Per-output-neuron factor c > 0 of the function-preserving rescaling (MATH §2).
 
     mode "positive": c = limit / Σ_j max(W_ij, 0) where that sum ≥ limit (early spikes then happen exactly
     when the pre-activation exceeds the window); mode "sum": c = limit / Σ_j W_ij where Σ_j W_ij ≥ limit
     (the reference code's rule). Both also lift neurons whose Σ_j W_ij < floor to Σ = floor.
-    For convolutions the sums run over input channels and kernel taps, zero-padded taps included.
-    Shape: weight (O, ...) -> (O,).
+    For convolutions the sums run over input channels and kernel taps, zero-padded taps included; for a neuron
+    with several inputs (branches) over all of them: give `sums` = (Σ_j W_ij, Σ_j max(W_ij, 0)) instead of
+    `weight`. Shape: weight (O, ...) -> (O,).
     """
-    dims = tuple(range(1, weight.dim()))
-    total = weight.sum(dims)
+    if sums is None:
+        dims = tuple(range(1, weight.dim()))
+        sums = (weight.sum(dims), weight.clamp(min=0).sum(dims))
+    total, positive = sums
     if mode == "positive":
-        gauge = weight.clamp(min=0).sum(dims)
+        gauge = positive
     elif mode == "sum":
         gauge = total
     else:

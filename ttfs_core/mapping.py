@@ -40,29 +40,41 @@ def input_folding(p: float, q: float) -> tuple[float, float]:
 
 
 def alpha_parameters(
-    weight: Tensor, bias: Tensor, row_sum: Tensor, in_window: float, window: float, alpha: float = 1.0
-) -> tuple[Tensor, Tensor, Tensor]:
+    weight, bias: Tensor, row_sum: Tensor, in_window: float, window: float, alpha: float = 1.0, channels=None
+):
     """α-model neuron parameters from a ReLU layer (MATH §2).
 
-        J_ij = α W_ij / (1 − Σ_k W_ik)
-        θ_i  = α (t_max^(n) − t_min^(n−1)) + B_n Σ_j J_ij − (α + Σ_j J_ij) b_i,   B_n = t_max^(n) − t_min^(n)
+        J_ij   = α W_ij / (1 − Σ_k W_ik)
+        θ_i    = α (t_max^(n) − t_min^(n−1)) + B_n Σ_j J_ij − (α + Σ_j J_ij) b_i,   B_n = t_max^(n) − t_min^(n)
 
     with t_max^(n) − t_min^(n−1) = `in_window` + `window` (the input window B_(n−1) and this layer's B_n).
-    Returns J (weight layout), θ (bias layout) and the final slope α + Σ_j J_ij (bias layout).
+    `weight` is one weight, or a list of the weights of a layer's inputs, input k driving output channels
+    `channels[k]` = (lo, hi) (None: all); the sums Σ_k run over all of them (`row_sum`, per output channel).
+    Returns J (the layout of `weight`), θ (bias layout) and the final slope α + Σ_j J_ij (bias layout).
     Shape: weight (O, ...), bias (O, ...) or (O,), row_sum (O,).
     """
     gain = alpha / (1.0 - row_sum)  # = α + Σ_j J_ij, the slope once every input has arrived
     sum_j = gain - alpha
-    J = weight * gain.reshape(-1, *([1] * (weight.dim() - 1)))
+
+    def synaptic(w: Tensor, ch) -> Tensor:
+        g = gain if ch is None else gain[ch[0]:ch[1]]
+        return w * g.reshape(-1, *([1] * (w.dim() - 1)))
+
+    if isinstance(weight, Tensor):
+        J = synaptic(weight, None)
+    else:
+        J = [synaptic(w, ch) for w, ch in zip(weight, channels or [None] * len(weight))]
     shape = (-1, *([1] * (bias.dim() - 1)))
     theta = alpha * (in_window + window) + window * sum_j.reshape(shape) - gain.reshape(shape) * bias
     return J, theta, gain.reshape(shape).expand_as(theta).clone()
 
 
-def b1_parameters(weight: Tensor, bias: Tensor, window: float) -> tuple[Tensor, Tensor, Tensor]:
-    """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope 1 from t_min^(n) on.  Returns J, θ, final slope."""
+def b1_parameters(weight, bias: Tensor, window: float):
+    """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope 1 from t_min^(n) on.  Returns J (one weight or a list,
+    as given), θ, final slope."""
     theta = window - bias
-    return weight.clone(), theta, torch.ones_like(theta)
+    J = weight.clone() if isinstance(weight, Tensor) else [w.clone() for w in weight]
+    return J, theta, torch.ones_like(theta)
 
 
 def row_sums(weight: Tensor) -> Tensor:

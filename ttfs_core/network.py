@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -12,12 +13,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .capture import apply_op
-from .certify import STAGES, certify
+from .certify import STAGES, Fan, certify_fan
 from .errors import InputError
 from .mapping import encode_input
 from .result import LayerResult, SimResult, merge_counts
-from .simulate import Pool, crossing_after_inputs, first_crossing, search_in_chunks, settle_spikes
-from .stepped import hidden_layer_loop, on_ticks, quantise_input, ticks_per_window
+from .simulate import (
+    Pool,
+    crossing_after_inputs,
+    first_crossing,
+    gate_at_window_start,
+    place,
+    search_in_chunks,
+    settle_spikes,
+)
+from .stepped import hidden_layer_loop, on_ticks, quantise_input, tick_of, ticks_per_window
 
 Perturb = Callable[[int, Tensor, float], Tensor]
 BATCH_ELEMENTS = 1 << 25  # neurons of the largest layer × batch simulated at once (bounds memory)
@@ -52,48 +61,125 @@ class _Freezable:
         return _thawed_copy(self, memo)
 
 
+@dataclass(frozen=True, eq=False)
+class Synapses:
+    """One input of a layer: the spike times of layer `source` (−1: the input layer), routed through `route` (max
+    pooling on spike times), then one weighted sum — a convolution (`conv` holds stride, padding, dilation,
+    groups) or a dense map on the flattened input — into the layer's output channels `channels` = [lo, hi)
+    (None: all of them; a channel concatenation gives each part its own range).
+
+    A layer reads any number of earlier layers (MATH §5, residual). Each source fires in its own window of length
+    `in_window`; its spikes are delayed by `delay` = t_min − t_max(source) so that every input of the layer shares
+    one code, x = t_min − t (`arrivals`). `weight` is the folded and rescaled ReLU-layer weight, `J` the synaptic
+    weight of the neuron model (MATH §2, §7), set after calibration. Shapes per sample; `in_shape` is the routed
+    shape."""
+
+    source: int
+    route: tuple[Pool, ...]
+    in_shape: tuple[int, ...]
+    weight: Tensor
+    conv: dict[str, Any] | None
+    channels: tuple[int, int] | None = None
+    J: Tensor | None = None
+    in_window: float = 1.0
+    delay: float = 0.0
+
+    def route_activations(self, a: Tensor) -> Tensor:
+        for pool in self.route:
+            a = pool.activations(a)
+        return a
+
+    def route_times(self, t: Tensor) -> Tensor:
+        for pool in self.route:
+            t = pool.times(t)
+        return t
+
+    def apply(self, x: Tensor, w: Tensor, part_shape: tuple[int, ...]) -> Tensor:
+        """Σ_j w_ij x_j for the output channels this input drives. Shape: x (B, *in_shape) -> (B, *part_shape)."""
+        if self.conv is not None:
+            return F.conv2d(x, w, None, **self.conv)
+        return F.linear(x.flatten(1), w).reshape(x.shape[0], *part_shape)
+
+    def tensors(self) -> list[Tensor]:
+        out = [t for t in (self.weight, self.J) if t is not None]
+        return out + [p.sign for p in self.route if p.sign is not None]
+
+
 @dataclass
 class Layer(_Freezable):
     """One layer of neurons: a hidden spiking layer, or the non-spiking readout (`is_output`).
 
-    It reads the spike times of layer `source` (−1: the input layer) through `route` (max pooling on spike
-    times), then one weighted sum: a convolution (`conv` holds stride, padding, dilation, groups) or a dense map
-    on the flattened input. `weight`/`bias` are the folded and rescaled ReLU-layer parameters; `bias` may be a
-    position-dependent map (zero padding after a folded BatchNorm, MATH §5). `scale` is the factor c of the
-    rescaling (converted activation = c · original activation).
+    It reads one or more earlier layers through its `inputs` (`Synapses`: source, routing, weights, delay);
+    `bias` is the folded and rescaled ReLU-layer bias, possibly a position-dependent map (zero padding after a
+    folded BatchNorm, MATH §5). `scale` is the factor c of the rescaling (converted activation = c · original
+    activation). A layer with one input also answers `source`, `route`, `in_shape`, `weight`, `conv` and `J`.
     Shapes are per sample; `bias` and `scale` broadcast to `shape`.
     """
 
     name: str
     op: str
-    source: int
-    route: tuple[Pool, ...]
-    in_shape: tuple[int, ...]
+    inputs: tuple[Synapses, ...]
     shape: tuple[int, ...]
-    weight: Tensor
     bias: Tensor
-    conv: dict[str, Any] | None
     probe: Probe
     scale: Tensor
     is_output: bool = False
     readout: tuple[Any, ...] = ()  # output only: captured ops applied to the readout potentials (pooling...)
     # set by calibration
     max_activation: float = 0.0
-    start: float = 0.0  # t_min^(n−1): the neuron starts integrating
+    start: float = 0.0  # t_min − in_window: the neuron starts integrating (t_min^(n−1) in a chain)
     t_min: float = 0.0
     t_max: float = 0.0
-    in_window: float = 1.0  # t_min − start = B_(n−1), the window of the layer read
+    in_window: float = 1.0  # t_min − start: the longest window among the layers read, B_(n−1) in a chain
     window: float = 0.0  # B_n = t_max − t_min (0 for the readout)
+    clip: float | None = None  # ReLU6 / clipped ReLU: the gated neuron (MATH §2) saturates at B_n = clip
     # neuron parameters (MATH §2 / §7), set after calibration
-    J: Tensor | None = None
     theta: Tensor | None = None
     slope: Tensor | None = None
     _frozen: bool = field(default=False, init=False, repr=False, compare=False)
 
+    @classmethod
+    def chain(cls, *, source: int, route, in_shape, weight: Tensor, conv, J: Tensor | None = None,
+              **fields) -> Layer:
+        """A layer with a single input (the layers of a chain of ReLU layers)."""
+        syn = Synapses(source, tuple(route), tuple(in_shape), weight, conv, None, J)
+        return cls(inputs=(syn,), **fields)
+
+    def _single(self) -> Synapses:
+        if len(self.inputs) != 1:
+            raise AttributeError(f"layer {self.name} reads {len(self.inputs)} layers; use layer.inputs")
+        return self.inputs[0]
+
+    source = property(lambda self: self._single().source)
+    route = property(lambda self: self._single().route)
+    in_shape = property(lambda self: self._single().in_shape)
+    conv = property(lambda self: self._single().conv)
+
+    @property
+    def weight(self) -> Tensor:
+        return self._single().weight
+
+    @weight.setter
+    def weight(self, value: Tensor) -> None:
+        self.inputs = (replace(self._single(), weight=value),)
+
+    @property
+    def J(self) -> Tensor | None:
+        return self._single().J
+
+    @J.setter
+    def J(self, value: Tensor | None) -> None:
+        self.inputs = (replace(self._single(), J=value),)
+
+    @property
+    def sources(self) -> tuple[int, ...]:
+        """The layers this one reads (−1: the input layer), one per input."""
+        return tuple(s.source for s in self.inputs)
+
     def tensors(self) -> list[Tensor]:
         """Every tensor this layer holds (parameters, pooling signs, probe affine, readout op parameters)."""
-        out = [t for t in (self.weight, self.bias, self.scale, self.J, self.theta, self.slope) if t is not None]
-        out += [p.sign for p in self.route if p.sign is not None]
+        out = [t for t in (self.bias, self.scale, self.theta, self.slope) if t is not None]
+        out += [t for syn in self.inputs for t in syn.tensors()]
         out += [t for t in (self.probe.scale, self.probe.shift) if t is not None]
         out += [v for op in self.readout for v in op.params.values() if isinstance(v, Tensor)]
         return out
@@ -107,28 +193,44 @@ class Layer(_Freezable):
 
     @property
     def kind(self) -> str:
-        return "conv" if self.conv is not None else "linear"
+        return "conv" if len(self.shape) == 3 else "linear"
 
-    def weighted_sum(self, x: Tensor, w: Tensor) -> Tensor:
-        """Σ_j w_ij x_j for every neuron, no bias. Shape: x (B, *in_shape) -> (B, *shape)."""
-        if self.conv is not None:
-            return F.conv2d(x, w, None, **self.conv)
-        return F.linear(x.flatten(1), w).reshape(x.shape[0], *self.shape)
+    def part_shape(self, syn: Synapses) -> tuple[int, ...]:
+        """The shape of the part of this layer one input drives."""
+        if syn.channels is None:
+            return self.shape
+        return (syn.channels[1] - syn.channels[0], *self.shape[1:])
 
-    def route_activations(self, a: Tensor) -> Tensor:
-        for pool in self.route:
-            a = pool.activations(a)
-        return a
+    def weighted_sum(self, xs: list[Tensor], which: str = "weight") -> Tensor:
+        """Σ_k Σ_j w_kij x_kj for every neuron over all inputs k, no bias; `which` is "weight" (the ReLU layer's)
+        or "J" (the neuron model's). Shape: xs[k] (B, *inputs[k].in_shape) -> (B, *shape)."""
+        parts = [(syn.channels, syn.apply(x, getattr(syn, which), self.part_shape(syn)))
+                 for syn, x in zip(self.inputs, xs)]
+        return place(parts, self.shape, xs[0])
 
-    def route_times(self, t: Tensor) -> Tensor:
-        for pool in self.route:
-            t = pool.times(t)
-        return t
+    def row_sums(self, which: str = "weight", positive: bool = False) -> Tensor:
+        """Σ_j w_ij per neuron over all inputs (zero-padded taps included; max(w, 0) if `positive`), per output
+        channel of a convolutional layer (the same at every position) or per neuron of a dense one.
+        Shape: -> (C,) or (N,)."""
+        out = None
+        for syn in self.inputs:
+            w = getattr(syn, which)
+            w = w.clamp(min=0) if positive else w
+            sums = w.sum(tuple(range(1, w.dim())))
+            if out is None:
+                out = sums.new_zeros(self.shape[0] if len(self.shape) == 3 else self.neurons)
+            lo, hi = syn.channels if syn.channels is not None else (0, out.shape[0])
+            out[lo:hi] += sums
+        return out
 
-    def ann(self, a_src: Tensor) -> Tensor:
-        """The ReLU layer this spiking layer implements, on activations (the converted network's units)."""
-        z = self.weighted_sum(self.route_activations(a_src), self.weight) + self.bias
-        return z if self.is_output else z.clamp(min=0)
+    def ann(self, acts: list[Tensor]) -> Tensor:
+        """The ReLU layer this spiking layer implements, on activations (the converted network's units).
+        `acts[m + 1]` is the activation of layer m (acts[0]: the encoded input)."""
+        xs = [syn.route_activations(acts[syn.source + 1]) for syn in self.inputs]
+        z = self.weighted_sum(xs) + self.bias
+        if self.is_output:
+            return z
+        return z.clamp(min=0) if self.clip is None else z.clamp(0, self.clip)
 
 
 @dataclass
@@ -240,8 +342,8 @@ class SpikingNetwork(_Freezable):
         p, q = self.input_range
         acts = [((x - p) / (q - p)).clamp(0, 1)]
         for layer in self.layers:
-            acts.append(layer.ann(acts[layer.source + 1]))
-        logits = self.output.ann(acts[self.output.source + 1])
+            acts.append(layer.ann(acts))
+        logits = self.output.ann(acts)
         return acts[1:], self._readout(logits)
 
     def _readout(self, v: Tensor) -> Tensor:
@@ -258,8 +360,8 @@ class SpikingNetwork(_Freezable):
         """
         x = self._check_input(x)
 
-        def hidden(layer: Layer, n: int, src: Tensor):
-            return hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
+        def hidden(layer: Layer, n: int, srcs: list[Tensor]):
+            return hidden_layer_exact(layer, srcs, self.alpha, self.neuron, self.rescale)
 
         parts = [self._simulate(chunk, hidden, None, perturb) for chunk in self._chunks(x)]
         return _concat(parts)
@@ -283,11 +385,14 @@ class SpikingNetwork(_Freezable):
         ticks = [ticks_per_window(1.0, dt, steps)] + [ticks_per_window(la.window, dt, steps) for la in self.layers]
         b1 = self.neuron == "b1"
 
-        def hidden(layer: Layer, n: int, src: Tensor):
-            in_ticks, own = ticks[layer.source + 1], ticks[n + 1]
+        def hidden(layer: Layer, n: int, srcs: list[Tensor]):
+            in_ticks, own = ticks_per_window(layer.in_window, dt, steps), ticks[n + 1]
             if method == "loop":
-                return hidden_layer_loop(layer, src, in_ticks, own, self.alpha, self.neuron)
-            off, stats = hidden_layer_exact(layer, src, self.alpha, self.neuron, self.rescale)
+                return hidden_layer_loop(layer, srcs, in_ticks, own, self.alpha, self.neuron)
+            # inputs from a layer on another clock than the neuron's input window arrive at its next tick
+            clocks = [(syn.in_window == layer.in_window and ticks[syn.source + 1] == in_ticks) for syn in layer.inputs]
+            arrive = None if all(clocks) else partial(arrival_ticks, layer, in_ticks, clocks)
+            off, stats = hidden_layer_exact(layer, srcs, self.alpha, self.neuron, self.rescale, arrive)
             off = on_ticks(off, layer.window, own, layer.in_window, in_ticks)
             off, settled = settle_spikes(off, layer.window, b1, stats["early_arrivals"])
             return off, {**stats, **settled}
@@ -330,10 +435,10 @@ class SpikingNetwork(_Freezable):
         offsets = [t0]  # spike times relative to each layer's window start (the input window starts at 0)
         results = []
         for n, layer in enumerate(self.layers):
-            off, stats = hidden(layer, n, offsets[layer.source + 1])
+            off, stats = hidden(layer, n, [offsets[m + 1] for m in layer.sources])
             results.append(LayerResult(layer.name, layer.op, off, layer.t_min, layer.t_max, layer.window, **stats))
             offsets.append(off if perturb is None else perturb(n, off, layer.window))
-        logits = readout_potential(self.output, offsets[self.output.source + 1])
+        logits = readout_potential(self.output, [offsets[m + 1] for m in self.output.sources])
         clipped_count = int(torch.count_nonzero(clipped))
         return SimResult(self._readout(logits), results, t0, clipped_count, self.output.t_min)
 
@@ -374,41 +479,70 @@ def _concat(parts: list[SimResult]) -> SimResult:
             sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
             sum(g.forced for g in group), sum(g.spikes for g in group),
             merge_counts(g.certificate for g in group),
-            sum(g.searched for g in group),
+            sum(g.searched for g in group), sum(g.saturated for g in group),
         ))
     return SimResult(torch.cat([p.logits for p in parts]), layers, torch.cat([p.input_times for p in parts]),
                      sum(p.input_clipped for p in parts), first.decision_time, first.dt)
 
 
-def arrivals(layer: Layer, src_offsets: Tensor) -> tuple[Tensor, int]:
+def arrivals(layer: Layer, srcs: list[Tensor]) -> tuple[list[Tensor], int]:
     """How long each input has been driving the neurons at the end of their input window, t_min − t_j.
 
-    Inputs are routed (max pooling = earliest spike); an input that arrived before the neurons started (its
-    layer fired early) is taken as arriving at the start (MATH §6); a missing spike (B1) drives nothing.
-    Returns the elapsed times in [0, B_(n−1)] and the count of early arrivals. Shape: source -> in_shape.
+    Input k's spikes are routed (max pooling = earliest spike) and delayed by t_min − t_max(source) (MATH §5,
+    residual), so an input with activation x arrives at t_min − x whichever layer it came from: the elapsed
+    time is the source's window minus its offset. An input that arrived before the neurons started (its layer
+    fired early) is taken as arriving at the start (MATH §6); a missing spike (B1) drives nothing.
+    Returns the elapsed times per input, in [0, in_window], and the count of inputs from early spikes.
+    Shape: srcs[k] (B, *source k) -> (B, *inputs[k].in_shape).
     """
-    t = layer.route_times(src_offsets)
-    early = int(torch.count_nonzero(t < 0))
-    return (layer.in_window - t.clamp(min=0)).clamp(min=0), early
+    out, early = [], 0
+    for syn, src in zip(layer.inputs, srcs):
+        t = syn.route_times(src)
+        early += int(torch.count_nonzero(t < 0))
+        out.append((syn.in_window - t.clamp(min=0)).clamp(0, layer.in_window))
+    return out, early
 
 
-def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: str, rescale: str):
-    """Spike times of one hidden layer from the spike times of its source (MATH §2, §6, §7).
+def arrival_ticks(layer: Layer, in_ticks: int, on_clock: list[bool], elapsed: list[Tensor]) -> list[Tensor]:
+    """Elapsed times of inputs whose source runs on another clock, moved to the neuron's next input tick
+    (clock-driven simulation, `ttfs_core.stepped`): an arrival at time a after the neuron's start is seen at
+    tick ceil(a / h). Shape: as `arrivals`."""
+    h = layer.in_window / in_ticks
+    out = []
+    for e, same in zip(elapsed, on_clock):
+        if same:
+            out.append(e)
+            continue
+        k = tick_of(layer.in_window - e, h, first=True, ticks=in_ticks).clamp(0, in_ticks)
+        out.append(layer.in_window - k * h)
+    return out
+
+
+def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: str, rescale: str, arrive=None):
+    """Spike times of one hidden layer from the spike times of its sources (MATH §2, §5, §6, §7).
 
     Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
     times; after that the potential is linear, so the crossing has a closed form. It is the spike unless the
     neuron crossed earlier. Under the positive-part rescaling (α-model) that happens exactly when V(t_min) > θ;
     otherwise the fast certificate (`ttfs_core.certify`, MATH §2) proves it impossible for almost every neuron.
-    The rest are searched exactly over their input segments. Times are offsets from window starts (source's
-    for the input, this layer's t_min for the output). Shape: src_offsets (B, *source shape) -> (B, *layer.shape).
+    The rest are searched exactly over their input segments. Times are offsets from window starts (sources'
+    for the inputs, this layer's t_min for the output). `arrive` may move the elapsed times onto a clock.
+    Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
     """
-    elapsed, early_arrivals = arrivals(layer, src_offsets)
+    elapsed, early_arrivals = arrivals(layer, srcs)
+    if arrive is not None:
+        elapsed = arrive(elapsed)
     b1 = neuron == "b1"
     base = 0.0 if b1 else alpha * layer.in_window
-    v_end = base + layer.weighted_sum(elapsed, layer.J)
+    v_end = base + layer.weighted_sum(elapsed, "J")
     off = crossing_after_inputs(v_end, layer.theta, layer.slope, 0.0)
+    if layer.clip is not None:  # gated (ReLU6): no early spike is possible
+        off, saturated = gate_at_window_start(off)
+        off, stats = settle_spikes(off, layer.window, b1, early_arrivals)
+        return off, {**stats, "certificate": (("gated", off.numel()),), "searched": 0, "saturated": saturated}
     if b1 or rescale != "positive":
-        cert = certify(layer.J, layer.theta, layer.conv, elapsed, v_end, layer.in_window, 0.0 if b1 else alpha)
+        fan = [Fan(x, syn.J, syn.conv, syn.channels) for syn, x in zip(layer.inputs, elapsed)]
+        cert = certify_fan(fan, layer.theta, v_end, layer.in_window, 0.0 if b1 else alpha)
         flagged, certificate = cert.uncertified, tuple(zip(STAGES, cert.settled))
     else:  # Σ max(W,0) < 1: V(t_min) > θ exactly when the neuron crossed before t_min (MATH §2)
         flagged = v_end > layer.theta
@@ -417,29 +551,31 @@ def hidden_layer_exact(layer: Layer, src_offsets: Tensor, alpha: float, neuron: 
     if searched:
         idx = flagged.nonzero(as_tuple=True)
         off = off.clone()
-        off[idx] = _search(layer, layer.in_window - elapsed, idx, 0.0 if b1 else alpha) - layer.in_window
+        t_in = [layer.in_window - e for e in elapsed]
+        off[idx] = _search(layer, t_in, idx, 0.0 if b1 else alpha) - layer.in_window
     off, stats = settle_spikes(off, layer.window, b1, early_arrivals)
     return off, {**stats, "certificate": certificate, "searched": searched}
 
 
-def pad_input(layer: Layer, values: Tensor, pad: float) -> Tensor:
-    """The routed input with a conv layer's zero-padding border filled with `pad`. Shape: (B, *in_shape)."""
-    if layer.conv is None:
+def pad_input(syn: Synapses, values: Tensor, pad: float) -> Tensor:
+    """The routed input with a conv's zero-padding border filled with `pad`. Shape: (B, *in_shape)."""
+    if syn.conv is None:
         return values
-    ph, pw = layer.conv["padding"]
+    ph, pw = syn.conv["padding"]
     return F.pad(values, (pw, pw, ph, ph), value=pad)
 
 
-def gather_fan_in(layer: Layer, padded: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
-    """Each listed neuron's inputs, in the order of its weight row: the values under a conv neuron's kernel
-    (from `pad_input`), or the whole flattened input of a dense neuron.
+def gather_fan_in(syn: Synapses, padded: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
+    """Each listed neuron's inputs through one `Synapses`, in the order of its weight row: the values under a
+    conv neuron's kernel (from `pad_input`), or the whole flattened input of a dense neuron. Neuron indices are
+    local to the channels the synapses drive.
 
     Shape: padded (B, ...); idx (b, o[, y, x]) each (F,) -> (F, fan-in).
     """
-    if layer.conv is None:
+    if syn.conv is None:
         return padded.flatten(1)[idx[0]]
-    (sh, sw), (dh, dw), groups = layer.conv["stride"], layer.conv["dilation"], layer.conv["groups"]
-    out_ch, cin_g, kh, kw = layer.weight.shape
+    (sh, sw), (dh, dw), groups = syn.conv["stride"], syn.conv["dilation"], syn.conv["groups"]
+    out_ch, cin_g, kh, kw = syn.weight.shape
     b, o, y, x = idx
     ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g)[None, :]
     rows = y[:, None] * sh + torch.arange(kh)[None, :] * dh
@@ -448,30 +584,62 @@ def gather_fan_in(layer: Layer, padded: Tensor, idx: tuple[Tensor, ...]) -> Tens
     return taps.flatten(1)
 
 
-def _search(layer: Layer, t_in: Tensor, idx: tuple[Tensor, ...], alpha: float) -> Tensor:
+def fan_in(layer: Layer, values: list[Tensor], idx: tuple[Tensor, ...], pad: float, which: str = "J"):
+    """The listed neurons' inputs over all of the layer's `Synapses`, concatenated: input values (`values[k]` is
+    input k's routed tensor; zero-padded taps take `pad`), weights (`which`: "J" or "weight"; 0 where an input
+    does not drive the neuron's channel) and which input each came from.
+
+    Shape: values[k] (B, *in_shape k); idx (b, o[, ...]) each (F,) -> three (F, total fan-in) tensors.
+    """
+    times, weights, which_input = [], [], []
+    for k, (syn, v) in enumerate(zip(layer.inputs, values)):
+        w = getattr(syn, which)
+        o = idx[1]
+        inside = torch.ones_like(o, dtype=torch.bool)
+        if syn.channels is not None:
+            lo, hi = syn.channels
+            inside = (o >= lo) & (o < hi)
+            o = (o - lo).clamp(0, hi - lo - 1)
+        local = (idx[0], o, *idx[2:])
+        t = gather_fan_in(syn, pad_input(syn, v, pad), local)
+        if syn.conv is not None:
+            rows = w.flatten(1)[o]
+        else:  # a dense map: one weight row per neuron of the part, in its flat order
+            part = layer.part_shape(syn)
+            flat = torch.zeros_like(o)
+            for i, size in zip(local[1:], part):
+                flat = flat * size + i
+            rows = w[flat]
+        rows = torch.where(inside[:, None], rows, torch.zeros_like(rows))
+        times.append(t)
+        weights.append(rows)
+        which_input.append(torch.full_like(t, k, dtype=torch.long))
+    return torch.cat(times, 1), torch.cat(weights, 1), torch.cat(which_input, 1)
+
+
+def _search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: float) -> Tensor:
     """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape)), in time relative to the
-    neurons' start; `t_in` are the input arrival times on that clock, in [0, B_(n−1)]."""
+    neurons' start; `t_in[k]` are input k's arrival times on that clock, in [0, in_window]."""
     neuron_idx = idx[1:]
     theta = layer.theta.expand(layer.shape)[neuron_idx]
     slope = layer.slope.expand(layer.shape)[neuron_idx]
     end = layer.in_window
-    rows = layer.J.flatten(1)
-    padded = pad_input(layer, t_in, end)  # a zero-padded tap is x = 0: it fires at t_min
+    fan = sum(syn.J[0].numel() for syn in layer.inputs)
 
     def gather(lo: int, hi: int):
         part = tuple(i[lo:hi] for i in idx)
-        return gather_fan_in(layer, padded, part), rows[idx[1][lo:hi]], theta[lo:hi], slope[lo:hi]
+        times, weights, _ = fan_in(layer, t_in, part, end)  # a zero-padded tap is x = 0: it fires at t_min
+        return times, weights, theta[lo:hi], slope[lo:hi]
 
     def solve(times, weights, theta_, slope_):
         return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
 
-    return search_in_chunks(gather, len(idx[0]), rows.shape[1], solve).to(t_in.dtype)
+    return search_in_chunks(gather, len(idx[0]), fan, solve).to(t_in[0].dtype)
 
 
-def readout_potential(layer: Layer, src_offsets: Tensor) -> Tensor:
+def readout_potential(layer: Layer, srcs: list[Tensor]) -> Tensor:
     """Membrane potential of the readout neurons at t_min^(L) (MATH §3): J = W and a bias current
-    b_i / (t_min^(L) − t_min^(L−1)), so V_i(t_min^(L)) = b_i + Σ_j W_ij x_j. Shape: (B, *source) -> (B, *shape)."""
-    elapsed, _ = arrivals(layer, src_offsets)
+    b_i / (t_min^(L) − start), so V_i(t_min^(L)) = b_i + Σ_j W_ij x_j. Shape: srcs[k] (B, *source k) -> (B, *shape)."""
+    elapsed, _ = arrivals(layer, srcs)
     bias_current = layer.bias / layer.in_window
-    return layer.weighted_sum(elapsed, layer.weight) + bias_current * layer.in_window
-
+    return layer.weighted_sum(elapsed) + bias_current * layer.in_window

@@ -692,7 +692,7 @@ def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
         for o in d["readout"]
     )
     conv = None if d["conv"] is None else dict(d["conv"])
-    layer = Layer(
+    layer = Layer.chain(
         name=d["name"], op=d["op"], source=d["source"], route=route, in_shape=d["in_shape"], shape=d["shape"],
         weight=tensors[f"{prefix}.weight"], bias=tensors[f"{prefix}.bias"], conv=conv, probe=probe,
         scale=tensors[f"{prefix}.scale"], is_output=prefix == "output", readout=readout,

@@ -47,6 +47,7 @@ class LayerResult:
     spikes: int
     certificate: tuple[tuple[str, int], ...] = ()  # (stage, neurons it proved free of early spikes), in order
     searched: int = 0  # neurons the certificate could not settle: their first crossing was searched exactly
+    saturated: int = 0  # gated (ReLU6) layers: neurons that reached θ by t_min and fired there (value = the clip)
 
     @property
     def spike_times(self) -> Tensor:
@@ -92,6 +93,11 @@ class SimResult:
     @property
     def spikes(self) -> int:
         return sum(layer.spikes for layer in self.layers)
+
+    @property
+    def saturated(self) -> int:
+        """Neurons of gated (ReLU6) layers that fired at their window's start: clipped activations (MATH §2)."""
+        return sum(layer.saturated for layer in self.layers)
 
     @property
     def searched(self) -> int:

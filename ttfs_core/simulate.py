@@ -114,6 +114,15 @@ def first_crossing(
     return torch.where(theta <= 0, torch.full_like(t, start), t)
 
 
+def gate_at_window_start(offsets: Tensor) -> tuple[Tensor, int]:
+    """The gated neuron (MATH §2): its threshold is switched on only at t_min, so a neuron whose potential has
+    reached θ by then fires at t_min (offset 0, the clipped value B_n) instead of early. The closed-form crossing
+    after t_min is the spike otherwise; no early-spike search is needed. Returns the offsets and how many
+    neurons saturated. Shape: any -> same."""
+    saturated = offsets <= 0
+    return offsets.clamp(min=0), int(torch.count_nonzero(saturated))
+
+
 def settle_spikes(offsets: Tensor, window: float, b1: bool, early_arrivals: int) -> tuple[Tensor, dict[str, int]]:
     """A layer's final spikes and their statistics from its first-crossing offsets (from t_min).
 
@@ -144,6 +153,20 @@ def membrane_potential(
     inside = at.clamp(max=t_end)
     v = alpha * (inside - start).clamp(min=0) + (inside[:, None] - times[None, :]).clamp(min=0) @ weights
     return v + float(final_slope) * (at - t_end).clamp(min=0)
+
+
+def place(parts: list[tuple[tuple[int, int] | None, Tensor]], shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Sum per-input results of a layer, each covering the output channels [lo, hi) it drives (None: all), into
+    one layer-shaped tensor. Shape: parts [(B, *part)] -> (B, *shape)."""
+    out = None
+    for channels, value in parts:
+        if channels is None:
+            out = value if out is None else out + value
+            continue
+        if out is None:
+            out = value.new_zeros(value.shape[0], *shape)
+        out[:, channels[0]:channels[1]] += value
+    return out if out is not None else like.new_zeros(like.shape[0], *shape)
 
 
 def search_in_chunks(gather, count: int, fan_in: int, solve) -> Tensor:
