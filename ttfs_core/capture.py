@@ -110,6 +110,10 @@ FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     torch.add: ("add", ("input", "other", "alpha"), {"alpha": 1}),
     aten.add.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
     aten.add_.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
+    operator.sub: ("sub", ("input", "other"), {}),
+    operator.isub: ("sub", ("input", "other"), {}),
+    torch.sub: ("sub", ("input", "other", "alpha"), {"alpha": 1}),
+    aten.sub.Tensor: ("sub", ("input", "other", "alpha"), {"alpha": 1}),
     operator.mul: ("mul", ("input", "other"), {}),
     torch.mul: ("mul", ("input", "other"), {}),
     aten.mul.Tensor: ("mul", ("input", "other"), {}),
@@ -135,13 +139,15 @@ FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 METHODS = {
     "relu": "relu", "relu_": "relu", "view": "reshape", "reshape": "reshape", "flatten": "reshape",
     "contiguous": "identity", "clone": "identity", "detach": "identity", "add": "add", "add_": "add",
-    "__add__": "add", "__iadd__": "add", "mul": "mul", "mul_": "mul", "chunk": "chunk", "split": "split",
+    "__add__": "add", "__iadd__": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
+    "chunk": "chunk", "split": "split",
     "transpose": "transpose", "permute": "permute", "mean": "mean",
 }
 # tensor method -> parameter names (after self) and defaults
 _METHOD_ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "add": (("other", "alpha"), {"alpha": 1}), "add_": (("other", "alpha"), {"alpha": 1}),
     "__add__": (("other",), {}), "__iadd__": (("other",), {}),
+    "sub": (("other", "alpha"), {"alpha": 1}), "sub_": (("other", "alpha"), {"alpha": 1}),
     "mul": (("other",), {}), "mul_": (("other",), {}),
     "chunk": (("chunks", "dim"), {"dim": 0}), "split": (("split_size_or_sections", "dim"), {"dim": 0}),
     "transpose": (("dim0", "dim1"), {}), "permute": (("dims",), {}), "mean": (("dim", "keepdim"), {"keepdim": False}),
@@ -379,7 +385,7 @@ class Capture:
             kind, p = "relu6", {"max": float(p["max_val"])}
         if kind == "relu6" and "max" not in p:
             p = {"max": 6.0}
-        if kind in ("add", "mul", "div"):
+        if kind in ("add", "sub", "mul", "div"):
             kind, p, inputs = self._arithmetic(kind, p, desc, node, data, inputs)
         if kind == "transpose":
             kind = "permute"
@@ -395,7 +401,7 @@ class Capture:
 
     def _getitem(self, node, desc, src, inputs, in_shape, out_shape) -> Op | None:
         index = node.args[1]
-        if isinstance(src.meta.get("tensor_meta"), (tuple, list)):  # a tuple-valued op (max pool with indices)
+        if not hasattr(src.meta.get("tensor_meta"), "shape"):  # a tuple-valued op (max pool with indices)
             if index != 0:
                 raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
             return None
@@ -413,7 +419,7 @@ class Capture:
 
     def _arithmetic(self, kind, p, desc, node, data, inputs):
         """x + y, x + c, c·x, x / c: linear in the data. Two activations multiplied together are not."""
-        operands = [node.args[0], p.get("other", node.args[1] if len(node.args) > 1 else None)]
+        operands = [p.get("input", node.args[0]), p.get("other")]
         consts = [a for a in operands if not (isinstance(a, fx.Node) and a in data)]
         if kind in ("mul", "div"):
             if len(inputs) != 1:
@@ -424,10 +430,14 @@ class Capture:
             if kind == "div" and (not numerator_is_data or c == 0):
                 raise ConversionError(f"{desc}: only division of an activation by a non-zero constant is supported")
             return "mul", {"factor": 1.0 / c if kind == "div" else c}, inputs
-        alpha = float(p.get("alpha", 1))
+        alpha = float(p.get("alpha", 1)) * (-1.0 if kind == "sub" else 1.0)
         if len(inputs) == 2:
-            return "add", {"alpha": alpha, "constant": 0.0}, inputs
-        return "add", {"alpha": 1.0, "constant": alpha * self._scalar(consts[0], desc)}, inputs
+            return "add", {"sign": 1.0, "alpha": alpha, "constant": 0.0}, inputs
+        first_is_data = isinstance(operands[0], fx.Node) and operands[0] in data
+        c = self._scalar(consts[0], desc)
+        if first_is_data:  # x ± c
+            return "add", {"sign": 1.0, "alpha": 1.0, "constant": alpha * c}, inputs
+        return "add", {"sign": alpha, "alpha": 1.0, "constant": c}, inputs  # c ± x
 
     def _scalar(self, value: Any, desc: str) -> float:
         value = self._const_named(value, desc, "constant") if isinstance(value, fx.Node) else value
@@ -481,6 +491,8 @@ class Capture:
 
     def _function_params(self, kind: str, a: dict[str, Any], desc: str, node: fx.Node | None = None,
                          rank: int = 0) -> dict[str, Any]:
+        if kind in ("add", "sub", "mul", "div"):
+            return dict(a)  # operands and alpha, sorted out by `_arithmetic`
         if kind == "cat":
             return {"dim": self._sample_dim(a["dim"], rank, desc)}
         if kind == "transpose":

@@ -261,8 +261,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     kv("network", describe(snn))
     print()
     rows = [[r["layer"], r["op"], r["shape"], f"{r['neurons']:,}", f"{r['X_n']:.4g}" if r["spiking"] else "-",
-             f"{r['t_max'] - r['t_min']:.4g}" if r["spiking"] else "readout"] for r in snn.summary()]
-    table(rows, ["layer", "op", "shape", "neurons", "X_n", "window (τ_c)"], sys.stdout, right={3, 4, 5})
+             f"{r['t_max'] - r['t_min']:.4g}" if r["spiking"] else "readout", r["reads"]] for r in snn.summary()]
+    table(rows, ["layer", "op", "shape", "neurons", "X_n", "window (τ_c)", "reads"], sys.stdout, right={3, 4, 5})
     print()
     kv("latency", f"{snn.decision_latency:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers); "
                   f"smallest window {snn.smallest_window:.3g} τ_c")

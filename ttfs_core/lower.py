@@ -143,16 +143,22 @@ class Lowering:
             if v is not None and v.pending is not None:
                 raise ConversionError(f"{op.name} ({op.target}) adds a max-pooled value that has no ReLU yet; pool "
                                       "after the ReLU")
+        sign = op.params.get("sign", 1.0)
+        if sign != 1.0:
+            a = self._scaled(op, a, sign)
         if b is None:
             return Value(a.terms, a.bias + op.params["constant"], a.shape, op.node, "add")
         if tuple(a.shape) != tuple(b.shape):
             raise ConversionError(f"{op.name} ({op.target}) adds tensors of shapes {a.shape} and {b.shape}; "
                                   "broadcasting additions are not supported")
-        k = op.params["alpha"]
-        terms_b = b.terms if k == 1 else tuple(
-            replace(t, ops=(*t.ops, Op(op.name, op.node, "mul", "alpha", b.shape, b.shape, {"factor": k})))
-            for t in b.terms)
-        return Value(a.terms + terms_b, a.bias + k * b.bias, a.shape, op.node, "add")
+        b = self._scaled(op, b, op.params["alpha"])
+        return Value(a.terms + b.terms, a.bias + b.bias, a.shape, op.node, "add")
+
+    def _scaled(self, op: Op, v: Value, k: float) -> Value:
+        if k == 1:
+            return v
+        mul = Op(op.name, op.node, "mul", "scale", v.shape, v.shape, {"factor": k})
+        return Value(tuple(replace(t, ops=(*t.ops, mul)) for t in v.terms), k * v.bias, v.shape, v.node, v.label)
 
     def _on_cat(self, op: Op, *parts: Value) -> Value:
         dim, total, offset = op.params["dim"], op.out_shape[op.params["dim"]], 0
@@ -372,23 +378,42 @@ def compose(t: Term, shape: tuple[int, ...], dtype, keep_zero: bool = False) -> 
 
 
 def _dense(t: Term, shape: tuple[int, ...], dtype) -> Synapses:
-    ops = t.ops
-    glue = [o for o in ops if not (o.kind == "identity" or o.kind == "reshape" and len(o.out_shape) == 1
-                                   or o.kind == "reshape" and tuple(o.out_shape) == tuple(o.in_shape))]
-    if len(glue) == 1 and glue[0] is ops[-1] and glue[0].kind == "linear":  # flatten → Linear: W as it is
-        return Synapses(t.source, t.route, t.in_shape, glue[0].params["weight"].to(dtype).contiguous(), None)
+    """The term's chain as one dense matrix on the flattened routed source: W_post · W_linear · J_pre, where
+    J_pre is the Jacobian of the glue before the last Linear (pulled back row by row, `fold_chain_into_linear`)
+    and W_post that of the per-neuron ops after it (so the big Linear is never differentiated through)."""
+    ops = list(t.ops)
+    n = 1
+    for s in shape:
+        n *= s
+    last = max((k for k, o in enumerate(ops) if o.kind == "linear"), default=None)
+    if last is None:
+        rows, pre = torch.eye(n, dtype=dtype), ops
+    else:
+        w = ops[last].params["weight"].to(dtype)
+        post = ops[last + 1:]
+        if post:
+            mid = _jacobian(post, tuple(ops[last].out_shape), n, dtype)
+            w = mid @ w
+        rows, pre = w, ops[:last]
+    if not any(o.kind not in ("identity", "reshape") for o in pre):
+        return Synapses(t.source, t.route, t.in_shape, rows.contiguous(), None)  # flatten → Linear: W as it is
+    weight, _ = fold_chain_into_linear(rows, torch.zeros(rows.shape[0], dtype=dtype), _chain(pre), t.in_shape)
+    return Synapses(t.source, t.route, t.in_shape, weight.contiguous(), None)
 
-    def chain(x: Tensor) -> Tensor:
+
+def _chain(ops: list[Op]):
+    def apply(x: Tensor) -> Tensor:
         for op in ops:
             x = apply_op(op, x)
         return x
 
-    n = 1
-    for s in shape:
-        n *= s
-    eye = torch.eye(n, dtype=dtype)
-    weight, _ = fold_chain_into_linear(eye, torch.zeros(n, dtype=dtype), chain, t.in_shape)
-    return Synapses(t.source, t.route, t.in_shape, weight.contiguous(), None)
+    return apply
+
+
+def _jacobian(ops: list[Op], in_shape: tuple[int, ...], n: int, dtype) -> Tensor:
+    """The (n, prod(in_shape)) matrix of a short chain of linear ops."""
+    weight, _ = fold_chain_into_linear(torch.eye(n, dtype=dtype), torch.zeros(n, dtype=dtype), _chain(ops), in_shape)
+    return weight
 
 
 def _compose_conv(t: Term, shape: tuple[int, ...], dtype) -> Synapses | None:

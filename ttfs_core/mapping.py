@@ -75,8 +75,3 @@ def b1_parameters(weight, bias: Tensor, window: float):
     theta = window - bias
     J = weight.clone() if isinstance(weight, Tensor) else [w.clone() for w in weight]
     return J, theta, torch.ones_like(theta)
-
-
-def row_sums(weight: Tensor) -> Tensor:
-    """Σ_j W_ij per output neuron (for convolutions over input channels and taps). Shape: (O, ...) -> (O,)."""
-    return weight.sum(tuple(range(1, weight.dim())))

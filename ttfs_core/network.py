@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -294,15 +294,24 @@ class SpikingNetwork(_Freezable):
     def all_layers(self) -> list[Layer]:
         return [*self.layers, self.output]
 
+    def reads(self, layer: Layer) -> str:
+        """Which layers `layer` reads, with the delay of each (τ_c) when it is not 0: "conv1 + relu (delay 3.1)"."""
+        parts = []
+        for syn in layer.inputs:
+            name = "input" if syn.source < 0 else self.layers[syn.source].name
+            parts.append(f"{name} (delay {syn.delay:.3g})" if syn.delay > 0 else name)
+        return " + ".join(parts)
+
     def summary(self) -> list[dict[str, Any]]:
-        """One row per spiking layer (and the readout): name, op, output shape, neurons, X_n, t_min, t_max and the
-        window B_n (τ_c; 0 for the readout)."""
+        """One row per spiking layer (and the readout): name, op, output shape, neurons, X_n, t_min, t_max, the
+        window B_n (τ_c; 0 for the readout) and the layers it reads (`reads`)."""
         rows = []
         for layer in self.all_layers:
             rows.append({
                 "layer": layer.name, "op": layer.op, "shape": "×".join(map(str, layer.shape)),
                 "neurons": layer.neurons, "X_n": layer.max_activation,
                 "t_min": layer.t_min, "t_max": layer.t_max, "window": layer.window, "spiking": not layer.is_output,
+                "reads": self.reads(layer),
             })
         return rows
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .convert import convert
-from .mapping import row_sums
 from .network import Perturb, SpikingNetwork
 
 
@@ -57,13 +56,20 @@ def jitter_times(sigma: float, seed: int = 0, relative: bool = False) -> Perturb
     return perturb
 
 
-def _quantise(w: Tensor, bits: int) -> Tensor:
-    """Symmetric uniform quantisation with 2^(bits−1) − 1 levels per sign, scaled to the largest |w|."""
-    top = float(w.abs().max())
+def _quantise(w: Tensor, bits: int, top: float | None = None) -> Tensor:
+    """Symmetric uniform quantisation with 2^(bits−1) − 1 levels per sign, scaled to `top` (default: the largest
+    |w|)."""
+    top = float(w.abs().max()) if top is None else top
     if top == 0:
         return w.clone()
     step = top / (2 ** (int(bits) - 1) - 1)
     return torch.round(w / step) * step
+
+
+def _quantise_layer(layer, bits: int, which: str) -> None:
+    """Quantise the weights of all of a layer's inputs on one scale (the largest |w| among them)."""
+    top = max(float(getattr(syn, which).abs().max()) for syn in layer.inputs)
+    layer.inputs = tuple(replace(syn, **{which: _quantise(getattr(syn, which), bits, top)}) for syn in layer.inputs)
 
 
 def quantise_weights(snn: SpikingNetwork, bits: int) -> SpikingNetwork:
@@ -76,11 +82,12 @@ def quantise_weights(snn: SpikingNetwork, bits: int) -> SpikingNetwork:
         raise ValueError(f"weight bits must be between 2 and 32, got {bits}")
     out = copy.deepcopy(snn)
     for layer in out.layers:
-        layer.J = _quantise(layer.J, bits)
+        _quantise_layer(layer, bits, "J")
         if out.neuron == "alpha":
-            layer.slope = (out.alpha + row_sums(layer.J)).reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(
+            sums = layer.row_sums("J")
+            layer.slope = (out.alpha + sums).reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(
                 layer.slope).clone()
-    out.output.weight = _quantise(out.output.weight, bits)
+    _quantise_layer(out.output, bits, "weight")
     return out
 
 
