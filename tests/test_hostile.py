@@ -117,9 +117,9 @@ def network_bases(tmp_path_factory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("networks")
     bases = {}
-    for name in ("conv", "readout"):
+    for name in na.BASES:
         bases[name] = folder / f"{name}.safetensors"
-        na.base_network(name).save(bases[name])
+        na.save_base(name, bases[name])
     return bases
 
 

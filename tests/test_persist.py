@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 import ttfs_core
 from ttfs_core import NetworkFileError, persist
 
+from . import nets
 from . import network_attacks as na
 from .test_core import converted
 
@@ -45,7 +46,7 @@ def test_round_trip_is_bit_for_bit(tmp_path, name, neuron):
 
 def test_round_trip_float32_positive_and_readout_ops(tmp_path):
     """float32 and the positive rescaling load too, and so does a readout holding every op kind the converter
-    puts after the last weighted sum (affine, max/avg/adaptive pooling, reshape)."""
+    puts after the last weighted sum (max/avg/adaptive pooling, affine, reshape)."""
     _, snn32, x32 = converted("cnn", dtype=torch.float32, rescale="positive")
     g = torch.Generator().manual_seed(5)
     xr = torch.rand(8, 2, 16, 16, generator=g, dtype=torch.float64)
@@ -59,7 +60,80 @@ def test_round_trip_float32_positive_and_readout_ops(tmp_path):
         assert torch.equal(a.logits, b.logits)
         for la, lb in zip(a.layers, b.layers):
             assert torch.equal(la.offsets, lb.offsets)
-    assert [op.kind for op in back.output.readout] == ["affine", "maxpool", "avgpool", "adaptive_avgpool", "reshape"]
+    # the BatchNorm right after the last conv is folded into the readout's weights; the one after the pooling stays
+    assert [op.kind for op in back.output.readout] == ["maxpool", "affine", "avgpool", "adaptive_avgpool", "reshape"]
+
+
+def _same_run(snn, back, x, stepped: bool = True) -> None:
+    """Bit for bit: the same logits and spike times, event-driven and clock-driven."""
+    a, b = snn.run(x), back.run(x)
+    assert torch.equal(a.logits, b.logits)
+    assert len(a.layers) == len(b.layers)
+    for la, lb in zip(a.layers, b.layers):
+        assert torch.equal(la.offsets, lb.offsets) and torch.equal(la.spike_times, lb.spike_times)
+    if stepped:
+        assert torch.equal(snn.run_stepped(x, steps=16).logits, back.run_stepped(x, steps=16).logits)
+
+
+def _same_tensor(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+
+
+def _same_synapses(sa, sb) -> None:
+    assert (sa.source, sa.in_shape, sa.conv, sa.channels, sa.in_window, sa.delay) == \
+           (sb.source, sb.in_shape, sb.conv, sb.channels, sb.in_window, sb.delay)
+    assert _same_tensor(sa.weight, sb.weight) and _same_tensor(sa.J, sb.J) and len(sa.route) == len(sb.route)
+    for pa, pb in zip(sa.route, sb.route):
+        assert (pa.kernel_size, pa.stride, pa.padding, pa.dilation, pa.ceil_mode) == \
+               (pb.kernel_size, pb.stride, pb.padding, pb.dilation, pb.ceil_mode)
+        assert _same_tensor(pa.sign, pb.sign)
+
+
+@pytest.mark.parametrize("neuron", ["alpha", "b1"])
+def test_round_trip_of_a_branching_network(tmp_path, neuron):
+    """Layers of several inputs (a residual add, a channel concatenation with a delayed input) and a ReLU6 layer
+    (format version 2): the loaded network is the same, field for field, and runs bit for bit."""
+    snn = na.base_network("branch", neuron=neuron)
+    path = tmp_path / "branch.safetensors"
+    snn.save(path)
+    desc, _ = na.read(path)
+    assert desc["version"] == persist.VERSION == 2
+    back = ttfs_core.load(path)
+    assert back.summary() == snn.summary() and back.neuron == neuron
+    assert [len(la.inputs) for la in back.layers] == [1, 2, 1, 2]  # the add and the concatenation
+    assert back.layers[2].clip == snn.layers[2].clip == back.layers[2].window
+    assert any(syn.delay > 0 for syn in back.layers[3].inputs)
+    for la, lb in zip(snn.all_layers, back.all_layers):
+        assert (la.clip, la.in_window, la.start) == (lb.clip, lb.in_window, lb.start)
+        for sa, sb in zip(la.inputs, lb.inputs, strict=True):
+            _same_synapses(sa, sb)
+    x = na.branch_inputs(12, seed=7)
+    _same_run(snn, back, x)
+    with torch.no_grad():
+        ref = na.branch_model()(x)
+    assert float((back.run(x).logits - ref).abs().max()) < 1e-9 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("neuron", ["alpha", "b1"])
+def test_version_1_files_still_load(tmp_path, neuron):
+    """A file in the version-1 layout (one input per layer, its fields on the layer) loads into one-input layers
+    that run exactly like the network it was written from; saved again, it is a version-2 file."""
+    snn = na.base_network("conv", neuron=neuron)
+    old = tmp_path / "v1.safetensors"
+    na.write_v1(snn, old)
+    desc, tensors = na.read(old)
+    assert desc["version"] == 1 and "source" in desc["layers"][0] and "layers.0.weight" in tensors
+    back = ttfs_core.load(old)
+    for la, lb in zip(snn.all_layers, back.all_layers):
+        (syn,) = lb.inputs
+        assert (syn.channels, syn.delay, lb.clip) == (None, 0.0, None) and syn.in_window == lb.in_window
+        _same_synapses(la.inputs[0], syn)
+    x = nets.inputs("functional", 12, seed=3)
+    _same_run(snn, back, x)
+    new = tmp_path / "v2.safetensors"
+    back.save(new)
+    assert na.read(new)[0]["version"] == 2
+    _same_run(back, ttfs_core.load(new), x, stepped=False)
 
 
 def test_file_has_no_pickle(tmp_path):
@@ -134,7 +208,7 @@ def bases(tmp_path_factory):
     paths = {}
     for name in na.BASES:
         paths[name] = folder / f"{name}.safetensors"
-        na.base_network(name).save(paths[name])
+        na.save_base(name, paths[name])
     return paths
 
 
@@ -155,17 +229,33 @@ def test_crafted_file_is_rejected(bases, tmp_path, attack):
 
 
 def test_messages_name_the_field_and_what_is_allowed(bases, tmp_path):
+    branch, _ = na.read(bases["branch"])
+    delay = branch["layers"][3]["t_min"] - branch["layers"][1]["t_max"]
     expected = {
-        "conv_stride_zero": "layers[0].conv.stride: expected two integers ≥ 1, got [0, 1]",
-        "version_infinity": "version: expected an integer in [1, 1] (the format versions this ttfs_core reads), "
+        "conv_stride_zero": "layers[0].inputs[0].conv.stride: expected two integers ≥ 1, got [0, 1]",
+        "version_infinity": "version: expected an integer in [1, 2] (the format versions this ttfs_core reads), "
                             "got Infinity",
-        "source_forward": "layers[1].source: expected an integer in [-1, 0] (an earlier layer, or -1 for the input), "
-                          "got 2",
-        "readout_kind_linear": 'output.readout[1].kind: expected one of "affine", "reshape", "maxpool", "avgpool", '
+        "source_forward": "layers[1].inputs[0].source: expected an integer in [-1, 0] (an earlier layer, or -1 for "
+                          "the input), got 2",
+        "readout_kind_linear": 'output.readout[0].kind: expected one of "affine", "reshape", "maxpool", "avgpool", '
                                '"adaptive_avgpool", "identity", got "linear"',
-        "sign_wrong_length": "layers[2].route[0].sign: expected [10] (one value per channel), got [9]",
+        "sign_wrong_length": "layers[2].inputs[0].route[0].sign: expected [10] (one value per channel), got [9]",
         "duplicate_top_key": 'description: the key "version" appears twice',
         "missing_t_min": "layers[1].t_min: missing (a required field)",
+        "channels_past_the_layer": "layers[3].inputs[1].channels: expected null (all channels) or two integers "
+                                   "[lo, hi] with 0 ≤ lo < hi ≤ 8 (the layer's channels), got [4, 9]",
+        "source_not_earlier": "layers[3].inputs[1].source: expected an integer in [-1, 2] (an earlier layer, or -1 "
+                              "for the input), got 3",
+        "delay_dropped": f"layers[3].inputs[1].delay: expected {delay!r} (t_min − t_max of layers[1]), got 0.0",
+        "in_window_of_another_source": f"layers[3].inputs[1].in_window: expected {branch['layers'][1]['window']!r} "
+                                       f"(the window of layers[1]), got {branch['layers'][2]['window']!r}",
+        "clip_not_window": f"layers[2].clip: expected {branch['layers'][2]['window']!r} (a clipped layer saturates at "
+                           "the end of its window: clip = window), got 6.0",
+        "sliced_weight_full_width": "layers[3].inputs[1].weight: expected [4, 8] (its first two dimensions: out "
+                                    "channels (channels 4 to 7), in channels / groups = 8 / 1), got [8, 8]",
+        "second_input_missing_delay": "layers[1].inputs[1].delay: missing (a required field)",
+        "v1_source_forward": "layers[1].source: expected an integer in [-1, 0] (an earlier layer, or -1 for the "
+                             "input), got 2",
     }
     attacks = {a.name: a for a in na.ATTACKS}
     for name, message in expected.items():
@@ -184,7 +274,7 @@ def test_size_limits(bases, tmp_path, monkeypatch):
     """Our own limits on declared sizes, checked from the header before any tensor is read (lowered here so that a
     small file reaches them)."""
     monkeypatch.setattr(persist, "MAX_TENSOR_ELEMENTS", 1000)
-    assert rejected(bases["conv"]) == 'tensor "layers.2.J": declares 2160 elements; at most 1000'
+    assert rejected(bases["conv"]) == 'tensor "layers.2.inputs.0.J": declares 2160 elements; at most 1000'
     monkeypatch.undo()
     monkeypatch.setattr(persist, "MAX_TOTAL_ELEMENTS", 5000)
     assert rejected(bases["conv"]).startswith("tensors: declare ")
@@ -196,17 +286,23 @@ def test_size_limits(bases, tmp_path, monkeypatch):
     assert rejected(bases["conv"]).startswith("input_shape: expected a shape")  # a declared shape of 512 elements
 
 
-def test_nothing_is_built_before_everything_is_checked(bases, tmp_path, monkeypatch):
-    """The last check (the values of the last tensor) still comes before any Layer is built."""
-    attack = next(a for a in na.ATTACKS if a.name == "readout_shift_nan")
+@pytest.mark.parametrize("base, name, field", [
+    ("readout", "readout_shift_nan", "output.readout[1].params.shift: "),
+    ("branch", "second_input_J_nan", "layers[1].inputs[1].J: "),
+])
+def test_nothing_is_built_before_everything_is_checked(bases, tmp_path, monkeypatch, base, name, field):
+    """The last check (the values of the tensors) still comes before any Layer or Synapses is built."""
+    attack = next(a for a in na.ATTACKS if a.name == name)
+    assert attack.base == base
     path = tmp_path / "late.safetensors"
-    na.craft(attack, bases["readout"], path)
+    na.craft(attack, bases[base], path)
 
     def no_layer(*args, **kwargs):
         raise AssertionError("a Layer was built from a file that fails its checks")
 
     monkeypatch.setattr(persist, "Layer", no_layer)
-    assert rejected(path).startswith("output.readout[0].params.shift: ")
+    monkeypatch.setattr(persist, "Synapses", no_layer)
+    assert rejected(path).startswith(field)
 
 
 def test_output_sizes_match_torch():

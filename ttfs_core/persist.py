@@ -1,17 +1,26 @@
 """Save and load converted networks in a format that carries no code: one safetensors file whose header holds
 the network's description as JSON. A loaded network gives the same spike times, bit for bit.
 
+Format version 2 (written): each layer lists its `inputs` (`network.Synapses`): source, route, in_shape, conv,
+channels, in_window and delay, with tensors ``{layer}.inputs.{k}.weight``, ``.J`` and ``.route.{j}.sign``; and
+its `clip` (ReLU6). Version 1 (read only): one input per layer, its fields on the layer itself
+(``{layer}.weight``...); it loads as one-input layers (delay 0, all channels, no clip).
+
 A file is untrusted input. `load_network` checks it against the explicit schema below before it builds anything
 or runs anything, in three passes:
 
-1. the description (JSON): every key, type and range; the geometry that needs no tensor (shapes, routes, readout
-   ops); the timing (consecutive windows, t_max = t_min + window, each layer reads an earlier one);
+1. the description (JSON): every key, type and range; the geometry that needs no tensor (shapes, routes,
+   channels, readout ops); the timing (MATH §4–§5: a layer opens when its last source closes, t_min = max t_max
+   of its sources, each input delayed by t_min − t_max(source) and read over its source's window, in_window the
+   longest of them, start = t_min − in_window, t_max = t_min + window, a clipped layer's window = its clip,
+   layers in time order and each input from an earlier layer; version 1: consecutive windows);
 2. the tensors' headers (names, dtypes, shapes; no data read yet): exactly the tensors the description needs, of
-   float dtypes, within size limits, and of shapes that fit the layers (weights, conv parameters, broadcasts);
+   float dtypes, within size limits, and of shapes that fit the layers (weights of every input for the channels
+   it drives, conv parameters, broadcasts);
 3. the tensors' values: finite, and ±1 for the pooling signs.
 
 Every problem raises one `NetworkFileError` whose one-line message names the field, e.g.
-``net.safetensors: layers[3].conv.stride: expected two integers ≥ 1, got [0, 1]``.
+``net.safetensors: layers[3].inputs[1].conv.stride: expected two integers ≥ 1, got [0, 1]``.
 """
 
 from __future__ import annotations
@@ -28,12 +37,13 @@ from torch import Tensor
 
 from .capture import Op
 from .convert import NEURONS, RESCALE
-from .network import Layer, Probe, SpikingNetwork
+from .network import Layer, Probe, SpikingNetwork, Synapses
 from .simulate import Pool
 
 FORMAT = "ttfs-network"
-VERSION = 1
-_TENSORS = ("weight", "bias", "scale", "J", "theta", "slope")
+VERSION = 2  # written; every version from 1 is read
+_LAYER_TENSORS = ("bias", "scale", "theta", "slope")
+_INPUT_TENSORS = ("weight", "J")
 _FLOATS = ("max_activation", "start", "t_min", "t_max", "in_window", "window")
 
 # --- limits: a file may describe at most this much -------------------------------------------------------------
@@ -41,6 +51,7 @@ MAX_TENSOR_ELEMENTS = 1 << 31  # elements of one stored tensor, and of one decla
 MAX_TOTAL_ELEMENTS = 1 << 33  # elements of all stored tensors together
 MAX_DESCRIPTION_CHARS = 1 << 24  # characters of the JSON description
 MAX_LAYERS = 100_000
+MAX_INPUTS = 1024  # inputs (Synapses) of one layer
 MAX_OPS = 64  # pools in one route; ops in the readout
 MAX_RANK = 8  # dimensions of a shape
 MAX_TEXT = 1000  # characters of a name
@@ -53,7 +64,7 @@ DTYPES = {"float16": ("F16", torch.float16), "bfloat16": ("BF16", torch.bfloat16
           "float32": ("F32", torch.float32), "float64": ("F64", torch.float64)}
 _FLOAT_CODES = tuple(code for code, _ in DTYPES.values())
 
-# op kinds that can follow the readout's weighted sum (convert._Lowering.run accepts only these after it) and
+# op kinds that can follow the readout's weighted sum (lower.Lowering.run accepts only these after it) and
 # the parameters the capture stores for each (capture.Capture._module_params / _function_params)
 READOUT_PARAMS: dict[str, tuple[str, ...]] = {
     "affine": ("scale", "shift"),
@@ -66,7 +77,9 @@ READOUT_PARAMS: dict[str, tuple[str, ...]] = {
 
 _TOP = ("format", "version", "layers", "output", "input_shape", "input_range", "neuron", "margin", "rescale", "alpha",
         "dtype")
-_LAYER = ("name", "op", "source", "in_shape", "shape", "conv", "is_output", "route", "probe", "readout", *_FLOATS)
+_LAYER = ("name", "op", "shape", "is_output", "clip", "inputs", "probe", "readout", *_FLOATS)
+_INPUT = ("source", "route", "in_shape", "conv", "channels", "in_window", "delay")
+_LAYER_V1 = ("name", "op", "source", "in_shape", "shape", "conv", "is_output", "route", "probe", "readout", *_FLOATS)
 _CONV = ("stride", "padding", "dilation", "groups")
 _POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "sign")
 _PROBE = ("node", "relu", "affine")
@@ -92,17 +105,28 @@ def _split(prefix: str, params: dict[str, Any], tensors: dict[str, Tensor]) -> d
     return plain
 
 
-def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dict[str, Any]:
-    for name in _TENSORS:
-        value = getattr(layer, name)
+def _input_to_json(syn: Synapses, prefix: str, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    for name in _INPUT_TENSORS:
+        value = getattr(syn, name)
         if value is not None:
             tensors[f"{prefix}.{name}"] = value.contiguous()
     route = []
-    for k, pool in enumerate(layer.route):
+    for k, pool in enumerate(syn.route):
         if pool.sign is not None:
             tensors[f"{prefix}.route.{k}.sign"] = pool.sign.contiguous()
         route.append({"kernel_size": list(pool.kernel_size), "stride": list(pool.stride), "padding": list(pool.padding),
                       "dilation": list(pool.dilation), "ceil_mode": pool.ceil_mode, "sign": pool.sign is not None})
+    conv = None if syn.conv is None else {k: list(v) if isinstance(v, tuple) else v for k, v in syn.conv.items()}
+    return {"source": syn.source, "route": route, "in_shape": list(syn.in_shape), "conv": conv,
+            "channels": None if syn.channels is None else list(syn.channels),
+            "in_window": float(syn.in_window), "delay": float(syn.delay)}
+
+
+def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    for name in _LAYER_TENSORS:
+        value = getattr(layer, name)
+        if value is not None:
+            tensors[f"{prefix}.{name}"] = value.contiguous()
     probe = {"node": layer.probe.node, "relu": layer.probe.relu, "affine": layer.probe.scale is not None}
     if layer.probe.scale is not None:
         tensors[f"{prefix}.probe.scale"] = layer.probe.scale.contiguous()
@@ -113,11 +137,10 @@ def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dic
         for k, op in enumerate(layer.readout)
     ]
     return {
-        "name": layer.name, "op": layer.op, "source": layer.source, "in_shape": list(layer.in_shape),
-        "shape": list(layer.shape), "conv": None if layer.conv is None else {k: list(v) if isinstance(v, tuple) else v
-                                                                              for k, v in layer.conv.items()},
-        "is_output": layer.is_output, "route": route, "probe": probe, "readout": readout,
-        **{name: getattr(layer, name) for name in _FLOATS},
+        "name": layer.name, "op": layer.op, "shape": list(layer.shape), "is_output": layer.is_output,
+        "clip": None if layer.clip is None else float(layer.clip),
+        "inputs": [_input_to_json(syn, f"{prefix}.inputs.{k}", tensors) for k, syn in enumerate(layer.inputs)],
+        "probe": probe, "readout": readout, **{name: float(getattr(layer, name)) for name in _FLOATS},
     }
 
 
@@ -392,7 +415,8 @@ class _Need:
 
 
 def _check_description(desc: Any, need: _Need) -> dict[str, Any]:
-    """Every field of the description; returns it normalised (tuples, floats). Pass 1."""
+    """Every field of the description; returns it normalised (tuples, floats; a version-1 layer as a layer with one
+    input). Pass 1."""
     if not isinstance(desc, dict):
         raise _Invalid("description", f"expected a JSON object, got {_kind(desc)}")
     for key in ("format", "version"):
@@ -406,6 +430,7 @@ def _check_description(desc: Any, need: _Need) -> dict[str, Any]:
                                   f"got {_show(version)}")
     _obj(desc, "", _TOP)
     net = {
+        "version": version,
         "input_shape": _shape(desc["input_shape"], "input_shape"),
         "neuron": _choice(desc["neuron"], "neuron", NEURONS),
         "rescale": _choice(desc["rescale"], "rescale", RESCALE),
@@ -425,33 +450,96 @@ def _check_description(desc: Any, need: _Need) -> dict[str, Any]:
     shapes = [net["input_shape"]]  # shapes of the input and of the layers so far
     hidden = []
     for i, d in enumerate(layers):
-        layer = _check_layer(d, f"layers[{i}]", f"layers.{i}", i, shapes, need, output=False)
+        layer = _check_layer(d, f"layers[{i}]", f"layers.{i}", i, shapes, need, False, version)
         hidden.append(layer)
         shapes.append(layer["shape"])
-    output = _check_layer(desc["output"], "output", "output", len(hidden), shapes, need, output=True)
-    _check_timing(hidden, output)
+    output = _check_layer(desc["output"], "output", "output", len(hidden), shapes, need, True, version)
+    (_check_timing_v1 if version == 1 else _check_timing)(hidden, output)
     net.update(layers=hidden, output=output)
     return net
 
 
 def _check_layer(d: Any, where: str, prefix: str, index: int, shapes: list[tuple[int, ...]], need: _Need,
-                 output: bool) -> dict[str, Any]:
-    _obj(d, where, _LAYER)
+                 output: bool, version: int) -> dict[str, Any]:
+    _obj(d, where, _LAYER_V1 if version == 1 else _LAYER)
     layer: dict[str, Any] = {
         "name": _text(d["name"], _at(where, "name")),
         "op": _text(d["op"], _at(where, "op")),
-        "source": _int(d["source"], _at(where, "source"), -1, index - 1,
-                       " (an earlier layer, or -1 for the input)"),
-        "in_shape": _shape(d["in_shape"], _at(where, "in_shape")),
-        "shape": _shape(d["shape"], _at(where, "shape")),
         "prefix": prefix, "where": where,
     }
+    if version == 1:  # the input's fields sit on the layer, in the order version 1 checked them
+        source = _source(d, where, index)
+        in_shape = _shape(d["in_shape"], _at(where, "in_shape"))
+    layer["shape"] = shape = _shape(d["shape"], _at(where, "shape"))
     if _bool(d["is_output"], _at(where, "is_output")) != output:
         raise _Invalid(_at(where, "is_output"), f"expected {json.dumps(output)} "
                                                 f"({'the readout' if output else 'a hidden spiking layer'}), "
                                                 f"got {json.dumps(not output)}")
     for name in _FLOATS:
         layer[name] = _float(d[name], _at(where, name))
+    if version == 1:
+        if d["conv"] is not None:
+            for key, value in (("in_shape", in_shape), ("shape", shape)):
+                if len(value) != 3:
+                    raise _Invalid(_at(where, key), f"a convolution layer has shapes (channels, height, width), "
+                                                    f"got {_fmt(value)}")
+        elif len(shape) != 1:
+            raise _Invalid(_at(where, "shape"), f"a dense layer has a shape of one integer, got {_fmt(shape)}")
+        fields = {"source": source, "in_shape": in_shape, "conv": d["conv"], "route": d["route"], "channels": None,
+                  "in_window": layer["in_window"], "delay": 0.0}
+        layer["inputs"] = [_check_input(fields, where, "", prefix, shapes, shape, need, output)]
+        layer["clip"] = None
+    else:
+        if len(shape) not in (1, 3):
+            raise _Invalid(_at(where, "shape"), f"expected (channels, height, width) or one integer (a dense layer), "
+                                                f"got {_fmt(shape)}")
+        clip = d["clip"]
+        if clip is not None:
+            if output:
+                raise _Invalid(_at(where, "clip"), f"expected null (the readout is not clipped), got {_show(clip)}")
+            clip = _float(clip, _at(where, "clip"), " > 0 (the clip value of a ReLU6 layer) or null",
+                          lambda v: v > 0)
+        layer["clip"] = clip
+        items = d["inputs"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_INPUTS:
+            raise _Invalid(_at(where, "inputs"), f"expected a list of 1 to {MAX_INPUTS} inputs, got {_show(items)}")
+        inputs = []
+        for k, item in enumerate(items):
+            iw = f"{where}.inputs[{k}]"
+            fields = _obj(item, iw, _INPUT)
+            fields = {**fields, "source": _source(fields, iw, index),
+                      "in_shape": _shape(fields["in_shape"], _at(iw, "in_shape"))}
+            inputs.append(_check_input(fields, iw, f"inputs[{k}]", f"{prefix}.inputs.{k}", shapes, shape, need,
+                                       output))
+        layer["inputs"] = inputs
+    probe = _obj(d["probe"], _at(where, "probe"), _PROBE)
+    layer["probe"] = {"node": _text(probe["node"], _at(where, "probe.node")),
+                      "relu": _bool(probe["relu"], _at(where, "probe.relu")),
+                      "affine": _bool(probe["affine"], _at(where, "probe.affine"))}
+    if layer["probe"]["affine"]:
+        for key in ("scale", "shift"):
+            need.add(f"{prefix}.probe.{key}", f"{where}.probe.{key}", "channels")
+    for key in ("bias", "scale", *(() if output else ("theta", "slope"))):
+        need.add(f"{prefix}.{key}", _at(where, key), key)
+    readout = _list(d["readout"], _at(where, "readout"), MAX_OPS, "ops")
+    if readout and not output:
+        raise _Invalid(_at(where, "readout"), "expected [] (only the output layer has readout ops), "
+                                              f"got {len(readout)} ops")
+    layer["readout"] = _check_readout(readout, where, prefix, shape, need)
+    return layer
+
+
+def _source(d: dict[str, Any], where: str, index: int) -> int:
+    return _int(d["source"], _at(where, "source"), -1, index - 1, " (an earlier layer, or -1 for the input)")
+
+
+def _check_input(d: dict[str, Any], where: str, label: str, prefix: str, shapes: list[tuple[int, ...]],
+                 shape: tuple[int, ...], need: _Need, output: bool) -> dict[str, Any]:
+    """One input of a layer of `shape` (source and in_shape already checked): conv, channels, route, timing
+    fields, and the tensors it needs. `where` names its fields (the layer itself in version 1); `label` names it in
+    messages about the whole layer ("" in version 1)."""
+    source, in_shape = d["source"], d["in_shape"]
+    inp: dict[str, Any] = {"where": where, "label": label, "source": source, "in_shape": in_shape, "prefix": prefix}
     conv = d["conv"]
     if conv is not None:
         cw = _at(where, "conv")
@@ -460,43 +548,46 @@ def _check_layer(d: Any, where: str, prefix: str, index: int, shapes: list[tuple
                 "padding": _pair(conv["padding"], _at(cw, "padding"), 0),
                 "dilation": _pair(conv["dilation"], _at(cw, "dilation"), 1),
                 "groups": _int(conv["groups"], _at(cw, "groups"), 1)}
-        for key in ("in_shape", "shape"):
-            if len(layer[key]) != 3:
-                raise _Invalid(_at(where, key), f"a convolution layer has shapes (channels, height, width), "
-                                                f"got {_fmt(layer[key])}")
-    elif len(layer["shape"]) != 1:
-        raise _Invalid(_at(where, "shape"), f"a dense layer has a shape of one integer, got {_fmt(layer['shape'])}")
-    layer["conv"] = conv
-    # route: max pooling of the source's spike times; it must give this layer's in_shape
+        if len(in_shape) != 3:
+            raise _Invalid(_at(where, "in_shape"), f"a convolution reads (channels, height, width), got "
+                                                   f"{_fmt(in_shape)}")
+        if len(shape) != 3:
+            raise _Invalid(cw, f"a convolution drives a layer of shape (channels, height, width), but the layer has "
+                               f"shape {_fmt(shape)}")
+    inp["conv"] = conv
+    channels = d["channels"]
+    if channels is not None:
+        if (not isinstance(channels, list) or len(channels) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in channels)
+                or not 0 <= channels[0] < channels[1] <= shape[0]):
+            raise _Invalid(_at(where, "channels"), f"expected null (all channels) or two integers [lo, hi] with "
+                                                   f"0 ≤ lo < hi ≤ {shape[0]} (the layer's channels), "
+                                                   f"got {_show(channels)}")
+        channels = (channels[0], channels[1])
+    inp["channels"] = channels
+    # route: max pooling of the source's spike times; it must give this input's in_shape
     route = []
-    src_shape = shapes[layer["source"] + 1]
-    shape = src_shape
+    routed = shapes[source + 1]
     for k, p in enumerate(_list(d["route"], _at(where, "route"), MAX_OPS, "pools")):
         pw = f"{where}.route[{k}]"
         _obj(p, pw, _POOL)
-        shape = _pool_shape(p, pw, shape, dilated=True)
+        routed = _pool_shape(p, pw, routed, dilated=True)
+        sign = None
         if _bool(p["sign"], _at(pw, "sign")):
-            need.add(f"{prefix}.route.{k}.sign", _at(pw, "sign"), f"sign:{shape[0]}")
-        route.append(p)
-    layer["route"] = route
-    _same(layer["in_shape"], shape, _at(where, "in_shape"),
-          "the shape of its source " + ("(the input)" if layer["source"] < 0 else f"layers[{layer['source']}]")
+            sign = f"{prefix}.route.{k}.sign"
+            need.add(sign, _at(pw, "sign"), f"sign:{routed[0]}")
+        route.append({**p, "sign": sign})
+    inp["route"] = route
+    _same(in_shape, routed, _at(where, "in_shape"),
+          "the shape of its source " + ("(the input)" if source < 0 else f"layers[{source}]")
           + (" after its route" if route else ""))
-    probe = _obj(d["probe"], _at(where, "probe"), _PROBE)
-    layer["probe"] = {"node": _text(probe["node"], _at(where, "probe.node")),
-                      "relu": _bool(probe["relu"], _at(where, "probe.relu")),
-                      "affine": _bool(probe["affine"], _at(where, "probe.affine"))}
-    if layer["probe"]["affine"]:
-        for key in ("scale", "shift"):
-            need.add(f"{prefix}.probe.{key}", f"{where}.probe.{key}", "channels")
-    for key in ("weight", "bias", "scale", *(() if output else ("J", "theta", "slope"))):
-        need.add(f"{prefix}.{key}", _at(where, key), key)
-    readout = _list(d["readout"], _at(where, "readout"), MAX_OPS, "ops")
-    if readout and not output:
-        raise _Invalid(_at(where, "readout"), "expected [] (only the output layer has readout ops), "
-                                              f"got {len(readout)} ops")
-    layer["readout"] = _check_readout(readout, where, prefix, layer["shape"], need)
-    return layer
+    inp["in_window"] = _float(d["in_window"], _at(where, "in_window"))
+    inp["delay"] = _float(d["delay"], _at(where, "delay"))
+    for key in ("weight", *(() if output else ("J",))):
+        inp[key] = f"{prefix}.{key}"
+        need.add(inp[key], _at(where, key), key)
+    inp.setdefault("J", None)
+    return inp
 
 
 def _check_readout(ops: list[Any], where: str, prefix: str, shape: tuple[int, ...], need: _Need) -> list[dict]:
@@ -553,32 +644,85 @@ def _check_readout(ops: list[Any], where: str, prefix: str, shape: tuple[int, ..
     return out
 
 
+def _check_windows(layer: dict[str, Any], output: bool) -> None:
+    w = layer["where"]
+    if not output and not (layer["window"] > 0):
+        raise _Invalid(_at(w, "window"), f"expected a number > 0 (t_max − t_min), got {layer['window']!r}")
+    if output and layer["window"] != 0:
+        raise _Invalid(_at(w, "window"), f"expected 0 (the readout has no window), got {layer['window']!r}")
+    if not layer["max_activation"] >= 0:
+        raise _Invalid(_at(w, "max_activation"), f"expected a number ≥ 0, got {layer['max_activation']!r}")
+
+
+def _check_t_max(layer: dict[str, Any]) -> None:
+    if layer["t_min"] + layer["window"] != layer["t_max"]:
+        raise _Invalid(_at(layer["where"], "t_max"), f"expected t_min + window = {layer['t_min'] + layer['window']!r} "
+                                                     f"(window = t_max − t_min), got {layer['t_max']!r}")
+
+
+def _name(source: int) -> str:
+    return "the input" if source < 0 else f"layers[{source}]"
+
+
 def _check_timing(hidden: list[dict[str, Any]], output: dict[str, Any]) -> None:
-    """Consecutive windows (MATH §4): the input window is [0, 1]; layer n's window starts where layer n−1's ends,
+    """The windows (MATH §4, §5): the input window is [0, 1]; a layer's window opens when the last of its sources
+    closes, t_min = max t_max(source), and t_max = t_min + window with window > 0 (= clip for a clipped layer);
+    input k reads its source's window, in_window_k = window(source), delayed by t_min − t_max(source); the
+    neuron starts integrating at t_min − in_window, in_window the longest of its inputs'. Hidden layers are in
+    time order. The readout is taken at its t_min (window 0)."""
+    t_max, windows = [1.0], [1.0]  # per layer + 1 (index 0: the input)
+    for n, layer in enumerate([*hidden, output]):
+        w, is_out = layer["where"], layer is output
+        _check_windows(layer, is_out)
+        sources = [inp["source"] for inp in layer["inputs"]]
+        last = max(sources, key=lambda s: t_max[s + 1])
+        if layer["t_min"] != t_max[last + 1]:
+            raise _Invalid(_at(w, "t_min"), f"expected {t_max[last + 1]!r} (t_max of {_name(last)}, the last of its "
+                                            f"sources to close), got {layer['t_min']!r}")
+        if not is_out and n and layer["t_min"] < hidden[n - 1]["t_min"]:
+            raise _Invalid(_at(w, "t_min"), f"expected ≥ {hidden[n - 1]['t_min']!r} (t_min of layers[{n - 1}]: the "
+                                            f"layers are in time order), got {layer['t_min']!r}")
+        _check_t_max(layer)
+        for inp in layer["inputs"]:
+            s, iw = inp["source"], inp["where"]
+            if inp["in_window"] != windows[s + 1]:
+                raise _Invalid(_at(iw, "in_window"), f"expected {windows[s + 1]!r} (the window of {_name(s)}), "
+                                                     f"got {inp['in_window']!r}")
+            delay = layer["t_min"] - t_max[s + 1]
+            if inp["delay"] != delay:
+                raise _Invalid(_at(iw, "delay"), f"expected {delay!r} (t_min − t_max of {_name(s)}), "
+                                                 f"got {inp['delay']!r}")
+        longest = max(inp["in_window"] for inp in layer["inputs"])
+        if layer["in_window"] != longest:
+            raise _Invalid(_at(w, "in_window"), f"expected {longest!r} (the longest in_window of its inputs), "
+                                                f"got {layer['in_window']!r}")
+        start = layer["t_min"] - layer["in_window"]
+        if layer["start"] != start:
+            raise _Invalid(_at(w, "start"), f"expected t_min − in_window = {start!r}, got {layer['start']!r}")
+        if layer["clip"] is not None and layer["clip"] != layer["window"]:
+            raise _Invalid(_at(w, "clip"), f"expected {layer['window']!r} (a clipped layer saturates at the end of "
+                                           f"its window: clip = window), got {layer['clip']!r}")
+        t_max.append(layer["t_max"])
+        windows.append(layer["window"])
+
+
+def _check_timing_v1(hidden: list[dict[str, Any]], output: dict[str, Any]) -> None:
+    """Version 1, a chain (MATH §4): the input window is [0, 1]; layer n's window starts where layer n−1's ends,
     t_max = t_min + window with window > 0; each layer starts integrating at its source's t_min and reads a window
     that ends where its own starts. The readout is taken at the end of the last window (window 0)."""
     end = 1.0  # where the previous window ends
     for layer in [*hidden, output]:
-        w, s = layer["where"], layer["source"]
-        is_out = layer is output
-        if not is_out and not (layer["window"] > 0):
-            raise _Invalid(_at(w, "window"), f"expected a number > 0 (t_max − t_min), got {layer['window']!r}")
-        if is_out and layer["window"] != 0:
-            raise _Invalid(_at(w, "window"), f"expected 0 (the readout has no window), got {layer['window']!r}")
-        if not layer["max_activation"] >= 0:
-            raise _Invalid(_at(w, "max_activation"), f"expected a number ≥ 0, got {layer['max_activation']!r}")
+        w, s = layer["where"], layer["inputs"][0]["source"]
+        _check_windows(layer, layer is output)
         before = "the end of the input window" if layer is ([*hidden, output])[0] else "where the previous window ends"
         if layer["t_min"] != end:
             raise _Invalid(_at(w, "t_min"), f"expected {end!r} ({before}), got {layer['t_min']!r}")
-        if layer["t_min"] + layer["window"] != layer["t_max"]:
-            raise _Invalid(_at(w, "t_max"), f"expected t_min + window = {layer['t_min'] + layer['window']!r} "
-                                            f"(window = t_max − t_min), got {layer['t_max']!r}")
+        _check_t_max(layer)
         start, window, t_max = (0.0, 1.0, 1.0) if s < 0 else (hidden[s]["t_min"], hidden[s]["window"],
                                                               hidden[s]["t_max"])
         if t_max != layer["t_min"]:
-            raise _Invalid(_at(w, "source"), f"{'the input' if s < 0 else f'layers[{s}]'} ends at t = {t_max!r}, but "
-                                             f"this layer starts at t_min = {layer['t_min']!r}: a layer reads the "
-                                             "window just before its own")
+            raise _Invalid(_at(w, "source"), f"{_name(s)} ends at t = {t_max!r}, but this layer starts at t_min = "
+                                             f"{layer['t_min']!r}: a layer reads the window just before its own")
         if layer["start"] != start:
             raise _Invalid(_at(w, "start"), f"expected {start!r} (t_min of its source), got {layer['start']!r}")
         if layer["in_window"] != window:
@@ -618,28 +762,33 @@ def _check_header(net: dict[str, Any], need: _Need, header: dict[str, tuple[tupl
         if rule.startswith(("sign:", "vector:")):
             _same(shape, (int(rule.split(":")[1]),), where, "one value per channel")
     for layer in [*net["layers"], net["output"]]:
-        _check_layer_tensors(layer, {key: header[f"{layer['prefix']}.{key}"][0] for key in _TENSORS
-                                     if f"{layer['prefix']}.{key}" in need.tensors}, header)
+        for inp in layer["inputs"]:
+            _check_input_tensors(layer, inp, header)
+        _check_layer_tensors(layer, header)
 
 
-def _check_layer_tensors(layer: dict[str, Any], t: dict[str, tuple[int, ...]],
+def _check_input_tensors(layer: dict[str, Any], inp: dict[str, Any],
                          header: dict[str, tuple[tuple[int, ...], str]]) -> None:
-    """A layer's tensors fit its shapes: weight (dense or conv, with the conv's geometry), J, and the broadcasts."""
-    w, shape, in_shape, conv = layer["where"], layer["shape"], layer["in_shape"], layer["conv"]
-    weight = t["weight"]
+    """An input's weight fits the channels it drives and its geometry (dense, or a conv whose output has the layer's
+    spatial shape); J has the weight's shape."""
+    w, shape, in_shape, conv = inp["where"], layer["shape"], inp["in_shape"], inp["conv"]
+    weight = header[inp["weight"]][0]
+    part = shape if inp["channels"] is None else (inp["channels"][1] - inp["channels"][0], *shape[1:])
+    drives = "" if inp["channels"] is None else f" (channels {inp['channels'][0]} to {inp['channels'][1] - 1})"
     if conv is None:
-        _same(weight, (shape[0], _numel(in_shape)), _at(w, "weight"),
-              f"(neurons, inputs) for shape {_fmt(shape)} and in_shape {_fmt(in_shape)}")
+        what = f"shape {_fmt(shape)}" if not drives else f"the part {_fmt(part)} of the layer it drives{drives}"
+        _same(weight, (_numel(part), _numel(in_shape)), _at(w, "weight"),
+              f"(neurons, inputs) for {what} and in_shape {_fmt(in_shape)}")
     else:
-        groups = conv["groups"]
+        groups, out_ch = conv["groups"], part[0]
         if len(weight) != 4:
             raise _Invalid(_at(w, "weight"), f"expected 4 dimensions (out channels, in channels / groups, kernel "
                                              f"height, kernel width), got {_fmt(weight)}")
-        if in_shape[0] % groups or shape[0] % groups:
+        if in_shape[0] % groups or out_ch % groups:
             raise _Invalid(_at(w, "conv.groups"), f"expected a divisor of the in channels {in_shape[0]} and the out "
-                                                  f"channels {shape[0]}, got {groups}")
-        _same(weight[:2], (shape[0], in_shape[0] // groups), _at(w, "weight"),
-              f"its first two dimensions: out channels, in channels / groups = {in_shape[0]} / {groups}")
+                                                  f"channels {out_ch}{drives}, got {groups}")
+        _same(weight[:2], (out_ch, in_shape[0] // groups), _at(w, "weight"),
+              f"its first two dimensions: out channels{drives}, in channels / groups = {in_shape[0]} / {groups}")
         (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
         padded = in_shape[0] * (in_shape[1] + 2 * ph) * (in_shape[2] + 2 * pw)
         if padded > MAX_TENSOR_ELEMENTS:
@@ -649,18 +798,25 @@ def _check_layer_tensors(layer: dict[str, Any], t: dict[str, tuple[int, ...]],
         if min(out) < 1:
             raise _Invalid(_at(w, "conv"), f"the {weight[2]}×{weight[3]} kernel (dilation {_fmt((dh, dw))}) does not "
                                            f"fit the input {_fmt(in_shape)} padded by {_fmt((ph, pw))}")
-        _same(shape, (shape[0], *out), _at(w, "shape"), "what the convolution gives")
-    if "J" in t:
-        _same(t["J"], weight, _at(w, "J"), "the weight's shape")
-    for key in ("bias", "scale", "theta", "slope"):
-        if key in t:
-            got = t[key]
+        whose = f"{inp['label']}'s" if inp["label"] else "the"
+        _same(shape, (shape[0], *out), _at(layer["where"], "shape"), f"what {whose} convolution gives")
+    if inp["J"] is not None:
+        _same(header[inp["J"]][0], weight, _at(w, "J"), "the weight's shape")
+
+
+def _check_layer_tensors(layer: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """A layer's own tensors broadcast to its shape; the probe's affine has one value per channel."""
+    w, shape, prefix = layer["where"], layer["shape"], layer["prefix"]
+    for key in _LAYER_TENSORS:
+        name = f"{prefix}.{key}"
+        if name in header:
+            got = header[name][0]
             if len(got) != len(shape) or any(g not in (1, s) for g, s in zip(got, shape)):
                 raise _Invalid(_at(w, key), f"expected a shape that broadcasts to {_fmt(shape)} (as many dimensions, "
                                             f"each of size 1 or equal), got {_fmt(got)}")
     if layer["probe"]["affine"]:
         for key in ("scale", "shift"):
-            _same(header[f"{layer['prefix']}.probe.{key}"][0], (shape[0],), f"{w}.probe.{key}",
+            _same(header[f"{prefix}.probe.{key}"][0], (shape[0],), f"{w}.probe.{key}",
                   "one value per channel of the layer")
 
 
@@ -677,13 +833,19 @@ def _check_values(need: _Need, tensors: dict[str, Tensor]) -> None:
             raise _Invalid(where, f"expected only +1 and -1 in the tensor {json.dumps(name)}")
 
 
-def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
-    prefix = d["prefix"]
+def _build_input(d: dict[str, Any], tensors: dict[str, Tensor]) -> Synapses:
     route = tuple(
         Pool(tuple(p["kernel_size"]), tuple(p["stride"]), tuple(p["padding"]), tuple(p["dilation"]), p["ceil_mode"],
-             tensors[f"{prefix}.route.{k}.sign"] if p["sign"] else None)
-        for k, p in enumerate(d["route"])
+             None if p["sign"] is None else tensors[p["sign"]])
+        for p in d["route"]
     )
+    conv = None if d["conv"] is None else dict(d["conv"])
+    return Synapses(d["source"], route, tuple(d["in_shape"]), tensors[d["weight"]], conv, d["channels"],
+                    None if d["J"] is None else tensors[d["J"]], d["in_window"], d["delay"])
+
+
+def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
+    prefix = d["prefix"]
     pr = d["probe"]
     probe = Probe(pr["node"], tensors.get(f"{prefix}.probe.scale"), tensors.get(f"{prefix}.probe.shift"), pr["relu"])
     readout = tuple(
@@ -691,16 +853,13 @@ def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
            {k: tensors[v["tensor"]] if isinstance(v, dict) else v for k, v in o["params"].items()})
         for o in d["readout"]
     )
-    conv = None if d["conv"] is None else dict(d["conv"])
-    layer = Layer.chain(
-        name=d["name"], op=d["op"], source=d["source"], route=route, in_shape=d["in_shape"], shape=d["shape"],
-        weight=tensors[f"{prefix}.weight"], bias=tensors[f"{prefix}.bias"], conv=conv, probe=probe,
-        scale=tensors[f"{prefix}.scale"], is_output=prefix == "output", readout=readout,
+    return Layer(
+        name=d["name"], op=d["op"], inputs=tuple(_build_input(inp, tensors) for inp in d["inputs"]),
+        shape=d["shape"], bias=tensors[f"{prefix}.bias"], probe=probe, scale=tensors[f"{prefix}.scale"],
+        is_output=prefix == "output", readout=readout, clip=d["clip"],
+        theta=tensors.get(f"{prefix}.theta"), slope=tensors.get(f"{prefix}.slope"),
         **{name: d[name] for name in _FLOATS},
     )
-    for name in ("J", "theta", "slope"):
-        setattr(layer, name, tensors.get(f"{prefix}.{name}"))
-    return layer
 
 
 def _first_line(exc: BaseException) -> str:
