@@ -7,7 +7,11 @@ A neuron of layer n integrates through its input window (clock of window n−1) 
 
 where a_j is the tick at which input j arrived (the source fires on its own ticks; the input layer fires at the
 first tick at or after its exact time). Forced at t_max. From t_min on every input has arrived, so the current
-is the final slope α + Σ_j J_j (zero-padded taps included).
+is the final slope α + Σ_j J_j (zero-padded taps included). A layer reading several layers (MATH §5) runs its
+input window on the clock of the longest window it reads (h_in = in_window / S); an input from a source on another
+clock (a shorter window, its spikes delayed) is seen at the first tick at or after its arrival. A gated (ReLU6)
+neuron cannot fire before t_min: one with V ≥ θ at that tick fires there and saturates. A crossing within rounding
+after a tick counts as on it (`tick_of`; in the loop: V within rounding of θ).
 
 Two implementations of the same dynamics:
 - "loop": the literal clock loop. Per tick, the arriving spikes add their weights to their targets' currents
@@ -87,85 +91,115 @@ def tick_potential(arrive: Tensor, weights: Tensor, in_ticks: int, h_in: float, 
 
 
 # --------------------------------------------------------------------------------------------------------
-def hidden_layer_loop(layer: Layer, src_offsets: Tensor, in_ticks: int, ticks: int, alpha: float, neuron: str):
-    """The literal clock loop for one hidden layer. Shape: src_offsets (B, *source) -> (B, *layer.shape)."""
+def arrival_tick(layer: Layer, elapsed: Tensor, in_ticks: int) -> Tensor:
+    """The tick of the neuron's input clock (h_in = in_window / in_ticks, counted from its start) at which an input
+    is seen: the first tick at or after its arrival in_window − elapsed (`network.arrivals`). For a source on the
+    same clock (its window is the neuron's input window) the arrival is already a tick. Shape: any -> same (long)."""
+    h_in = layer.in_window / in_ticks
+    arrive = layer.in_window - elapsed
+    return tick_of(arrive, h_in, first=True, ticks=in_ticks).clamp_(0, in_ticks).to(torch.long)
+
+
+def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: int, alpha: float, neuron: str):
+    """The literal clock loop for one hidden layer reading one or more layers (MATH §5, §6).
+
+    Input k's spikes are routed and delayed (`network.arrivals`) and seen at the first tick of the neuron's input
+    clock at or after their arrival; a gated (ReLU6) layer cannot fire before t_min (tick `in_ticks`), and a neuron
+    that fires exactly there saturates (counted in the stats as "saturated").
+    Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
+    """
+    from .network import arrivals  # network builds on this module
+
     b1 = neuron == "b1"
+    gated = layer.clip is not None
     h_in, h = layer.in_window / in_ticks, layer.window / ticks
-    t = layer.route_times(src_offsets)
-    early_arrivals = int(torch.count_nonzero(t < 0))
-    arrival = tick_of(t.clamp(min=0), h_in, first=False).clamp(0, in_ticks).to(torch.long)
-    batch = src_offsets.shape[0]
-    scatter = _Scatter(layer, batch)
-    theta = scatter.layout(layer.theta.expand(batch, *layer.shape))
-    slope = scatter.layout(layer.slope.expand(batch, *layer.shape))
+    elapsed, early_arrivals = arrivals(layer, srcs)
+    batch = srcs[0].shape[0]
+    theta = layer.theta.expand(batch, *layer.shape).reshape(-1)
+    slope = layer.slope.expand(batch, *layer.shape).reshape(-1)
     v = torch.zeros_like(theta)
     current = torch.full_like(theta, 0.0 if b1 else alpha)
     fired = torch.full(theta.shape, -1, dtype=torch.long)
+    # per input: its spikes sorted by arrival tick, and where each tick's spikes start in that order
+    inputs = []
+    for syn, e in zip(layer.inputs, elapsed):
+        arrival = arrival_tick(layer, e, in_ticks).flatten()
+        order = arrival.argsort(stable=True)
+        bounds = [0, *torch.bincount(arrival, minlength=in_ticks + 1).cumsum(0).tolist()]
+        inputs.append((_Scatter(layer, syn, batch), order, bounds))
+    saturated = torch.zeros(theta.shape, dtype=torch.bool)
+    # a crossing within rounding after a tick counts as on it (as in `tick_of`): V within current·tol of θ
+    eps = 64 * torch.finfo(theta.dtype).eps
+    tol_in, tol = eps * layer.in_window, eps * layer.window
     # ticks of the input window, then the own window; tick index k counts from the neuron's start
-    order = arrival.flatten().argsort(stable=True)
-    counts = torch.bincount(arrival.flatten(), minlength=in_ticks + 1).tolist()
-    bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
     for k in range(in_ticks + ticks + 1):
-        if k < in_ticks and counts[k]:
-            scatter.add(current, order[bounds[k]:bounds[k + 1]], arrival.shape)
+        if k < in_ticks:
+            for scatter, order, bounds in inputs:
+                if bounds[k + 1] > bounds[k]:
+                    scatter.add(current, order[bounds[k]:bounds[k + 1]])
         if k == in_ticks:
             current = slope.clone()  # every input (and zero-padded tap) has arrived at t_min
-        newly = (v >= theta) & (fired < 0)
-        fired = torch.where(newly, torch.full_like(fired, k), fired)
+            if gated:  # fired at t_min with V ≥ θ there: the clipped value
+                saturated = v >= theta
+        if k >= in_ticks or not gated:  # the gated neuron's threshold is switched on at t_min
+            newly = (v + current.clamp(min=0) * (tol_in if k < in_ticks else tol) >= theta) & (fired < 0)
+            fired = torch.where(newly, torch.full_like(fired, k), fired)
         v += (h_in if k < in_ticks else h) * current
-    fired = scatter.unlayout(fired)
-    rel = (fired - in_ticks).to(src_offsets.dtype)
+    fired = fired.reshape(batch, *layer.shape)
+    rel = (fired - in_ticks).to(srcs[0].dtype)
     off = torch.where(fired < in_ticks, rel * h_in, rel * h)
     off = torch.where((fired < 0) | (fired >= in_ticks + ticks), layer.window, off)  # never crossed by t_max
-    return settle_spikes(off, layer.window, b1, early_arrivals)
+    off, stats = settle_spikes(off, layer.window, b1, early_arrivals)
+    if gated:
+        stats["saturated"] = int(torch.count_nonzero(saturated))
+    return off, stats
 
 
 class _Scatter:
-    """Adds the weights of arriving spikes to their targets' input currents (sparse, per tick).
+    """Adds the weights of one input's (`Synapses`) arriving spikes to their targets' input currents (sparse, per
+    tick), honouring the output channels [lo, hi) the input drives.
 
-    Currents are kept as rows: (batch·groups·H'·W', out channels per group) for convolutions, (batch, outputs)
-    for dense layers, so one arriving spike adds one weight row per kernel tap.
+    Currents are the layer's neurons flattened, (batch · neurons,); one arriving spike adds one weight row (the
+    output channels of its group) per kernel tap of a convolution, or one row over the part of a dense map.
     """
 
-    def __init__(self, layer: Layer, batch: int):
-        self.layer = layer
+    def __init__(self, layer: Layer, syn, batch: int):
+        self.syn = syn
+        self.shape = layer.shape
+        self.neurons = math.prod(layer.shape)
         self.batch = batch
-        if layer.conv is not None:
-            out_ch, cin_g, kh, kw = layer.J.shape
-            self.groups = layer.conv["groups"]
+        lo, hi = syn.channels if syn.channels is not None else (0, layer.shape[0])
+        self.lo = lo
+        per_channel = math.prod(layer.shape[1:])
+        J = syn.J
+        if syn.conv is not None:
+            out_ch, cin_g, kh, kw = J.shape
+            self.groups = syn.conv["groups"]
             self.og = out_ch // self.groups
             self.cin_g = cin_g
             # (G, Cin_g, kh, kw, O_g): the weight row a spike at input channel c, tap (ky, kx) sends
-            self.rows = layer.J.reshape(self.groups, self.og, cin_g, kh, kw).permute(0, 2, 3, 4, 1).contiguous()
+            self.rows = J.reshape(self.groups, self.og, cin_g, kh, kw).permute(0, 2, 3, 4, 1).contiguous()
         else:
-            self.rows = layer.J.t().contiguous()  # (inputs, outputs)
+            self.rows = J.t().contiguous()  # (inputs, neurons of the part)
+            self.targets = lo * per_channel + torch.arange((hi - lo) * per_channel)  # the part's flat neurons
 
-    def layout(self, x: Tensor) -> Tensor:
-        if self.layer.conv is None:
-            return x.reshape(self.batch, -1).contiguous()
-        b, o, hh, ww = x.shape
-        return x.reshape(b, self.groups, self.og, hh, ww).permute(0, 1, 3, 4, 2).reshape(-1, self.og).contiguous()
-
-    def unlayout(self, x: Tensor) -> Tensor:
-        if self.layer.conv is None:
-            return x.reshape(self.batch, *self.layer.shape)
-        o, hh, ww = self.layer.shape
-        return x.reshape(self.batch, self.groups, hh, ww, self.og).permute(0, 1, 4, 2, 3).reshape(self.batch, o, hh, ww)
-
-    def add(self, current: Tensor, flat_idx: Tensor, in_shape: torch.Size) -> None:
-        layer = self.layer
-        if layer.conv is None:
-            per = math.prod(in_shape[1:])
+    def add(self, current: Tensor, flat_idx: Tensor) -> None:
+        """Add the weights of the spikes at `flat_idx` (flat indices into (B, *in_shape)) to `current`."""
+        syn = self.syn
+        in_shape = syn.in_shape
+        if syn.conv is None:
+            per = math.prod(in_shape)
             b, j = flat_idx // per, flat_idx % per
-            current.index_add_(0, b, self.rows[j])
+            rows = (b[:, None] * self.neurons + self.targets[None, :]).flatten()
+            current.index_add_(0, rows, self.rows[j].flatten())
             return
-        _, cin, hin, win = in_shape
+        cin, hin, win = in_shape
         b = flat_idx // (cin * hin * win)
         c = (flat_idx // (hin * win)) % cin
         y = (flat_idx // win) % hin
         x = flat_idx % win
-        (ph, pw), (sh, sw), (dh, dw) = layer.conv["padding"], layer.conv["stride"], layer.conv["dilation"]
-        _, hout, wout = layer.shape
+        (ph, pw), (sh, sw), (dh, dw) = syn.conv["padding"], syn.conv["stride"], syn.conv["dilation"]
+        channels, hout, wout = self.shape
         g, cl = c // self.cin_g, c % self.cin_g
         kh, kw = self.rows.shape[2], self.rows.shape[3]
         ky = torch.arange(kh).repeat_interleave(kw)
@@ -176,5 +210,6 @@ class _Scatter:
         oy, ox = torch.div(ny, sh, rounding_mode="floor"), torch.div(nx, sw, rounding_mode="floor")
         ok &= (oy >= 0) & (oy < hout) & (ox >= 0) & (ox < wout)
         a, t = ok.nonzero(as_tuple=True)
-        rows = (((b[a] * self.groups + g[a]) * hout + oy[a, t]) * wout + ox[a, t])
-        current.index_add_(0, rows, self.rows[g[a], cl[a], ky[t], kx[t]])
+        out_c = self.lo + g[a, None] * self.og + torch.arange(self.og)[None, :]  # (spike-taps, O_g)
+        rows = ((b[a, None] * channels + out_c) * hout + oy[a, t, None]) * wout + ox[a, t, None]
+        current.index_add_(0, rows.flatten(), self.rows[g[a], cl[a], ky[t], kx[t]].flatten())

@@ -1,17 +1,18 @@
-"""Membrane traces of single neurons (MATH §2, §3, §6), computed on demand from a simulation result.
+"""Membrane traces of single neurons (MATH §2, §3, §5, §6), computed on demand from a simulation result.
 
-Times in a `NeuronTrace` are relative to the neuron's start t_min^(n−1) (`origin`, absolute): deep layers can
-have windows far shorter than their absolute start time, and relative times keep full precision.
+Times in a `NeuronTrace` are relative to the neuron's start (`origin` = layer.start, absolute: t_min^(n−1) in a
+chain, t_min − the longest window read for a layer with several inputs): deep layers can have windows far shorter
+than their absolute start time, and relative times keep full precision.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from .network import Layer, SpikingNetwork, gather_fan_in, pad_input
+from .network import Layer, SpikingNetwork, fan_in
 from .result import SimResult
 from .simulate import membrane_potential
 from .stepped import tick_of, tick_potential, ticks_per_window
@@ -19,11 +20,17 @@ from .stepped import tick_of, tick_potential, ticks_per_window
 
 @dataclass(frozen=True)
 class NeuronTrace:
-    """Everything a plot of one neuron's potential needs. Times relative to `origin` (= t_min^(n−1)).
+    """Everything a plot of one neuron's potential needs. Times relative to `origin` (= the layer's `start`).
 
-    `input_times`/`input_weights`/`input_sources`: the neuron's inputs (K,), sorted by time; a source index is
-    the flat index into the (routed) source layer, −1 for a zero-padded tap (x = 0, arrives at t_min).
+    `input_times`/`input_weights`/`input_sources`: the neuron's inputs (K,), sorted by time, over every layer it
+    reads (MATH §5: each arrives delayed, at t_min − x); a source index is the flat index into that source's
+    routed tensor, −1 for a zero-padded tap (x = 0, arrives at t_min). Inputs that do not drive the neuron (outside
+    the output channels their synapses drive) are left out. `input_layers`: the layer each input comes from (its
+    index in `snn.layers`, −1 the input layer); `input_delays`: the delay of its synapses, t_min − t_max(source)
+    (τ_c); `input_synapses`: which of the layer's inputs it came through (k of `layer.inputs[k]`;
+    `synapse_names[k]` names the layer that input reads).
     `times`/`potential`: the exact piecewise-linear V at its breakpoints (plot as a polyline).
+    `saturated`: a gated (ReLU6) neuron that reached θ by t_min and fired there (its value is the clip).
     `stepped_*`: the clock-driven V on its ticks, when a tick length was asked for.
     """
 
@@ -46,6 +53,24 @@ class NeuronTrace:
     stepped_times: Tensor | None = None
     stepped_potential: Tensor | None = None
     stepped_spike_time: float | None = None
+    input_layers: Tensor | None = None
+    input_delays: Tensor | None = None
+    input_synapses: Tensor | None = None
+    synapse_names: tuple[str, ...] = ()  # per input of the layer (`layer.inputs`): the name of the layer it reads
+    gated: bool = False  # a ReLU6 / clipped-ReLU layer: its threshold is switched on at t_min
+    saturated: bool = False
+    stepped_saturated: bool | None = None
+
+    @property
+    def multi_input(self) -> bool:
+        """Whether the neuron's layer has several inputs (a residual sum or a concatenation, MATH §5)."""
+        return len(self.synapse_names) > 1
+
+    def input_names(self) -> list[str]:
+        """The name of the layer each input spike comes from. Shape: (K,) names."""
+        if self.input_synapses is None or not self.synapse_names:
+            return [""] * int(self.input_times.numel())
+        return [self.synapse_names[k] for k in self.input_synapses.tolist()]
 
     def potential_at(self, at: Tensor) -> Tensor:
         """Exact V at the given times (relative to origin). Shape: (T,) -> (T,)."""
@@ -81,20 +106,35 @@ def resolve_index(layer: Layer, index: int | tuple[int, ...]) -> tuple[int, ...]
     return index
 
 
-def _source_offsets(snn: SpikingNetwork, layer: Layer, result: SimResult) -> Tensor:
-    src = result.input_times if layer.source < 0 else result.layers[layer.source].offsets
-    return src[:1]
-
-
-def _fan_in(layer: Layer, routed: Tensor, index: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """Input arrival times (relative to the neuron's start), weights and source indices (−1: a zero-padded tap)
-    of one neuron."""
-    weights = layer.J if layer.J is not None else layer.weight
+def _inputs(snn: SpikingNetwork, layer: Layer, result: SimResult, index: tuple[int, ...]) -> dict[str, Tensor]:
+    """One neuron's inputs over all of its layer's synapses (first sample of `result`): arrival times relative to
+    the neuron's start (the spikes routed and delayed as the simulator does, `network.arrivals`; a silent input
+    (B1) stays +inf, an early one arrives at its source window's start), weights (J, or W for the readout),
+    source flat indices (−1: zero-padded tap), source layers, delays and synapse indices. Inputs outside the
+    output channels their synapses drive are left out. Shape: -> each (K,)."""
+    arrive, ids = [], []
+    for syn in layer.inputs:
+        src = result.input_times if syn.source < 0 else result.layers[syn.source].offsets
+        t = syn.route_times(src[:1])
+        e = (syn.in_window - t.clamp(min=0)).clamp(0, layer.in_window)
+        a = layer.in_window - e
+        arrive.append(torch.where(t == torch.inf, t, a))
+        ids.append(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape))
+    which = "weight" if any(syn.J is None for syn in layer.inputs) else "J"
     idx = tuple(torch.tensor([i]) for i in (0, *index))
-    times = gather_fan_in(layer, pad_input(layer, routed[None], layer.in_window), idx)[0]
-    ids = torch.arange(routed.numel(), dtype=torch.float64).reshape(1, *routed.shape)
-    sources = gather_fan_in(layer, pad_input(layer, ids, -1.0), idx)[0].to(torch.long)
-    return times, weights[index[0]].flatten(), sources
+    times, weights, k = fan_in(layer, arrive, idx, layer.in_window, which)  # a padded tap is x = 0: at t_min
+    sources, _, _ = fan_in(layer, ids, idx, -1.0, which)
+    times, weights, k, sources = times[0], weights[0], k[0], sources[0].to(torch.long)
+    drives = torch.tensor([syn.channels is None or syn.channels[0] <= index[0] < syn.channels[1]
+                           for syn in layer.inputs])
+    keep = drives[k] & ~torch.isinf(times)  # a silent input (B1) never arrives
+    src_layer = torch.tensor([syn.source for syn in layer.inputs])
+    delay = torch.tensor([syn.delay for syn in layer.inputs], dtype=times.dtype)
+    k = k[keep]
+    out = {"times": times[keep], "weights": weights[keep], "sources": sources[keep], "layers": src_layer[k],
+           "delays": delay[k], "synapses": k}
+    order = out["times"].argsort(stable=True)
+    return {key: value[order] for key, value in out.items()}
 
 
 def neuron_trace(
@@ -103,6 +143,8 @@ def neuron_trace(
 ) -> NeuronTrace:
     """The exact membrane trace of one neuron for one input (and its clock-driven trace for dt or steps).
 
+    The neuron's inputs are gathered over every layer it reads, each delayed to the layer's shared code (MATH §5).
+    A gated (ReLU6) neuron fires at max(t_min, its crossing): `saturated` when it had reached θ by t_min.
     `result` is a simulation of `x` (its first sample is used); without it `x` is simulated. Shape: x
     (1, *input_shape) or (*input_shape).
     """
@@ -112,14 +154,11 @@ def neuron_trace(
     idx = resolve_index(lay, index)
     result = result if result is not None else snn.run(x[:1])
     b1 = snn.neuron == "b1"
-    routed = lay.route_times(_source_offsets(snn, lay, result))[0]
-    times, weights, sources = _fan_in(lay, routed.clamp(min=0), idx)
-    keep = torch.isfinite(times)  # a silent input (B1) never arrives
-    times, weights, sources = times[keep], weights[keep], sources[keep]
-    order = times.argsort(stable=True)
-    times, weights, sources = times[order], weights[order], sources[order]
+    fan = _inputs(snn, lay, result, idx)
+    times = fan["times"]
     start_current = 0.0 if b1 else snn.alpha
     final_slope = 1.0 if b1 else None
+    saturated = False
     if lay.is_output:
         theta = None
         start_current = float(lay.bias.expand(lay.shape)[idx]) / lay.in_window
@@ -131,45 +170,43 @@ def neuron_trace(
         spike = lay.in_window + off
         forced = (not b1) and off >= lay.window
         early = off < 0
+        saturated = lay.clip is not None and off <= 0  # gated: reached θ by t_min, fired there (MATH §2)
     t_min, t_max = lay.in_window, lay.in_window + lay.window
     marks = [torch.tensor([0.0, t_min, t_max], dtype=times.dtype), times]
     if spike != float("inf"):
         marks.append(torch.tensor([spike], dtype=times.dtype))
     grid = torch.unique(torch.cat(marks).clamp(0, t_max))
-    trace = NeuronTrace(lay.name, idx, lay.start, t_min, t_max, theta, start_current, times, weights, sources, spike,
-                        forced, early, grid, torch.empty(0), final_slope)
-    trace = _replace(trace, potential=trace.potential_at(grid))
+    names = tuple("input" if syn.source < 0 else snn.layers[syn.source].name for syn in lay.inputs)
+    trace = NeuronTrace(lay.name, idx, lay.start, t_min, t_max, theta, start_current, times, fan["weights"],
+                        fan["sources"], spike, forced, early, grid, torch.empty(0), final_slope,
+                        input_layers=fan["layers"], input_delays=fan["delays"], input_synapses=fan["synapses"],
+                        synapse_names=names, gated=lay.clip is not None and not lay.is_output, saturated=saturated)
+    trace = replace(trace, potential=trace.potential_at(grid))
     if dt is not None or steps is not None:
         trace = _with_stepped(snn, x[:1], n, lay, idx, trace, dt, steps, start_current)
     return trace
 
 
-def _replace(trace: NeuronTrace, **changes) -> NeuronTrace:
-    from dataclasses import replace
-
-    return replace(trace, **changes)
-
-
 def _with_stepped(snn, x, n, lay: Layer, idx, trace: NeuronTrace, dt, steps, start_current) -> NeuronTrace:
-    """The clock-driven trace: I constant between ticks, V[k+1] = V[k] + h·I[k], inputs on their ticks."""
+    """The clock-driven trace: I constant between ticks, V[k+1] = V[k] + h·I[k], inputs seen at the first tick of
+    the neuron's input clock at or after their arrival (as `stepped.hidden_layer_loop`)."""
     res = snn.run_stepped(x, dt, steps=steps)
-    ticks = res.ticks
-    in_ticks = ticks[lay.source + 1]
-    own = ticks[n + 1] if not lay.is_output else 0
+    in_ticks = ticks_per_window(lay.in_window, dt, steps)
     h_in = lay.in_window / in_ticks
-    routed = lay.route_times(_source_offsets(snn, lay, res))[0]
-    times, weights, _ = _fan_in(lay, routed.clamp(min=0), idx)
-    keep = torch.isfinite(times)
-    arrive = tick_of(times[keep], h_in, first=False).clamp(0, in_ticks).to(torch.long)
-    weights = weights[keep].to(trace.input_times.dtype)
+    fan = _inputs(snn, lay, res, idx)
+    arrive = tick_of(fan["times"], h_in, first=True, ticks=in_ticks).clamp(0, in_ticks).to(torch.long)
+    weights = fan["weights"].to(trace.input_times.dtype)
     if lay.is_output:
         t_in, v_in = tick_potential(arrive, weights, in_ticks, h_in, start_current)
-        return _replace(trace, stepped_times=t_in, stepped_potential=v_in)
-    h = lay.window / ticks_per_window(lay.window, dt, steps)
+        return replace(trace, stepped_times=t_in, stepped_potential=v_in)
+    own = res.ticks[n + 1]
+    h = lay.window / own
     slope = float(lay.slope.expand(lay.shape)[idx])
     t_all, v_all = tick_potential(arrive, weights, in_ticks, h_in, start_current, own, h, slope)
     off = float(res.layers[n].offsets[(0, *idx)])
-    return _replace(trace, stepped_times=t_all, stepped_potential=v_all, stepped_spike_time=lay.in_window + off)
+    saturated = bool(v_all[in_ticks] >= trace.theta) if trace.gated else None
+    return replace(trace, stepped_times=t_all, stepped_potential=v_all, stepped_spike_time=lay.in_window + off,
+                   stepped_saturated=saturated)
 
 
 def membrane(snn: SpikingNetwork, x: Tensor, layer: str | int, index: int | tuple[int, ...], times: Tensor,
