@@ -44,6 +44,31 @@ dt = state.get(state.TRACE_DT) if clock == "dt" else None
 traces = [cache.trace(cur.net_key, cur.image_key, layer.name, timeline.multi_index(layer.shape, i), steps, dt,
                       cur.snn, cur.x) for i in neurons]
 st.plotly_chart(figures.membrane(traces, index_labels), key="membrane")
-st.caption(f"Times are relative to the moment the layer's neurons start integrating, t_min^(n−1) = "
-           f"{traces[0].origin:.6g} τ_c (absolute).")
-st.dataframe(tables.trace_rows(traces, index_labels), hide_index=True, width="stretch")
+core = next(la for la in cur.snn.all_layers if la.name == layer.name)
+if len(core.inputs) > 1:  # a residual sum or a concatenation (MATH §5): inputs from several layers, delayed
+    def _drives(syn) -> str:
+        return "all channels" if syn.channels is None else f"channels {syn.channels[0]}–{syn.channels[1] - 1}"
+
+    parts = [f"**{name}** ({_drives(syn)}, delayed by {syn.delay:.4g} τ_c)"
+             for name, syn in zip(traces[0].synapse_names, core.inputs)]
+    st.caption(f"This layer reads {len(core.inputs)} inputs: {'; '.join(parts)}. Each source fires in its own window;"
+               " its spikes are delayed by t_min − t_max(source) so that every input arrives at t_min − x (one "
+               "code), and the neuron starts integrating at t_min minus the longest window it reads. The input "
+               "ticks are coloured by the layer they come from (hover for the delay).")
+if traces[0].gated:
+    hit = sum(tr.saturated for tr in traces)
+    st.caption(f"ReLU6 (gated) layer: the threshold is switched on only at t_min, so a neuron whose V has reached θ "
+               f"by then fires at t_min and saturates at the clip value B_n = {core.window:.4g} (square marker). "
+               f"{hit} of the {len(traces)} neurons shown saturated.")
+st.caption(f"Times are relative to the moment the layer's neurons start integrating, t_min − (the longest window "
+           f"they read; t_min^(n−1) in a chain) = {traces[0].origin:.6g} τ_c (absolute).")
+rows = tables.trace_rows(traces, index_labels)
+for row, tr in zip(rows, traces):
+    if tr.multi_input:
+        counts = {}
+        for name in tr.input_names():
+            counts[name] = counts.get(name, 0) + 1
+        row["inputs by layer"] = ", ".join(f"{name}: {k}" for name, k in counts.items())
+    if tr.gated:
+        row["saturated"] = bool(tr.saturated)
+st.dataframe(rows, hide_index=True, width="stretch")

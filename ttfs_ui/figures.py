@@ -276,29 +276,72 @@ def animation_steps(timeline: Timeline, n: int, spikes: LayerSpikes, frames_per_
 
 # ------------------------------------------------------------------------------------------------------------
 # Membrane traces
+SOURCE_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666")
+
+
+def input_groups(tr) -> list[dict]:
+    """A trace's input spikes split by the synapses they came through (one group per input of the layer, MATH §5),
+    each with its source layer's name, its delay (τ_c) and the indices of its spikes in `tr.input_times`. A layer
+    with one input (or a record without the fields) gives one group. Groups with no spike (a concatenation: the
+    other branch's channels) are left out."""
+    names = tuple(getattr(tr, "synapse_names", ()) or ())
+    synapses = getattr(tr, "input_synapses", None)
+    count = int(tr.input_times.numel())
+    if synapses is None or not names:
+        return [{"synapse": 0, "name": "", "delay": 0.0, "label": "", "index": np.arange(count)}]
+    k = _np(synapses).astype(int)
+    delays = _np(tr.input_delays) if getattr(tr, "input_delays", None) is not None else np.zeros(count)
+    groups = []
+    for j, name in enumerate(names):
+        index = np.flatnonzero(k == j)
+        if not index.size:
+            continue
+        same = sum(n == name for n in names) > 1  # two paths from one layer (a residual's skip and its conv)
+        label = f"{name} (path {j + 1})" if same else name
+        groups.append({"synapse": j, "name": name, "delay": float(delays[index[0]]), "label": label, "index": index})
+    return groups
+
+
+def input_hover(group: dict, times: np.ndarray, weights: np.ndarray, several: bool = True) -> list[str]:
+    """Hover text of one group's input spikes: where each comes from, its delay (for a layer with `several`
+    inputs, or a delayed one), arrival time and weight."""
+    source = f"from layer {group['label']}" if group["label"] else "input"
+    if group["label"] and (several or group["delay"]):
+        source += f", delayed by {group['delay']:.4g} τ_c"
+    return [f"{source}<br>arrives t = {t:.6g}<br>J = {w:.4g}" for t, w in zip(times, weights)]
+
+
 def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> go.Figure:
     """Exact V(t) of one or more neurons of one layer (`ttfs_core` NeuronTrace records; times relative to the
-    neurons' start t_min^(n−1)), their thresholds, the input and own windows, the spike (star), forced spike
-    (cross) or readout (diamond), and the clock-driven trace when the record has one. Below: each neuron's input
-    spikes as ticks, up for J > 0 and down for J < 0, height ∝ |J|.
+    neurons' start), their thresholds, the input and own windows, the spike (star), forced spike (cross),
+    saturated spike of a ReLU6 (gated) neuron at t_min (square) or readout (diamond), and the clock-driven trace
+    when the record has one. Below: each neuron's input spikes as ticks, up for J > 0 and down for J < 0,
+    height ∝ |J|; for a layer reading several layers (a residual sum, a concatenation: MATH §5) the ticks are
+    coloured by the layer they come from, and their hover says which and by how much its spikes are delayed.
 
     Per neuron, in order: V (exact polyline through `times`/`potential`), [θ], [stepped V], spike or readout
-    marker; then one tick trace per neuron. Only the V traces are in the legend (one entry per neuron).
+    marker; then the tick traces, one per neuron (one per neuron and input of a layer with several inputs). Only
+    the V traces are in the legend (one entry per neuron), and the source layers of a layer with several inputs.
     """
     fig = make_subplots(2, 1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.05)
     first = traces[0]
     t_min, t_max = float(first.t_min), float(first.t_max)
     readout = first.theta is None
+    gated = bool(getattr(first, "gated", False))
     for i, (tr, label) in enumerate(zip(traces, labels)):
         c = PALETTE[(i + 2) % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=_np(tr.times), y=_np(tr.potential), mode="lines", name=f"neuron {label}",
+        saturated = bool(getattr(tr, "saturated", False))
+        name = f"neuron {label}" + (" · saturated" if saturated else "")
+        fig.add_trace(go.Scatter(x=_np(tr.times), y=_np(tr.potential), mode="lines", name=name,
                                  line={"color": c, "width": 2}, legendgroup=label,
                                  hovertemplate=f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}<extra></extra>"),
                       row=1, col=1)
         if not readout:
-            fig.add_trace(go.Scatter(x=[0, t_max], y=[float(tr.theta)] * 2, mode="lines", showlegend=False,
+            # a gated (ReLU6) neuron's threshold is switched on at t_min: before that it cannot fire
+            x0, note = (t_min, " (switched on at t_min: ReLU6)") if gated else (0, "")
+            fig.add_trace(go.Scatter(x=[x0, t_max], y=[float(tr.theta)] * 2, mode="lines", showlegend=False,
                                      line={"color": c, "dash": "dash", "width": 1}, legendgroup=label,
-                                     hovertemplate=f"threshold θ of {label} = %{{y:.6g}}<extra></extra>"),
+                                     hovertemplate=f"threshold θ of {label}{note} = %{{y:.6g}}<extra></extra>"),
                           row=1, col=1)
         if tr.stepped_times is not None:
             fig.add_trace(go.Scatter(x=_np(tr.stepped_times), y=_np(tr.stepped_potential), mode="lines+markers",
@@ -314,21 +357,39 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> g
                           row=1, col=1)
         elif math.isfinite(float(tr.spike_time)):
             what = "forced spike (x = 0)" if tr.forced else ("EARLY spike" if tr.early else "spike")
+            y = float(tr.theta)
+            symbol = "x" if tr.forced else "star"
+            if saturated:  # V reached θ before t_min; the gate held the spike until t_min: value = the clip
+                what = "saturated spike at t_min (ReLU6: V ≥ θ when the threshold switched on; value = the clip)"
+                y = float(tr.potential_at(np.array([t_min]))[0])
+                symbol = "square"
             fig.add_trace(go.Scatter(
-                x=[float(tr.spike_time)], y=[float(tr.theta)], mode="markers", showlegend=False, legendgroup=label,
+                x=[float(tr.spike_time)], y=[y], mode="markers", showlegend=False, legendgroup=label,
                 hovertemplate=f"{what} of {label}<br>t = %{{x:.6g}}<extra></extra>",
-                marker={"symbol": "x" if tr.forced else "star", "size": 15, "color": "red" if tr.early else c,
+                marker={"symbol": symbol, "size": 15 if not saturated else 11, "color": "red" if tr.early else c,
                         "line": {"width": 1, "color": "black"}}), row=1, col=1)
+    in_legend: set[str] = set()
     for i, (tr, label) in enumerate(zip(traces, labels)):
         c = PALETTE[(i + 2) % len(PALETTE)]
         times, w = _np(tr.input_times), _np(tr.input_weights)
         scale = float(np.abs(w).max()) if w.size else 1.0
         base = -1.2 * i
-        xs = np.repeat(times, 3)
-        xs[2::3] = np.nan
-        ys = np.stack([np.full(w.shape, base), base + 0.5 * w / (scale or 1.0), np.full(w.shape, np.nan)], 1).ravel()
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": c, "width": 1}, legendgroup=label,
-                                 showlegend=False, hoverinfo="skip"), row=2, col=1)
+        groups = input_groups(tr)
+        several = len(getattr(tr, "synapse_names", ()) or ()) > 1
+        for group in groups:
+            t, wg = times[group["index"]], w[group["index"]]
+            xs = np.repeat(t, 3)
+            xs[2::3] = np.nan
+            ys = np.stack([np.full(wg.shape, base), base + 0.5 * wg / (scale or 1.0), np.full(wg.shape, np.nan)],
+                          1).ravel()
+            hover = np.repeat(np.array(input_hover(group, t, wg, several), dtype=object), 3).tolist()
+            colour = SOURCE_COLOURS[group["synapse"] % len(SOURCE_COLOURS)] if several else c
+            key = f"from {group['label']}"
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "width": 1},
+                                     legendgroup=key if several else label, name=key,
+                                     showlegend=several and key not in in_legend, text=hover,
+                                     hovertemplate=f"{label}: %{{text}}<extra></extra>"), row=2, col=1)
+            in_legend.add(key)
     # windows last: shapes on "all" rows skip subplots that have no data yet
     fig.add_vrect(x0=0, x1=t_min, fillcolor=PALETTE[0], opacity=0.1, line_width=0, layer="below", row="all", col=1)
     fig.add_annotation(x=t_min / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
@@ -337,14 +398,16 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> g
         fig.add_vrect(x0=t_min, x1=t_max, fillcolor=PALETTE[1], opacity=0.1, line_width=0, layer="below",
                       row="all", col=1)
         fig.add_annotation(x=(t_min + t_max) / 2, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
-                           text="own window: the spike", font={"color": PALETTE[1]})
+                           text="own window: the spike" + (" (gated: not before t_min)" if gated else ""),
+                           font={"color": PALETTE[1]})
     else:
         fig.add_vline(x=t_min, line={"color": PALETTE[1], "dash": "dot"}, row="all", col=1)
         fig.add_annotation(x=t_min, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
                            text="readout", font={"color": PALETTE[1]})
     fig.update_yaxes(title_text="membrane potential V", row=1, col=1)
     fig.update_yaxes(title_text="input spikes ±|J|", showticklabels=False, zeroline=False, row=2, col=1)
-    fig.update_xaxes(title_text="time since the neuron started integrating, t − t_min^(n−1)  (τ_c)", row=2, col=1)
+    fig.update_xaxes(title_text="time since the neuron started integrating (t_min^(n−1) in a chain)  (τ_c)",
+                     row=2, col=1)
     fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, plot_bgcolor="white",
                       hovermode="closest", legend={"title": {"text": "click to hide"}})
     return fig

@@ -10,14 +10,18 @@ from .timeline import layer_label
 
 
 def summary_rows(snn, result=None) -> list[dict]:
-    """One row per spiking layer and the readout: what the conversion produced (and this input's spikes)."""
+    """One row per spiking layer and the readout: what the conversion produced (and this input's spikes).
+
+    "reads" names the layers each one reads ("input" for the first; two or more after a residual addition or a
+    concatenation, with the delay that aligns their windows)."""
     rows = []
     per_layer = {lr.name: lr for lr in result.layers} if result is not None else {}
     for layer in snn.layers:
         lr = per_layer.get(layer.name)
         rows.append({
-            "layer": layer_label(layer), "op": layer.op, "output shape": "×".join(map(str, layer.shape)),
-            "neurons": layer.neurons, "X_n": float(layer.max_activation),
+            "layer": layer_label(layer), "op": layer.op, "reads": snn.reads(layer),
+            "output shape": "×".join(map(str, layer.shape)), "neurons": layer.neurons,
+            "X_n": float(layer.max_activation),
             "window [t_min, t_max] (τ_c)": f"[{layer.t_min:.6g}, {layer.t_max:.6g}]", "B_n (τ_c)": float(layer.window),
             "spikes": None if lr is None else int(lr.spikes),
             "forced (x = 0)": None if lr is None else int(lr.forced),
@@ -25,7 +29,8 @@ def summary_rows(snn, result=None) -> list[dict]:
         })
     out = snn.output
     rows.append({
-        "layer": f"readout {out.name}", "op": out.op, "output shape": "×".join(map(str, out.shape)),
+        "layer": f"readout {out.name}", "op": out.op, "reads": snn.reads(out),
+        "output shape": "×".join(map(str, out.shape)),
         "neurons": out.neurons, "X_n": None, "window [t_min, t_max] (τ_c)": f"read at t = {out.t_min:.6g}",
         "B_n (τ_c)": None, "spikes": None, "forced (x = 0)": None, "early": None,
     })
