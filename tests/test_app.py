@@ -168,6 +168,55 @@ def test_fashion_models_show_fashion_images_and_class_names():
     assert {m.label: m.value for m in at.metric}["True label"] == "7"
 
 
+def test_the_residual_cnn_is_selectable_and_the_pages_draw_it():
+    """The bundled residual CNN (layers that read two layers) is in the model chooser; the main page, the spike
+    raster and ANN vs SNN draw it without falling back to the default model, and agree with the core."""
+    model, card = zoo.load("resnet_mnist")
+    imgs, _ = data.load_uint8("mnist", "train")
+    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=0.5,
+                            input_range=card.input_range)
+    names = [layer.name for layer in snn.layers]
+    two = [layer.name for layer in snn.layers if len(layer.inputs) == 2]
+    assert two
+    test, _ = data.load_uint8("mnist", "test")
+    x = card.preprocess.batch_from_uint8(np.asarray(test[:1]))
+    res = snn.run(x)
+    at = run(APP)
+    chooser = at.selectbox(key=state.widget_key(state.MODEL))
+    assert "zoo:resnet_mnist" in chooser.options or f"{card.title} (bundled)" in chooser.options
+    chooser.set_value("zoo:resnet_mnist").run()
+    ok(at)
+    assert at.session_state[state.MODEL] == "zoo:resnet_mnist" and not at.error
+    table = at.dataframe[0].value
+    assert len(table) == len(snn.layers) + 1 and list(table["spikes"][:-1]) == [lr.spikes for lr in res.layers]
+    assert [" + " in r for r in table["reads"][:-1]] == [n in two for n in names]  # the additions read two layers
+    metrics = {m.label: m.value for m in at.metric}
+    with torch.no_grad():
+        pred = str(int(model(x).argmax()))
+    assert metrics["ANN predicts"] == metrics["SNN predicts"] == pred
+    np.testing.assert_allclose(arr(charts(at)["logits"]["data"][1]["y"]), res.logits[0].double().numpy(),
+                               rtol=1e-6, atol=1e-6)
+    session = {state.MODEL: "zoo:resnet_mnist"}
+    # the raster: every window's spikes; the feature maps of a layer that reads two layers
+    at = run(RASTER, **session, **{state.AXIS: timeline.ABSOLUTE})
+    assert at.session_state[state.MODEL] == "zoo:resnet_mnist" and not at.error
+    spikes = spike_traces(charts(at)["raster"])
+    assert len(spikes) == 1 + len(snn.layers)
+    for trace, lr in zip(spikes[1:], res.layers):
+        idx = arr(trace["customdata"])[:, 0].astype(int)
+        np.testing.assert_allclose(arr(trace["x"]), lr.t_min + lr.offsets[0].double().numpy().ravel()[idx],
+                                   rtol=0, atol=1e-9)
+    at.selectbox(key=state.widget_key(state.LAYER)).set_value(two[0]).run()
+    assert two[0] in charts(ok(at))["feature_maps"]["layout"]["annotations"][1]["text"]
+    # ANN vs SNN on this input and the first 1,000 test images: the same predictions, no early spike
+    at = run(COMPARE, **session)
+    assert at.session_state[state.MODEL] == "zoo:resnet_mnist" and not at.error
+    assert len(charts(at)["scatter"]["data"][0::2]) == len(snn.layers)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Agreement"] == "100.0 %" and metrics["Early spikes"] == "0"
+    assert metrics["ANN accuracy"] == metrics["SNN accuracy"]
+
+
 # --- pages/1: spike raster ----------------------------------------------------------------------------------
 def test_raster_spike_times_are_the_simulators(core):
     _, snn, x, _ = core

@@ -20,7 +20,7 @@ from ttfs_core.data import MNIST_PREPROCESS, AssetError, Preprocess, load_datase
 # The first ten test labels of each set as published (MNIST: 7 2 1 0 4 …; Fashion-MNIST: ankle boot, pullover, …)
 FIRST_TEST_LABELS = {"mnist": [7, 2, 1, 0, 4, 1, 4, 9, 5, 9], "fashion": [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]}
 # What each zoo model must reach on its whole test set (issue: the paper's table)
-MIN_ACCURACY = {"lenet5": 0.990, "fc": 0.980, "lenet5_fashion": 0.89, "vgg_fashion": 0.92}
+MIN_ACCURACY = {"lenet5": 0.990, "fc": 0.980, "lenet5_fashion": 0.89, "vgg_fashion": 0.92, "resnet_mnist": 0.990}
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_load_dataset_torchvision_missing(tmp_path) -> None:
 @pytest.mark.parametrize("name", list(zoo.ARCHITECTURES))
 def test_build_each(name: str) -> None:
     model = zoo.build(name)
-    assert isinstance(model, torch.nn.Sequential)
+    assert isinstance(model, torch.nn.Sequential) == (name != "resnet_mnist")  # the residual CNN is not a chain
     torch.fx.symbolic_trace(model)
     assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -235,6 +235,32 @@ def test_load_each_matches_card(zoo_models) -> None:
             pred = torch.cat([model(x[i:i + 2000]).argmax(1) for i in range(0, len(x), 2000)])
         acc = float((pred == y).double().mean())
         assert abs(acc - card.test_accuracy) <= 0.0002, (name, acc, card.test_accuracy)
+
+
+def test_the_residual_cnn_converts_to_layers_with_two_inputs(zoo_models) -> None:
+    """The residual CNN's additions become layers that read two layers (the block's second conv and the shortcut:
+    the block's input, or its 1×1 projection), and in float64 the SNN's logits are the model's."""
+    model, card = zoo_models["resnet_mnist"]
+    assert card.dataset == "mnist" and card.test_accuracy >= 0.990
+    assert "Residual" in card.title and "basic block" in card.architecture
+    calib = data.load("mnist", "train")[0][:256].double()
+    x = data.load("mnist", "test")[0][:6].double()
+    ann = copy.deepcopy(model).double().eval()
+    snn = ttfs_core.convert(ann, calib, margin=0.5, input_range=card.input_range)
+    two = [layer for layer in snn.layers if len(layer.inputs) == 2]
+    assert len(two) == 3, [(layer.name, layer.sources) for layer in snn.layers]  # one per basic block
+    for layer in two:
+        k = snn.layers.index(layer)
+        assert layer.sources[0] == k - 1 and layer.sources[1] < k - 1  # the block's conv1 layer, and the shortcut
+        with pytest.raises(AttributeError, match="use layer.inputs"):
+            layer.source  # noqa: B018
+    with torch.no_grad():
+        ann_logits = ann(x)
+    res = snn.run(x)
+    rel = float((res.logits - ann_logits).abs().max() / ann_logits.abs().max())
+    assert rel < 1e-9, rel
+    assert torch.equal(res.logits.argmax(1), ann_logits.argmax(1))
+    assert res.early_spikes == 0
 
 
 def test_load_unknown() -> None:

@@ -1,9 +1,11 @@
-"""The bundled model zoo: reference architectures (plain ``nn.Sequential``) and trained weights.
+"""The bundled model zoo: reference architectures (``nn.Sequential`` chains and one residual network) and
+trained weights.
 
 Weights live in ``assets/zoo/<name>.safetensors`` (float32; safetensors only, never pickle) next to
 a model card ``assets/zoo/<name>.json``; both are written by ``scripts/train_zoo.py``.
 The zoo reproduces the paper's MNIST / Fashion-MNIST experiments: the FC 784-600-10 network and LeNet-5 on MNIST,
-LeNet-5 and a 16-layer VGG-like network on Fashion-MNIST, all trained on the full 60,000-image training sets.
+LeNet-5 and a 16-layer VGG-like network on Fashion-MNIST, all trained on the full 60,000-image training sets, plus
+a small residual CNN on MNIST (identity and projection shortcuts: layers with two inputs after conversion).
 All bundled models take pixels / 255 in [0, 1], shaped (N, 1, 28, 28); each card names its dataset.
 """
 
@@ -15,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from .data import Preprocess
 
@@ -72,17 +75,72 @@ def vgg16() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv 3×3 → BN → ReLU → conv 3×3 → BN, plus the shortcut, then ReLU.
+
+    The shortcut is the identity, or a 1×1 convolution + BN (projection) when the block changes the channel count
+    or strides. Shape: (N, c_in, H, W) -> (N, c_out, H / stride, W / stride).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()  # after the addition: the converted layer that reads two layers is named after it
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+RESNET_WIDTHS = (16, 32)
+
+
+class ResNetMNIST(nn.Module):
+    """A small residual CNN for 28×28 digits.
+
+    Stem conv 3×3 (16) → BN → ReLU → MaxPool 2 (14×14); two basic blocks at 16 channels (identity shortcuts); one
+    block to 32 channels with stride 2 and a 1×1 projection shortcut (7×7); global average pool → Linear 32→10.
+    Shape: (N, 1, 28, 28) -> (N, 10).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        c1, c2 = RESNET_WIDTHS
+        self.stem = nn.Sequential(nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.blocks = nn.Sequential(BasicBlock(c1, c1), BasicBlock(c1, c1), BasicBlock(c1, c2, stride=2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c2, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+def resnet_mnist() -> ResNetMNIST:
+    """The residual CNN (:class:`ResNetMNIST`). Shape: (N, 1, 28, 28) -> (N, 10)."""
+    return ResNetMNIST()
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
-    "lenet5": lenet5, "fc": fc, "lenet5_fashion": lenet5, "vgg_fashion": vgg16,
+    "lenet5": lenet5, "fc": fc, "lenet5_fashion": lenet5, "vgg_fashion": vgg16, "resnet_mnist": resnet_mnist,
 }  # fmt: skip
 """Bundled model name -> its architecture (two names may share one)."""
-DATASET = {"lenet5": "mnist", "fc": "mnist", "lenet5_fashion": "fashion", "vgg_fashion": "fashion"}
+DATASET = {"lenet5": "mnist", "fc": "mnist", "lenet5_fashion": "fashion", "vgg_fashion": "fashion",
+           "resnet_mnist": "mnist"}
 """Bundled model name -> the bundled dataset (``ttfs_core.data.DATASETS``) it was trained and is tested on."""
 TITLES = {
     "lenet5": "LeNet-5, MNIST (BN before ReLU)",
     "fc": "FC 784-600-10, MNIST",
     "lenet5_fashion": "LeNet-5, Fashion-MNIST (BN before ReLU)",
     "vgg_fashion": "VGG-like, 16 layers, Fashion-MNIST (BN after ReLU)",
+    "resnet_mnist": "Residual CNN, MNIST (3 basic blocks, identity and projection shortcuts)",
 }
 
 
