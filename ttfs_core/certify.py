@@ -229,6 +229,24 @@ def certify_fan(fan, theta: Tensor, v_end: Tensor, in_window: float, alpha: floa
     return Certificate(uncertified, tuple(settled))
 
 
+def peak_drive(x: Tensor, w: Tensor, bias: Tensor, kappa: Tensor) -> Tensor:
+    """The exact peak of h_i(s) = b_i + Σ_j W_ij max(x_j, s) − κ_i s over s ≥ 0 (the module docstring's drive,
+    in the ReLU layer's units). h is piecewise linear with kinks at the inputs x_j, so its maximum over
+    [0, max_j x_j] is at s = 0 (the pre-activation) or at a kink; beyond the largest input its slope is
+    Σ_j W_ij − κ_i ≤ 0 (κ = 1 with Σ_j W_ij < 1 for the α-model, κ = Σ_j W_ij for B1), so this is the maximum
+    over every s ≥ 0, whatever the windows. At the k-th smallest input, h = b + x_(k) Σ_{l≤k} W_(l) +
+    Σ_{l>k} W_(l) x_(l) − κ x_(k): two cumulative sums after one sort (ties give the same value in either order).
+    Shape: x, w (F, K); bias, kappa (F,) -> (F,)."""
+    xs, order = x.sort(dim=1)
+    ws = w.gather(1, order)
+    cum_w = ws.cumsum(1)
+    cum_wx = (ws * xs).cumsum(1)
+    total = cum_wx[:, -1:] if x.shape[1] else torch.zeros_like(bias)[:, None]
+    at_kinks = bias[:, None] + xs * (cum_w - kappa[:, None]) + (total - cum_wx)
+    at_zero = bias + total[:, 0]
+    return at_kinks.max(1).values.maximum(at_zero) if x.shape[1] else at_zero
+
+
 def _restrict(mask: Tensor, fan: tuple[Fan, ...], shape: tuple[int, ...]) -> _Block:
     """The samples holding uncertified neurons and, for a layer with one dense or ungrouped-convolution input,
     their output channels: later stages compute weighted sums only there (leftovers concentrate in a few

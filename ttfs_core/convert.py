@@ -17,11 +17,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from .capture import Capture
+from .certify import Fan, certify_fan, peak_drive
 from .errors import ConversionError
 from .fold import per_input_channel, per_output, rescale_factor
 from .lower import Lowering
 from .mapping import alpha_parameters, b1_parameters, window_length
-from .network import Layer, SpikingNetwork, Synapses
+from .network import Layer, SpikingNetwork, Synapses, fan_in
+from .simulate import search_in_chunks
 
 NEURONS = ("alpha", "b1")
 RESCALE = ("sum", "positive")  # the first is the default
@@ -40,8 +42,13 @@ def convert(
     """Convert a trained feed-forward ReLU network into an exact single-spike TTFS network.
 
     `calibration` is a tensor of representative inputs (B, *input_shape) or an iterable of such batches (or of
-    (inputs, labels) pairs). Windows are B_n = (1 + margin)·X_n (MATH §4); the input range [p, q] comes from the
-    calibration data unless given. `neuron` is "alpha" (MATH §2) or "b1" (MATH §7).
+    (inputs, labels) pairs). Windows are B_n = (1 + margin)·max(X_n, P_n) (MATH §4): X_n is the layer's largest
+    activation on the calibration data and P_n its largest drive before the window opens (`_peak_drives`). P_n
+    exceeds X_n only where a neuron is driven up before its later inputs arrive (small excitatory inputs whose
+    weights sum above 1, as where Inception's concatenations join short and long windows; in B1 a bias that only
+    late inhibitory inputs hold down), and it makes a margin ≥ 0 free of early spikes on the calibration data.
+    The input range [p, q] comes from the calibration data unless given. `neuron` is "alpha" (MATH §2) or "b1"
+    (MATH §7).
     `rescale` is "sum" (the default, the paper's rule Σ_j W_ij < 1: windows stay of the order of the trained
     activations, and early spikes are ruled out by the fast certificate of `ttfs_core.certify`) or "positive"
     (Σ_j max(W_ij, 0) < 1: an early spike happens exactly when a pre-activation exceeds its window, so no
@@ -169,7 +176,8 @@ def _divide_inputs(syn: Synapses, c: Tensor) -> Synapses:
 
 
 def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> None:
-    """X_n over the calibration data, then consecutive windows (MATH §4): input [0, 1], B_n = (1 + ζ)·X_n."""
+    """X_n and P_n over the calibration data, then consecutive windows (MATH §4, §5): input [0, 1],
+    B_n = (1 + ζ)·max(X_n, P_n) (`_peak_drives`), a clipped layer's window its clip value."""
     maxima = torch.zeros(len(snn.layers), dtype=torch.float64)
     for batch in batches:
         for chunk in snn._chunks(batch):
@@ -180,11 +188,13 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
                                           f"overflow {_dtype_name(snn.dtype)} (NaN or inf); the weights "
                                           "are too large for this dtype")
                 maxima[i] = max(float(maxima[i]), float(a.max()) if a.numel() else 0.0)
+    peaks = _peak_drives(snn, batches, maxima.tolist())
     t_max, windows = [1.0], [1.0]  # the input layer's window is [0, 1]
-    for layer, x_max in zip(snn.layers, maxima.tolist()):
+    for layer, x_max, peak in zip(snn.layers, maxima.tolist(), peaks):
         layer.max_activation = x_max
+        layer.peak_drive = peak
         _place_in_time(layer, t_max, windows)
-        layer.window = layer.clip if layer.clip is not None else window_length(x_max, margin)
+        layer.window = layer.clip if layer.clip is not None else window_length(peak, margin)
         layer.t_max = layer.t_min + layer.window
         t_max.append(layer.t_max)
         windows.append(layer.window)
@@ -193,6 +203,75 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
     out.t_max = out.t_min
     out.window = 0.0
     _time_order(snn)
+
+
+def _peak_drives(snn: SpikingNetwork, batches: list[Tensor], maxima: list[float]) -> list[float]:
+    """P_n = max(X_n, the largest h_i(s) over the calibration inputs, the layer's neurons and s ≥ 0), with h the
+    drive of `ttfs_core.certify` (an early spike happens exactly when h_i(s) ≥ B_n for some s > 0). A window
+    B_n = (1 + ζ)·P_n with ζ ≥ 0 therefore gives no early spike on the calibration data.
+
+    MATH §4 takes B_n = (1 + ζ)·X_n, and P_n = h_i(0) ≤ X_n whenever h falls from s = 0, as it does under the
+    positive-part rescaling (its slope is Σ_{x_j ≤ s} W_ij − 1 < 0). Under the paper's rule Σ_j W_ij < 1 the
+    positive weights of a neuron's inputs with small x_j may sum above 1, and h then rises between them and
+    the larger ones: measured on Inception-v3, whose concatenations join sources with windows 54 and 1,204 τ_c,
+    B_n = 1.5·X_n left 81 early spikes on its own calibration data. P_n does not depend on any window (above
+    the largest input h falls or stays level), so it is computed from the activations alone, layer by layer:
+    the fast certificate, with the parameters of a window X_n, settles almost every neuron (h < X_n), and the
+    rest get their exact peak (`peak_drive`). Clipped (gated) layers cannot fire early and are skipped."""
+    peaks = list(maxima)
+    if snn.neuron == "alpha" and snn.rescale == "positive":
+        return peaks
+    alpha = snn.alpha if snn.neuron == "alpha" else 0.0
+    sizes = [1.0, *maxima]  # the largest activation of each source (the input's: 1)
+    trials = {}
+    for n, layer in enumerate(snn.layers):
+        in_window = max(sizes[syn.source + 1] for syn in layer.inputs)
+        if layer.clip is None and in_window > 0:
+            trials[n] = (_trial_layer(snn, layer, in_window, maxima[n]), in_window)
+    if not trials:
+        return peaks
+    for batch in batches:
+        for chunk in snn._chunks(batch):
+            acts = snn.activations(chunk)
+            for n, (trial, in_window) in trials.items():
+                peaks[n] = max(peaks[n], _layer_peak(trial, acts, in_window, alpha, snn.neuron == "b1"))
+    return peaks
+
+
+def _trial_layer(snn: SpikingNetwork, layer: Layer, in_window: float, window: float) -> Layer:
+    """A copy of the layer with the neuron parameters of input window `in_window` and window `window`."""
+    weights = [syn.weight for syn in layer.inputs]
+    if snn.neuron == "alpha":
+        J, theta, slope = alpha_parameters(weights, layer.bias, layer.row_sums(), in_window, window, snn.alpha,
+                                           [syn.channels for syn in layer.inputs])
+    else:
+        J, theta, slope = b1_parameters(weights, layer.bias, window)
+    inputs = tuple(replace(syn, J=j) for syn, j in zip(layer.inputs, J))
+    return replace(layer, inputs=inputs, theta=theta, slope=slope, in_window=in_window, window=window)
+
+
+def _layer_peak(trial: Layer, acts: list[Tensor], in_window: float, alpha: float, b1: bool) -> float:
+    """The largest h_i(s) over one calibration chunk among the neurons the certificate cannot place below the
+    trial window (−inf when it settles them all)."""
+    xs = [syn.route_activations(acts[syn.source + 1]) for syn in trial.inputs]
+    v_end = alpha * in_window + trial.weighted_sum(xs, "J")
+    fan = [Fan(x, syn.J, syn.conv, syn.channels) for syn, x in zip(trial.inputs, xs)]
+    flagged = certify_fan(fan, trial.theta, v_end, in_window, alpha).uncertified
+    if not bool(flagged.any()):
+        return -math.inf
+    idx = flagged.nonzero(as_tuple=True)
+    bias = trial.bias.expand(trial.shape)[idx[1:]]
+
+    def gather(lo: int, hi: int):
+        x, w, _ = fan_in(trial, xs, tuple(i[lo:hi] for i in idx), 0.0, which="weight")
+        return x, w, bias[lo:hi]
+
+    def solve(x, w, b):
+        kappa = w.sum(1) if b1 else torch.ones_like(b)
+        return peak_drive(x, w, b, kappa)
+
+    peaks = search_in_chunks(gather, len(idx[0]), sum(syn.weight[0].numel() for syn in trial.inputs), solve)
+    return float(peaks.max())
 
 
 def _place_in_time(layer: Layer, t_max: list[float], windows: list[float]) -> None:

@@ -127,6 +127,7 @@ class Layer(_Freezable):
     readout: tuple[Any, ...] = ()  # output only: captured ops applied to the readout potentials (pooling...)
     # set by calibration
     max_activation: float = 0.0
+    peak_drive: float = 0.0  # P_n ≥ X_n: the largest drive before t_min on the calibration data (convert)
     start: float = 0.0  # t_min − in_window: the neuron starts integrating (t_min^(n−1) in a chain)
     t_min: float = 0.0
     t_max: float = 0.0
@@ -347,13 +348,19 @@ class SpikingNetwork(_Freezable):
 
         Used for calibration and as a check of the folding. Shape: x (B, *input_shape) raw input values.
         """
+        acts = self.activations(x)
+        logits = self.output.ann(acts)
+        return acts[1:], self._readout(logits)
+
+    def activations(self, x: Tensor) -> list[Tensor]:
+        """The encoded input (MATH §1) followed by every hidden layer's ReLU activation: `acts[m + 1]` is layer
+        m's, the indexing of `Layer.ann`. Shape: x (B, *input_shape) raw input values."""
         x = self._check_input(x)
         p, q = self.input_range
         acts = [((x - p) / (q - p)).clamp(0, 1)]
         for layer in self.layers:
             acts.append(layer.ann(acts))
-        logits = self.output.ann(acts)
-        return acts[1:], self._readout(logits)
+        return acts
 
     def _readout(self, v: Tensor) -> Tensor:
         for op in self.output.readout:

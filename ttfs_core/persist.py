@@ -77,7 +77,7 @@ READOUT_PARAMS: dict[str, tuple[str, ...]] = {
 
 _TOP = ("format", "version", "layers", "output", "input_shape", "input_range", "neuron", "margin", "rescale", "alpha",
         "dtype")
-_LAYER = ("name", "op", "shape", "is_output", "clip", "inputs", "probe", "readout", *_FLOATS)
+_LAYER = ("name", "op", "shape", "is_output", "clip", "inputs", "probe", "readout", *_FLOATS, "peak_drive")
 _INPUT = ("source", "route", "in_shape", "conv", "channels", "in_window", "delay")
 _LAYER_V1 = ("name", "op", "source", "in_shape", "shape", "conv", "is_output", "route", "probe", "readout", *_FLOATS)
 _CONV = ("stride", "padding", "dilation", "groups")
@@ -141,6 +141,7 @@ def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dic
         "clip": None if layer.clip is None else float(layer.clip),
         "inputs": [_input_to_json(syn, f"{prefix}.inputs.{k}", tensors) for k, syn in enumerate(layer.inputs)],
         "probe": probe, "readout": readout, **{name: float(getattr(layer, name)) for name in _FLOATS},
+        "peak_drive": float(layer.peak_drive),
     }
 
 
@@ -477,6 +478,8 @@ def _check_layer(d: Any, where: str, prefix: str, index: int, shapes: list[tuple
                                                 f"got {json.dumps(not output)}")
     for name in _FLOATS:
         layer[name] = _float(d[name], _at(where, name))
+    # P_n (convert._peak_drives) arrived with version 2; a version-1 window was (1 + ζ)·X_n, as if P_n = X_n
+    layer["peak_drive"] = layer["max_activation"] if version == 1 else _float(d["peak_drive"], _at(where, "peak_drive"))
     if version == 1:
         if d["conv"] is not None:
             for key, value in (("in_shape", in_shape), ("shape", shape)):
@@ -652,6 +655,9 @@ def _check_windows(layer: dict[str, Any], output: bool) -> None:
         raise _Invalid(_at(w, "window"), f"expected 0 (the readout has no window), got {layer['window']!r}")
     if not layer["max_activation"] >= 0:
         raise _Invalid(_at(w, "max_activation"), f"expected a number ≥ 0, got {layer['max_activation']!r}")
+    if not layer["peak_drive"] >= layer["max_activation"]:
+        raise _Invalid(_at(w, "peak_drive"), f"expected a number ≥ max_activation = {layer['max_activation']!r} "
+                                             f"(P_n ≥ X_n), got {layer['peak_drive']!r}")
 
 
 def _check_t_max(layer: dict[str, Any]) -> None:
@@ -858,7 +864,7 @@ def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
         shape=d["shape"], bias=tensors[f"{prefix}.bias"], probe=probe, scale=tensors[f"{prefix}.scale"],
         is_output=prefix == "output", readout=readout, clip=d["clip"],
         theta=tensors.get(f"{prefix}.theta"), slope=tensors.get(f"{prefix}.slope"),
-        **{name: d[name] for name in _FLOATS},
+        **{name: d[name] for name in _FLOATS}, peak_drive=d["peak_drive"],
     )
 
 
