@@ -96,7 +96,7 @@ def _brute_peak(snn, layer, x: torch.Tensor) -> float:
 @pytest.mark.parametrize("neuron", ["alpha", "b1"])
 def test_windows_cover_the_peak_drive_so_calibration_data_has_no_early_spike(neuron):
     model = Uneven().double().eval()
-    x = torch.rand(256, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = torch.rand(convert_module.PEAK_SAMPLE, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     snn = ttfs_core.convert(model, x, input_range=(0.0, 1.0), neuron=neuron)
     layer = _joined(snn)
     peak = _brute_peak(snn, layer, x)
@@ -105,8 +105,10 @@ def test_windows_cover_the_peak_drive_so_calibration_data_has_no_early_spike(neu
     assert layer.peak_drive == pytest.approx(peak, rel=1e-9)
     assert layer.window == pytest.approx(1.5 * layer.peak_drive, rel=1e-12)
     check_exact(model, snn, x)
-    for other in snn.layers:  # every layer, against the brute force (B1's inhibited `long` peaks at its bias)
-        assert other.peak_drive == pytest.approx(max(other.max_activation, _brute_peak(snn, other, x)), rel=1e-9)
+    for other in snn.layers:  # every layer against the brute force: P_n counts where it passes 1.5·X_n
+        brute = _brute_peak(snn, other, x)  # (B1's inhibited `long` peaks at its bias, just above X_n)
+        expected = brute if brute >= 1.5 * other.max_activation else other.max_activation
+        assert other.peak_drive == pytest.approx(expected, rel=1e-9)
 
 
 def test_the_windows_of_x_n_alone_would_spike_early():
@@ -138,3 +140,15 @@ def test_peak_drive_survives_saving(tmp_path):
     back = ttfs_core.load(path)
     assert [la.peak_drive for la in back.layers] == [la.peak_drive for la in snn.layers]
     assert _joined(back).peak_drive > _joined(back).max_activation
+
+
+def test_the_peak_is_measured_on_the_first_inputs_and_each_layers_maximiser(monkeypatch):
+    model = Uneven().double().eval()
+    x = torch.rand(256, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    monkeypatch.setattr(convert_module, "PEAK_SAMPLE", 8)
+    snn = ttfs_core.convert(model, x, input_range=(0.0, 1.0))
+    acts = snn.activations(x)[1:]
+    setters = [int(a.flatten(1).amax(1).argmax()) for a in acts]
+    sample = torch.cat([x[:8], x[setters]])
+    layer = _joined(snn)
+    assert layer.peak_drive == pytest.approx(_brute_peak(snn, layer, sample), rel=1e-9)

@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--calib", metavar="DATA",
                        help="calibration data (default: the model's dataset, e.g. mnist-train or fashion-train)")
         q.add_argument("--margin", type=_margin, default=d(MARGIN_DEFAULT),
-                       help=f"window margin: B_n = (1 + margin)·X_n, > -1 (default: {MARGIN_DEFAULT})")
+                       help=f"window margin: B_n = (1 + margin)·X_n (or the peak drive, where larger), > -1 "
+                            f"(default: {MARGIN_DEFAULT})")
         q.add_argument("--neuron", choices=NEURONS, default=d("alpha"), help="neuron model (default: alpha)")
         q.add_argument("--rescale", choices=RESCALE, default=d("sum"),
                        help="weight rescaling: sum (default; the paper's, windows of the order of the activations) or "

@@ -30,8 +30,8 @@ def decode(offsets: Tensor, window: float) -> Tensor:
 
 
 def window_length(max_activation: float, margin: float) -> float:
-    """B_n = (1 + ζ)·X_n (MATH §4), where convert passes max(X_n, P_n), the peak drive before the window
-    (`convert._peak_drives`). A layer silent on all calibration inputs gets B_n = 1."""
+    """B_n = (1 + ζ)·X_n (MATH §4); convert passes the peak drive before the window instead where it is larger
+    still (`convert._peak_drives`). A layer silent on all calibration inputs gets B_n = 1."""
     return (1.0 + margin) * max_activation if max_activation > 0 else 1.0
 
 

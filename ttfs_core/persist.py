@@ -734,6 +734,9 @@ def _check_timing_v1(hidden: list[dict[str, Any]], output: dict[str, Any]) -> No
         if layer["in_window"] != window:
             raise _Invalid(_at(w, "in_window"), f"expected {window!r} (the window of its source), "
                                                 f"got {layer['in_window']!r}")
+        # in the version-2 layout start is t_min − in_window, which can differ from the source's t_min by rounding
+        # ((a + b) − b ≠ a in floating point); take it, so the network saves again as a valid version-2 file
+        layer["start"] = layer["t_min"] - layer["in_window"]
         end = layer["t_max"]
 
 
