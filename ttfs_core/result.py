@@ -57,6 +57,15 @@ class LayerResult:
         return torch.where(inside & torch.isfinite(t), t.clamp(self.t_min, self.t_max), t)
 
     @property
+    def forced_spikes(self) -> Tensor:
+        """Which neurons were forced to fire at t_max (activation 0; none in B1, whose silent neurons have offset
+        +inf), compared in the offsets' own precision: a float32 forced offset is the window rounded to float32,
+        which can lie just below the float64 window, so a float64 comparison would miss it. Its count is `forced`.
+        Shape: like `offsets`, bool."""
+        end = torch.tensor(self.window, dtype=self.offsets.dtype)
+        return torch.isfinite(self.offsets) & (self.offsets >= end)
+
+    @property
     def activations(self) -> Tensor:
         """Decoded activation t_max − t (MATH §1), in the converted (rescaled) network's units."""
         return decode(self.offsets, self.window)

@@ -168,7 +168,7 @@ def neuron_trace(
         theta = float(lay.theta.expand(lay.shape)[idx])
         off = float(result.layers[n].offsets[(0, *idx)])
         spike = lay.in_window + off
-        forced = (not b1) and off >= lay.window
+        forced = bool(result.layers[n].forced_spikes[(0, *idx)])
         early = off < 0
         saturated = lay.clip is not None and off <= 0  # gated: reached θ by t_min, fired there (MATH §2)
     t_min, t_max = lay.in_window, lay.in_window + lay.window

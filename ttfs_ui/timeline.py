@@ -160,7 +160,7 @@ def spikes_of(snn, result, sample: int = 0) -> list[LayerSpikes]:
     for layer, res in zip(snn.layers, result.layers):
         off = _np(res.offsets[sample]).ravel()
         act = _np(res.activations[sample]).ravel()
-        forced = np.isfinite(off) & (off >= float(res.window))
+        forced = res.forced_spikes[sample].flatten().numpy()
         out.append(LayerSpikes(layer.name, layer_label(layer), layer.kind, tuple(layer.shape), off, act, forced,
                                float(res.window), float(layer.max_activation)))
     return out
