@@ -1,8 +1,10 @@
 """Benchmarks: SNN simulation time against the ANN forward on the same batch, measured side by side.
 
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
-    python bench/run.py core       # one section: core | stepped | convert | memory | app | paper
+    python bench/run.py core       # one section: core | stepped | convert | memory | app | paper | branches |
+                                   # architectures
     python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
+    python bench/run.py architectures  # the torchvision families: exactness, size, decision time, run / ANN
 
 The machine is shared and noisy: every figure is a median over interleaved repeats, and the headline numbers are
 ratios of times taken in the same run.
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -179,8 +182,107 @@ def bench_paper(batch: int = 500) -> dict:
     return out
 
 
+def resnet18(dtype=torch.float32):
+    torch.manual_seed(0)
+    return randomise_bn(torchvision.models.resnet18(num_classes=10), negative=False).to(dtype).eval()
+
+
+@torch.no_grad()
+def bench_branches(repeats: int = 5) -> dict:
+    """ResNet-18 (random BN statistics) at 32×32, float32, batch 64, default conversion: exact `run` vs the ANN
+    forward, conversion + calibration on 512 inputs, and the peak memory of a run in a fresh process."""
+    import tempfile
+
+    model = resnet18()
+    calib, x = torch.rand(512, 3, 32, 32), torch.rand(64, 3, 32, 32)
+    t = side_by_side({"convert": lambda: ttfs_core.convert(model, calib), "ann_512": lambda: model(calib)}, 3)
+    snn = ttfs_core.convert(model, calib)
+    run = side_by_side({"ann": lambda: model(x), "snn": lambda: snn.run(x)}, repeats)
+    res = snn.run(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet18.safetensors"
+        snn.save(path)
+        code = (
+            "import resource, sys, torch\n"
+            f"sys.path.insert(0, {str(HERE.parent)!r})\n"
+            "import ttfs_core\n"
+            f"snn = ttfs_core.load({str(path)!r}); x = torch.rand(64, 3, 32, 32)\n"
+            "snn.run(x)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak = float(out.stdout.split()[-1]) / 2**20
+    return {"resnet18_32x32_b64_f32": {
+        "ann_s": run["ann"], "snn_s": run["snn"], "ratio": run["snn"] / run["ann"],
+        "convert_512_s": t["convert"], "process_peak_rss_gib": peak, "early_spikes": res.early_spikes,
+        "argmax_equal": int(torch.equal(res.logits.argmax(1), model(x).argmax(1))),
+        "decision_time_tau": snn.decision_time, "smallest_window_tau": snn.smallest_window,
+        "spiking_layers": len(snn.layers)}}
+
+
+TORCHVISION = ["alexnet", "vgg11", "vgg19_bn", "resnet18", "resnet34", "resnet50", "resnext50_32x4d",
+               "wide_resnet50_2", "densenet121", "squeezenet1_1", "googlenet", "inception_v3", "mnasnet0_5",
+               "shufflenet_v2_x0_5", "regnet_x_400mf", "mobilenet_v2", "efficientnet_b0"]
+
+
+def torchvision_model(name: str, dtype) -> torch.nn.Module:
+    kw = {"num_classes": 10}
+    if name in ("googlenet", "inception_v3"):
+        kw.update(aux_logits=False, init_weights=True)
+    torch.manual_seed(0)
+    return randomise_bn(getattr(torchvision.models, name)(**kw), negative=False).to(dtype).eval()
+
+
+@torch.no_grad()
+def bench_architectures(repeats: int = 3) -> dict:
+    """Every ReLU-family torchvision architecture (num_classes=10, random BN statistics) at 64×64 (Inception-v3
+    80×80): exactness in float64 on 4 inputs (logits against model(x), early spikes), then the default float32
+    conversion: spiking layers, neurons, decision time, and run / ANN forward on a batch of 16."""
+    out = {}
+    for name in TORCHVISION:
+        size = 80 if name == "inception_v3" else 64
+        row: dict = {}
+        try:
+            m64 = torchvision_model(name, torch.float64)
+            x64 = torch.rand(4, 3, size, size, dtype=torch.float64)
+            s64 = ttfs_core.convert(m64, x64, input_range=(0.0, 1.0))
+            r64 = s64.run(x64)
+            ref = m64(x64)
+            row["rel_error_f64"] = float((r64.logits - ref).abs().max() / ref.abs().max())
+            row["early_spikes_f64"] = r64.early_spikes
+            row["one_spike_per_neuron"] = int(r64.spikes == r64.neurons)
+            del m64, s64
+            model = torchvision_model(name, torch.float32)
+            calib, x = torch.rand(64, 3, size, size), torch.rand(16, 3, size, size)
+            snn = ttfs_core.convert(model, calib)
+            t = side_by_side({"ann": partial(model, x), "snn": partial(snn.run, x)}, repeats)
+            row.update({"status": "exact" if row["rel_error_f64"] <= 1e-9 and not row["early_spikes_f64"]
+                        else "inexact", "spiking_layers": len(snn.layers),
+                        "neurons": sum(la.neurons for la in snn.layers),
+                        "most_inputs": max(len(la.inputs) for la in snn.all_layers),
+                        "decision_time_tau": snn.decision_time, "ratio": t["snn"] / t["ann"]})
+        except ttfs_core.ConversionError as exc:
+            row = {"status": "refused", "reason": str(exc).split(". Supported")[0]}
+        out[name] = row
+        print(f"  {name}: {row}", flush=True)
+    return out
+
+
+def architecture_table(rows: dict) -> list[str]:
+    """The README's table of torchvision architectures (the `architectures` section)."""
+    lines = ["| architecture | status | spiking layers | neurons | most inputs of a layer | decision time | "
+             "run / ANN | float64 error |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if r["status"] == "refused":
+            lines.append(f"| {name} | refused: {r['reason']} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {r['status']} | {r['spiking_layers']} | {r['neurons']:,} | {r['most_inputs']} | "
+                     f"{r['decision_time_tau']:.3g} τ_c | {r['ratio']:.1f}× | {r['rel_error_f64']:.1e} |")
+    return lines
+
+
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
-            "app": bench_app, "paper": bench_paper}
+            "app": bench_app, "paper": bench_paper, "branches": bench_branches, "architectures": bench_architectures}
 
 
 def paper_table(rows: dict) -> list[str]:
@@ -210,7 +312,12 @@ def write_markdown(results: dict, path: Path) -> None:
     if "paper" in results["sections"]:
         lines += ["## The paper's table (`python bench/run.py paper`)", "", *paper_table(results["sections"]["paper"]),
                   ""]
+    if "architectures" in results["sections"]:
+        lines += ["## torchvision architectures (`python bench/run.py architectures`)", "",
+                  *architecture_table(results["sections"]["architectures"]), ""]
     for section, rows in results["sections"].items():
+        if section == "architectures":
+            continue
         lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
                   "|---|" + "---|" * len(next(iter(rows.values())))]
         for case, vals in rows.items():
