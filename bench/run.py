@@ -91,26 +91,35 @@ def bench_convert(repeats: int = 3) -> dict:
     return {"vgg16_bn_512_inputs": {**t, "ratio_to_one_ann_pass": t["convert"] / t["ann_512"]}}
 
 
-def bench_memory() -> dict:
-    """Peak resident memory of `snn.run` on VGG16-BN, batch 64: the converted network is saved, then loaded in a
-    fresh process (no ANN, no conversion in memory), and the peak is read before and after one run."""
+def fresh_process_memory(snn, x_shape: tuple[int, ...], sampler: str = "rand") -> tuple[float, float]:
+    """Resident memory of one `snn.run` on a batch `torch.<sampler>(*x_shape)`: the network is saved, then loaded
+    in a fresh process (no ANN, no conversion in memory). Returns (GiB resident before the run, process peak).
+    The peak is VmHWM, which starts again at exec; ru_maxrss would carry over the parent's peak from the fork."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "vgg16.safetensors"
-        ttfs_core.convert(vgg16(), torch.randn(64, 3, 32, 32)).save(path)
+        path = Path(tmp) / "network.safetensors"
+        snn.save(path)
         code = (
-            "import resource, sys, torch\n"
+            "import sys, torch\n"
             f"sys.path.insert(0, {str(HERE.parent)!r})\n"
             "import ttfs_core\n"
-            f"snn = ttfs_core.load({str(path)!r}); x = torch.randn(64, 3, 32, 32)\n"
+            f"snn = ttfs_core.load({str(path)!r}); x = torch.{sampler}{tuple(x_shape)!r}\n"
             "import os; page = os.sysconf('SC_PAGE_SIZE') / 1024\n"
             "before = int(open('/proc/self/statm').read().split()[1]) * page  # resident now, KiB\n"
             "snn.run(x)\n"
-            "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+            "peak = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0].split()[1]  # KiB\n"
+            "print(before, peak)"
         )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = (float(v) / 2**20 for v in res.stdout.split()[-2:])  # KiB -> GiB
+    return before, after
+
+
+def bench_memory() -> dict:
+    """Peak resident memory of `snn.run` on VGG16-BN, batch 64, in a fresh process, before and after one run."""
+    snn = ttfs_core.convert(vgg16(), torch.randn(64, 3, 32, 32))
+    before, after = fresh_process_memory(snn, (64, 3, 32, 32), "randn")
     return {"vgg16_bn_b64_run": {"process_peak_rss_gib": after, "rss_before_run_gib": before,
                                  "run_peak_above_before_gib": max(after - before, 0.0)}}
 
@@ -182,36 +191,17 @@ def bench_paper(batch: int = 500) -> dict:
     return out
 
 
-def resnet18(dtype=torch.float32):
-    torch.manual_seed(0)
-    return randomise_bn(torchvision.models.resnet18(num_classes=10), negative=False).to(dtype).eval()
-
-
 @torch.no_grad()
 def bench_branches(repeats: int = 5) -> dict:
     """ResNet-18 (random BN statistics) at 32×32, float32, batch 64, default conversion: exact `run` vs the ANN
     forward, conversion + calibration on 512 inputs, and the peak memory of a run in a fresh process."""
-    import tempfile
-
-    model = resnet18()
+    model = torchvision_model("resnet18", torch.float32)
     calib, x = torch.rand(512, 3, 32, 32), torch.rand(64, 3, 32, 32)
     t = side_by_side({"convert": lambda: ttfs_core.convert(model, calib), "ann_512": lambda: model(calib)}, 3)
     snn = ttfs_core.convert(model, calib)
     run = side_by_side({"ann": lambda: model(x), "snn": lambda: snn.run(x)}, repeats)
     res = snn.run(x)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "resnet18.safetensors"
-        snn.save(path)
-        code = (
-            "import resource, sys, torch\n"
-            f"sys.path.insert(0, {str(HERE.parent)!r})\n"
-            "import ttfs_core\n"
-            f"snn = ttfs_core.load({str(path)!r}); x = torch.rand(64, 3, 32, 32)\n"
-            "snn.run(x)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    peak = float(out.stdout.split()[-1]) / 2**20
+    _, peak = fresh_process_memory(snn, (64, 3, 32, 32))
     return {"resnet18_32x32_b64_f32": {
         "ann_s": run["ann"], "snn_s": run["snn"], "ratio": run["snn"] / run["ann"],
         "convert_512_s": t["convert"], "process_peak_rss_gib": peak, "early_spikes": res.early_spikes,
