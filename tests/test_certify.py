@@ -182,3 +182,29 @@ def test_hand_computed_early_spike_is_flagged():
     assert certify(J, theta, None, x, v_end, in_window, alpha, search_budget=0).searched == 1
     early, _ = exact_early(J, theta, x, alpha, in_window)
     assert bool(early.all())
+
+
+def test_tent_deviations_match_the_cell_by_cell_sum():
+    """Each cell's deviation equals Σ over the inputs strictly inside that cell of |J⁻| (x − a)(c − x)/(c − a),
+    computed here by locating every input's cell; levels include repeated values (empty cells) and inputs
+    exactly on a level (no tent)."""
+    from ttfs_core.certify import Fan, _Block, tent_deviations
+
+    g = torch.Generator().manual_seed(11)
+    batch, fan_in, out = 3, 9, 4
+    x = torch.rand(batch, fan_in, generator=g, dtype=torch.float64) * 2
+    levels = torch.tensor([[0.0, 0.5, 0.5, 1.0, 2.0], [0.0, 0.3, 0.9, 0.9, 2.0], [0.0, 0.0, 1.0, 1.5, 2.0]],
+                          dtype=torch.float64)
+    x[0, 0], x[1, 1], x[2, 2] = 0.5, 0.9, 1.0  # on a level
+    neg = torch.rand(out, fan_in, generator=g, dtype=torch.float64)
+    block = _Block(None, None, (Fan(x, -neg),), (out,))
+    got = tent_deviations(block, [neg], levels)
+    for k in range(1, levels.shape[1]):
+        want = torch.zeros(batch, out, dtype=torch.float64)
+        for b in range(batch):
+            a, c = float(levels[b, k - 1]), float(levels[b, k])
+            for j in range(fan_in):
+                xj = float(x[b, j])
+                if a < xj < c:
+                    want[b] += neg[:, j] * (xj - a) * (c - xj) / (c - a)
+        torch.testing.assert_close(got[k - 1], want, rtol=1e-12, atol=1e-15)

@@ -140,25 +140,25 @@ def level_values(block: _Block, g: Tensor, alpha: float, base: float) -> Tensor:
 def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> list[Tensor]:
     """For every cell [a, c] between consecutive `levels`: Σ_{j: a<x_j<c, J_ij<0} |J_ij| (x_j − a)(c − x_j)/(c − a),
     how far the concave part of v_i can rise above its chord on that cell (MATH §2). One weighted sum per cell.
-    Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
-    per_cell: list[list[Tensor]] = [[] for _ in range(1, levels.shape[1])]
-    for f in block.fan:
-        x = f.x
-        flat = x.flatten(1)
-        cell = torch.ones_like(flat, dtype=torch.long)  # x in (levels[k−1], levels[k]] lies in cell k
-        for k in range(1, levels.shape[1] - 1):
-            cell += flat > levels[:, k:k + 1]
-        a, c = levels.gather(1, cell - 1), levels.gather(1, cell)
-        tiny = torch.finfo(x.dtype).tiny
-        tent = torch.where((flat > a) & (flat < c), (flat - a) * (c - flat) / (c - a).clamp(min=tiny), 0.0)
-        for k in range(1, levels.shape[1]):
-            per_cell[k - 1].append(torch.where(cell == k, tent, 0.0).reshape(x.shape))
-    return [weighted_sum(block.fan, xs, negative, block.shape) for xs in per_cell]
+    The tent (x − a)(c − x)/(c − a) is negative outside [a, c] and zero on its ends, so clamping it at 0 selects
+    the cell's inputs without locating them. Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
+    tiny = torch.finfo(levels.dtype).tiny
+    deviations = []
+    for k in range(1, levels.shape[1]):
+        xs = []
+        for f in block.fan:
+            per_sample = (-1, *([1] * (f.x.dim() - 1)))
+            a, c = levels[:, k - 1].reshape(per_sample), levels[:, k].reshape(per_sample)
+            xs.append(((f.x - a) * (c - f.x)).div_((c - a).clamp(min=tiny)).clamp_(min=0))
+        deviations.append(weighted_sum(block.fan, xs, negative, block.shape))
+    return deviations
 
 
 def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
     """Per sample: the given quantiles of the non-zero inputs, estimated on at most SAMPLE of the inputs.
     Shape: x (B, ...) -> [(B,)] * len(fractions)."""
+    if not fractions:
+        return []  # one cell: no inner level, so no sort
     flat = x.flatten(1)
     step = max(1, -(-flat.shape[1] // SAMPLE))
     sub = flat[:, ::step].sort(1).values
