@@ -7,10 +7,11 @@ import numpy as np
 import streamlit as st
 
 from ttfs_core import data, zoo
-from ttfs_ui import cache, controls, figures, state, tables
+from ttfs_ui import cache, controls, draw, figures, state, tables
 
 st.set_page_config(page_title="TTFS explorer", page_icon="⚡", layout="wide")
 state.init()
+controls.follow_pending_page()
 controls.sidebar(pick_model=False)
 
 st.title("⚡ Exact TTFS explorer")
@@ -44,10 +45,13 @@ with upload:
 cur = controls.current()
 with pick:
     st.caption(cur.entry.description)
+exact = controls.exactness_banner(cur)
 
 # --- 2. the conversion --------------------------------------------------------------------------------------
 st.header("2 · Conversion")
 controls.explain("conversion")
+st.markdown("**Presets** (each sets the conversion settings in the sidebar)")
+controls.presets()
 result = cur.result
 m = st.columns(5)
 m[0].metric("Decision time", f"{cur.snn.decision_time:.4g} τ_c",
@@ -61,8 +65,8 @@ m[3].metric("Spiking neurons", f"{sum(la.neurons for la in cur.snn.layers):,}")
 m[4].metric("Spikes for this input", f"{result.spikes:,}",
             help="Every hidden neuron fires once in the α-model; in B1, neurons with activation 0 stay silent.")
 st.dataframe(tables.summary_rows(cur.snn, result), hide_index=True, width="stretch",
-             column_config={"X_n": st.column_config.NumberColumn(format="%.4g"),
-                            "B_n (τ_c)": st.column_config.NumberColumn(format="%.4g")})
+             column_config={"X_n": st.column_config.NumberColumn(format="%.6g"),
+                            "B_n (τ_c)": st.column_config.NumberColumn(format="%.6g")})
 
 # --- 3. the input -------------------------------------------------------------------------------------------
 st.header("3 · Input image")
@@ -96,6 +100,18 @@ with mine:
         for note in notes:
             st.info(note)
     controls.invert_checkbox()
+    with st.expander("Draw a digit", expanded=True):
+        drawn = draw.pad(key="draw_pad")
+        if isinstance(drawn, dict) and drawn.get("seq") != st.session_state.get("_seen_drawing"):
+            st.session_state["_seen_drawing"] = drawn.get("seq")
+            try:
+                error, _ = controls.receive_image_upload(draw.drawn_png(drawn), "your drawing", cur.entry.preprocess)
+            except ValueError as e:
+                error = f"Cannot use the drawing: {e}"
+            if error:
+                st.error(error)
+            else:
+                st.rerun()  # the drawing is the input now: redraw the page with it
 
 # --- 4. predictions -----------------------------------------------------------------------------------------
 st.header("4 · Predictions")
@@ -110,8 +126,8 @@ with right:
     a, s, d, t = st.columns(4)
     a.metric("ANN predicts", cur.class_name(ann.argmax()))
     s.metric("SNN predicts", cur.class_name(snn.argmax()),
-             delta="agrees" if ann.argmax() == snn.argmax() else "DIFFERS",
-             delta_color="normal" if ann.argmax() == snn.argmax() else "inverse")
+             delta=("agrees" if exact["exact"] else "same class, NOT exact") if ann.argmax() == snn.argmax()
+             else "DIFFERS", delta_color="normal" if exact["exact"] else "inverse")
     d.metric("max |logit difference|", f"{np.abs(ann - snn).max():.2e}")
     t.metric("True label", "—" if cur.label is None else cur.class_name(cur.label))
     st.plotly_chart(figures.logits([cur.class_name(c) for c in range(ann.size)], ann, snn), key="logits")

@@ -1,8 +1,12 @@
-"""Spike raster: every spike of the network on one time axis, a time cursor, and the feature maps filling in."""
+"""Spike raster: every spike of the network on one time axis, a time cursor, and the feature maps filling in.
+
+The cursor runs in the browser (`ttfs_ui.live`): stepping, Play and hovering never rerun this script; it reruns
+when the model, the input, a setting, the axis or the mapped layer changes, or when a neuron is clicked.
+"""
 
 import streamlit as st
 
-from ttfs_ui import controls, figures, state, timeline
+from ttfs_ui import controls, live, state, timeline
 
 cur = controls.page_start("Spike raster", "raster")
 
@@ -11,20 +15,27 @@ spikes = timeline.spikes_of(cur.snn, cur.result)
 axis_options = {"auto": f"automatic ({tl.default_mode()} for this network)",
                 timeline.STRETCHED: "each window stretched to equal width",
                 timeline.ABSOLUTE: "absolute time (τ_c)"}
-st.radio("Time axis", list(axis_options), format_func=axis_options.get, horizontal=True, **state.bind(state.AXIS))
-mode = tl.default_mode() if state.get(state.AXIS) == "auto" else state.get(state.AXIS)
-
-cursor = controls.time_cursor(tl)
-st.plotly_chart(figures.raster(spikes, tl, mode, cursor), key="raster")
-fired = [int(tl.fired_by(n, s.offsets, cursor).sum()) for n, s in enumerate(spikes)]
-st.caption("Fired by the cursor: " + " · ".join(f"{s.label} {f:,}/{s.neurons:,}" for s, f in zip(spikes, fired)))
-
-st.header("Feature maps")
-controls.explain("feature_maps")
 names = [s.name for s in spikes[1:]]
 labels = {s.name: f"{s.label} ({'×'.join(map(str, s.shape))})" for s in spikes[1:]}
 if state.get(state.LAYER) not in names:
     state.put(state.LAYER, names[0])
-st.selectbox("Layer", names, format_func=labels.get, **state.bind(state.LAYER))
+axis, layer = st.columns([3, 2])
+axis.radio("Time axis", list(axis_options), format_func=axis_options.get, horizontal=True, **state.bind(state.AXIS))
+layer.selectbox("Feature maps of layer", names, format_func=labels.get, **state.bind(state.LAYER))
+mode = tl.default_mode() if state.get(state.AXIS) == "auto" else state.get(state.AXIS)
 n = names.index(state.get(state.LAYER)) + 1
-st.plotly_chart(figures.feature_maps(spikes[0], spikes[n], n, tl, cursor), key="feature_maps")
+cursor = state.get(state.CURSOR)
+cursor = tl.steps if cursor is None or not 0 <= cursor <= tl.steps else int(cursor)
+
+clicked = live.timeline(live.spec(spikes, tl, mode, n, cursor), key="timeline")
+st.caption("Step, drag or **Play** the cursor above the raster: everything is drawn in your browser. Hover a dot or "
+           "a map cell to find the neuron in both views; click it to open its membrane trace.")
+controls.explain("feature_maps")
+seen = st.session_state.get("_seen_timeline_click")
+if isinstance(clicked, dict) and clicked.get("seq") != seen:
+    st.session_state["_seen_timeline_click"] = clicked.get("seq")
+    target = next((s for s in spikes[1:] if s.name == clicked.get("layer")), None)
+    neuron = clicked.get("neuron")
+    if target is not None and isinstance(neuron, int) and 0 <= neuron < target.neurons:
+        state.put(state.CURSOR, int(clicked.get("cursor", cursor)))
+        controls.open_trace(target.name, neuron)

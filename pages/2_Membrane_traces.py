@@ -31,13 +31,16 @@ with clock:
 pick = state.get(state.TRACE_PICK)
 if pick == "k most active":
     st.number_input("k", min_value=1, max_value=controls.MAX_TRACES, step=1, **state.bind(state.TRACE_K))
-    neurons = timeline.most_active(layer.activations, state.get(state.TRACE_K))
+    neurons = timeline.most_active(layer.activations, state.get(state.TRACE_K), distinct=True)
+    st.caption("The k most active neurons with different activations (neurons seeing the same inputs share "
+               "one trace, so one of them stands for all).")
 elif pick == "by index":
     neurons = [controls.neuron_index(layer.name, layer.shape)]
 else:
     neurons = controls.pick_from_map(layer, key=f"picker_{layer.name}")
 
-index_labels = timeline.unravel(layer.shape, neurons)
+readout = layer.kind == "readout"
+index_labels = [f"class {cur.class_name(i)}" for i in neurons] if readout else timeline.unravel(layer.shape, neurons)
 clock = state.get(state.TRACE_CLOCK)
 steps = state.get(state.TRACE_STEPS) if clock == "steps" else None
 dt = state.get(state.TRACE_DT) if clock == "dt" else None

@@ -74,9 +74,9 @@ else:
                          selection_mode="single-row", column_order=("image", "layer", "index", "early by (τ_c)"))
     if table.selection.rows:
         row = rows[table.selection.rows[0]]
-        controls.open_trace(row["image"], row["layer name"], row["neuron"])
+        controls.open_trace(row["layer name"], row["neuron"], row["image"])
     st.markdown(f"Or the first {min(len(rows), 12)}:")
     for col, row in zip(st.columns(4) * 3, rows[:12]):
         if col.button(f"#{row['image']} · {row['layer']} {row['index']}", key=f"early_{row['image']}_"
                       f"{row['layer name']}_{row['neuron']}", icon=":material/show_chart:", width="stretch"):
-            controls.open_trace(row["image"], row["layer name"], row["neuron"])
+            controls.open_trace(row["layer name"], row["neuron"], row["image"])

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import ttfs_core
 from ttfs_core import data, zoo
-from ttfs_ui import controls, figures, state, timeline, uploads
+from ttfs_ui import controls, figures, state, text, timeline, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -59,6 +59,16 @@ def _decode(v):
 def charts(at: AppTest) -> dict[str, dict]:
     """Plotly figures on the page by widget key (element ids end with "-<key>")."""
     return {el.proto.id.rsplit("-", 1)[-1]: _decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")}
+
+
+def live_spec(at: AppTest) -> dict:
+    """The spec the raster page's browser component received (`ttfs_ui.live.spec`), typed arrays decoded."""
+    [el] = [e for e in at.get("component_instance") if e.proto.component_name.endswith("live.timeline")]
+    spec = json.loads(json.loads(el.proto.json_args)["spec"])
+    for panel in spec["panels"]:
+        for key in ("cells", "kfire", "act", "xpos"):
+            panel[key] = np.frombuffer(base64.b64decode(panel[key]["bdata"]), dtype=np.dtype(panel[key]["dtype"]))
+    return {**spec, "raster": _decode(spec["raster"]), "maps": _decode(spec["maps"])}
 
 
 def spike_traces(fig: dict) -> list[dict]:
@@ -141,8 +151,15 @@ def test_app_widgets_change_model_image_and_settings():
     assert any("MNIST test image #3" in c.value for c in at.caption)
     at.number_input(key=state.widget_key(state.TEST_INDEX)).set_value(7).run()
     assert ok(at).session_state[state.TEST_INDEX] == 7
-    at.slider(key=state.widget_key(state.MARGIN)).set_value(1.0).run()
-    ok(at)
+    # problem 5 of the explorer-speed issue: every key press on the ζ slider was a rerun and a conversion, and
+    # presses made during one were lost. The settings are a form now: nothing changes until Apply, then once.
+    for value in (0.45, 0.4, 0.35):
+        at.slider(key=state.widget_key(state.MARGIN)).set_value(value).run()
+        assert ok(at).session_state[state.MARGIN] == 0.5
+    at.slider(key=state.widget_key(state.MARGIN)).set_value(1.0)
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert ok(at).session_state[state.MARGIN] == 1.0
+    assert at.slider(key=state.widget_key(state.MARGIN)).value == 1.0
     assert not at.error
 
 
@@ -200,14 +217,14 @@ def test_the_residual_cnn_is_selectable_and_the_pages_draw_it():
     # the raster: every window's spikes; the feature maps of a layer that reads two layers
     at = run(RASTER, **session, **{state.AXIS: timeline.ABSOLUTE})
     assert at.session_state[state.MODEL] == "zoo:resnet_mnist" and not at.error
-    spikes = spike_traces(charts(at)["raster"])
+    spikes = spike_traces(live_spec(at)["raster"])
     assert len(spikes) == 1 + len(snn.layers)
     for trace, lr in zip(spikes[1:], res.layers):
         idx = arr(trace["customdata"])[:, 0].astype(int)
         np.testing.assert_allclose(arr(trace["x"]), lr.t_min + lr.offsets[0].double().numpy().ravel()[idx],
                                    rtol=0, atol=1e-9)
     at.selectbox(key=state.widget_key(state.LAYER)).set_value(two[0]).run()
-    assert two[0] in charts(ok(at))["feature_maps"]["layout"]["annotations"][1]["text"]
+    assert two[0] in live_spec(ok(at))["maps"]["layout"]["annotations"][1]["text"]
     # ANN vs SNN on this input and the first 1,000 test images: the same predictions, no early spike
     at = run(COMPARE, **session)
     assert at.session_state[state.MODEL] == "zoo:resnet_mnist" and not at.error
@@ -222,7 +239,7 @@ def test_raster_spike_times_are_the_simulators(core):
     _, snn, x, _ = core
     res = snn.run(x[:1])
     at = run(RASTER, **{state.AXIS: timeline.ABSOLUTE})  # opened directly: falls back to the default model/image
-    fig = charts(at)["raster"]
+    fig = live_spec(at)["raster"]
     tl = timeline.timeline_of(snn)
     spikes = spike_traces(fig)
     assert len(spikes) == 1 + len(snn.layers)
@@ -236,7 +253,7 @@ def test_raster_spike_times_are_the_simulators(core):
         assert len(idx) == lr.spikes  # every spike drawn (no decimation on the bundled models)
     # the stretched axis: layer n's window on [n, n + 1], positions from offsets / window
     at.radio(key=state.widget_key(state.AXIS)).set_value(timeline.STRETCHED).run()
-    spikes = spike_traces(charts(ok(at))["raster"])
+    spikes = spike_traces(live_spec(ok(at))["raster"])
     for n, (trace, lr) in enumerate(zip(spikes[1:], res.layers), start=1):
         idx = arr(trace["customdata"])[:, 0].astype(int)
         expected = n + (lr.offsets[0].double().numpy().ravel() / lr.window)[idx]
@@ -259,55 +276,62 @@ def test_raster_marks_early_spikes():
     test, _ = data.load_uint8("mnist", "test")
     res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[3:4])))
     assert res.early_spikes > 0
-    rings = [t for t in charts(at)["raster"]["data"] if t.get("name") == figures.EARLY]
+    rings = [t for t in live_spec(at)["raster"]["data"] if t.get("name") == figures.EARLY]
     assert sum(len(arr(t["x"])) for t in rings) == res.early_spikes
     early_at = [n for n, lr in enumerate(res.layers, start=1) if lr.early_spikes]  # stretched: window n on [n, n+1]
     assert len(rings) == len(early_at)
     assert all((arr(t["x"]) < n).all() for n, t in zip(early_at, rings))  # drawn in the window before their own
     # on the true time axis (the default under the paper's rescaling) they lie before their layer's t_min
     at.radio(key=state.widget_key(state.AXIS)).set_value(timeline.ABSOLUTE).run()
-    rings = [t for t in charts(ok(at))["raster"]["data"] if t.get("name") == figures.EARLY]
+    rings = [t for t in live_spec(ok(at))["raster"]["data"] if t.get("name") == figures.EARLY]
     early_layers = [lr for lr in res.layers if lr.early_spikes]
     assert len(rings) == len(early_layers)
     assert all((arr(t["x"]) < lr.t_min).all() for t, lr in zip(rings, early_layers))
 
 
 def test_raster_time_cursor_and_feature_maps(core):
+    """The browser draws any cursor step from the spec alone: per neuron its first fired step, per layer the
+    fired-by counts. Both equal the server's own definition (`Timeline.fired_by` on the simulator's offsets) at
+    every step, and the maps the browser builds from them equal the server's feature-map figure at that step."""
     _, snn, x, _ = core
     res = snn.run(x[:1])
     at = run(RASTER)
     tl = timeline.timeline_of(snn)
-    assert at.session_state[state.CURSOR] == tl.steps  # starts with everything fired
-    at.button(key="cursor_back").click().run()
-    assert ok(at).session_state[state.CURSOR] == tl.steps - 1
-    at.button(key="cursor_start").click().run()
-    assert ok(at).session_state[state.CURSOR] == 0
-    at.button(key="cursor_forward").click().run()
-    assert ok(at).session_state[state.CURSOR] == 1
-    off0 = res.layers[0].offsets[0].double().numpy().ravel()
-    # a cursor inside the first hidden window by which about half of its neurons have fired
-    # a cursor step inside the first hidden window by which its earliest quarter of neurons has fired
-    k = tl.steps_per_window + int(np.floor(np.quantile(off0 / res.layers[0].window, 0.25) * tl.steps_per_window))
-    at.select_slider(key=state.widget_key(state.CURSOR)).set_value(k).run()
-    fig = charts(ok(at))
-    cursor_line = [s for s in fig["raster"]["layout"]["shapes"] if s["type"] == "line"][0]
-    assert cursor_line["x0"] == pytest.approx(tl.cursor_x(k, tl.default_mode()))
-    assert len(fig["raster"]["frames"]) == tl.steps + 1
-    # feature maps of the first layer at the cursor: fired neurons show their decoded activation, others NaN
-    maps = fig["feature_maps"]["data"]
+    spec = live_spec(at)
+    assert spec["cursor"] == tl.steps and spec["steps"] == tl.steps  # starts with everything fired
+    assert len(spec["labels"]) == len(spec["cursor_x"]) == tl.steps + 1
+    assert not spec["raster"]["layout"].get("sliders") and not spec["raster"].get("frames")  # one cursor: the page's
+    spikes = timeline.spikes_of(snn, res)
+    offsets = [res.input_times[0].double().numpy().ravel()] + [lr.offsets[0].double().numpy().ravel()
+                                                                for lr in res.layers]
+    for n, off in enumerate(offsets):
+        fired = np.stack([tl.fired_by(n, off, k) for k in range(tl.steps + 1)])
+        assert spec["counts"][n] == fired.sum(1).tolist()
+    first = spec["counts"][1]
+    assert first[tl.steps_per_window] == 0 < first[2 * tl.steps_per_window] == snn.layers[0].neurons
     lr = res.layers[0]
-    off = lr.offsets[0].double().numpy().ravel()
-    act = lr.activations[0].double().numpy().ravel()
-    fired = 1 + off / lr.window <= tl.cursor_u(k)
-    assert 0 < fired.sum() < fired.size
-    expected = figures.mosaic(np.where(fired, act, np.nan), tuple(snn.layers[0].shape))
-    np.testing.assert_allclose(arr(maps[3]["z"]) if isinstance(maps[3]["z"], list) else maps[3]["z"], expected,
-                               rtol=1e-6, atol=1e-6, equal_nan=True)
-    np.testing.assert_allclose(maps[1]["z"], figures.mosaic(1 - res.input_times[0].double().numpy().ravel(),
-                                                            (1, 28, 28)), atol=1e-6, equal_nan=True)
-    # another layer
+    k = tl.steps_per_window + int(np.floor(np.quantile(offsets[1] / lr.window, 0.25) * tl.steps_per_window))
+    for panel in spec["panels"]:
+        n = panel["layer"]
+        kfire = panel["kfire"].astype(np.int64)
+        np.testing.assert_array_equal(kfire <= k, tl.fired_by(n, offsets[n], k))
+        # the browser's map at step k, built as timeline.js does, against the server's figure at step k
+        cells = panel["cells"].reshape(panel["rows"], panel["cols"])
+        safe = np.where(cells >= 0, cells, 0)
+        z = np.where((cells >= 0) & (kfire[safe] <= k), panel["act"][safe], np.nan)
+        server = figures.feature_maps(spikes[0], spikes[n], n, tl, k) if n else \
+            figures.feature_maps(spikes[0], spikes[1], 1, tl, k)
+        expected = server.data[3 if n else 1].z
+        np.testing.assert_allclose(z, np.asarray(expected, dtype=np.float64), rtol=1e-6, atol=1e-6, equal_nan=True)
+    fired = spec["counts"][1][k]
+    assert 0 < fired < snn.layers[0].neurons
+    # the cursor's x at every step is the timeline's, in the axis shown
+    np.testing.assert_allclose(spec["cursor_x"], [tl.cursor_x(j, tl.default_mode()) for j in range(tl.steps + 1)])
+    # another layer: a new spec, the browser keeps its cursor (the id ignores it)
     at.selectbox(key=state.widget_key(state.LAYER)).set_value(snn.layers[1].name).run()
-    assert "conv 4" in charts(ok(at))["feature_maps"]["layout"]["annotations"][1]["text"]
+    other = live_spec(ok(at))
+    assert "conv 4" in other["maps"]["layout"]["annotations"][1]["text"] and other["id"] != spec["id"]
+    assert other["panels"][1]["layer"] == 2
 
 
 # --- pages/2: membrane traces -------------------------------------------------------------------------------
@@ -336,7 +360,8 @@ def test_membrane_traces_are_the_cores(core):
     fig = charts(at)["membrane"]
     k = at.session_state[state.TRACE_K]
     act = res.layers[0].activations[0].double().numpy().ravel()
-    top = timeline.most_active(act, k)
+    top = timeline.most_active(act, k, distinct=True)
+    assert len({float(act[i]) for i in top}) == k  # problem 9: the default traces were three copies of one
     v_traces = [t for t in fig["data"] if t.get("name", "").startswith("neuron")]
     assert len(v_traces) == k
     for t, flat in zip(v_traces, top):
@@ -676,3 +701,81 @@ def test_a_session_keeps_a_bounded_number_of_uploads():
         controls.remember(store, f"k{i}", i, controls.MAX_SESSION_IMAGES)
     assert len(store) == controls.MAX_SESSION_IMAGES and f"k{controls.MAX_SESSION_IMAGES + 4}" in store
     assert "k0" not in store  # the oldest are forgotten, the newest (selected) kept
+
+
+# --- the explorer-speed issue's problems 4, 6–9 -------------------------------------------------------------
+def test_problem_4_the_early_spike_note_stays_clear_of_the_controls():
+    """At ζ = −0.7 the raster's note on early spikes ran through Plotly's Play slider. Play is the page's own
+    now (no Plotly slider or buttons), and the note sits below the axis title, inside the bottom margin."""
+    at = run(RASTER, **{state.MARGIN: -0.7})
+    fig = live_spec(at)["raster"]
+    layout = fig["layout"]
+    assert not layout.get("sliders") and not layout.get("updatemenus")
+    [note] = [a for a in layout["annotations"] if "early spikes" in str(a.get("text", ""))]
+    plot = layout["height"] - layout["margin"]["t"] - layout["margin"]["b"]
+    top = -note["y"] * plot  # pixels below the plot area
+    assert top >= 45 and top + 2 * note["font"]["size"] <= layout["margin"]["b"]
+
+
+def test_problem_6_the_input_panel_is_white_on_black_as_its_text_says():
+    """The input panel drew black strokes on white while the explanation says the black background fills in."""
+    at = run(RASTER)
+    maps = live_spec(at)["maps"]["data"]
+    scale = maps[1]["colorscale"]
+    assert scale[0][1] == "black" and scale[-1][1] == "white"  # x̂ = 0 (background) black, x̂ = 1 white
+    assert "black background fills in" in text.EXPLANATIONS["feature_maps"][1]
+
+
+def test_problem_7_layer_labels_on_the_raster_do_not_overlap():
+    """VGG-like sizes (a 784-pixel input, 50,000-neuron conv layers, small dense layers at the end): five labels
+    used to fall in one blob. Every layer now gets at least MIN_GROUP of the height: labels ≥ 20 px apart."""
+    sizes = [784, 50_176, 50_176, 25_088, 12_544, 12_544, 6_272, 512, 512, 10]
+    tl = timeline.Timeline(tuple(f"l{i}" for i in range(len(sizes))), tuple(float(i) for i in range(len(sizes))),
+                           (1.0,) * len(sizes))
+    spikes = [timeline.LayerSpikes(f"l{i}", f"conv {i}", "conv", (n,), np.full(n, 0.5), np.full(n, 0.5),
+                                   np.zeros(n, dtype=bool), 1.0, 1.0) for i, n in enumerate(sizes)]
+    fig = figures.raster(spikes, tl, timeline.ABSOLUTE, tl.steps)
+    ya = fig.layout.yaxis
+    plot = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+    px = np.diff(np.asarray(ya.tickvals)) / (ya.range[1] - ya.range[0]) * plot
+    assert px.min() >= 20
+    # dots stay inside their layer's group
+    for trace, (y0, y1) in zip([t for t in fig.data if t.meta is not None], figures.raster_groups(spikes)):
+        assert y0 - 0.01 * (y1 - y0) <= float(np.min(trace.y)) and float(np.max(trace.y)) < y1  # (float32)
+
+
+def test_problem_8_a_network_that_is_not_exact_says_so_on_every_page():
+    """At ζ = −0.7 the main page showed a green "agrees" beside a logit difference of 2.13 and 733 early spikes."""
+    at = run(APP, **{state.MARGIN: -0.7})
+    assert any("Not exact for this input" in e.value for e in at.error)
+    snn_metric = next(m for m in at.metric if m.label == "SNN predicts")
+    assert snn_metric.proto.delta in ("same class, NOT exact", "DIFFERS")
+    for page in (RASTER, TRACES, COMPARE):
+        assert any("Not exact for this input" in e.value for e in run(page, **{state.MARGIN: -0.7}).error), page
+    # "show the worst neuron": the earliest early spike, opened on the membrane page
+    at = run(TRACES, **{state.MARGIN: -0.7})
+    at.button(key="banner_worst").click().run()
+    layer, (flat,) = ok(at).session_state[state.TRACE_NEURONS]
+    model, card = zoo.load(zoo.DEFAULT_MODEL)
+    imgs, _ = data.load_uint8("mnist", "train")
+    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=-0.7,
+                            input_range=card.input_range)
+    test, _ = data.load_uint8("mnist", "test")
+    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
+    first = next(lr for lr in res.layers if lr.early_spikes)
+    assert layer == first.name and flat == int(first.offsets[0].flatten().argmin())
+    assert float(first.offsets[0].flatten()[flat]) < 0  # an early spike
+    assert at.session_state[state.TRACE_LAYER] == layer and at.session_state[state.TRACE_PICK] == "by index"
+    # the exact default shows no banner
+    assert not any("Not exact" in e.value for e in run(APP).error)
+
+
+def test_problem_9_b1_has_no_rescaling_and_readout_neurons_are_classes(core):
+    _, snn, _, _ = core
+    at = run(TRACES, **{state.NEURON: "b1"})
+    assert at.radio(key=state.widget_key(state.RESCALE)).disabled
+    assert not run(TRACES).radio(key=state.widget_key(state.RESCALE)).disabled
+    at = run(TRACES)
+    at.selectbox(key=state.widget_key(state.TRACE_LAYER)).set_value(snn.output.name).run()
+    names = [t.get("name", "") for t in charts(ok(at))["membrane"]["data"] if t.get("name")]
+    assert any(n.startswith("class ") for n in names) and not any(n.startswith("neuron (") for n in names)

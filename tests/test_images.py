@@ -98,3 +98,46 @@ def test_garbage_bytes_give_a_plain_message():
     for raw in (b"", b"\x89PNG\r\n\x1a\n", os.urandom(64), png_bytes(np.zeros((8, 8), np.uint8))[:40]):
         with pytest.raises(ValueError, match="image"):
             data.decode_image(raw)
+
+
+# --- a digit drawn in the browser (ttfs_ui.draw) ---------------------------------------------------------------
+def _pad_value(pad: np.ndarray) -> dict:
+    import base64
+
+    return {"pixels": base64.b64encode(pad.astype(np.uint8).tobytes()).decode(), "size": pad.shape[0], "seq": "1"}
+
+
+def test_a_drawn_digit_is_prepared_as_mnist_and_read_as_one():
+    """A '1' drawn off-centre on the 56×56 pad becomes an MNIST-style digit (20 px tall, centre of mass at the
+    centre), and the bundled LeNet-5 reads it as a 1, through the same path as an uploaded image."""
+    import torch
+
+    from ttfs_core import zoo
+    from ttfs_ui import draw
+
+    pad = np.zeros((56, 56))
+    pad[4:30, 40:44] = 255  # a short vertical stroke near the top-right corner
+    png = draw.drawn_png(_pad_value(pad))
+    img = np.asarray(Image.open(io.BytesIO(png)))
+    assert img.shape == (28, 28) and img.dtype == np.uint8
+    rows = np.flatnonzero((img > 25).any(1))
+    assert 18 <= rows[-1] - rows[0] + 1 <= 21
+    cy, cx = (np.indices(img.shape) * img).reshape(2, -1).sum(1) / img.sum()
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+    model, card = zoo.load(zoo.DEFAULT_MODEL)
+    x, notes = uploads.read_image(png, card.preprocess)
+    assert x.shape == (1, 1, 28, 28) and not any("inverted" in n for n in notes)  # already white on black
+    with torch.no_grad():
+        assert int(model(x).argmax()) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "not a drawing"), ({"pixels": "AAAA"}, "not a drawing"), ({"pixels": "!!", "size": 4}, "base64"),
+    ({"pixels": "AAAA", "size": 4}, "expected 4×4 = 16"), ({"pixels": "", "size": 100_000}, "between"),
+    ({"pixels": "AAAAAAAAAAAAAAAAAAAAAA==", "size": 4}, "empty"),
+])
+def test_a_bad_drawing_is_refused_with_a_message(value, message):
+    from ttfs_ui import draw
+
+    with pytest.raises(ValueError, match=message):
+        draw.drawn_png(value)

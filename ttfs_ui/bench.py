@@ -31,8 +31,8 @@ def _timed(at, change: Callable) -> float:
 
 
 CASES: dict[str, tuple[str, list[Callable]]] = {
-    "raster: step the time cursor": ("pages/1_Spike_raster.py",
-                                     [lambda a: a.button(key="cursor_back").click()] * 5),
+    # a cursor step, Play and hovering run in the browser (ttfs_ui.live): no rerun to time here; the browser test
+    # measures them in the page
     "raster: change the feature-map layer": ("pages/1_Spike_raster.py",
                                              [lambda a, n=n: a.selectbox(key=W(state.LAYER)).set_value(n)
                                               for n in ("4", "8", "12", "0", "4")]),
@@ -67,6 +67,38 @@ def redraw_times(cases: dict[str, tuple[str, list[Callable]]] = CASES) -> dict[s
             at.run()
         times = [_timed(at, change) for change in changes]
         out[name] = {"median_s": statistics.median(times), "max_s": max(times), "runs": len(times)}
+    return out
+
+
+def live_payloads(models: tuple[str, ...] = ("lenet5", "fc", "resnet_mnist", "vgg_fashion")) -> dict:
+    """Per bundled model: the size of the raster page's browser spec for its first test image (what a digit
+    change ships, before Streamlit's framing) and the median time to build it on the server."""
+    import json
+
+    import numpy as np
+
+    import ttfs_core
+    from ttfs_core import data, zoo
+
+    from . import live, timeline
+
+    out = {}
+    for name in models:
+        model, card = zoo.load(name)
+        imgs, _ = data.load_uint8(card.dataset, "train")
+        snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])),
+                                input_range=card.input_range)
+        test, _ = data.load_uint8(card.dataset, "test")
+        res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
+        tl = timeline.timeline_of(snn)
+        spikes = timeline.spikes_of(snn, res)
+        times, size = [], 0
+        for _ in range(5):
+            start = time.perf_counter()
+            size = len(json.dumps(live.spec(spikes, tl, tl.default_mode(), 1, tl.steps)))
+            times.append(time.perf_counter() - start)
+        out[name] = {"spec_mb": size / 1e6, "build_median_s": statistics.median(times),
+                     "neurons": sum(s.neurons for s in spikes)}
     return out
 
 

@@ -114,12 +114,66 @@ def image_select(where=st) -> None:
                            help=f"Index into the whole {TEST_IMAGES:,}-image test set, in its original order.")
 
 
+SETTINGS = (state.MARGIN, state.NEURON, state.RESCALE)
+SYNCED = "_ttfs_settings_shown"  # the settings the form's widgets were last set to
+
+
+def _apply_settings() -> None:
+    for key in SETTINGS:
+        state.put(key, st.session_state[state.widget_key(key)])
+
+
 def conversion_settings(where=st) -> None:
+    """ζ, the neuron model and the rescaling, in a form: a change converts the network once, on Apply (key
+    presses on the ζ slider are not each a conversion, and none is lost while the page reruns)."""
     with where.expander("Conversion settings", expanded=False):
-        st.slider("Safety margin ζ (windows B_n = (1 + ζ)·X_n)", -0.9, 2.0, step=0.05, **state.bind(state.MARGIN),
-                  help="Smaller windows mean lower latency and less margin: below 0, some inputs fire early.")
-        st.radio("Neuron model", list(NEURON_MODELS), format_func=NEURON_MODELS.get, **state.bind(state.NEURON))
-        st.radio("Rescaling (α-model)", list(RESCALINGS), format_func=RESCALINGS.get, **state.bind(state.RESCALE))
+        with st.form("conversion_settings", border=False):
+            # the form shows the settings in use whenever they changed by another way (a preset, a fallback),
+            # and otherwise keeps the edits not applied yet
+            in_use = tuple(state.get(key) for key in SETTINGS)
+            if st.session_state.get(SYNCED) != in_use or any(state.widget_key(k) not in st.session_state
+                                                             for k in SETTINGS):
+                for key, value in zip(SETTINGS, in_use):
+                    st.session_state[state.widget_key(key)] = value
+                st.session_state[SYNCED] = in_use
+            st.slider("Safety margin ζ (windows B_n = (1 + ζ)·X_n)", -0.9, 2.0, step=0.05,
+                      key=state.widget_key(state.MARGIN),
+                      help="Smaller windows mean lower latency and less margin: below 0, some inputs fire early.")
+            st.radio("Neuron model", list(NEURON_MODELS), format_func=NEURON_MODELS.get,
+                     key=state.widget_key(state.NEURON))
+            b1 = state.get(state.NEURON) == "b1"
+            st.radio("Rescaling (α-model only)", list(RESCALINGS), format_func=RESCALINGS.get,
+                     key=state.widget_key(state.RESCALE), disabled=b1,
+                     help="B1 has no rescaling: its weights are the ReLU network's own." if b1 else None)
+            st.form_submit_button("Apply", type="primary", on_click=_apply_settings)
+
+
+PRESETS = {
+    "exact": ({state.MARGIN: 0.5, state.NEURON: "alpha", state.RESCALE: "sum"},
+              "The default: windows 1.5× the calibration maximum, so every neuron fires once, after all its "
+              "inputs, and the SNN's logits are the ANN's to float precision."),
+    "early spikes at ζ = −0.7": ({state.MARGIN: -0.7, state.NEURON: "alpha", state.RESCALE: "sum"},
+                                 "Windows at 30 % of what the activations need: watch neurons fire before their "
+                                 "inputs have all arrived (red rings on the raster) and the logits drift."),
+    "B1 saves spikes": ({state.MARGIN: 0.5, state.NEURON: "b1", state.RESCALE: "sum"},
+                        "Neurons whose ReLU is 0 stay silent instead of firing at t_max: compare 'Spikes for this "
+                        "input' with the α-model's, for the same logits."),
+}
+
+
+def use_preset(name: str) -> None:
+    for key, value in PRESETS[name][0].items():
+        state.put(key, value)
+
+
+def presets() -> None:
+    """One button per preset, each with the sentence on what to look for."""
+    cols = st.columns(len(PRESETS))
+    for col, (name, (values, what)) in zip(cols, PRESETS.items()):
+        active = all(state.get(k) == v for k, v in values.items())
+        col.button(name, key=f"preset_{name}", on_click=use_preset, args=(name,), width="stretch",
+                   type="primary" if active else "secondary")
+        col.caption(what)
 
 
 def sidebar(pick_model: bool = True) -> None:
@@ -212,53 +266,78 @@ def explain(topic: str, expanded: bool = False) -> None:
         st.markdown(body)
 
 
-# --- the time cursor ----------------------------------------------------------------------------------------
-def _step(delta: int, steps: int) -> None:
-    state.put(state.CURSOR, int(np.clip(state.get(state.CURSOR) + delta, 0, steps)))
-
-
 def page_start(title: str, topic: str) -> Current:
     """The opening every explorer page shares: page settings, state, sidebar, title, notice, what is shown and
     the collapsed explanation. Returns the current network, input and simulation."""
     st.set_page_config(page_title=f"{title} · TTFS explorer", page_icon="⚡", layout="wide")
     state.init()
+    follow_pending_page()
     sidebar()
     st.title(title)
     show_notice()
     cur = current()
     caption(cur)
+    exactness_banner(cur)
     explain(topic)
     return cur
 
 
-def _jump(k: int) -> None:
-    state.put(state.CURSOR, int(k))
+def exactness(cur: Current) -> dict:
+    """Whether the spiking network reproduces the ANN on the input shown: early spikes per layer, the largest
+    logit difference, and the worst neuron (the earliest early spike, in the first layer that has any)."""
+    result = cur.result
+    ann = cache.ann_logits(cur.entry.key, cur.image_key, cur.entry.model, cur.x)[0]
+    snn = result.logits[0].double().numpy()
+    diff = float(np.abs(ann - snn).max())
+    tol = 1e-4 * max(float(np.abs(ann).max()), 1.0)  # float32 rounding of an exact conversion is far below
+    early = [(lr.name, int(lr.early_spikes)) for lr in result.layers if lr.early_spikes]
+    worst = None
+    if early:
+        lr = next(lr for lr in result.layers if lr.early_spikes)
+        off = lr.offsets[0].flatten()
+        worst = (lr.name, int(off.argmin()))
+    return {"exact": not early and diff <= tol, "early": early, "logit_difference": diff, "worst": worst,
+            "same_class": int(ann.argmax()) == int(snn.argmax())}
 
 
-def time_cursor(tl: Timeline) -> int:
-    """Slider and step buttons for the time cursor (an integer step, see `Timeline`). Returns the step."""
-    if state.get(state.CURSOR) is None or not 0 <= state.get(state.CURSOR) <= tl.steps:
-        state.put(state.CURSOR, tl.steps)
-    k = state.get(state.CURSOR)
-    s = tl.steps_per_window
-    cols = st.columns(6)
-    cols[0].button("Start", icon=":material/first_page:", on_click=_jump, args=(0,), width="stretch",
-                   key="cursor_start", help="t = 0: nothing has fired yet")
-    cols[1].button("−1 window", icon=":material/fast_rewind:", on_click=_jump,
-                   args=(max(0, ((k - 1) // s) * s),), width="stretch", key="cursor_prev_window",
-                   help="back to the start of this window (or of the previous one)")
-    cols[2].button("−1 step", icon=":material/chevron_left:", on_click=_step, args=(-1, tl.steps),
-                   width="stretch", key="cursor_back", help=f"one step = 1/{s} of a window")
-    cols[3].button("+1 step", icon=":material/chevron_right:", icon_position="right", on_click=_step,
-                   args=(1, tl.steps), width="stretch", key="cursor_forward", help=f"one step = 1/{s} of a window")
-    cols[4].button("+1 window", icon=":material/fast_forward:", icon_position="right", on_click=_jump,
-                   args=(min(tl.steps, (k // s + 1) * s),), width="stretch", key="cursor_next_window",
-                   help="to the end of this window")
-    cols[5].button("End", icon=":material/last_page:", icon_position="right", on_click=_jump, args=(tl.steps,),
-                   width="stretch", key="cursor_end", help="the readout: every neuron has fired")
-    st.select_slider("Time cursor", options=list(range(tl.steps + 1)), format_func=tl.describe_step,
-                     **state.bind(state.CURSOR))
-    return int(state.get(state.CURSOR))
+def exactness_banner(cur: Current) -> dict:
+    """An unmistakable warning, on every page, whenever the SNN does not reproduce the ANN on this input, with a
+    button to the worst neuron's membrane trace. Returns `exactness(cur)`."""
+    ex = exactness(cur)
+    if ex["exact"]:
+        return ex
+    count = sum(n for _, n in ex["early"])
+    where = ", ".join(f"{name}: {n:,}" for name, n in ex["early"][:4]) + (" …" if len(ex["early"]) > 4 else "")
+    st.error(f"**Not exact for this input.** {count:,} early spikes ({where}) — neurons that fired before all their "
+             f"inputs had arrived, because the windows are too small (ζ = {cur.net_key[1]:g}). The SNN's logits "
+             f"differ from the ANN's by up to {ex['logit_difference']:.3g}"
+             + ("" if ex["same_class"] else ", and it predicts another class") +
+             ". Use ζ ≥ 0 (the 'exact' preset on the main page) for an exact network.", icon=":material/error:")
+    if ex["worst"] is not None:
+        layer, neuron = ex["worst"]
+        st.button("Show the worst neuron", key="banner_worst", icon=":material/troubleshoot:", on_click=_open_worst,
+                  args=(layer, neuron), help=f"the earliest early spike: layer {layer}, neuron {neuron} (flat)")
+    return ex
+
+
+def _open_worst(layer: str, neuron: int) -> None:
+    state.put(state.TRACE_LAYER, layer)
+    state.put(state.TRACE_PICK, "by index")
+    choose_neurons(layer, [neuron])
+    state.put(PENDING_PAGE, TRACES_PAGE)
+
+
+TRACES_PAGE = "pages/2_Membrane_traces.py"
+PENDING_PAGE = "_ttfs_pending_page"  # a page to switch to, set in a callback (switch_page cannot run there)
+
+
+def follow_pending_page() -> None:
+    page = st.session_state.pop(PENDING_PAGE, None)
+    if page:
+        try:
+            st.switch_page(page)
+        except StreamlitPageNotFoundError:  # a page run as the entry point (tests)
+            st.info("The neuron is selected: open **Membrane traces** in the sidebar.")
 
 
 def to_numpy(t: Tensor) -> np.ndarray:
@@ -380,19 +459,20 @@ def pick_from_map(spikes, key: str) -> list[int]:
     """The layer's neurons as a clickable map; returns the chosen flat indices.
 
     A click adds or removes one neuron (the chart forgets its selection when it is redrawn, so the choice is kept
-    here); a box or lasso selection replaces the choice. Each selection event is applied once.
+    here); a box or lasso selection replaces the choice. After each applied event the chart is drawn afresh
+    under a new key, so the next click, even on the neuron just added, is a new event.
     """
     from . import figures
 
     flat = figures.mosaic_index(spikes.shape)
     order = flat[flat >= 0]  # point i of the picker is neuron order[i]
-    event = st.session_state.get(key)
+    generation = f"_gen_{key}"
+    chart = f"{key}_{st.session_state.get(generation, 0)}"
+    event = st.session_state.get(chart)
     selection = (event or {}).get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
     points = list(selection.get("points", [])) if selection else []
     picked = [int(order[p["point_index"]]) for p in points if p.get("point_index") is not None]
-    seen_key = f"_seen_{key}"
-    if picked and st.session_state.get(seen_key) != picked:
-        st.session_state[seen_key] = picked
+    if picked:
         chosen = chosen_neurons(spikes.name) or []
         if selection.get("box") or selection.get("lasso") or len(picked) > 1:
             chosen = picked
@@ -400,18 +480,23 @@ def pick_from_map(spikes, key: str) -> list[int]:
             chosen = [i for i in chosen if i != picked[0]]
         else:
             chosen = [*chosen, picked[0]][-MAX_TRACES:]
-        choose_neurons(spikes.name, chosen or picked)
+        choose_neurons(spikes.name, chosen)
+        st.session_state[generation] = st.session_state.get(generation, 0) + 1
+        chart = f"{key}_{st.session_state[generation]}"
     chosen = chosen_neurons(spikes.name) or most_active(spikes.activations, 1)
-    st.plotly_chart(figures.neuron_picker(spikes, chosen), key=key, on_select="rerun",
-                    selection_mode=("points", "box", "lasso"))
+    with st.container(key=key):
+        st.plotly_chart(figures.neuron_picker(spikes, chosen), key=chart, on_select="rerun",
+                        selection_mode=("points", "box", "lasso"))
     st.caption(f"Click a square to add its neuron (click again to remove it), or drag a box / lasso (tools in the "
                f"chart's toolbar) to pick a group; up to {MAX_TRACES} neurons. Outlined in red: chosen.")
     return chosen
 
 
-def open_trace(image: int, layer: str, neuron: int) -> None:
-    """Go to the membrane trace of one neuron for one test image (from a table of early spikes)."""
-    use_test_image(image)
+def open_trace(layer: str, neuron: int, image: int | None = None) -> None:
+    """Go to the membrane trace of one neuron (of test image `image`, from a table of early spikes; None: the
+    input shown now, from a click on the raster or a feature map)."""
+    if image is not None:
+        use_test_image(image)
     state.put(state.TRACE_LAYER, layer)
     state.put(state.TRACE_PICK, "by index")
     choose_neurons(layer, [neuron])

@@ -18,11 +18,13 @@ from .timeline import ABSOLUTE, STRETCHED, LayerSpikes, Timeline, unravel
 PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
            "#FF97FF", "#FECB52")
 NOT_FIRED = "#dfe4ec"  # cells of neurons that have not fired yet
+INPUT_COLOURS = [[0.0, "black"], [1.0, "white"]]  # x̂ = 0 black, x̂ = 1 white: an MNIST digit
 FUTURE = "rgba(120,120,120,0.28)"  # the part of the time axis after the cursor
 WEBGL_SPIKES = 2000  # figures with more points are drawn with WebGL (every trace: mixing SVG and WebGL is slower)
 MAX_POINTS = 40_000  # per layer; more neurons are decimated (stated on the figure)
 GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
 EARLY = "early spikes"  # name of the raster's overlay traces marking early spikes
+MIN_GROUP = 0.06  # the smallest share of the raster's height a layer gets
 
 
 def layer_colour(n: int) -> str:
@@ -35,41 +37,24 @@ def axis_title(mode: str) -> str:
     return "time t (units of τ_c)"
 
 
-def _play_controls(names: Sequence[str], labels: Sequence[str], active: int, prefix: str) -> dict:
-    """Play / pause buttons and a slider over the animation frames `names` (client-side, no rerun)."""
-    anim = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
-    play = {"frame": {"duration": 120, "redraw": True}, "transition": {"duration": 0}, "fromcurrent": True,
-            "mode": "immediate"}
-    return {
-        "updatemenus": [{
-            "type": "buttons", "direction": "left", "showactive": False, "x": 0.0, "y": -0.13,
-            "xanchor": "left", "yanchor": "top", "pad": {"t": 0, "r": 10},
-            "buttons": [
-                {"label": "▶ Play", "method": "animate", "args": [None, play]},
-                {"label": "❚❚ Pause", "method": "animate", "args": [[None], anim]},
-            ],
-        }],
-        "sliders": [{
-            "active": active, "x": 0.16, "len": 0.84, "y": -0.08, "yanchor": "top",
-            "currentvalue": {"prefix": prefix, "font": {"size": 12, "color": "#333"}},
-            "font": {"color": "rgba(0,0,0,0)"}, "ticklen": 0, "minorticklen": 0,  # too many steps to label
-            "pad": {"t": 10, "b": 0},
-            "steps": [{"label": lab, "method": "animate", "args": [[nm], anim]} for nm, lab in zip(names, labels)],
-        }],
-    }
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Spike raster
 def raster_groups(spikes: Sequence[LayerSpikes]) -> list[tuple[float, float]]:
-    """[y0, y1) of every layer's neuron-index group (input at the bottom)."""
+    """[y0, y1) of every layer's neuron-index group (input at the bottom). A group is as tall as its layer has
+    neurons, but at least MIN_GROUP of all of them, so that a small layer's label never sits on its neighbour's."""
     total = sum(s.neurons for s in spikes)
     gap = GAP * total / max(len(spikes), 1)
     out, y = [], 0.0
     for s in spikes:
-        out.append((y, y + s.neurons))
-        y += s.neurons + gap
+        height = max(float(s.neurons), MIN_GROUP * total)
+        out.append((y, y + height))
+        y += height + gap
     return out
+
+
+def raster_y(group: tuple[float, float], neurons: int, idx: np.ndarray) -> np.ndarray:
+    """y of flat neuron indices `idx` of a layer drawn in `group` (its neurons spread over the group)."""
+    return group[0] + np.asarray(idx, dtype=np.float64) * ((group[1] - group[0]) / max(neurons, 1))
 
 
 def decimation(neurons: int, max_points: int = MAX_POINTS) -> int:
@@ -77,7 +62,7 @@ def decimation(neurons: int, max_points: int = MAX_POINTS) -> int:
     return max(1, math.ceil(neurons / max_points))
 
 
-def _cursor_shapes(timeline: Timeline, mode: str, k: int) -> list[dict]:
+def cursor_shapes(timeline: Timeline, mode: str, k: int) -> list[dict]:
     x = timeline.cursor_x(k, mode)
     x_end = timeline.bands(mode)[-1][1]
     shapes = []
@@ -98,21 +83,23 @@ def _band_traces(timeline: Timeline, mode: str, y0: float, y1: float) -> list[go
 
 
 def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor: int, *,
-           max_points: int = MAX_POINTS, animate: bool = True, height: int = 560) -> go.Figure:
+           max_points: int = MAX_POINTS, height: int = 560) -> go.Figure:
     """The whole network on one time axis: one dot per spike, neuron index grouped by layer (input at the
-    bottom), one colour per layer, every window shaded. Grey covers what happens after the cursor.
+    bottom, see `raster_groups`), one colour per layer, every window shaded. Grey covers what happens after the
+    cursor (layout shapes: a rectangle, then the cursor line).
 
-    Traces 0..L are the shaded windows; then per layer n its spikes (x = positions on the `mode` axis, y = group
-    start + flat neuron index, customdata = (flat index, activation, forced)), followed by an overlay named
-    EARLY ringing its early spikes, if it has any.
+    Traces 0..L are the shaded windows; then per layer n its spikes (x = positions on the `mode` axis, float64;
+    y = `raster_y`; customdata = (flat index, activation, forced); meta = n), followed by an overlay named EARLY
+    ringing its early spikes (customdata = flat index, meta = n), if it has any.
     """
     groups = raster_groups(spikes)
     gl = sum(int(np.isfinite(s.offsets).sum()) for s in spikes) > WEBGL_SPIKES
     y_lo, y_hi = -0.02 * groups[-1][1], groups[-1][1] * 1.02
     bands = _band_traces(timeline, mode, y_lo, y_hi)
     fig = go.Figure(bands)
+    cls = go.Scattergl if gl else go.Scatter
     notes = []
-    for n, (s, (y0, _)) in enumerate(zip(spikes, groups)):
+    for n, (s, group) in enumerate(zip(spikes, groups)):
         stride = decimation(s.neurons, max_points)
         idx = np.arange(0, s.neurons, stride)
         idx = idx[np.isfinite(s.offsets[idx])]
@@ -120,20 +107,20 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
         name = s.label if stride == 1 else f"{s.label} (every {stride}th neuron)"
         if stride > 1:
             notes.append(f"{s.label}: every {stride}th of {s.neurons:,} neurons shown (decimated)")
-        cls = go.Scattergl if gl else go.Scatter
-        custom = np.stack([idx, s.activations[idx], s.forced[idx]], axis=1)
+        custom = np.stack([idx, s.activations[idx], s.forced[idx]], axis=1).astype(np.float32)
         fig.add_trace(cls(
-            x=x, y=y0 + idx, mode="markers", name=name, customdata=custom,
-            marker={"color": layer_colour(n), "size": 3 if idx.size > 3000 else 5, "line": {"width": 0}},
+            x=x, y=raster_y(group, s.neurons, idx).astype(np.float32), mode="markers", name=name, customdata=custom,
+            meta=n, marker={"color": layer_colour(n), "size": 3 if idx.size > 3000 else 5, "line": {"width": 0}},
             hovertemplate=(f"<b>{s.label}</b> neuron %{{customdata[0]}}<br>x = %{{x:.6g}}<br>"
                            "activation %{customdata[1]:.4g}<br>forced: %{customdata[2]}<extra></extra>"),
         ))
         early = idx[s.offsets[idx] < 0]
         if early.size:  # wrong spikes (before the layer's inputs had all arrived): ring them in red
             fig.add_trace(cls(
-                x=timeline.positions(n, s.offsets[early], mode), y=y0 + early, mode="markers", name=EARLY,
+                x=timeline.positions(n, s.offsets[early], mode), y=raster_y(group, s.neurons, early), meta=n,
+                mode="markers", name=EARLY, customdata=early,
                 marker={"color": "rgba(0,0,0,0)", "size": 8, "line": {"width": 1.5, "color": "red"}},
-                customdata=early, hovertemplate=f"<b>EARLY spike</b>: {s.label} neuron %{{customdata}}<extra></extra>"))
+                hovertemplate=f"<b>EARLY spike</b>: {s.label} neuron %{{customdata}}<extra></extra>"))
             notes.append(f"{s.label}: {early.size:,} early spikes (red rings)")
     lo, hi = _x_range(timeline, mode)
     annotations = [{"x": (x0 + x1) / 2, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
@@ -141,23 +128,17 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
                     "font": {"size": 11, "color": layer_colour(n)}}  # only windows wide enough for a label
                    for n, (x0, x1) in enumerate(timeline.bands(mode))]
     if notes:
-        annotations.append({"x": 0, "y": -0.22 if animate else -0.12, "xref": "paper", "yref": "paper",
-                            "xanchor": "left", "showarrow": False, "text": "; ".join(notes),
-                            "font": {"size": 11}})
+        annotations.append({"x": 0, "y": -0.14, "xref": "paper", "yref": "paper", "yanchor": "top",
+                            "xanchor": "left", "showarrow": False, "text": "; ".join(notes), "font": {"size": 11}})
     ticks = [(y0 + y1) / 2 for y0, y1 in groups]
     fig.update_layout(
-        height=height, margin={"l": 60, "r": 20, "t": 40, "b": 130 if animate else 60},
+        height=height, margin={"l": 60, "r": 20, "t": 40, "b": 90 if notes else 60},
         xaxis={"title": {"text": axis_title(mode)}, "range": list(_x_range(timeline, mode)), "zeroline": False},
         yaxis={"title": {"text": "neuron (grouped by layer)"}, "tickvals": ticks, "range": [y_lo, y_hi],
                "ticktext": [s.label for s in spikes], "zeroline": False, "showgrid": False},
-        shapes=_cursor_shapes(timeline, mode, cursor),
+        shapes=cursor_shapes(timeline, mode, cursor),
         annotations=annotations, showlegend=False, plot_bgcolor="white", hovermode="closest",
     )
-    if animate:
-        ks = list(range(timeline.steps + 1))
-        fig.frames = [{"name": str(k), "layout": {"shapes": _cursor_shapes(timeline, mode, k)}} for k in ks]
-        fig.update_layout(**_play_controls([str(k) for k in ks], [f"{timeline.cursor_t(k):.4g}" for k in ks],
-                                           cursor, "play cursor, t = "))
     return fig
 
 
@@ -226,10 +207,10 @@ def _map_traces(s: LayerSpikes, values: np.ndarray, col: int, colorscale: str, z
 
 
 def feature_maps(spikes_in: LayerSpikes, spikes: LayerSpikes, n: int, timeline: Timeline, cursor: int, *,
-                 frames_per_window: int = 10, animate: bool = True, height: int = 430) -> go.Figure:
+                 height: int = 430) -> go.Figure:
     """The input image and layer n's maps at the cursor: a cell is coloured once its neuron has fired
-    (intensity = decoded activation; the input: x̂), light grey before. Frames replay the input window and
-    layer n's window client-side.
+    (intensity = decoded activation; the input: x̂, white strokes on black like an MNIST digit), light grey
+    before.
 
     Traces: 0/2 static backgrounds, 1 input, 3 layer n; z in mosaic layout (see `mosaic`).
     """
@@ -238,40 +219,16 @@ def feature_maps(spikes_in: LayerSpikes, spikes: LayerSpikes, n: int, timeline: 
     fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.08,
                         subplot_titles=("input (pixels appear as they fire)", f"{spikes.label}: {kind}"))
     zmax = max(spikes.max_activation, 1e-30)  # X_n: the calibration maximum, so colours compare across inputs
-    for t in _map_traces(spikes_in, fired_values(spikes_in, 0, timeline, cursor), 1, "Greys", 1.0, False):
+    for t in _map_traces(spikes_in, fired_values(spikes_in, 0, timeline, cursor), 1, INPUT_COLOURS, 1.0, False):
         fig.add_trace(t)
     for t in _map_traces(spikes, fired_values(spikes, n, timeline, cursor), 2, "Viridis", zmax, True):
         fig.add_trace(t)
     for i in (1, 2):
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i}", showticklabels=False, showgrid=False,
-                         zeroline=False, row=1, col=i)
-        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=i)
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 110 if animate else 10},
-                      plot_bgcolor="white")
-    if animate:
-        ks = animation_steps(timeline, n, spikes, frames_per_window)
-        def frame_z(s: LayerSpikes, m: int, k: int) -> np.ndarray:
-            return mosaic(fired_values(s, m, timeline, k), s.shape).astype(np.float32)
-
-        fig.frames = [{"name": str(k), "traces": [1, 3], "data": [
-            {"type": "heatmap", "z": frame_z(spikes_in, 0, k)}, {"type": "heatmap", "z": frame_z(spikes, n, k)},
-        ]} for k in ks]
-        active = max(i for i, k in enumerate(ks) if k <= cursor) if cursor >= ks[0] else 0
-        fig.update_layout(**_play_controls([str(k) for k in ks], [f"{timeline.cursor_t(k):.4g}" for k in ks],
-                                           active, "play, t = "))
+                         zeroline=False, ticks="", showline=False, row=1, col=i)
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=False, row=1, col=i)
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10}, plot_bgcolor="white")
     return fig
-
-
-def animation_steps(timeline: Timeline, n: int, spikes: LayerSpikes, frames_per_window: int) -> list[int]:
-    """Cursor steps replayed for layer n: the input window and layer n's window (and the window before it if
-    the layer fired early). Between them nothing changes on these panels."""
-    s = timeline.steps_per_window
-    stride = max(1, s // frames_per_window)
-    windows = {0, n}
-    if n > 0 and bool(np.any(spikes.offsets < 0)):
-        windows.add(n - 1)
-    ks = sorted({k for w in windows for k in range(w * s, (w + 1) * s + 1, stride)} | {(w + 1) * s for w in windows})
-    return ks
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -331,7 +288,7 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> g
     for i, (tr, label) in enumerate(zip(traces, labels)):
         c = PALETTE[(i + 2) % len(PALETTE)]
         saturated = bool(getattr(tr, "saturated", False))
-        name = f"neuron {label}" + (" · saturated" if saturated else "")
+        name = (label if label.startswith("class ") else f"neuron {label}") + (" · saturated" if saturated else "")
         fig.add_trace(go.Scatter(x=_np(tr.times), y=_np(tr.potential), mode="lines", name=name,
                                  line={"color": c, "width": 2}, legendgroup=label,
                                  hovertemplate=f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}<extra></extra>"),

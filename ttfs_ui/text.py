@@ -57,7 +57,9 @@ edge of each band are neurons with activation 0, forced to fire at $t_{\max}$ (i
 not fire at all, which saves spikes).
 
 The **time cursor** (black line) splits what has happened (left) from what has not (grey). Step it with the
-buttons or the slider; *Play* under the figure animates the cursor in the browser without recomputing.
+buttons, drag the slider or press *Play*: the raster, the counts above it and the feature maps below follow the
+one cursor, drawn in your browser from this input's spike times (sent once), so nothing waits for the server.
+Hover a dot or a map cell to find the same neuron in both views; click it to open its membrane trace.
 
 **Time axis.** With the paper's rescaling (the default) the windows have comparable lengths, and the true time
 axis, in units of $\tau_c$, is the default. With the positive-part fast mode windows shrink with depth (each

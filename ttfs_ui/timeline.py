@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 STEPS_PER_WINDOW = 20
+NEVER = 32767  # the fire step of a neuron that does not fire (fits an int16, as the browser receives it)
 STRETCH_RATIO = 10.0  # stretch by default when the widest window is more than this times the narrowest
 
 ABSOLUTE = "absolute"
@@ -95,10 +96,23 @@ class Timeline:
         early = n + offsets / _width(self.windows[n - 1])
         return np.where(offsets < 0, early, own)
 
-    def fired_by(self, n: int, offsets: np.ndarray, k: int) -> np.ndarray:
-        """Which neurons of window n's layer have fired by cursor step k (compared on the stretched axis)."""
+    def fire_steps(self, n: int, offsets: np.ndarray) -> np.ndarray:
+        """The first cursor step at which each neuron of window n's layer has fired (compared on the stretched
+        axis, with 1e-12 of slack), NEVER for neurons that do not fire. This is the one definition of "fired by":
+        the raster's counts and the feature maps, on the server and in the browser, all read it. Shape: (N,)."""
         u = self.positions(n, offsets, STRETCHED)
-        return u <= self.cursor_u(k) + 1e-12
+        with np.errstate(invalid="ignore"):
+            k = np.ceil((u - 1e-12) * self.steps_per_window)
+        return np.where(np.isfinite(k), np.clip(k, 0, NEVER - 1), NEVER).astype(np.int64)
+
+    def fired_by(self, n: int, offsets: np.ndarray, k: int) -> np.ndarray:
+        """Which neurons of window n's layer have fired by cursor step k (see `fire_steps`)."""
+        return self.fire_steps(n, offsets) <= k
+
+    def fired_counts(self, n: int, offsets: np.ndarray) -> np.ndarray:
+        """How many neurons of window n's layer have fired by each cursor step 0..steps. Shape: (steps + 1,)."""
+        first = np.sort(self.fire_steps(n, offsets))
+        return np.searchsorted(first, np.arange(self.steps + 1), side="right")
 
     def bands(self, mode: str) -> list[tuple[float, float]]:
         """[x0, x1] of every window on the x axis of the given mode."""
@@ -180,9 +194,16 @@ def readout_of(snn, result, sample: int = 0) -> LayerSpikes:
                        logits, np.zeros(logits.shape, dtype=bool), 0.0, float(np.abs(logits).max(initial=0.0)))
 
 
-def most_active(values: np.ndarray, k: int) -> list[int]:
-    """Flat indices of the k largest values, largest first (ties: lower index first)."""
-    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+def most_active(values: np.ndarray, k: int, distinct: bool = False) -> list[int]:
+    """Flat indices of the k largest values, largest first (ties: lower index first). With `distinct`, one
+    neuron per value (to 1e-7 of the largest): neurons that see the same inputs (a blank corner of every map) have
+    the same activation and the same membrane trace, and showing three copies of one trace teaches nothing."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-v, kind="stable")
+    if distinct and order.size:
+        scale = 1e-7 * max(float(np.abs(v).max()), 1e-300)
+        key = np.round(v[order] / scale)
+        order = order[np.concatenate([[True], key[1:] != key[:-1]])]
     return [int(i) for i in order[: max(0, int(k))]]
 
 

@@ -129,3 +129,40 @@ def _is_light(img: Image.Image) -> bool:
     gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return float(border.mean()) > 0.5
+
+
+def mnist_style(pad: np.ndarray) -> np.ndarray:
+    """A drawn digit (white on black, any size) prepared as MNIST's digits were: the strokes' bounding box scaled
+    so that its longer side is 20 pixels, placed in a 28×28 image with its centre of mass at the centre.
+    Raises ValueError for an empty drawing. Shape: (H, W) uint8 -> (28, 28) uint8."""
+    pad = np.asarray(pad, dtype=np.float64)
+    if pad.ndim != 2 or pad.size == 0:
+        raise ValueError(f"a drawing must be a 2-D grey image, got shape {pad.shape}")
+    ink = pad > 0.1 * 255
+    if not ink.any():
+        raise ValueError("the drawing is empty: draw a digit first")
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    crop = pad[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = 20 / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    small = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((w, h), Image.Resampling.LANCZOS),
+                       dtype=np.float64)
+    small = small.clip(0, 255)
+    out = np.zeros((28, 28))
+    top, left = (28 - h) // 2, (28 - w) // 2
+    out[top:top + h, left:left + w] = small
+    mass = out.sum()
+    cy, cx = (np.indices(out.shape) * out).reshape(2, -1).sum(1) / mass
+    dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
+    dy = int(np.clip(dy, -top, 28 - top - h))  # keep every stroke inside the image
+    dx = int(np.clip(dx, -left, 28 - left - w))
+    return np.roll(out, (dy, dx), axis=(0, 1)).round().astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An 8-bit grey image as PNG bytes (the form an upload arrives in)."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,256 @@
+// The spike raster and the feature maps on one time cursor, run in the browser (ttfs_ui/live.py builds the spec).
+//
+// The server sends one digit's spikes once: both figures, and per neuron the first cursor step at which it has
+// fired (computed in Python by Timeline.fire_steps). Every cursor step after that is drawn here, with no server
+// round trip: the cursor line on the raster, the "fired by" counts, and the feature maps filling in. Clicking a
+// neuron (a raster dot or a map cell) sends {layer, neuron, cursor} back to the page, which opens its trace.
+// Streamlit's component protocol (v1) is spoken directly: componentReady, render, setFrameHeight, setComponentValue.
+"use strict";
+
+const NEVER = 32767; // fire step of a neuron that never fires (B1's silent neurons)
+const FRAME_MS = 1000 / 30; // Play: one cursor step per frame, at most 30 frames per second
+
+const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null };
+window.ttfsTimeline = stats;
+
+let spec = null;
+let k = 0;
+let playing = false;
+let painting = false;
+let wanted = null; // a step requested while a paint was in flight: painted right after it
+const el = (id) => document.getElementById(id);
+
+function send(type, data) {
+  window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type }, data), "*");
+}
+
+function decode(b) {
+  const bin = atob(b.bdata);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const Type = { i2: Int16Array, i4: Int32Array, f4: Float32Array }[b.dtype];
+  return new Type(bytes.buffer);
+}
+
+function unravel(shape, flat) {
+  const idx = [];
+  for (let d = shape.length - 1; d >= 0; d--) {
+    idx.unshift(flat % shape[d]);
+    flat = Math.floor(flat / shape[d]);
+  }
+  return "(" + idx.join(", ") + ")";
+}
+
+// --- one cursor step ------------------------------------------------------------------------------------------
+function cursorShapes(step) {
+  const x = spec.cursor_x[step];
+  const [rect, line] = spec.cursor_shapes;
+  const out = [];
+  if (x < spec.x_end) out.push(Object.assign({}, rect, { x0: x }));
+  out.push(Object.assign({}, line, { x0: x, x1: x }));
+  return out;
+}
+
+function mapZ(panel, step) {
+  const z = new Array(panel.rows);
+  const { cells, kfire, act, cols } = panel;
+  for (let r = 0; r < panel.rows; r++) {
+    const row = new Array(cols);
+    for (let c = 0; c < cols; c++) {
+      const i = cells[r * cols + c];
+      row[c] = i >= 0 && kfire[i] <= step ? act[i] : NaN;
+    }
+    z[r] = row;
+  }
+  return z;
+}
+
+function countsText(step) {
+  return "Fired by the cursor: " + spec.count_labels.map((label, n) =>
+    `${label} ${spec.counts[n][step].toLocaleString("en")}/${spec.neurons[n].toLocaleString("en")}`).join(" · ");
+}
+
+function paint(step, t0) {
+  k = Math.max(0, Math.min(spec.steps, step));
+  el("slider").value = k;
+  el("label").textContent = spec.labels[k];
+  el("counts").textContent = countsText(k);
+  painting = true;
+  const z = spec.panels.map((p) => mapZ(p, k));
+  return Promise.all([
+    Plotly.relayout(el("raster"), { shapes: cursorShapes(k) }),
+    Plotly.restyle(el("maps"), { z }, spec.panels.map((p) => p.trace)),
+  ]).then(() => new Promise((resolve) => requestAnimationFrame(() => {
+    stats.paints.push(performance.now() - t0);
+    painting = false;
+    if (wanted !== null) {
+      const [w, t] = wanted;
+      wanted = null;
+      paint(w, t).then(resolve);
+    } else resolve();
+  })));
+}
+
+function go(step, t0) {
+  if (!spec) return;
+  if (painting) wanted = [step, t0];
+  else paint(step, t0);
+}
+
+// --- Play -----------------------------------------------------------------------------------------------------
+function stop() {
+  playing = false;
+  stats.playStop = performance.now();
+  el("play").textContent = "▶ Play";
+  el("play").classList.remove("playing");
+}
+
+function play() {
+  if (playing) return stop();
+  playing = true;
+  el("play").textContent = "❚❚ Pause";
+  el("play").classList.add("playing");
+  if (k >= spec.steps) k = 0;
+  stats.frames = 0;
+  stats.playStart = performance.now();
+  stats.playStop = null;
+  let last = -Infinity;
+  const loop = (now) => {
+    if (!playing) return;
+    if (now - last >= FRAME_MS - 1 && !painting) {
+      last = now;
+      if (k >= spec.steps) return stop();
+      stats.frames += 1;
+      paint(k + 1, now);
+    }
+    requestAnimationFrame(loop);
+  };
+  requestAnimationFrame(loop);
+}
+
+// --- linked views ---------------------------------------------------------------------------------------------
+function neuronAt(source, pt) {
+  // (layer n, flat index) of a hovered or clicked point, or null
+  if (source === "raster") {
+    const n = spec.trace_layer[pt.curveNumber];
+    if (n === undefined || n < 0) return null;
+    const c = pt.customdata;
+    return [n, Math.round(c !== null && typeof c === "object" ? c[0] : c)];  // a row (typed) or one index
+  }
+  const panel = spec.panels.find((p) => p.trace === pt.curveNumber);
+  if (!panel || !Array.isArray(pt.pointNumber)) return null;
+  const [r, c] = pt.pointNumber;
+  const flat = panel.cells[r * panel.cols + c];
+  return flat >= 0 ? [panel.layer, flat] : null;
+}
+
+function highlight(target) {
+  if (!target) {
+    Plotly.restyle(el("raster"), { x: [[]], y: [[]] }, [spec.highlight_trace]);
+    Plotly.relayout(el("maps"), { shapes: [] });
+    el("hovered").textContent = "";
+    return;
+  }
+  const [n, flat] = target;
+  const panel = spec.panels.find((p) => p.layer === n);
+  const shapes = [];
+  let x = null;
+  if (panel) {
+    const cell = panel.cellOf[flat];
+    const r = Math.floor(cell / panel.cols), c = cell % panel.cols;
+    shapes.push({ type: "rect", xref: panel.xref, yref: panel.yref, x0: c - 0.5, x1: c + 0.5, y0: r - 0.5,
+                  y1: r + 0.5, line: { color: "#ff2b2b", width: 2.5 } });
+    x = panel.xpos[flat];
+  }
+  if (x === null && target.x !== undefined) x = target.x;
+  const y = spec.y0[n] + flat * spec.y_scale[n];
+  Plotly.restyle(el("raster"), { x: [Number.isFinite(x) ? [x] : []], y: [Number.isFinite(x) ? [y] : []] },
+                 [spec.highlight_trace]);
+  Plotly.relayout(el("maps"), { shapes });
+  el("hovered").textContent = `${spec.count_labels[n]} neuron ${unravel(spec.shapes[n], flat)}` +
+    (spec.traceable[n] ? " · click to open its membrane trace" : "");
+}
+
+function hover(source) {
+  return (ev) => {
+    const pt = ev.points && ev.points[0];
+    if (!pt) return;
+    const target = neuronAt(source, pt);
+    if (target && source === "raster") target.x = pt.x;
+    if (target) highlight(target);
+  };
+}
+
+function click(source) {
+  return (ev) => {
+    const pt = ev.points && ev.points[0];
+    const target = pt && neuronAt(source, pt);
+    if (!target) return;
+    const [n, flat] = target;
+    if (!spec.traceable[n]) {
+      el("message").textContent = `${spec.count_labels[n]} ${unravel(spec.shapes[n], flat)} is an input pixel: it has ` +
+        "no membrane, its spike time is 1 − x̂. Click a neuron of a hidden layer to open its trace.";
+      return;
+    }
+    el("message").textContent = `Opening the membrane trace of ${spec.count_labels[n]} ${unravel(spec.shapes[n], flat)}…`;
+    send("streamlit:setComponentValue", { value: { layer: spec.names[n], neuron: flat, cursor: k, seq: `${Date.now()}-${Math.random()}` },
+                                           dataType: "json" });
+  };
+}
+
+// --- building ------------------------------------------------------------------------------------------------
+function build(next) {
+  const first = spec === null;
+  spec = next;
+  stats.builds += 1;
+  stats.spec = spec.id;
+  for (const p of spec.panels) {
+    for (const key of ["cells", "kfire", "act", "xpos"]) p[key] = decode(p[key]);
+    p.cellOf = new Int32Array(p.neurons);
+    p.cells.forEach((flat, cell) => { if (flat >= 0) p.cellOf[flat] = cell; });
+  }
+  const slider = el("slider");
+  slider.max = spec.steps;
+  if (first || k > spec.steps) k = spec.cursor;
+  const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+  el("message").textContent = "";
+  return Promise.all([
+    Plotly.react(el("raster"), spec.raster.data, spec.raster.layout, config),
+    Plotly.react(el("maps"), spec.maps.data, spec.maps.layout, config),
+  ]).then(() => {
+    if (first) {
+      for (const [id, source] of [["raster", "raster"], ["maps", "maps"]]) {
+        el(id).on("plotly_hover", hover(source));
+        el(id).on("plotly_unhover", () => highlight(null));
+        el(id).on("plotly_click", click(source));
+      }
+    }
+    return paint(k, performance.now());
+  }).then(() => send("streamlit:setFrameHeight", { height: document.body.scrollHeight + 8 }));
+}
+
+function wire() {
+  const s = () => spec.steps_per_window;
+  const on = (id, f) => el(id).addEventListener("click", (ev) => { if (playing) stop(); go(f(), ev.timeStamp); });
+  on("start", () => 0);
+  on("prev_window", () => Math.max(0, Math.floor((k - 1) / s()) * s()));
+  on("back", () => k - 1);
+  on("forward", () => k + 1);
+  on("next_window", () => Math.min(spec.steps, (Math.floor(k / s()) + 1) * s()));
+  on("end", () => spec.steps);
+  el("play").addEventListener("click", play);
+  el("slider").addEventListener("input", (ev) => { if (playing) stop(); go(Number(ev.target.value), ev.timeStamp); });
+}
+
+window.addEventListener("message", (ev) => {
+  const msg = ev.data;
+  if (!msg || msg.type !== "streamlit:render") return;
+  stats.renders += 1;
+  const next = JSON.parse(msg.args.spec);
+  if (spec && next.id === spec.id) return; // a rerun that changed nothing here: keep the cursor where it is
+  if (playing) stop();
+  build(next).catch((e) => { el("message").textContent = "Could not draw the timeline: " + e; throw e; });
+});
+
+wire();
+send("streamlit:componentReady", { apiVersion: 1 });
