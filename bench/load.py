@@ -1,12 +1,15 @@
 """Load test of the explorer: N browser sessions at once stepping the spike raster's time cursor.
 
+The cursor runs in the browser (`ttfs_ui.live`): a step is timed in the page, from the click to the frame after
+the raster, the counts and the feature maps have repainted, so it measures what a user waits for.
+
     python bench/load.py                 # 1, 4 and 8 sessions, 12 steps each; writes the "load" section
     python bench/load.py 1 4 --steps 6
 
 One `streamlit run app.py` server on 127.0.0.1 (nothing else is contacted), one headless Debian chromium with one
 browser context (= one Streamlit session) per simulated user. Each user opens the raster page, then clicks "one
-step forward" again and again; a step's redraw time runs from the click until the cursor's label has changed and
-the script has finished. Each session first chooses its own test digit. Reported per session count: median and
+step forward" again and again; a step's redraw time runs from the click to the repainted frame (measured in the
+page). Each session first chooses its own test digit. Reported per session count: median and
 worst redraw time, timed-out steps, cross-talk (a session that ends up showing another digit, or whose cursor -- when
 none of its clicks was lost -- does not end where a session alone ends after the same clicks), other failures, and
 the server's resident memory before, at the peak during, and after the run. The request loops are bounded
@@ -79,15 +82,28 @@ def start_server() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("streamlit did not start within 90 s")
 
 
-async def cursor_label(page) -> str:
-    return await page.locator('[data-testid="stSlider"]').filter(has_text="Time cursor").inner_text()
+LIVE = 'iframe[title="ttfs_ui.live.timeline"]'
+
+
+async def cursor_label(frame) -> str:
+    return await frame.inner_text("#label")
+
+
+async def live_frame(page):
+    """The raster page's live timeline frame, once it has drawn."""
+    handle = await page.wait_for_selector(LIVE, timeout=STEP_TIMEOUT_MS)
+    frame = await handle.content_frame()
+    await frame.wait_for_function("window.ttfsTimeline && window.ttfsTimeline.paints.length > 0",
+                                  timeout=STEP_TIMEOUT_MS)
+    return frame
 
 
 async def user(browser, url: str, steps: int, times: list[float], failures: list[str], finals: list[str],
                digit: int) -> None:
     """One session: open the raster page, choose its own test digit, then step the cursor `steps` times, timing
-    each redraw. At the end the page must still show this session's digit (a session that saw another session's
-    state would show another digit) and, if none of its clicks was lost, the cursor where its own clicks put it."""
+    each repaint in the page. At the end the page must still show this session's digit (a session that saw another
+    session's state would show another digit) and, if none of its clicks was lost, the cursor where its own clicks
+    put it."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     lost = False
@@ -99,36 +115,30 @@ async def user(browser, url: str, steps: int, times: list[float], failures: list
         await box.press("Enter")
         await page.wait_for_function(
             """(d) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
-                   .some(e => e.innerText.includes('test digit #' + d + ' '))""", arg=digit, timeout=STEP_TIMEOUT_MS)
+                   .some(e => e.innerText.includes('test image #' + d + ' '))""", arg=digit, timeout=STEP_TIMEOUT_MS)
         await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
-        await page.locator(".st-key-cursor_start button").first.click()
+        frame = await live_frame(page)
+        await frame.click("#start")
         await page.wait_for_timeout(300)
-        await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
         for _ in range(steps):
-            before = await cursor_label(page)
-            start = time.perf_counter()
-            await page.locator(".st-key-cursor_forward button").first.click()
+            count = await frame.evaluate("window.ttfsTimeline.paints.length")
+            await frame.click("#forward")
             try:
-                await page.wait_for_function(
-                    """([sel, before]) => {
-                        const s = [...document.querySelectorAll('[data-testid="stSlider"]')]
-                            .find(e => e.innerText.includes('Time cursor'));
-                        const idle = document.querySelector(sel);
-                        return s && idle && s.innerText !== before;
-                    }""", arg=[IDLE, before], timeout=STEP_TIMEOUT_MS)
+                await frame.wait_for_function("(n) => window.ttfsTimeline.paints.length > n", arg=count,
+                                              timeout=STEP_TIMEOUT_MS)
             except Exception as e:  # noqa: BLE001 - a timeout is a failed step, counted and reported
                 failures.append(f"timeout: {type(e).__name__}")
                 lost = True
                 continue
-            times.append(time.perf_counter() - start)
+            times.append(await frame.evaluate("window.ttfsTimeline.paints.at(-1)") / 1000)
             if await page.locator(ERRORS).count():
                 failures.append("error element")
         await page.wait_for_selector(IDLE, timeout=STEP_TIMEOUT_MS)
         captions = " ".join(await page.locator('[data-testid="stCaptionContainer"]').all_inner_texts())
-        if f"test digit #{digit} " not in captions:
+        if f"test image #{digit} " not in captions:
             failures.append(f"cross-talk: session of digit #{digit} shows another input")
         if not lost:
-            finals.append(await cursor_label(page))  # where this session's own clicks put its cursor
+            finals.append(await cursor_label(frame))  # where this session's own clicks put its cursor
     except Exception as e:  # noqa: BLE001 - a session that could not even start is a failure, not a crash
         failures.append(f"session failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     finally:

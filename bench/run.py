@@ -159,6 +159,14 @@ def bench_app() -> dict:
     return redraw_times()
 
 
+def bench_live() -> dict:
+    """The raster page's browser spec per bundled model: megabytes per digit change and server build time (see
+    `ttfs_ui.bench.live_payloads`; step and Play times are measured in the page by the browser test)."""
+    from ttfs_ui.bench import live_payloads
+
+    return live_payloads()
+
+
 @torch.no_grad()
 def bench_paper(batch: int = 500) -> dict:
     """The paper's experiment for every zoo model: the default conversion (the paper's rescaling, margin 0.5,
@@ -272,7 +280,8 @@ def architecture_table(rows: dict) -> list[str]:
 
 
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
-            "app": bench_app, "paper": bench_paper, "branches": bench_branches, "architectures": bench_architectures}
+            "app": bench_app, "live": bench_live, "paper": bench_paper, "branches": bench_branches,
+            "architectures": bench_architectures}
 
 
 def paper_table(rows: dict) -> list[str]:

@@ -27,7 +27,13 @@ n = names.index(state.get(state.LAYER)) + 1
 cursor = state.get(state.CURSOR)
 cursor = tl.steps if cursor is None or not 0 <= cursor <= tl.steps else int(cursor)
 
-clicked = live.timeline(live.spec(spikes, tl, mode, n, cursor), key="timeline")
+# one spec per (network, input, axis, layer) and session: reruns that change none of them (a click) reuse it
+memo_key = (cur.net_key, cur.image_key, mode, n)
+memo = st.session_state.get("_ttfs_live_spec")
+if memo is None or memo[0] != memo_key:
+    memo = (memo_key, live.spec(spikes, tl, mode, n, cursor))
+    st.session_state["_ttfs_live_spec"] = memo
+clicked = live.timeline({**memo[1], "cursor": cursor}, key="timeline")
 st.caption("Step, drag or **Play** the cursor above the raster: everything is drawn in your browser. Hover a dot or "
            "a map cell to find the neuron in both views; click it to open its membrane trace.")
 controls.explain("feature_maps")

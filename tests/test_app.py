@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 import ttfs_core
 from ttfs_core import data, zoo
-from ttfs_ui import controls, figures, state, text, timeline, uploads
+from ttfs_ui import controls, figures, state, tables, text, timeline, uploads
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -779,3 +779,15 @@ def test_problem_9_b1_has_no_rescaling_and_readout_neurons_are_classes(core):
     at.selectbox(key=state.widget_key(state.TRACE_LAYER)).set_value(snn.output.name).run()
     names = [t.get("name", "") for t in charts(ok(at))["membrane"]["data"] if t.get("name")]
     assert any(n.startswith("class ") for n in names) and not any(n.startswith("neuron (") for n in names)
+
+
+def test_problem_7_the_conversion_table_tells_deep_windows_apart():
+    """In the fast mode the Fashion VGG-16's deep windows are down to ~1e-12 τ_c wide at t ≈ 2.7 τ_c: printed
+    with 6 digits, each of them read as one point ([2.7, 2.7]). Each interval now prints its two ends apart."""
+    model, card = zoo.load("vgg_fashion")
+    fast = ttfs_core.convert(model, data.load(card.dataset, "train")[0][:128], rescale="positive")
+    assert min(fast.windows) < 1e-6 * fast.decision_time  # the case: windows far below the time's 6th digit
+    rows = tables.summary_rows(fast)[:-1]
+    ends = [[float(v) for v in r["window [t_min, t_max] (τ_c)"].strip("[]").split(", ")] for r in rows]
+    assert all(a < b for a, b in ends)
+    assert tables.interval(3.0, 3.0 + 1e-12) != "[3, 3]" and tables.interval(1.0, 2.0) == "[1, 2]"

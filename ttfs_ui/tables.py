@@ -22,7 +22,7 @@ def summary_rows(snn, result=None) -> list[dict]:
             "layer": layer_label(layer), "op": layer.op, "reads": snn.reads(layer),
             "output shape": "×".join(map(str, layer.shape)), "neurons": layer.neurons,
             "X_n": float(layer.max_activation),
-            "window [t_min, t_max] (τ_c)": f"[{layer.t_min:.6g}, {layer.t_max:.6g}]", "B_n (τ_c)": float(layer.window),
+            "window [t_min, t_max] (τ_c)": interval(layer.t_min, layer.t_max), "B_n (τ_c)": float(layer.window),
             "spikes": None if lr is None else int(lr.spikes),
             "forced (x = 0)": None if lr is None else int(lr.forced),
             "early": None if lr is None else int(lr.early_spikes),
@@ -35,6 +35,17 @@ def summary_rows(snn, result=None) -> list[dict]:
         "B_n (τ_c)": None, "spikes": None, "forced (x = 0)": None, "early": None,
     })
     return rows
+
+
+def interval(lo: float, hi: float) -> str:
+    """"[lo, hi]" with enough significant digits (6 to 17) that the two ends print differently: a deep window of
+    the fast mode is 1e-12 τ_c wide at t ≈ 3 τ_c, and at 6 digits every such window printed as one point."""
+    lo, hi = float(lo), float(hi)
+    for digits in range(6, 18):
+        a, b = f"{lo:.{digits}g}", f"{hi:.{digits}g}"
+        if a != b or lo == hi:
+            return f"[{a}, {b}]"
+    return f"[{lo!r}, {hi!r}]"
 
 
 def logit_rows(ann: np.ndarray, snn: np.ndarray) -> list[dict]:
