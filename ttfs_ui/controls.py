@@ -321,9 +321,7 @@ def exactness_banner(cur: Current) -> dict:
 
 
 def _open_worst(layer: str, neuron: int) -> None:
-    state.put(state.TRACE_LAYER, layer)
-    state.put(state.TRACE_PICK, "by index")
-    choose_neurons(layer, [neuron])
+    select_trace(layer, neuron)
     state.put(PENDING_PAGE, TRACES_PAGE)
 
 
@@ -332,12 +330,8 @@ PENDING_PAGE = "_ttfs_pending_page"  # a page to switch to, set in a callback (s
 
 
 def follow_pending_page() -> None:
-    page = st.session_state.pop(PENDING_PAGE, None)
-    if page:
-        try:
-            st.switch_page(page)
-        except StreamlitPageNotFoundError:  # a page run as the entry point (tests)
-            st.info("The neuron is selected: open **Membrane traces** in the sidebar.")
+    if st.session_state.pop(PENDING_PAGE, None):
+        _switch_to_traces()
 
 
 def to_numpy(t: Tensor) -> np.ndarray:
@@ -497,10 +491,19 @@ def open_trace(layer: str, neuron: int, image: int | None = None) -> None:
     input shown now, from a click on the raster or a feature map)."""
     if image is not None:
         use_test_image(image)
+    select_trace(layer, neuron)
+    _switch_to_traces()
+
+
+def select_trace(layer: str, neuron: int) -> None:
+    """Make one neuron the membrane page's choice."""
     state.put(state.TRACE_LAYER, layer)
     state.put(state.TRACE_PICK, "by index")
     choose_neurons(layer, [neuron])
+
+
+def _switch_to_traces() -> None:
     try:
-        st.switch_page("pages/2_Membrane_traces.py")
+        st.switch_page(TRACES_PAGE)
     except StreamlitPageNotFoundError:  # a page run as the entry point (tests) has no pages folder beside it
         st.info("The neuron is selected: open **Membrane traces** in the sidebar.")
