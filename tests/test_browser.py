@@ -234,14 +234,19 @@ def _frame(page):
 
 def _shown(frame) -> dict:
     """What the live timeline shows now: cursor step, counts line, cursor lines on the raster, coloured cells of
-    each map panel."""
+    each map panel (pixels painted on its canvas, one per cell)."""
     return frame.evaluate("""() => {
-        const maps = document.getElementById('maps').data;
-        const coloured = (z) => z.reduce((n, row) => n + Array.from(row).filter(Number.isFinite).length, 0);
+        const coloured = (id) => {
+            const c = document.getElementById(id);
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
+            return n;
+        };
         return {k: Number(document.getElementById('slider').value),
                 counts: document.getElementById('counts').textContent,
                 lines: document.getElementById('raster').layout.shapes.filter(s => s.type === 'line').map(s => s.x0),
-                input: coloured(maps[1].z), layer: coloured(maps[3].z)}; }""")
+                input: coloured('cells-0'), layer: coloured('cells-1')}; }""")
 
 
 def _expected(k: int, counts: list[list[int]], labels: list[str], neurons: list[int]) -> str:

@@ -52,7 +52,12 @@ def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cur
     ring = {"color": "rgba(0,0,0,0)", "size": 13, "line": {"width": 2.5, "color": "#ff2b2b"}}
     raster.add_trace((go.Scattergl if gl else go.Scatter)(x=[], y=[], mode="markers", name=HIGHLIGHT, marker=ring,
                                                           hoverinfo="skip", showlegend=False))
-    maps = figures.feature_maps(spikes[0], spikes[n_map], n_map, tl, cursor)
+    # the maps' cells are painted on canvases under the figure (timeline.js); its heatmaps, every neuron fired,
+    # stay for hover only (transparent), with the axes, titles and colour bar
+    maps = figures.feature_maps(spikes[0], spikes[n_map], n_map, tl, tl.steps)
+    maps.update_traces(visible=False, selector={"hoverinfo": "skip"})  # the static "not fired" backgrounds
+    maps.update_traces(opacity=0, selector={"type": "heatmap", "hoverinfo": None})
+    maps.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
     groups = figures.raster_groups(spikes)
     panels = []
     for n, trace, axes in ((0, 1, ("x", "y")), (n_map, 3, ("x2", "y2"))):
@@ -71,6 +76,7 @@ def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cur
         "labels": [tl.describe_step(k) for k in range(tl.steps + 1)],
         "cursor_x": [float(tl.cursor_x(k, mode)) for k in range(tl.steps + 1)],
         "x_end": float(tl.bands(mode)[-1][1]), "cursor_shapes": [shapes[0], shapes[-1]],
+        "not_fired": figures.NOT_FIRED,
         "names": [s.name for s in spikes], "count_labels": [s.label for s in spikes],
         "shapes": [list(s.shape) for s in spikes], "neurons": [s.neurons for s in spikes],
         "traceable": [n > 0 for n in range(len(spikes))],
