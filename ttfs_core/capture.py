@@ -249,41 +249,52 @@ class Capture:
         ops: list[Op] = []
         self.output = ""
         for node in graph.nodes:
-            if node.op in ("placeholder", "get_attr"):
-                continue
-            if node.op == "output":
-                out = node.args[0]
-                while isinstance(out, (tuple, list)) and len(out) == 1:
-                    out = out[0]
-                if not isinstance(out, fx.Node) or out not in data:
-                    raise ConversionError("the model must return a single tensor (the logits)")
-                self.output = data[out]
-                break
-            inputs = [a for a in node.all_input_nodes if a in data or a in parts]
-            if not inputs:
-                continue  # shape arithmetic, guards, constants: not on the data path
-            meta = node.meta.get("tensor_meta")
-            if node.op == "call_function" and node.target is operator.getitem and inputs[0] in parts:
-                source, dim, ranges = parts[inputs[0]]
-                lo, hi = ranges[int(node.args[1])]
-                op = Op(node.name, node.name, "slice", "chunk", self._shape(inputs[0].args[0]), self._shape(node),
-                        {"dim": dim, "start": lo, "stop": hi}, (source,))
-                data[node] = node.name
-                ops.append(op)
-                continue
-            if not hasattr(meta, "shape") and not isinstance(meta, (tuple, list)):
-                continue  # consumes the data but yields no tensor (e.g. x.size(0), export guards)
-            kind = self._kind(node)
-            if kind in ("chunk", "split"):
-                parts[node] = self._parts(node, data)
-                continue
-            op = self._normalise(node, data)
-            if op is None:  # getitem(x, 0) of a tuple-valued op: same value
-                data[node] = data[inputs[0]]
-                continue
+            try:
+                if self._visit(node, data, parts, ops):
+                    break
+            except ConversionError as exc:
+                if exc.node is None:
+                    exc.node = node.name
+                raise
+        return ops
+
+    def _visit(self, node: fx.Node, data: dict, parts: dict, ops: list[Op]) -> bool:
+        """Capture one fx node into `ops`; True at the output node."""
+        if node.op in ("placeholder", "get_attr"):
+            return False
+        if node.op == "output":
+            out = node.args[0]
+            while isinstance(out, (tuple, list)) and len(out) == 1:
+                out = out[0]
+            if not isinstance(out, fx.Node) or out not in data:
+                raise ConversionError("the model must return a single tensor (the logits)")
+            self.output = data[out]
+            return True
+        inputs = [a for a in node.all_input_nodes if a in data or a in parts]
+        if not inputs:
+            return False  # shape arithmetic, guards, constants: not on the data path
+        meta = node.meta.get("tensor_meta")
+        if node.op == "call_function" and node.target is operator.getitem and inputs[0] in parts:
+            source, dim, ranges = parts[inputs[0]]
+            lo, hi = ranges[int(node.args[1])]
+            op = Op(node.name, node.name, "slice", "chunk", self._shape(inputs[0].args[0]), self._shape(node),
+                    {"dim": dim, "start": lo, "stop": hi}, (source,))
             data[node] = node.name
             ops.append(op)
-        return ops
+            return False
+        if not hasattr(meta, "shape") and not isinstance(meta, (tuple, list)):
+            return False  # consumes the data but yields no tensor (e.g. x.size(0), export guards)
+        kind = self._kind(node)
+        if kind in ("chunk", "split"):
+            parts[node] = self._parts(node, data)
+            return False
+        op = self._normalise(node, data)
+        if op is None:  # getitem(x, 0) of a tuple-valued op: same value
+            data[node] = data[inputs[0]]
+            return False
+        data[node] = node.name
+        ops.append(op)
+        return False
 
     def _kind(self, node: fx.Node) -> str | None:
         if node.op == "call_module":

@@ -2,7 +2,12 @@
 
 
 class ConversionError(ValueError):
-    """The model cannot be converted: names the node, its op and what is supported instead."""
+    """The model cannot be converted: names the node, its op and what is supported instead.
+
+    `node` is the fx node name of the captured op being captured or lowered when it was raised (None when the
+    problem is not at one node: training mode, the input, the options), so a caller can mark it in the graph."""
+
+    node: str | None = None
 
 
 class InputError(ValueError):

@@ -63,6 +63,14 @@ class Value:
     label: str = ""
     pending: Pending | None = None
     spikes: bool = False  # exactly the spikes of layers (a ReLU of it is the identity)
+    absorbed: tuple[Op, ...] = ()  # the captured ops since the spikes of the layers read (provenance)
+
+
+def _at(op: Op, message: str) -> ConversionError:
+    """A ConversionError about `op`, marked with its fx node (`ConversionError.node`)."""
+    error = ConversionError(message)
+    error.node = op.node
+    return error
 
 
 def _bias_free(op: Op) -> Op:
@@ -85,6 +93,8 @@ class Lowering:
         self.ops, self.output_node, self.dtype = ops, output, dtype
         self.layers: list[Layer] = []
         self.names: set[str] = set()
+        self.notes: dict[str, list[str]] = {}  # fx node -> remarks for the provenance (routing flipped by a BN)
+        self._absorbing: tuple[Op, ...] = ()  # the ops the layer closed by the op being lowered absorbed
         channels = input_shape[0] if len(input_shape) >= 2 else 1
         scale, shift = input_folding(*input_range)
         per = (channels,) if len(input_shape) >= 2 else input_shape
@@ -96,14 +106,33 @@ class Lowering:
         }
 
     def run(self) -> list[Layer]:
+        order = {op.node: k for k, op in enumerate(self.ops)}
         for op in self.ops:
             args = [self.values[i] for i in op.inputs]
-            self.values[op.node] = getattr(self, f"_on_{op.kind}")(op, *args)
+            self._absorbing = tuple(sorted(_absorbed(args, op), key=lambda o: order[o.node]))
+            closed = len(self.layers)
+            try:
+                value = getattr(self, f"_on_{op.kind}")(op, *args)
+            except ConversionError as exc:
+                if exc.node is None:
+                    exc.node = op.node  # the node being lowered (its message names the module at fault)
+                raise
+            # provenance: a value carries the ops since the last spikes; a ReLU that closed a layer gave them to it
+            self.values[op.node] = replace(value, absorbed=() if len(self.layers) > closed else self._absorbing)
         out = self.values[self.output_node]
+        self._absorbing = out.absorbed
+        try:
+            return self._finish(out)
+        except ConversionError as exc:
+            if exc.node is None:
+                exc.node = self.output_node or None
+            raise
+
+    def _finish(self, out: Value) -> list[Layer]:
         if out.pending is not None:
             bad = next((o for o in out.pending.ops if o.kind not in _READOUT), None)
             if bad is not None:
-                raise ConversionError(f"{bad.name} ({bad.target}) after the readout is not supported")
+                raise _at(bad, f"{bad.name} ({bad.target}) after the readout is not supported")
             self._close(out.pending.pre, output=True, readout=out.pending.ops)
         else:
             weighted = {"conv", "linear", "affine", "avgpool", "adaptive_avgpool", "mean", "mul"}
@@ -210,6 +239,8 @@ class Lowering:
             pool = Pool.of(op.params)
             if bool((sign < 0).any()):
                 pool = pool.flipped(sign)
+                self._note(op, f"latest spike in {int((sign < 0).sum())} of {len(sign)} channels (a negative "
+                               "BatchNorm scale between the ReLU and the pool)")
             shape = tuple(pool.activations(torch.zeros(1, *t.in_shape, dtype=self.dtype)).shape[1:])
             terms.append(replace(t, route=(*t.route, pool), in_shape=shape))
         if bool((covered > 1).any()):
@@ -245,20 +276,48 @@ class Lowering:
         later affines folded in); its spikes are pooled on the way to the next layer."""
         pre, ops = v.pending.pre, v.pending.ops
         pools: list[Pool] = []
+        pool_ops: list[Op] = []
         probe_affine = None
         for o in ops:
             if o.kind == "maxpool":
                 pools.append(Pool.of(o.params))
+                pool_ops.append(o)
             elif o.kind == "affine":
                 pair = (o.params["scale"].to(self.dtype), o.params["shift"].to(self.dtype))
                 pools = [p.flipped(pair[0]) for p in pools]
+                negative = int((pair[0] < 0).sum())
+                if negative and pools:
+                    self._note(o, f"{negative} negative scales: the max pooling before it takes the latest spike "
+                                  "in those channels")
+                    for p_op in pool_ops:
+                        self._note(p_op, f"latest spike in {negative} of {len(pair[0])} channels (a negative "
+                                         f"BatchNorm scale after the pool, {o.name})")
                 probe_affine = pair if probe_affine is None else compose_affine(probe_affine, pair)
                 pre = self._linear(replace(o, in_shape=pre.shape, out_shape=pre.shape), pre)
             elif o.kind != "identity":
-                raise ConversionError(f"{o.name} ({o.target}) between {pre.label or pre.node} and its ReLU "
-                                      f"{relu.name} is not supported; only BatchNorm and max pooling can stand there")
+                raise _at(o, f"{o.name} ({o.target}) between {pre.label or pre.node} and its ReLU "
+                             f"{relu.name} is not supported; only BatchNorm and max pooling can stand there")
         scale, shift = probe_affine if probe_affine else (None, None)
         return pre, Probe(v.pending.pre.node, scale, shift, relu=True), pools
+
+    def _note(self, op: Op, text: str) -> None:
+        notes = self.notes.setdefault(op.node, [])
+        if text not in notes:
+            notes.append(text)
+
+    def _provenance(self) -> tuple[tuple[str, str, str], ...]:
+        """(name, kind, description) of every captured op the layer being closed absorbed, in graph order."""
+        out = []
+        for o in self._absorbing:
+            desc = o.target
+            if o.kind == "affine" and not self.notes.get(o.node):
+                negative = int((o.params["scale"] < 0).sum())
+                if negative:
+                    desc += f"; {negative} negative scales"
+            elif o.kind == "maxpool" and not self.notes.get(o.node):
+                desc += "; earliest spike"
+            out.append((o.name, o.kind, "; ".join([desc, *self.notes.get(o.node, ())])))
+        return tuple(out)
 
     # --- closing a layer ---------------------------------------------------------------------------------
     def _close(self, v: Value, *, relu: Op | None = None, probe: Probe | None = None, output: bool = False,
@@ -288,11 +347,21 @@ class Lowering:
         scale = torch.ones((shape[0], 1, 1) if len(shape) == 3 else shape, dtype=self.dtype)
         layer = Layer(name=name, op=label, inputs=tuple(inputs), shape=shape, bias=bias.contiguous(),
                       probe=probe if probe is not None else Probe(v.node), scale=scale, is_output=output,
-                      readout=tuple(readout))
+                      readout=tuple(readout), absorbed=self._provenance())
         if clip is not None:
             layer.clip = float(clip)
         self.layers.append(layer)
         return len(self.layers) - 1
+
+
+def _absorbed(args: list[Value], op: Op) -> tuple[Op, ...]:
+    """The ops of the values read, then `op`: each fx node once."""
+    seen, out = set(), []
+    for o in (*(o for v in args for o in v.absorbed), op):
+        if o.node not in seen:
+            seen.add(o.node)
+            out.append(o)
+    return tuple(out)
 
 
 def _main_op(v: Value) -> Op | None:
@@ -355,7 +424,9 @@ def _ungroup(w: Tensor, groups: int, in_channels: int) -> Tensor:
 
 
 class NotComposable(Exception):
-    pass
+    def __init__(self, message: str, node: str | None = None):
+        super().__init__(message)
+        self.node = node  # the fx node of the op that cannot be composed
 
 
 def compose(t: Term, shape: tuple[int, ...], dtype, keep_zero: bool = False) -> Synapses | None:
@@ -364,7 +435,9 @@ def compose(t: Term, shape: tuple[int, ...], dtype, keep_zero: bool = False) -> 
         try:
             syn = _compose_conv(t, shape, dtype)
         except NotComposable as exc:
-            raise ConversionError(str(exc)) from None
+            error = ConversionError(str(exc))
+            error.node = exc.node
+            raise error from None
         if syn is not None or keep_zero:
             return syn if syn is not None else _dense(t, shape, dtype)
         return None
@@ -436,8 +509,8 @@ def _compose_conv(t: Term, shape: tuple[int, ...], dtype) -> Synapses | None:
                     break
             perm = _channel_permutation(ops[k:j], cur, dtype)
             if perm is None:
-                raise ConversionError(f"{op.name} ({op.target}) rearranges a value that is not flattened for a "
-                                      "Linear layer; only channel permutations (channel shuffle) are supported there")
+                raise _at(op, f"{op.name} ({op.target}) rearranges a value that is not flattened for a "
+                              "Linear layer; only channel permutations (channel shuffle) are supported there")
             full = _rows_full(form, c_in, dtype)
             form = _ConvForm(full.weight[perm], full.stride, full.padding, full.dilation, 1, 0, cur[0], cur[0])
             k = j
@@ -452,7 +525,7 @@ def _compose_conv(t: Term, shape: tuple[int, ...], dtype) -> Synapses | None:
             form.total = op.params["total"]
         elif op.kind == "slice":
             if op.params["dim"] != 0:
-                raise ConversionError(f"{op.name} ({op.target}): slicing a spatial dimension is not supported")
+                raise _at(op, f"{op.name} ({op.target}): slicing a spatial dimension is not supported")
             a, b = op.params["start"], op.params["stop"]
             lo, hi = max(form.lo, a), min(form.lo + form.rows, b)
             if hi <= lo:
@@ -466,8 +539,8 @@ def _compose_conv(t: Term, shape: tuple[int, ...], dtype) -> Synapses | None:
         elif op.kind in ("conv", "avgpool", "adaptive_avgpool"):
             form = _then_conv(form, _as_conv(op, cur, dtype), c_in, op)
         else:
-            raise ConversionError(f"{op.name} ({op.target}) cannot be composed into a convolution; it is supported "
-                                  "before a Linear layer")
+            raise _at(op, f"{op.name} ({op.target}) cannot be composed into a convolution; it is supported "
+                          "before a Linear layer")
         cur = tuple(op.out_shape)
         k += 1
     if not bool((form.weight != 0).any()):
@@ -510,14 +583,14 @@ def _as_conv(op: Op, in_shape: tuple[int, ...], dtype) -> _Conv:
         out = op.out_shape[1:]
         h, w = in_shape[1:]
         if h % out[0] or w % out[1]:
-            raise ConversionError(f"adaptive average pooling {op.name} from {h}×{w} to {out[0]}×{out[1]} is not a "
-                                  "plain pooling; supported when Linear layers read it, or when the sizes divide")
+            raise _at(op, f"adaptive average pooling {op.name} from {h}×{w} to {out[0]}×{out[1]} is not a "
+                          "plain pooling; supported when Linear layers read it, or when the sizes divide")
         ks = (h // out[0], w // out[1])
         return _Conv(torch.full((c, 1, *ks), 1.0 / (ks[0] * ks[1]), dtype=dtype), ks, (0, 0), (1, 1), c, op.name)
     if p["ceil_mode"] or p["divisor_override"] or (not p["count_include_pad"] and any(p["padding"])):
-        raise ConversionError(f"average pooling {op.name}: ceil_mode, divisor_override and count_include_pad=False "
-                              "with padding are not supported before a convolution or a ReLU (they are before a "
-                              "Linear layer)")
+        raise _at(op, f"average pooling {op.name}: ceil_mode, divisor_override and count_include_pad=False "
+                      "with padding are not supported before a convolution or a ReLU (they are before a "
+                      "Linear layer)")
     ks = tuple(p["kernel_size"])
     return _Conv(torch.full((c, 1, *ks), 1.0 / (ks[0] * ks[1]), dtype=dtype), tuple(p["stride"]),
                  tuple(p["padding"]), (1, 1), c, op.name)
@@ -563,7 +636,8 @@ def _general(form: _ConvForm, b_dense: Tensor, b: _Conv, c_in: int, op: Op, lo: 
     if any(b.padding) or form.dilation != (1, 1) or b.dilation != (1, 1):
         raise NotComposable(
             f"{op.name} reads a convolution without a ReLU between them with zero padding of its own; two "
-            "convolutions in a row compose exactly only when the second has no padding or one of them is 1×1")
+            "convolutions in a row compose exactly only when the second has no padding or one of them is 1×1",
+            op.node)
     a = form.dense(c_in)  # (rows_a, c_in, ka_h, ka_w)
     (sa_h, sa_w) = form.stride
     kh = a.shape[2] + (b_dense.shape[2] - 1) * sa_h

@@ -137,6 +137,9 @@ class Layer(_Freezable):
     # neuron parameters (MATH §2 / §7), set after calibration
     theta: Tensor | None = None
     slope: Tensor | None = None
+    # provenance (lower): (name, kind, description) of every captured op of the original model this layer absorbed
+    # (its conv / Linear, BatchNorms, pooling routed into it, flatten, the ReLU that closes it); () if unknown
+    absorbed: tuple[tuple[str, str, str], ...] = ()
     _frozen: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod

@@ -3,8 +3,10 @@ the network's description as JSON. A loaded network gives the same spike times, 
 
 Format version 2 (written): each layer lists its `inputs` (`network.Synapses`): source, route, in_shape, conv,
 channels, in_window and delay, with tensors ``{layer}.inputs.{k}.weight``, ``.J`` and ``.route.{j}.sign``; and
-its `clip` (ReLU6). Version 1 (read only): one input per layer, its fields on the layer itself
-(``{layer}.weight``...); it loads as one-input layers (delay 0, all channels, no clip).
+its `clip` (ReLU6), and optionally `absorbed` (provenance: [name, kind, description] of the original model's ops
+the layer absorbed; files written before it was added lack it and load with none). Version 1 (read only): one
+input per layer, its fields on the layer itself (``{layer}.weight``...); it loads as one-input layers (delay 0,
+all channels, no clip).
 
 A file is untrusted input. `load_network` checks it against the explicit schema below before it builds anything
 or runs anything, in three passes:
@@ -79,6 +81,8 @@ _TOP = ("format", "version", "layers", "output", "input_shape", "input_range", "
         "dtype")
 _LAYER = ("name", "op", "shape", "is_output", "clip", "inputs", "probe", "readout", *_FLOATS, "peak_drive")
 _INPUT = ("source", "route", "in_shape", "conv", "channels", "in_window", "delay")
+_ABSORBED = "absorbed"  # optional in version 2 (provenance, `Layer.absorbed`): files written before it load with ()
+MAX_ABSORBED = 4096  # captured ops one layer may list as absorbed
 _LAYER_V1 = ("name", "op", "source", "in_shape", "shape", "conv", "is_output", "route", "probe", "readout", *_FLOATS)
 _CONV = ("stride", "padding", "dilation", "groups")
 _POOL = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "sign")
@@ -142,6 +146,7 @@ def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dic
         "inputs": [_input_to_json(syn, f"{prefix}.inputs.{k}", tensors) for k, syn in enumerate(layer.inputs)],
         "probe": probe, "readout": readout, **{name: float(getattr(layer, name)) for name in _FLOATS},
         "peak_drive": float(layer.peak_drive),
+        _ABSORBED: [list(entry) for entry in layer.absorbed],
     }
 
 
@@ -462,11 +467,13 @@ def _check_description(desc: Any, need: _Need) -> dict[str, Any]:
 
 def _check_layer(d: Any, where: str, prefix: str, index: int, shapes: list[tuple[int, ...]], need: _Need,
                  output: bool, version: int) -> dict[str, Any]:
-    _obj(d, where, _LAYER_V1 if version == 1 else _LAYER)
+    optional = version >= 2 and isinstance(d, dict) and _ABSORBED in d
+    _obj(d, where, _LAYER_V1 if version == 1 else (*_LAYER, _ABSORBED) if optional else _LAYER)
     layer: dict[str, Any] = {
         "name": _text(d["name"], _at(where, "name")),
         "op": _text(d["op"], _at(where, "op")),
         "prefix": prefix, "where": where,
+        "absorbed": _check_absorbed(d[_ABSORBED], _at(where, _ABSORBED)) if optional else (),
     }
     if version == 1:  # the input's fields sit on the layer, in the order version 1 checked them
         source = _source(d, where, index)
@@ -530,6 +537,18 @@ def _check_layer(d: Any, where: str, prefix: str, index: int, shapes: list[tuple
                                               f"got {len(readout)} ops")
     layer["readout"] = _check_readout(readout, where, prefix, shape, need)
     return layer
+
+
+def _check_absorbed(value: Any, where: str) -> tuple[tuple[str, str, str], ...]:
+    """Provenance: a list of [name, kind, description] strings."""
+    items = _list(value, where, MAX_ABSORBED, "[name, kind, description] entries")
+    out = []
+    for k, item in enumerate(items):
+        w = f"{where}[{k}]"
+        if not isinstance(item, list) or len(item) != 3:
+            raise _Invalid(w, f"expected [name, kind, description], got {_show(item)}")
+        out.append(tuple(_text(v, f"{w}[{j}]") for j, v in enumerate(item)))
+    return tuple(out)
 
 
 def _source(d: dict[str, Any], where: str, index: int) -> int:
@@ -867,7 +886,7 @@ def _build_layer(d: dict[str, Any], tensors: dict[str, Tensor]) -> Layer:
         shape=d["shape"], bias=tensors[f"{prefix}.bias"], probe=probe, scale=tensors[f"{prefix}.scale"],
         is_output=prefix == "output", readout=readout, clip=d["clip"],
         theta=tensors.get(f"{prefix}.theta"), slope=tensors.get(f"{prefix}.slope"),
-        **{name: d[name] for name in _FLOATS}, peak_drive=d["peak_drive"],
+        **{name: d[name] for name in _FLOATS}, peak_drive=d["peak_drive"], absorbed=d["absorbed"],
     )
 
 
