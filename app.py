@@ -135,3 +135,4 @@ with st.expander("Logits as a table"):
     st.dataframe(tables.logit_rows(ann, snn), hide_index=True, width="stretch")
 st.info("Next: open **Spike raster** in the sidebar to watch these spikes happen in time.",
         icon=":material/arrow_forward:")
+controls.page_end()

@@ -1,7 +1,8 @@
 """Spike raster: every spike of the network on one time axis, a time cursor, and the feature maps filling in.
 
 The cursor runs in the browser (`ttfs_ui.live`): stepping, Play and hovering never rerun this script; it reruns
-when the model, the input, a setting, the axis or the mapped layer changes, or when a neuron is clicked.
+when the model, the input, a setting, the axis or the mapped layer changes, when a neuron is clicked, and once
+when the cursor comes to rest (so that the page's link carries it).
 """
 
 import streamlit as st
@@ -12,12 +13,24 @@ cur = controls.page_start("Spike raster", "raster")
 
 tl = cur.timeline
 spikes = timeline.spikes_of(cur.snn, cur.result)
+# what the browser sent since the last run (read before drawing, so the cursor drawn is the one it has): the cursor
+# after it rested (for the link and the membrane page), or a clicked neuron, whose trace opens
+event = st.session_state.get("timeline")
+if isinstance(event, dict) and event.get("seq") != st.session_state.get("_seen_timeline_click"):
+    st.session_state["_seen_timeline_click"] = event.get("seq")
+    if isinstance(event.get("cursor"), int) and 0 <= event["cursor"] <= tl.steps:
+        state.put(state.CURSOR, event["cursor"])
+    target = next((s for s in spikes[1:] if s.name == event.get("layer")), None)
+    neuron = event.get("neuron")
+    if target is not None and isinstance(neuron, int) and 0 <= neuron < target.neurons:
+        controls.open_trace(target.name, neuron)
 axis_options = {"auto": f"automatic ({tl.default_mode()} for this network)",
                 timeline.STRETCHED: "each window stretched to equal width",
                 timeline.ABSOLUTE: "absolute time (τ_c)"}
 names = [s.name for s in spikes[1:]]
 labels = {s.name: f"{s.label} ({'×'.join(map(str, s.shape))})" for s in spikes[1:]}
 if state.get(state.LAYER) not in names:
+    state.stale(state.LAYER, state.get(state.LAYER), names[0])
     state.put(state.LAYER, names[0])
 axis, layer = st.columns([3, 2])
 axis.radio("Time axis", list(axis_options), format_func=axis_options.get, horizontal=True, **state.bind(state.AXIS))
@@ -25,6 +38,8 @@ layer.selectbox("Feature maps of layer", names, format_func=labels.get, **state.
 mode = tl.default_mode() if state.get(state.AXIS) == "auto" else state.get(state.AXIS)
 n = names.index(state.get(state.LAYER)) + 1
 cursor = state.get(state.CURSOR)
+if cursor is not None and not 0 <= cursor <= tl.steps:
+    state.stale(state.CURSOR, cursor, tl.steps)
 cursor = tl.steps if cursor is None or not 0 <= cursor <= tl.steps else int(cursor)
 
 # one spec per (network, input, axis, layer) and session: reruns that change none of them (a click) reuse it
@@ -33,15 +48,8 @@ memo = st.session_state.get("_ttfs_live_spec")
 if memo is None or memo[0] != memo_key:
     memo = (memo_key, live.spec(spikes, tl, mode, n, cursor))
     st.session_state["_ttfs_live_spec"] = memo
-clicked = live.timeline({**memo[1], "cursor": cursor}, key="timeline")
+live.timeline({**memo[1], "cursor": cursor}, key="timeline")
 st.caption("Step, drag or **Play** the cursor above the raster: everything is drawn in your browser. Hover a dot or "
            "a map cell to find the neuron in both views; click it to open its membrane trace.")
 controls.explain("feature_maps")
-seen = st.session_state.get("_seen_timeline_click")
-if isinstance(clicked, dict) and clicked.get("seq") != seen:
-    st.session_state["_seen_timeline_click"] = clicked.get("seq")
-    target = next((s for s in spikes[1:] if s.name == clicked.get("layer")), None)
-    neuron = clicked.get("neuron")
-    if target is not None and isinstance(neuron, int) and 0 <= neuron < target.neurons:
-        state.put(state.CURSOR, int(clicked.get("cursor", cursor)))
-        controls.open_trace(target.name, neuron)
+controls.page_end()

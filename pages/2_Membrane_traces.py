@@ -10,12 +10,13 @@ layers = timeline.spikes_of(cur.snn, cur.result)[1:] + [timeline.readout_of(cur.
 names = [s.name for s in layers]
 labels = {s.name: f"{s.label} ({'×'.join(map(str, s.shape))})" for s in layers}
 if state.get(state.TRACE_LAYER) not in names:
+    state.stale(state.TRACE_LAYER, state.get(state.TRACE_LAYER), names[0])
     state.put(state.TRACE_LAYER, names[0])
 choose, clock = st.columns([3, 2], gap="large")
 with choose:
     st.selectbox("Layer", names, format_func=labels.get, **state.bind(state.TRACE_LAYER))
     layer = layers[names.index(state.get(state.TRACE_LAYER))]
-    st.radio("Choose neurons", ["k most active", "by index", "from the feature map"], horizontal=True,
+    st.radio("Choose neurons", state.TRACE_PICKS, horizontal=True,
              **state.bind(state.TRACE_PICK))
 with clock:
     clocks = {"off": "off", "steps": "ticks per window", "dt": "tick length dt"}
@@ -23,9 +24,9 @@ with clock:
              **state.bind(state.TRACE_CLOCK), help="Overlay the same neuron simulated with a clock (MATH §6): "
              "inputs and spikes land on ticks, V grows by dt·I per tick.")
     if state.get(state.TRACE_CLOCK) == "steps":
-        st.select_slider("Ticks per window", options=[2, 4, 8, 16, 32, 64, 128, 256], **state.bind(state.TRACE_STEPS))
+        st.select_slider("Ticks per window", options=state.TRACE_STEP_OPTIONS, **state.bind(state.TRACE_STEPS))
     elif state.get(state.TRACE_CLOCK) == "dt":
-        st.select_slider("dt (τ_c)", options=[0.1, 0.03, 0.01, 0.003, 0.001], **state.bind(state.TRACE_DT),
+        st.select_slider("dt (τ_c)", options=state.TRACE_DT_OPTIONS, **state.bind(state.TRACE_DT),
                          help="Every window gets ceil(B_n / dt) ticks: short deep windows get few.")
 
 pick = state.get(state.TRACE_PICK)
@@ -46,7 +47,12 @@ steps = state.get(state.TRACE_STEPS) if clock == "steps" else None
 dt = state.get(state.TRACE_DT) if clock == "dt" else None
 traces = [cache.trace(cur.net_key, cur.image_key, layer.name, timeline.multi_index(layer.shape, i), steps, dt,
                       cur.snn, cur.x) for i in neurons]
-st.plotly_chart(figures.membrane(traces, index_labels), key="membrane")
+at = state.get(state.CURSOR)  # the raster's time cursor, when one was set there (or by a link)
+at = None if at is None or not 0 <= at < cur.timeline.steps else cur.timeline.cursor_t(int(at)) - traces[0].origin
+if at is not None and not 0 <= at <= float(traces[0].t_max):
+    st.caption(f"The raster's time cursor, t = {at + traces[0].origin:.6g} τ_c, is outside this layer's windows.")
+    at = None
+st.plotly_chart(figures.membrane(traces, index_labels, cursor=at), key="membrane")
 core = next(la for la in cur.snn.all_layers if la.name == layer.name)
 if len(core.inputs) > 1:  # a residual sum or a concatenation (MATH §5): inputs from several layers, delayed
     def _drives(syn) -> str:
@@ -75,3 +81,4 @@ for row, tr in zip(rows, traces):
     if tr.gated:
         row["saturated"] = bool(tr.saturated)
 st.dataframe(rows, hide_index=True, width="stretch")
+controls.page_end()

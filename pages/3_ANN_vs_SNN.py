@@ -80,3 +80,4 @@ else:
         if col.button(f"#{row['image']} · {row['layer']} {row['index']}", key=f"early_{row['image']}_"
                       f"{row['layer name']}_{row['neuron']}", icon=":material/show_chart:", width="stretch"):
             controls.open_trace(row["layer name"], row["neuron"], row["image"])
+controls.page_end()

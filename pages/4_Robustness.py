@@ -7,7 +7,7 @@ from ttfs_ui import cache, controls, figures, state, tables
 cur = controls.page_start("Robustness", "robustness")
 
 left, right = st.columns(2, gap="large")
-left.select_slider("Test images per point", options=[100, 200, 500, 1000], **state.bind(state.ROBUST_IMAGES),
+left.select_slider("Test images per point", options=state.ROBUST_IMAGE_OPTIONS, **state.bind(state.ROBUST_IMAGES),
                    help="The first images of the bundled test set. More images: smoother curves, slower first run.")
 right.toggle("Jitter σ relative to each window (instead of τ_c)", **state.bind(state.ROBUST_RELATIVE))
 n, relative = state.get(state.ROBUST_IMAGES), state.get(state.ROBUST_RELATIVE)
@@ -45,3 +45,4 @@ for row in (list(charts)[:2], list(charts)[2:]):
                                           ann_accuracy=exact["ANN accuracy"]), key=f"sweep_{knob}")
             with st.expander("as a table"):
                 st.dataframe(tables.sweep_rows(points[knob]), hide_index=True, width="stretch")
+controls.page_end()

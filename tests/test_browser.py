@@ -8,6 +8,7 @@ Skipped when /usr/bin/chromium is missing, except under CI=true, where that is a
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +26,8 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 PAGES = [("", "app"), ("Spike_raster", "spike_raster"), ("Membrane_traces", "membrane_traces"),
-         ("ANN_vs_SNN", "ann_vs_snn"), ("Robustness", "robustness")]
+         ("ANN_vs_SNN", "ann_vs_snn"), ("Robustness", "robustness"), ("Neuron_playground", "neuron_playground"),
+         ("Conversion_inspector", "conversion_inspector")]
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 
@@ -86,6 +88,24 @@ def browser():
             b.close()
 
 
+# Streamlit opened at a page's own address first asks for <page>/_stcore/health and /host-config, gets 404, then
+# finds the server at the root (streamlit/streamlit#7074, open): the browser logs those two 404s. Nothing else may.
+STREAMLIT_PROBES = re.compile(r"/[A-Za-z0-9_]+/_stcore/(health|host-config)$")
+
+
+def _watch(page, errors: list[str]) -> None:
+    """Collect the page's uncaught JavaScript exceptions and console errors (but Streamlit's own probes) in
+    `errors`."""
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def console(msg) -> None:
+        where = msg.location.get("url", "") if isinstance(msg.location, dict) else ""
+        if msg.type == "error" and not STREAMLIT_PROBES.search(where):
+            errors.append(f"console: {msg.text[:300]} ({where})")
+
+    page.on("console", console)
+
+
 def _settle(page, timeout: float = 90_000) -> None:
     """Wait until the script has finished running and the page has drawn."""
     page.wait_for_timeout(400)  # let a rerun triggered by the last action start
@@ -123,7 +143,7 @@ def test_every_page_in_a_browser(server, browser, request):
     context = browser.new_context(viewport={"width": 1440, "height": 2400})
     page = context.new_page()
     js_errors: list[str] = []
-    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    _watch(page, js_errors)
     try:
         for path, name in PAGES:  # each page opened by its URL: a fresh session that never saw app.py
             page.goto(f"{server}/{path}", wait_until="domcontentloaded")
@@ -185,7 +205,13 @@ def test_every_page_in_a_browser(server, browser, request):
         page.locator(f".st-key-gallery_{first_three} button").first.click()
         _settle(page)
         _no_errors(page, "app after choosing a gallery image")
-        page.locator('[data-testid="stSidebarNav"] a').filter(has_text="ANN vs SNN").click()
+        nav = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+        from ttfs_ui import controls
+
+        titles = [title for _, title, _ in controls.PAGES]
+        shown = nav.all_inner_texts()  # (a material icon may add its name before the title)
+        assert len(shown) == len(titles) and all(t.strip().endswith(title) for t, title in zip(shown, titles)), shown
+        nav.filter(has_text="ANN vs SNN").click()
         _settle(page)
         page.wait_for_selector(".js-plotly-plot", timeout=60_000)
         _no_errors(page, "ANN vs SNN via the sidebar")
@@ -218,7 +244,7 @@ def test_every_page_in_a_browser(server, browser, request):
         assert not page.locator('[data-testid="stException"]').count()
         assert page.locator(".js-plotly-plot").count() >= 2  # still the default model's predictions
         page.screenshot(path=str(SHOTS / "app_garbage_uploads.png"), full_page=True)
-        assert not js_errors, f"JavaScript errors: {js_errors}"
+        assert not js_errors, f"JavaScript or console errors: {js_errors}"
     finally:
         page.screenshot(path=str(SHOTS / "last.png"), full_page=True)
         context.close()
@@ -277,7 +303,7 @@ def test_the_raster_runs_in_the_browser(server, browser):
     context = browser.new_context(viewport={"width": 1440, "height": 2000})
     page = context.new_page()
     js_errors: list[str] = []
-    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    _watch(page, js_errors)
     sent: list[int] = []
     received: list[int] = []
     page.on("websocket", lambda ws: (ws.on("framesent", lambda f: sent.append(len(f))),
@@ -303,6 +329,12 @@ def test_the_raster_runs_in_the_browser(server, browser):
         assert shown["k"] == 20 and shown["counts"] == _expected(20, counts, labels, neurons)
         assert shown["lines"] == [tl.cursor_x(20, tl.default_mode())]  # one cursor, where the slider says
         assert shown["input"] == counts[0][20] and shown["layer"] == counts[1][20]
+        # once the cursor rests, it goes to the page once: the address becomes a link to this instant
+        page.wait_for_function("() => new URLSearchParams(location.search).get('t') === '20'", timeout=30_000)
+        assert frame.evaluate("window.ttfsTimeline.linked") == 1 and len(sent) > before
+        raster_link = page.url
+        _settle(page)
+        before = len(sent)
 
         frame.click("#start")
         page.wait_for_timeout(300)
@@ -337,10 +369,31 @@ def test_the_raster_runs_in_the_browser(server, browser):
         # a click on the hovered dot opens its membrane trace
         page.mouse.down()
         page.mouse.up()
-        page.wait_for_url("**/Membrane_traces", timeout=60_000)
+        page.wait_for_url("**/Membrane_traces?**", timeout=60_000)
         _settle(page)
         page.locator(".st-key-membrane").filter(has_text=f"neuron {label}").first.wait_for(timeout=30_000)
         _no_errors(page, "membrane traces opened from the raster")
+        trace_link = page.url
+        assert "neurons=" in trace_link and "t=0" in trace_link, trace_link
+
+        # the two links, opened in a fresh browser context (a new session): the same instant, the same neuron
+        fresh = browser.new_context(viewport={"width": 1440, "height": 2000})
+        other = fresh.new_page()
+        _watch(other, js_errors)
+        try:
+            other.goto(raster_link, wait_until="domcontentloaded")
+            _settle(other)
+            again = _shown(_frame(other))
+            assert again["k"] == 20 and again["counts"] == _expected(20, counts, labels, neurons)
+            other.goto(trace_link, wait_until="domcontentloaded")
+            _settle(other)
+            chart = other.locator(".st-key-membrane").filter(has_text=f"neuron {label}").first
+            chart.wait_for(timeout=30_000)
+            assert "cursor t =" in chart.inner_text()
+            _no_errors(other, "membrane traces opened from a link")
+            other.screenshot(path=str(SHOTS / "membrane_traces_from_link.png"), full_page=True)
+        finally:
+            fresh.close()
 
         # back on the raster, a digit change: one new spec, under 1 MB on the bundled LeNet-5
         page.goto(f"{server}/Spike_raster", wait_until="domcontentloaded")
@@ -354,7 +407,7 @@ def test_the_raster_runs_in_the_browser(server, browser):
         print(f"payload of a digit change: {payload / 1e6:.2f} MB")
         assert payload <= 1_000_000
         page.screenshot(path=str(SHOTS / "spike_raster_live.png"), full_page=True)
-        assert not js_errors, f"JavaScript errors: {js_errors}"
+        assert not js_errors, f"JavaScript or console errors: {js_errors}"
     finally:
         page.screenshot(path=str(SHOTS / "live_last.png"), full_page=True)
         context.close()
@@ -365,7 +418,7 @@ def test_draw_a_digit(server, browser):
     context = browser.new_context(viewport={"width": 1440, "height": 2400})
     page = context.new_page()
     js_errors: list[str] = []
-    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    _watch(page, js_errors)
     try:
         page.goto(f"{server}/", wait_until="domcontentloaded")
         _settle(page)
@@ -386,7 +439,7 @@ def test_draw_a_digit(server, browser):
         assert any("SNN predicts" in m and "\n1" in m for m in metrics), metrics  # a vertical stroke reads as a 1
         _no_errors(page, "app after drawing a digit")
         page.screenshot(path=str(SHOTS / "app_drawn_digit.png"), full_page=True)
-        assert not js_errors, f"JavaScript errors: {js_errors}"
+        assert not js_errors, f"JavaScript or console errors: {js_errors}"
     finally:
         page.screenshot(path=str(SHOTS / "draw_last.png"), full_page=True)
         context.close()

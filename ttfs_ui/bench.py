@@ -48,6 +48,22 @@ CASES: dict[str, tuple[str, list[Callable]]] = {
     "ANN vs SNN: new test digit": ("pages/3_ANN_vs_SNN.py",
                                    [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
                                     for i in (21, 22, 23)]),
+    "playground: change a weight": ("pages/5_Neuron_playground.py",
+                                    [lambda a, w=w: a.number_input(key=W("ttfs_pg_w0")).set_value(w)
+                                     for w in (0.1, 0.2, 0.3, 0.5, 0.4)]),
+    "playground: a preset": ("pages/5_Neuron_playground.py",
+                             [lambda a, p=p: a.button(key=f"pg_preset_{p}").click()
+                              for p in ("early", "margin", "silent", "clock", "exact")]),
+    "inspector: new test digit": ("pages/6_Conversion_inspector.py",
+                                  [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
+                                   for i in (41, 42, 43)]),
+    "inspector: histogram of another layer": ("pages/6_Conversion_inspector.py",
+                                              [lambda a, n=n: a.selectbox(key="inspector_hist_layer").set_value(n)
+                                               for n in ("4", "8", "12", "0", "4")]),
+    "inspector: a model that cannot be converted": ("pages/6_Conversion_inspector.py",
+                                                    [lambda a, d=d: a.selectbox(key="inspector_demo").set_value(d)
+                                                     for d in ("Sigmoid between two Linear layers",
+                                                               "SiLU after a convolution", "(none)")]),
     "app: new test digit": ("app.py", [lambda a, i=i: a.number_input(key=W(state.TEST_INDEX)).set_value(i)
                                        for i in (31, 32, 33)]),
 }

@@ -22,7 +22,7 @@ from . import cache, state, text
 from .timeline import Timeline, most_active, timeline_of
 from .uploads import UploadedImage, UploadedModel, digest, light_background, read_image
 
-TEST_IMAGES = 10_000  # each bundled dataset ships its whole test set
+TEST_IMAGES = state.TEST_IMAGES
 EVAL_OPTIONS = (1000, 10_000)  # test images the ANN-vs-SNN page can evaluate
 MAX_SESSION_MODELS = 3  # uploaded model files a session keeps (each up to server.maxUploadSize)
 MAX_SESSION_IMAGES = 10  # uploaded images a session keeps
@@ -176,8 +176,30 @@ def presets() -> None:
         col.caption(what)
 
 
+PAGES = (  # the sidebar's navigation (Streamlit's own would list the main page as "app", after its file)
+    ("app.py", "Overview", ":material/home:"),
+    ("pages/1_Spike_raster.py", "Spike raster", ":material/scatter_plot:"),
+    ("pages/2_Membrane_traces.py", "Membrane traces", ":material/show_chart:"),
+    ("pages/3_ANN_vs_SNN.py", "ANN vs SNN", ":material/compare_arrows:"),
+    ("pages/4_Robustness.py", "Robustness", ":material/blur_on:"),
+    ("pages/5_Neuron_playground.py", "Neuron playground", ":material/tune:"),
+    ("pages/6_Conversion_inspector.py", "Conversion inspector", ":material/account_tree:"),
+)
+
+
+def navigation() -> None:
+    """Links to every page, in the sidebar (`.streamlit/config.toml` hides Streamlit's own list)."""
+    with st.sidebar:
+        for path, label, icon in PAGES:
+            try:
+                st.page_link(path, label=label, icon=icon)
+            except StreamlitPageNotFoundError:  # a page run as the entry point (tests) knows no other page
+                return
+
+
 def sidebar(pick_model: bool = True) -> None:
     """The session's choices, on every page: model, input image, conversion settings."""
+    navigation()
     with st.sidebar:
         st.markdown("### Network and input")
         if pick_model:
@@ -280,6 +302,11 @@ def page_start(title: str, topic: str) -> Current:
     exactness_banner(cur)
     explain(topic)
     return cur
+
+
+def page_end() -> None:
+    """The closing every page shares: the view's state goes into the URL, so the address is a link to it."""
+    state.write_url()
 
 
 def exactness(cur: Current) -> dict:
@@ -418,7 +445,7 @@ def use_test_image(i: int) -> None:
 
 # --- neurons of a layer -------------------------------------------------------------------------------------
 DIMENSIONS = {1: ("neuron",), 3: ("channel", "row", "column")}
-MAX_TRACES = 6
+MAX_TRACES = state.MAX_TRACES
 
 
 def chosen_neurons(layer: str) -> list[int] | None:

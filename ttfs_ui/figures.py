@@ -268,7 +268,7 @@ def input_hover(group: dict, times: np.ndarray, weights: np.ndarray, several: bo
     return [f"{source}<br>arrives t = {t:.6g}<br>J = {w:.4g}" for t, w in zip(times, weights)]
 
 
-def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> go.Figure:
+def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, cursor: float | None = None) -> go.Figure:
     """Exact V(t) of one or more neurons of one layer (`ttfs_core` NeuronTrace records; times relative to the
     neurons' start), their thresholds, the input and own windows, the spike (star), forced spike (cross),
     saturated spike of a ReLU6 (gated) neuron at t_min (square) or readout (diamond), and the clock-driven trace
@@ -279,6 +279,7 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> g
     Per neuron, in order: V (exact polyline through `times`/`potential`), [θ], [stepped V], spike or readout
     marker; then the tick traces, one per neuron (one per neuron and input of a layer with several inputs). Only
     the V traces are in the legend (one entry per neuron), and the source layers of a layer with several inputs.
+    `cursor`: the raster's time cursor (same time axis as the traces), drawn as a vertical line when given.
     """
     fig = make_subplots(2, 1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.05)
     first = traces[0]
@@ -361,6 +362,10 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520) -> g
         fig.add_vline(x=t_min, line={"color": PALETTE[1], "dash": "dot"}, row="all", col=1)
         fig.add_annotation(x=t_min, y=1.0, xref="x", yref="paper", yanchor="bottom", showarrow=False,
                            text="readout", font={"color": PALETTE[1]})
+    if cursor is not None:
+        fig.add_vline(x=cursor, line={"color": "#444", "width": 1.5}, row="all", col=1)
+        fig.add_annotation(x=cursor, y=0.0, xref="x", yref="paper", yanchor="top", showarrow=False, xanchor="left",
+                           text=f" cursor t = {cursor:.4g}", font={"color": "#444"}, name="cursor")
     fig.update_yaxes(title_text="membrane potential V", row=1, col=1)
     fig.update_yaxes(title_text="input spikes ±|J|", showticklabels=False, zeroline=False, row=2, col=1)
     fig.update_xaxes(title_text="time since the neuron started integrating (t_min^(n−1) in a chain)  (τ_c)",

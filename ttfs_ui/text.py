@@ -126,4 +126,29 @@ predicted class):
 - **Margin** $\zeta$: windows $B_n = (1 + \zeta)\,X_n$. A smaller window lowers the latency
   $1 + \sum_n B_n$ but lets strongly driven neurons fire **early** (red bars), which costs accuracy.
 """),
+    "inspector": ("What the inspector shows", r"""
+**The captured graph.** The converter traces the model (torch.fx) into a list of ops — convolutions, Linear,
+BatchNorm, ReLU, pooling, flatten, additions, concatenations — and *lowers* them into spiking layers: a ReLU
+closes a layer, and everything on the data path since the spikes it reads (the convolution or Linear, the
+BatchNorm before or after the ReLU, max pooling, flatten) is **absorbed** into that layer's weights, bias and
+spike routing. Linear ops between two ReLUs become one weighted sum; a max pooling becomes a routing of spike
+times (the earliest spike; the *latest* in channels where a negative BatchNorm scale sits between the ReLU and the
+pool). A layer that reads several layers (a residual addition) delays each source's spikes by
+$t_{\min} - t_{\max}(\text{source})$ so they share one code.
+
+**Rescaling.** Each neuron's incoming weights and bias are multiplied by $c > 0$ (and its outgoing ones by
+$1/c$) so that $\sum_j W_{ij} < 1$: the converted activation is $c$ times the original.
+
+**Windows.** $X_n$ is the largest activation of layer $n$ on the calibration images, $P_n \ge X_n$ the largest
+drive before the window opens on a sample of them, $\max_i \max_s f_i(s)$ with
+$f_i(s) = b_i + \sum_j W_{ij}\max(x_j, s) - s$, and $B_n = (1 + \zeta) X_n$, or $(1 + \zeta) P_n$ where $P_n$ is
+larger still than $\max(1, 1 + \zeta) X_n$ (a ReLU6 layer: its clip). A neuron fires early exactly when
+$f_i(s) \ge B_n$ for some $s$.
+**Distance to an early spike:** $B_n - P_n$ on the calibration data (negative: some calibration input fires early),
+and $B_n - \max_i z_i$ on the input shown, with $z_i = f_i(0^+)$ the pre-activation (only a bound from below on
+$\max_s f_i(s)$, so this distance is an upper bound).
+
+**The certificate** proves $f_i < B_n$ on the whole input window for almost every neuron with a few weighted sums
+(a bound without any, then 1, 2, 4, … cells); the few neurons it cannot settle are searched exactly.
+"""),
 }

@@ -10,7 +10,7 @@
 const NEVER = 32767; // fire step of a neuron that never fires (B1's silent neurons)
 const FRAME_MS = 1000 / 30; // Play: one cursor step per frame, at most 30 frames per second
 
-const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null };
+const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null, linked: 0 };
 window.ttfsTimeline = stats;
 
 let spec = null;
@@ -179,6 +179,23 @@ function go(step, t0) {
   if (!spec) return;
   if (painting) wanted = [step, t0];
   else paint(step, t0);
+  remember();
+}
+
+// --- the cursor in the page's link ---------------------------------------------------------------------------
+// Once the cursor has rested for LINK_MS (never during Play), its step goes to the page once, so that the page's
+// URL ("t=") and the membrane page show the same instant. Steps and Play themselves never reach the server.
+const LINK_MS = 1000;
+let linkTimer = null;
+let linked = null;
+function remember() {
+  clearTimeout(linkTimer);
+  linkTimer = setTimeout(() => {
+    if (playing || k === linked) return;
+    linked = k;
+    stats.linked += 1;
+    send("streamlit:setComponentValue", { value: { cursor: k, seq: `c${Date.now()}-${Math.random()}` }, dataType: "json" });
+  }, LINK_MS);
 }
 
 // --- Play -----------------------------------------------------------------------------------------------------
@@ -187,6 +204,7 @@ function stop() {
   stats.playStop = performance.now();
   el("play").textContent = "▶ Play";
   el("play").classList.remove("playing");
+  remember();
 }
 
 function play() {
@@ -333,6 +351,8 @@ window.addEventListener("message", (ev) => {
   if (!msg || msg.type !== "streamlit:render") return;
   stats.renders += 1;
   const next = JSON.parse(msg.args.spec);
+  linked = next.cursor; // the step the page knows
+  if (spec && k !== linked) remember();
   if (spec && next.id === spec.id) return; // a rerun that changed nothing here: keep the cursor where it is
   if (playing) stop();
   build(next).catch((e) => { el("message").textContent = "Could not draw the timeline: " + e; throw e; });

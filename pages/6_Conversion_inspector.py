@@ -1,0 +1,120 @@
+"""Conversion inspector: the original model's captured graph, what each spiking layer absorbed from it, the
+rescaling, X_n with the calibration activations, the windows, the early-spike certificate, where the SNN and the
+ANN part, and where a model that cannot be converted fails."""
+
+import pandas as pd
+import streamlit as st
+
+from ttfs_ui import cache, controls, inspector, state
+from ttfs_ui.timeline import layer_label
+
+cur = controls.page_start("Conversion inspector", "inspector")
+snn = cur.snn
+
+
+def _styled(rows: list[dict]):
+    """The graph table with the failing node's row in red."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+
+    def colour(row):
+        bad = row.get("status") == inspector.FAILS
+        return ["background-color: #ffd6d6; color: #8b0000; font-weight: bold" if bad else ""] * len(row)
+
+    return frame.style.apply(colour, axis=1)
+
+
+def _trace(layer: str, neuron: int) -> None:
+    """One click to the membrane traces of a neuron (the page switch follows on the next run: switch_page cannot
+    run in a callback)."""
+    controls.select_trace(layer, neuron)
+    state.put(controls.PENDING_PAGE, controls.TRACES_PAGE)
+
+
+# --- 1. where the SNN and the ANN part on this input --------------------------------------------------------
+parting = inspector.first_parting(cur.net_key, cur.image_key, snn, cur.x, cur.result)
+if parting is None:
+    st.success("On this input the spiking network follows the ReLU network through every layer (no early spike, "
+               "activations equal to rounding).", icon=":material/check_circle:")
+else:
+    st.error(f"**First layer where the SNN and the ANN part: {parting.layer}.** {parting.reason}.",
+             icon=":material/call_split:")
+    st.button(f"Show the traces of {parting.layer}'s neuron {parting.neuron}", key="inspector_parting",
+              icon=":material/troubleshoot:", on_click=_trace, args=(parting.layer, parting.neuron),
+              help="Opens Membrane traces on this neuron (flat index)")
+
+# --- 2. the captured graph and the provenance of every spiking layer -----------------------------------------
+st.subheader("Captured graph")
+graph = inspector.current_graph(cur.net_key, cur.entry, snn, cur.x)
+st.plotly_chart(inspector.graph_figure(graph), key="inspector_graph")
+st.caption("Every op the converter captured from the model, in graph order, coloured by the spiking layer that "
+           "absorbed it (arcs: an edge that skips ops, as in a residual branch). A layer absorbs the ops between "
+           "the spikes it reads and the ReLU that closes it.")
+st.dataframe(_styled(graph.rows), hide_index=True, width="stretch", key="inspector_graph_table")
+
+st.subheader("Spiking layers and what they absorbed")
+st.dataframe(inspector.provenance_rows(snn), hide_index=True, width="stretch", key="inspector_layers")
+st.caption("BatchNorm before a ReLU is folded into the layer's own weights; after a ReLU into the next layer's "
+           "(with its border correction under zero padding). A max pooling routes spike times: the earliest spike, "
+           "or the latest in channels where a negative BatchNorm scale flips it. Delays align the windows of the "
+           "several layers a residual layer reads.")
+
+# --- 3. rescaling, calibration activations, windows -------------------------------------------------------------
+st.subheader("Rescaling, calibration activations and windows")
+left, right = st.columns(2, gap="large")
+with left:
+    st.plotly_chart(inspector.scale_figure(snn), key="inspector_scales")
+    st.caption("Rescaling factor c per neuron (log axis): the converted activation is c × the original one.")
+with right:
+    names = [layer.name for layer in snn.layers]
+    if st.session_state.get("inspector_hist_layer") not in names:
+        st.session_state["inspector_hist_layer"] = names[0]
+    labels = {layer.name: layer_label(layer) for layer in snn.layers}
+    chosen = st.selectbox("Layer", names, format_func=labels.get, key="inspector_hist_layer")
+    hists = inspector.calibration_histograms(cur.net_key, cur.entry, snn)
+    n = names.index(chosen)
+    st.plotly_chart(inspector.activation_figure(hists[n], snn.layers[n]), key="inspector_hist")
+    st.caption(f"Activations of {labels[chosen]} on the {cache.CALIBRATION_IMAGES} calibration images (converted "
+               f"units; {100 * hists[n]['zero share']:.1f} % are 0 and not drawn). X_n = their largest, P_n the "
+               "largest drive before the window opens, B_n the window.")
+
+# --- 4. the early-spike certificate and the distance to an early spike --------------------------------------
+st.subheader("Early-spike certificate and distance to an early spike")
+peaks = inspector.pre_activation_peaks(cur.net_key, cur.image_key, snn, cur.x)
+rows = inspector.window_rows(snn, cur.result, peaks)
+st.dataframe(rows, hide_index=True, width="stretch", key="inspector_windows")
+st.plotly_chart(inspector.certificate_figure(rows), key="inspector_certificate")
+st.caption("**B_n − P_n (calibration)**: how far the largest drive before the window opens, P_n = max over neurons "
+           "and calibration inputs of max_s f_i(s), stays below the window (negative: an early spike on the "
+           "calibration data). **B_n − max z (this input)**: the window minus the largest pre-activation "
+           "z_i = f_i(0⁺) on the input shown; f_i can rise above z_i before t_min, so this is an upper bound on the "
+           "distance, and the certificate's counts say how it was settled exactly. The certificate counts are on the "
+           "input shown: neurons each stage proved free of early spikes, and those searched exactly.")
+
+# --- 5. a model that cannot be converted -----------------------------------------------------------------------
+st.subheader("A model that cannot be converted")
+choices = ["(none)", *inspector.DEMOS]
+if st.session_state.get("inspector_demo") not in choices:
+    st.session_state["inspector_demo"] = "(none)"
+demo = st.selectbox("Show a model that cannot be converted", choices, key="inspector_demo",
+                    help="Small untrained models with an op the exact mapping does not support.")
+upload = st.file_uploader("…or inspect a model file", type=None, key="inspector_upload",
+                          help="The same safe loader as the main page; inputs 1×28×28.")
+st.caption("An upload that failed on the main page is not kept (only its message, below): upload the file here to "
+           "see where in its graph the conversion fails.")
+failed = inspector.failing_graph(demo, upload)
+for message in state.get(state.FAILED_UPLOADS).values():
+    st.warning(f"An upload of this session failed: {message}")
+if failed is not None:
+    title, bad = failed
+    if bad.error is None:
+        st.success(f"{title}: converts (no error).")
+    else:
+        row = bad.rows[bad.error_row] if bad.error_row is not None else None
+        module = f" (module {row['name']})" if row is not None and row["name"] != row["node"] else ""
+        where = f" at node **{bad.error_node}**{module}" if bad.error_node else ""
+        st.error(f"{title}: cannot be converted ({bad.stage}){where}: {bad.error}", icon=":material/block:")
+    if bad.rows:
+        st.plotly_chart(inspector.graph_figure(bad), key="inspector_failed_graph")
+        st.dataframe(_styled(bad.rows), hide_index=True, width="stretch", key="inspector_failed_table")
