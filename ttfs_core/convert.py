@@ -181,9 +181,10 @@ PEAK_SAMPLE = 64  # calibration inputs whose peak drive is measured, besides tho
 def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> None:
     """X_n over the calibration data and the peak drive P_n, then consecutive windows (MATH §4, §5): input [0, 1],
     B_n = (1 + ζ)·X_n, or (1 + ζ)·P_n where P_n is larger still (`_peak_drives`), a clipped layer's its clip."""
-    maxima = torch.zeros(len(snn.layers), dtype=torch.float64)
-    setters: list[Tensor | None] = [None] * len(snn.layers)  # the input that set each X_n
-    for batch in batches:
+    maxima = [0.0] * len(snn.layers)
+    setters: list[tuple[int, int] | None] = [None] * len(snn.layers)  # the input that set each X_n: (batch, row)
+    for b, batch in enumerate(batches):
+        row = 0
         for chunk in snn._chunks(batch):
             acts, _ = snn.ann_forward(chunk)
             for i, a in enumerate(acts):
@@ -194,18 +195,22 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
                 if not a.numel():
                     continue
                 top, j = a.flatten(1).amax(1).max(0)
-                if float(top) > float(maxima[i]) or setters[i] is None:
-                    maxima[i] = max(float(maxima[i]), float(top))
-                    setters[i] = chunk[int(j):int(j) + 1]
+                if float(top) > maxima[i] or setters[i] is None:
+                    maxima[i] = max(maxima[i], float(top))
+                    setters[i] = (b, row + int(j))
+            row += chunk.shape[0]
     head, left = [], PEAK_SAMPLE
-    for batch in batches:
+    for b, batch in enumerate(batches):
         if left > 0:
             head.append(batch[:left])
             left -= head[-1].shape[0]
-    sample = torch.cat([*head, *[x for x in setters if x is not None]])
-    peaks = _peak_drives(snn, sample, maxima.tolist())
+    # each setter once, and not again when it is among the first inputs (one input often sets many layers' X_n)
+    firsts = {(b, r) for b, h in enumerate(head) for r in range(h.shape[0])}
+    extra = sorted({s for s in setters if s is not None} - firsts)
+    sample = torch.cat([*head, *[batches[b][r:r + 1] for b, r in extra]])
+    peaks = _peak_drives(snn, sample, maxima)
     t_max, windows = [1.0], [1.0]  # the input layer's window is [0, 1]
-    for layer, x_max, peak in zip(snn.layers, maxima.tolist(), peaks):
+    for layer, x_max, peak in zip(snn.layers, maxima, peaks):
         layer.max_activation = x_max
         layer.peak_drive = peak
         _place_in_time(layer, t_max, windows)
