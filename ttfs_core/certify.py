@@ -197,7 +197,7 @@ def certify_fan(fan, theta: Tensor, v_end: Tensor, in_window: float, alpha: floa
     rounding = 64 * eps * (theta.abs() + per_neuron(fan, [f.J.abs() for f in fan], shape) * in_window + base)
     limit = (theta - rounding).expand_as(v_end)
     flat = torch.cat([f.x.flatten(1) for f in fan], 1)
-    top = flat.max(1).values if flat.shape[1] else torch.zeros(v_end.shape[0], dtype=v_end.dtype)
+    top = flat.max(1).values if flat.shape[1] else v_end.new_zeros(v_end.shape[0])
     fan_in = sum(f.J[0].numel() for f in fan)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
@@ -281,7 +281,7 @@ def _put(full: Tensor, block: _Block, part: Tensor) -> Tensor:
     if block.rows is None and block.cols is None:
         return part
     full = full.clone()
-    rows = torch.arange(full.shape[0]) if block.rows is None else block.rows
+    rows = torch.arange(full.shape[0], device=full.device) if block.rows is None else block.rows
     if block.cols is None:
         full[rows] = part
     else:

@@ -7,6 +7,7 @@ calibration data → windows → neuron parameters.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import replace
@@ -38,6 +39,7 @@ def convert(
     neuron: str = "alpha",
     rescale: str = "sum",
     alpha: float = 1.0,
+    device: torch.device | str | None = None,
 ) -> SpikingNetwork:
     """Convert a trained feed-forward ReLU network into an exact single-spike TTFS network.
 
@@ -54,6 +56,8 @@ def convert(
     (Σ_j max(W_ij, 0) < 1: an early spike happens exactly when a pre-activation exceeds its window, so no
     certificate is needed, but every layer shrinks the time scale, geometrically with depth: an opt-in fast mode
     whose deep windows are far too short for hardware, jitter or teaching). B1 is never rescaled.
+    `device` (default: where the model's parameters are): where calibration runs and where the network lives
+    (`SpikingNetwork.to`); capture and lowering, which touch each weight once, run on the CPU.
     The user's model is never modified. Raises ConversionError naming the offending node.
     """
     if neuron not in NEURONS:
@@ -67,6 +71,9 @@ def convert(
     if not 0 < alpha < float("inf"):
         raise ConversionError(f"alpha (the start current, MATH §2) must be a finite number > 0, got {alpha}")
     dtype = _model_dtype(model)
+    device = _device(model, device)
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+        model = copy.deepcopy(model).cpu()  # captured and lowered on the CPU; the user's model stays where it is
     batches = _batches(calibration, dtype)
     input_shape = tuple(batches[0].shape[1:])
     if input_range is None:
@@ -81,14 +88,15 @@ def convert(
         raise ConversionError(f"the input range [{p}, {q}] must be finite; give input_range=(low, high)")
     if not q > p:
         raise ConversionError(f"the input range [{p}, {q}] is empty; give input_range=(low, high) with low < high")
-    capture = Capture(model, batches[0][:1])
+    capture = Capture(model, batches[0][:1].cpu())
     with torch.no_grad():
         layers = Lowering(capture.ops, capture.output, input_shape, (p, q), dtype).run()
         hidden, output = layers[:-1], layers[-1]
         if neuron == "alpha":
             _rescale(layers, rescale)
         snn = SpikingNetwork(hidden, output, input_shape, (p, q), neuron, margin, rescale, alpha, dtype)
-        _calibrate(snn, batches, margin)
+        snn = snn.to(device)
+        _calibrate(snn, [b.to(device) for b in batches], margin)
         _neuron_parameters(snn)
         _check_finite(snn)
     return snn
@@ -103,6 +111,20 @@ def _number(name: str, value: Any) -> float:
     if isinstance(value, complex):
         raise ConversionError(f"{name} must be a real number, got {value!r}")
     return float(value)
+
+
+def _device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device asked for, else the model's parameters' (the CPU if it has none); a CUDA device this machine
+    does not have is refused by name."""
+    if device is None:
+        return next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConversionError(f"device {device!r} is not a device ({e}); use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConversionError(f"device {device} asked for, but this machine has no CUDA device (use 'cpu')")
+    return device
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -292,7 +314,7 @@ def _layer_peak(trial: Layer, acts: list[Tensor], in_window: float, alpha: float
         kappa = w.sum(1) if b1 else torch.ones_like(b)
         return peak_drive(x, w, b, kappa)
 
-    peaks = search_in_chunks(gather, len(idx[0]), sum(syn.weight[0].numel() for syn in trial.inputs), solve)
+    peaks = search_in_chunks(gather, len(idx[0]), sum(syn.weight[0].numel() for syn in trial.inputs), solve, bias)
     return float(peaks.max())
 
 

@@ -275,6 +275,34 @@ class SpikingNetwork(_Freezable):
         return self._frozen
 
     @property
+    def device(self) -> torch.device:
+        """Where the network's tensors live; `run` simulates there (inputs are moved to it)."""
+        return self.output.bias.device
+
+    def _on(self, device: torch.device | str) -> SpikingNetwork:
+        """`to(device)`, kept for the next call when this network is frozen (it cannot change, so neither can the
+        copy)."""
+        if not self.frozen:
+            return self.to(device)
+        copies = self.__dict__.setdefault("_copies", {})
+        key = str(torch.device(device))
+        if key not in copies:
+            copies[key] = self.to(device)
+        return copies[key]
+
+    def to(self, device: torch.device | str) -> SpikingNetwork:
+        """This network with every tensor on `device` (itself when already there): a copy, frozen if this one is.
+        Raises InputError for a device this machine does not have."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {device} asked for, but this machine has no CUDA device (use cpu)")
+        if device == self.device or (device.index is None and device.type == self.device.type):
+            return self
+        memo = {id(t): t.to(device) for t in _tensors_in(self)}
+        net = copy.deepcopy(self, memo)  # a thawed copy (`_thawed_copy`) that reuses the moved tensors
+        return net.freeze() if self.frozen else net
+
+    @property
     def decision_time(self) -> float:
         """t_min^(L) = 1 + Σ_n B_n: when the readout is taken, in units of τ_c (MATH §3)."""
         return self.output.t_min
@@ -336,7 +364,7 @@ class SpikingNetwork(_Freezable):
             fit = max(1, MAX_RESULT_BYTES // per_sample)
             raise InputError(f"{x.shape[0]:,} inputs at once would keep {x.shape[0] * per_sample / 2**30:.1f} GiB of "
                              f"spike times; simulate at most {fit:,} at a time (e.g. a loop over x.split({fit}))")
-        x = x.to(self.dtype)
+        x = x.to(self.device, self.dtype)
         if not torch.isfinite(x).all():
             raise InputError("the input contains NaN or inf values")
         return x
@@ -371,12 +399,15 @@ class SpikingNetwork(_Freezable):
         return v
 
     @torch.no_grad()
-    def run(self, x: Tensor, *, perturb: Perturb | None = None) -> SimResult:
+    def run(self, x: Tensor, *, perturb: Perturb | None = None, device: torch.device | str | None = None) -> SimResult:
         """Exact event-driven simulation (MATH §6). Shape: x (B, *input_shape) raw input values.
 
         `perturb(layer_index, offsets, window)` may alter every layer's spike times (offsets from the window
         start; layer −1 is the input layer) before the next layer reads them: quantisation, jitter.
+        `device`: simulate there (default: where the network is, `device`); the result's tensors are there too.
         """
+        if device is not None and torch.device(device) != self.device:
+            return self._on(device).run(x, perturb=perturb)
         x = self._check_input(x)
 
         def hidden(layer: Layer, n: int, srcs: list[Tensor]):
@@ -387,7 +418,7 @@ class SpikingNetwork(_Freezable):
 
     @torch.no_grad()
     def run_stepped(self, x: Tensor, dt: float | None = None, *, steps: int | None = None,
-                    method: str = "fast") -> SimResult:
+                    method: str = "fast", device: torch.device | str | None = None) -> SimResult:
         """Time-stepped (clock-driven) simulation (MATH §6; see `ttfs_core.stepped`).
 
         `dt`: the longest tick (units of τ_c): every window gets ceil(B/dt) equal ticks. `steps`: ticks per
@@ -400,6 +431,8 @@ class SpikingNetwork(_Freezable):
             raise ValueError(f"dt must be > 0 and steps ≥ 1, got dt={dt}, steps={steps}")
         if method not in ("fast", "loop"):
             raise ValueError(f"unknown method {method!r}; use 'fast' or 'loop'")
+        if device is not None and torch.device(device) != self.device:
+            return self._on(device).run_stepped(x, dt, steps=steps, method=method)
         x = self._check_input(x)
         ticks = [ticks_per_window(1.0, dt, steps)] + [ticks_per_window(la.window, dt, steps) for la in self.layers]
         b1 = self.neuron == "b1"
@@ -473,12 +506,35 @@ def _refuse_if_frozen(record: Any, name: str) -> None:
                              "change a copy.deepcopy of it instead")
 
 
+_CACHES = ("_versions", "_copies")  # what a frozen network keeps about itself: never copied or moved with it
+
+
+def _tensors_in(obj: Any, seen: set[int] | None = None) -> list[Tensor]:
+    """Every tensor a network holds: in its records' attributes, tuples, lists and dicts (each object once)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = [v for k, v in vars(obj).items() if k not in _CACHES]
+    else:
+        return []
+    return [t for item in items for t in _tensors_in(item, seen)]
+
+
 def _thawed_copy(record: Any, memo: dict) -> Any:
     """A deep copy that is writable again (tensors become ordinary tensors)."""
     new = object.__new__(type(record))
     memo[id(record)] = new
     for key, value in record.__dict__.items():
-        new.__dict__[key] = copy.deepcopy(value, memo)
+        if key not in _CACHES:
+            new.__dict__[key] = copy.deepcopy(value, memo)
     new.__dict__["_frozen"] = False
     new.__dict__.pop("_versions", None)
     if isinstance(new.__dict__.get("layers"), tuple):
@@ -596,9 +652,10 @@ def gather_fan_in(syn: Synapses, padded: Tensor, idx: tuple[Tensor, ...]) -> Ten
     (sh, sw), (dh, dw), groups = syn.conv["stride"], syn.conv["dilation"], syn.conv["groups"]
     out_ch, cin_g, kh, kw = syn.weight.shape
     b, o, y, x = idx
-    ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g)[None, :]
-    rows = y[:, None] * sh + torch.arange(kh)[None, :] * dh
-    cols = x[:, None] * sw + torch.arange(kw)[None, :] * dw
+    dev = padded.device
+    ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g, device=dev)[None, :]
+    rows = y[:, None] * sh + torch.arange(kh, device=dev)[None, :] * dh
+    cols = x[:, None] * sw + torch.arange(kw, device=dev)[None, :] * dw
     taps = padded[b[:, None, None, None], ch[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
     return taps.flatten(1)
 
@@ -653,7 +710,7 @@ def _search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: fl
     def solve(times, weights, theta_, slope_):
         return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
 
-    return search_in_chunks(gather, len(idx[0]), fan, solve).to(t_in[0].dtype)
+    return search_in_chunks(gather, len(idx[0]), fan, solve, t_in[0])
 
 
 def readout_potential(layer: Layer, srcs: list[Tensor]) -> Tensor:

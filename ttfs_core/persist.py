@@ -152,6 +152,7 @@ def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dic
 
 def save_network(snn: SpikingNetwork, path: str | os.PathLike) -> None:
     """Write `snn` to `path` (safetensors; the description is JSON in the header, no code, no pickle)."""
+    snn = snn.to("cpu")
     tensors: dict[str, Tensor] = {}
     desc = {
         "format": FORMAT, "version": VERSION,

@@ -62,7 +62,7 @@ class LayerResult:
         +inf), compared in the offsets' own precision: a float32 forced offset is the window rounded to float32,
         which can lie just below the float64 window, so a float64 comparison would miss it. Its count is `forced`.
         Shape: like `offsets`, bool."""
-        end = torch.tensor(self.window, dtype=self.offsets.dtype)
+        end = torch.tensor(self.window, dtype=self.offsets.dtype, device=self.offsets.device)
         return torch.isfinite(self.offsets) & (self.offsets >= end)
 
     @property

@@ -169,8 +169,9 @@ def place(parts: list[tuple[tuple[int, int] | None, Tensor]], shape: tuple[int, 
     return out if out is not None else like.new_zeros(like.shape[0], *shape)
 
 
-def search_in_chunks(gather, count: int, fan_in: int, solve) -> Tensor:
-    """Run `solve(*gather(lo, hi))` over flagged neurons in chunks bounded by SEARCH_CHUNK elements."""
+def search_in_chunks(gather, count: int, fan_in: int, solve, like: Tensor) -> Tensor:
+    """Run `solve(*gather(lo, hi))` over flagged neurons in chunks bounded by SEARCH_CHUNK elements; no neuron gives
+    an empty tensor of `like`'s dtype and device."""
     step = max(1, SEARCH_CHUNK // max(fan_in, 1))
     parts = [solve(*gather(lo, min(lo + step, count))) for lo in range(0, count, step)]
-    return torch.cat(parts) if parts else torch.empty(0)
+    return torch.cat(parts) if parts else like.new_empty(0)

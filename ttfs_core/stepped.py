@@ -81,12 +81,12 @@ def tick_potential(arrive: Tensor, weights: Tensor, in_ticks: int, h_in: float, 
     Returns tick times (relative to the neuron's start) and V at them. Shape: arrive, weights (K,) ->
     (in_ticks + ticks + 1,) each.
     """
-    dtype = weights.dtype
-    arrived = torch.zeros(in_ticks + 1, dtype=dtype).index_add_(0, arrive, weights)
+    dtype, dev = weights.dtype, weights.device
+    arrived = torch.zeros(in_ticks + 1, dtype=dtype, device=dev).index_add_(0, arrive, weights)
     current = start_current + arrived.cumsum(0)[:in_ticks]
-    v_in = torch.cat([torch.zeros(1, dtype=dtype), (h_in * current).cumsum(0)])
-    m = torch.arange(1, ticks + 1, dtype=dtype)
-    times = torch.cat([torch.arange(in_ticks + 1, dtype=dtype) * h_in, in_ticks * h_in + m * h])
+    v_in = torch.cat([torch.zeros(1, dtype=dtype, device=dev), (h_in * current).cumsum(0)])
+    m = torch.arange(1, ticks + 1, dtype=dtype, device=dev)
+    times = torch.cat([torch.arange(in_ticks + 1, dtype=dtype, device=dev) * h_in, in_ticks * h_in + m * h])
     return times, torch.cat([v_in, v_in[-1] + m * h * final_current])
 
 
@@ -119,7 +119,7 @@ def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: in
     slope = layer.slope.expand(batch, *layer.shape).reshape(-1)
     v = torch.zeros_like(theta)
     current = torch.full_like(theta, 0.0 if b1 else alpha)
-    fired = torch.full(theta.shape, -1, dtype=torch.long)
+    fired = torch.full(theta.shape, -1, dtype=torch.long, device=theta.device)
     # per input: its spikes sorted by arrival tick, and where each tick's spikes start in that order
     inputs = []
     for syn, e in zip(layer.inputs, elapsed):
@@ -127,7 +127,7 @@ def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: in
         order = arrival.argsort(stable=True)
         bounds = [0, *torch.bincount(arrival, minlength=in_ticks + 1).cumsum(0).tolist()]
         inputs.append((_Scatter(layer, syn, batch), order, bounds))
-    saturated = torch.zeros(theta.shape, dtype=torch.bool)
+    saturated = torch.zeros(theta.shape, dtype=torch.bool, device=theta.device)
     # a crossing within rounding after a tick counts as on it (as in `tick_of`): V within current·tol of θ
     eps = 64 * torch.finfo(theta.dtype).eps
     tol_in, tol = eps * layer.in_window, eps * layer.window
@@ -181,7 +181,7 @@ class _Scatter:
             self.rows = J.reshape(self.groups, self.og, cin_g, kh, kw).permute(0, 2, 3, 4, 1).contiguous()
         else:
             self.rows = J.t().contiguous()  # (inputs, neurons of the part)
-            self.targets = lo * per_channel + torch.arange((hi - lo) * per_channel)  # the part's flat neurons
+            self.targets = lo * per_channel + torch.arange((hi - lo) * per_channel, device=J.device)  # its neurons
 
     def add(self, current: Tensor, flat_idx: Tensor) -> None:
         """Add the weights of the spikes at `flat_idx` (flat indices into (B, *in_shape)) to `current`."""
@@ -202,14 +202,14 @@ class _Scatter:
         channels, hout, wout = self.shape
         g, cl = c // self.cin_g, c % self.cin_g
         kh, kw = self.rows.shape[2], self.rows.shape[3]
-        ky = torch.arange(kh).repeat_interleave(kw)
-        kx = torch.arange(kw).repeat(kh)
+        ky = torch.arange(kh, device=flat_idx.device).repeat_interleave(kw)
+        kx = torch.arange(kw, device=flat_idx.device).repeat(kh)
         ny = y[:, None] + ph - ky[None, :] * dh  # = oy·sh for a target output row oy
         nx = x[:, None] + pw - kx[None, :] * dw
         ok = (ny % sh == 0) & (nx % sw == 0)
         oy, ox = torch.div(ny, sh, rounding_mode="floor"), torch.div(nx, sw, rounding_mode="floor")
         ok &= (oy >= 0) & (oy < hout) & (ox >= 0) & (ox < wout)
         a, t = ok.nonzero(as_tuple=True)
-        out_c = self.lo + g[a, None] * self.og + torch.arange(self.og)[None, :]  # (spike-taps, O_g)
+        out_c = self.lo + g[a, None] * self.og + torch.arange(self.og, device=g.device)[None, :]  # (spike-taps, O_g)
         rows = ((b[a, None] * channels + out_c) * hout + oy[a, t, None]) * wout + ox[a, t, None]
         current.index_add_(0, rows.flatten(), self.rows[g[a], cl[a], ky[t], kx[t]].flatten())
