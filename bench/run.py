@@ -1,10 +1,11 @@
 """Benchmarks: SNN simulation time against the ANN forward on the same batch, measured side by side.
 
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
-    python bench/run.py core       # one section: core | stepped | convert | memory | app | paper | branches |
-                                   # architectures
+    python bench/run.py core       # one section: core | stepped | convert | memory | app | live | paper |
+                                   # branches | architectures | verify
     python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
     python bench/run.py architectures  # the torchvision families: exactness, size, decision time, run / ANN
+    python bench/run.py verify     # `ttfs verify` images per second on 1 and 2 processes (torchrun)
 
 The machine is shared and noisy: every figure is a median over interleaved repeats, and the headline numbers are
 ratios of times taken in the same run.
@@ -279,9 +280,46 @@ def architecture_table(rows: dict) -> list[str]:
     return lines
 
 
+def bench_verify(models: tuple[str, ...] = ("lenet5", "vgg_fashion"), repeats: int = 3) -> dict:
+    """`ttfs verify` over a bundled model's whole 10,000-image test set on 1 process and on 2 (torchrun, gloo):
+    images per second of the checking loop (the command's own "speed" line, conversion and start-up excluded),
+    the whole command's wall time, and whether both reports are identical. Medians of `repeats` interleaved runs;
+    on this 2-core machine two processes share the two cores that one process's threads use."""
+    import re
+    import tempfile
+
+    out = {}
+    for name in models:
+        speeds: dict[int, list[float]] = {1: [], 2: []}
+        walls: dict[int, list[float]] = {1: [], 2: []}
+        same = True
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(repeats):
+                reports = {}
+                for procs in (1, 2):
+                    report = Path(tmp) / f"{procs}.json"
+                    cli = ["-m", "ttfs_core.cli", "verify", name, "-q", "--report", str(report)]
+                    launch = [] if procs == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc-per-node={procs}"]
+                    t = time.perf_counter()
+                    p = subprocess.run([sys.executable, *launch, *cli], capture_output=True, text=True,
+                                       cwd=HERE.parent)
+                    walls[procs].append(time.perf_counter() - t)
+                    if p.returncode != 0:
+                        raise RuntimeError(f"verify {name} on {procs} processes failed: {p.stderr[-500:]}")
+                    speeds[procs].append(float(re.search(r"([\d,]+) images/s", p.stdout).group(1).replace(",", "")))
+                    reports[procs] = json.loads(report.read_text())["report"]
+                same &= reports[1] == reports[2]
+        one, two = statistics.median(speeds[1]), statistics.median(speeds[2])
+        out[name] = {"images_per_s_1": one, "images_per_s_2": two, "speedup": two / one,
+                     "wall_s_1": statistics.median(walls[1]), "wall_s_2": statistics.median(walls[2]),
+                     "same_report": same, "images": 10_000}
+    return out
+
+
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
             "app": bench_app, "live": bench_live, "paper": bench_paper, "branches": bench_branches,
-            "architectures": bench_architectures}
+            "architectures": bench_architectures, "verify": bench_verify}
 
 
 def paper_table(rows: dict) -> list[str]:

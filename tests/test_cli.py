@@ -190,8 +190,13 @@ def test_console_script_and_module_entry_points():
 
 def test_nan_errors_are_never_reported_as_zero():
     """Python's max(0.0, nan) is 0.0: the verify table would print a NaN error as 0 and PASS."""
-    from ttfs_core.cli import LayerStats, worst
+    from ttfs_core.cli import layer_row
+    from ttfs_core.verify import LayerCheck, Report, Worst
 
-    assert math.isnan(worst(0.0, float("nan"))) and math.isnan(worst(float("nan"), 3.0)) and worst(1.0, 2.0) == 2.0
-    row = LayerStats("x", "Linear", max_abs=float("nan"), max_ann=1.0).row()
-    assert row[3] == "nan"
+    nan = Worst(float("nan"), 7)
+    assert math.isnan(Worst(0.0, 1).merge(nan).value) and math.isnan(nan.merge(Worst(3.0, 2)).value)
+    assert nan.merge(Worst(3.0, 2)).index == 7 and Worst(1.0, 5).merge(Worst(2.0, 9)) == Worst(2.0, 9)
+    layer = LayerCheck("x", "Linear", 1.0, error=nan, largest=Worst(1.0, 0))
+    assert layer_row(layer, str)[3] == "nan"
+    report = Report((layer,), LayerCheck("out", "Linear (readout)", 0.0), images=1, agree=1)
+    assert any("NaN values in x" in reason for reason in report.failures())

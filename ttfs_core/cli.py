@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import os
 import sys
+import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from .convert import NEURONS, RESCALE, convert
 from .network import SpikingNetwork
 from .persist import load_network
 from .result import merge_counts
+from .verify import LayerCheck, Ranks, Report, RunFile, Verifier, check_shard, digest, my_shards, percent, shard_count
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 CALIB_LIMIT = 512  # calibration images used by default (the first ones of --calib)
@@ -76,6 +80,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        h = w = 0
+    if not (0 < h <= 4096 and 0 < w <= 4096):
+        raise argparse.ArgumentTypeError(f"expected H or HxW in pixels (1 to 4096), got {text!r}")
+    return h, w
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 finite numbers, got {text!r}")
+    return values
+
+
+def preprocess_overrides(args: argparse.Namespace) -> dict:
+    """The fields of `data.Preprocess` that --size, --channels, --mean and --std set (empty: none given)."""
+    out: dict = {}
+    if getattr(args, "size", None):
+        out["height"], out["width"] = args.size
+    for key in ("channels", "mean", "std"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    if "channels" not in out and any(len(out.get(k, ())) == 3 for k in ("mean", "std")):
+        out["channels"] = 3
+    return out
+
+
 def _margin(text: str) -> float:
     try:
         value = float(text)
@@ -106,13 +144,19 @@ class Model:
         return self.card.dataset if self.card is not None else data.DEFAULT_DATASET
 
 
-def load_model(spec: str, arch: str | None = None) -> Model:
-    """A bundled model by name, or a model file (inputs assumed to be MNIST pixels / 255, 1×28×28)."""
+def load_model(spec: str, arch: str | None = None, overrides: dict | None = None) -> Model:
+    """A bundled model by name, or a model file (inputs assumed to be MNIST pixels / 255, 1×28×28, unless
+    `overrides` (fields of `data.Preprocess`, from --size, --channels, --mean, --std) say otherwise)."""
     if spec in zoo.ARCHITECTURES:
         if arch is not None:
             raise CliError(f"--arch applies to model files only; {spec!r} is a bundled model")
         module, card = zoo.load(spec)
-        return Model(f"{spec} ({card.title})", module, card.preprocess, tuple(card.input_range), card)
+        pre = _preprocess(card.preprocess, overrides)
+        if pre.shape != card.preprocess.shape:
+            raise CliError(f"{spec} takes inputs of shape {card.preprocess.shape}; --size/--channels cannot change "
+                           "a bundled model's input")
+        input_range = pre.value_range if overrides else tuple(card.input_range)  # other mean/std: another range
+        return Model(f"{spec} ({card.title})", module, pre, input_range, card)
     path = Path(spec).expanduser()
     if not path.exists():
         known = ", ".join(c.name for c in zoo.list_models()) or "none installed"
@@ -126,13 +170,24 @@ def load_model(spec: str, arch: str | None = None) -> Model:
             raise CliError(f"{spec} is a converted spiking network, not a model: verify it with "
                            f"'ttfs verify MODEL --snn {spec}'") from None
         raise CliError(f"{spec}: {str(e).replace('arch=<', '--arch <')}") from None
-    pre = data.MNIST_PREPROCESS
+    pre = _preprocess(data.MNIST_PREPROCESS, overrides)
+    shape = "×".join(map(str, pre.shape))
+    assumed = ("assumed to take MNIST pixels / 255 in [0, 1], 1×28×28" if not overrides else
+               f"given as {shape}, (pixels / 255 − mean {list(pre.mean)}) / std {list(pre.std)}")
     try:
         loading.check_input(module, pre.shape)
     except loading.ModelLoadError as e:
-        raise CliError(f"{spec}: {e} (model files are assumed to take MNIST pixels / 255 in [0, 1], 1×28×28)") from None
-    note = "input assumed to be MNIST pixels / 255 in [0, 1], 1×28×28"
-    return Model(f"{spec} (file)", module, pre, pre.value_range, None, [note])
+        raise CliError(f"{spec}: {e} (its input is {assumed}; see --size, --channels)") from None
+    return Model(f"{spec} (file)", module, pre, pre.value_range, None, [f"input {assumed}"])
+
+
+def _preprocess(base: data.Preprocess, overrides: dict | None) -> data.Preprocess:
+    if not overrides:
+        return base
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ValueError as e:
+        raise CliError(f"--size/--channels/--mean/--std: {e}") from None
 
 
 def _is_network_file(path: Path) -> bool:
@@ -171,7 +226,7 @@ def convert_model(model: Model, args: argparse.Namespace, out: TextIO) -> tuple[
     xc = xc.to(model_dtype(module))
     kv("calibration", f"{args.calib}: {xc.shape[0]} images", out)
     snn = convert(module, xc, margin=args.margin, input_range=model.input_range, neuron=args.neuron,
-                  rescale=args.rescale)
+                  rescale=args.rescale, device=getattr(args, "device_", None))
     return snn, module
 
 
@@ -222,14 +277,6 @@ class Progress:
             self.open = False
 
 
-def percent(k: int, n: int) -> str:
-    """k/n as a percentage with two decimals; never shows 100.00 % unless k == n."""
-    if not n:
-        return "n/a"
-    text = f"{100 * k / n:.2f}"
-    return f"{'99.99' if text == '100.00' and k < n else text} %"
-
-
 # --- commands -------------------------------------------------------------------------------------------
 
 
@@ -253,7 +300,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise CliError(f"-o {args.output}: is a folder; give a file name")
     if not out_path.parent.is_dir():
         raise CliError(f"-o {args.output}: folder {out_path.parent} does not exist")
-    model = load_model(args.model, args.arch)
+    args.device_ = _device(args.device)
+    model = load_model(args.model, args.arch, args.preprocess)
     kv("model", model.label)
     for note in model.notes:
         kv("note", note)
@@ -280,146 +328,234 @@ def check_match(module: nn.Module, snn: SpikingNetwork, x: Tensor, args: argpars
         raise CliError(f"{args.snn} takes inputs of shape {snn.input_shape}, but {args.data} gives "
                        f"{tuple(x.shape[1:])}")
     try:
-        compare(module, snn, x)
+        compare(module, snn, x.to(snn.device))
     except (KeyError, RuntimeError, IndexError) as e:
         raise CliError(f"{args.snn} was not converted from {args.model}: its layers do not match the model's "
                        f"({type(e).__name__}: {_one_line(e)[:150]})") from None
 
 
-@dataclass
-class LayerStats:
-    """Aggregated over batches: largest |SNN − ANN|, largest |ANN|, early spikes, spikes, neurons."""
-
-    name: str
-    op: str
-    max_abs: float = 0.0
-    max_ann: float = 0.0
-    window: float = 0.0
-    early: int = 0
-    spikes: int = 0
-    neurons: int = 0
-    searched: int = 0
-    certificate: tuple[tuple[str, int], ...] = ()
-
-    def add(self, lr) -> None:
-        """Count one batch's layer result."""
-        self.early += lr.early_spikes
-        self.spikes += lr.spikes
-        self.neurons += lr.neurons
-        self.searched += lr.searched
-        self.certificate = merge_counts([self.certificate, lr.certificate])
-
-    def row(self, spiking: bool = True) -> list[str]:
-        rel = self.max_abs / max(self.max_ann, 1e-30)
-        if not spiking:
-            return [self.name, self.op, "readout", f"{self.max_abs:.3g}", f"{rel:.3g}", "-", "-", "-"]
-        return [self.name, self.op, f"{self.window:.4g}", f"{self.max_abs:.3g}", f"{rel:.3g}", f"{self.early:,}",
-                f"{self.searched:,}", f"{self.spikes / max(self.neurons, 1):.3f}"]
+def layer_row(check: LayerCheck, name_input, spiking: bool = True) -> list[str]:
+    """One row of the verify table: the layer, its window, its largest errors and the input that caused them."""
+    err = check.error.value
+    abs_err = "-" if err is None else f"{err:.3g}"
+    rel_err = "-" if err is None else f"{check.relative_error:.3g}"
+    at = name_input(check.error.index) if check.error.index >= 0 else "-"
+    if not spiking:
+        return [check.name, check.op, "readout", abs_err, rel_err, at, "-", "-", "-"]
+    return [check.name, check.op, f"{check.window:.4g}", abs_err, rel_err, at, f"{check.early:,}",
+            f"{check.searched:,}", f"{check.spikes / max(check.neurons, 1):.3f}"]
 
 
-def worst(a: float, b: float) -> float:
-    """The larger of two errors, where NaN is the worst of all (Python's max would drop it: max(0.0, nan) == 0.0)."""
-    if math.isnan(a) or math.isnan(b):
-        return float("nan")
-    return max(a, b)
-
-
-def certificate_line(stats: list[LayerStats]) -> str:
+def certificate_line(layers: tuple[LayerCheck, ...]) -> str:
     """How the early-spike certificate (MATH §2) settled the hidden neurons, summed over layers and images."""
-    totals = merge_counts(s.certificate for s in stats)
-    neurons = sum(s.neurons for s in stats)
-    searched = sum(s.searched for s in stats)
+    totals = merge_counts(la.certificate for la in layers)
+    neurons = sum(la.neurons for la in layers)
+    searched = sum(la.searched for la in layers)
     parts = [f"{stage} {percent(count, neurons)}" for stage, count in totals if count]
     return ", ".join(parts + [f"searched exactly {searched:,} ({percent(searched, neurons)})"])
 
 
+def _device(text: str) -> torch.device:
+    """--device: 'auto' is CUDA when this machine has it, else the CPU."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise CliError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {text}: this machine has no CUDA device (use cpu, or auto)")
+    return device
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    model = load_model(args.model, args.arch)
-    kv("model", model.label)
+    args.device_ = _device(args.device)
+    if args.shard_size % args.batch_size:
+        raise CliError(f"--shard-size {args.shard_size} must be a multiple of --batch-size {args.batch_size} (a shard "
+                       "is whole batches, so that any number of processes simulates the same batches)")
+    if args.resume and args.report is None:
+        raise CliError("--resume needs --report FILE (the report of the run to resume)")
+    try:
+        ranks = Ranks.from_env(args.device_)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(f"cannot join the process group torchrun describes: {_one_line(e)}") from None
+    try:
+        return _verify(args, ranks)
+    finally:
+        ranks.close()
+
+
+def _network_bytes(snn: SpikingNetwork) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="ttfs-") as tmp:
+        path = Path(tmp) / "network.safetensors"
+        snn.save(path)
+        return path.read_bytes()
+
+
+def _network_from_bytes(blob: bytes) -> SpikingNetwork:
+    with tempfile.TemporaryDirectory(prefix="ttfs-") as tmp:
+        path = Path(tmp) / "network.safetensors"
+        path.write_bytes(blob)
+        return load_network(path)
+
+
+def _on_main(ranks: Ranks, work) -> object:
+    """`work()` on rank 0, its result on every rank; a CliError (or ValueError) there is raised on every rank."""
+    payload = None
+    if ranks.main:
+        try:
+            payload = ("ok", work())
+        except (CliError, ValueError, OSError, RuntimeError) as e:
+            payload = ("error", _one_line(e))
+    kind, value = ranks.broadcast(payload)
+    if kind == "error":
+        raise CliError(value)
+    return value
+
+
+def _verify(args: argparse.Namespace, ranks: Ranks) -> int:
+    out = sys.stdout if ranks.main else open(os.devnull, "w")  # noqa: SIM115 - closed below
+    try:
+        return _verify_to(args, ranks, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
+    device = args.device_
+    model = load_model(args.model, args.arch, args.preprocess)
+    kv("model", model.label, out)
     for note in model.notes:
-        kv("note", note)
+        kv("note", note, out)
     args.data = args.data or f"{model.dataset}-test"
-    x, y = load_data(args.data, model, args.limit, "--data")
+    try:
+        source = data.open_dataset(args.data, model.preprocess, args.limit)
+    except (ValueError, OSError) as e:
+        raise CliError(f"--data: {e}") from None
+    n = len(source)
+    if n == 0:
+        raise CliError(f"--data: {args.data!r} holds no images")
+    first, _ = source.batch(0, 1)
     if args.snn is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("calib", "calib_limit", "margin", "neuron", "rescale")
                  if getattr(args, k) is not None] + (["--float64"] if args.float64 else [])
         if given:
             raise CliError(f"with --snn nothing is converted: drop {', '.join(given)} (or drop --snn)")
-        snn = load_network(args.snn)
+        path = Path(args.snn).expanduser()
+        snn = load_network(path).to(device)  # every rank loads the same file
+        blob_digest = digest(path.read_bytes())
         module = model.module if snn.dtype == model_dtype(model.module) else copy.deepcopy(model.module).to(snn.dtype)
-        kv("network", f"{args.snn}: {describe(snn)}")
-        check_match(module, snn, x[:1].to(snn.dtype), args)
+        kv("network", f"{args.snn}: {describe(snn)}", out)
+        check_match(module, snn, first.to(snn.dtype), args)
     else:
         args.calib_limit = args.calib_limit or CALIB_LIMIT
         args.margin = MARGIN_DEFAULT if args.margin is None else args.margin
         args.neuron, args.rescale = args.neuron or "alpha", args.rescale or "sum"
-        snn, module = convert_model(model, args, sys.stdout)
-        kv("network", f"converted: {describe(snn)}")
-    x = x.to(snn.dtype)
-    n = x.shape[0]
-    kv("data", f"{args.data}: {n} images, {'labelled' if y is not None else 'no labels'}")
-    sys.stdout.flush()
+        module = copy.deepcopy(model.module).double() if args.float64 else model.module
 
-    stats = [LayerStats(layer.name, layer.op, window=layer.window) for layer in snn.layers]
-    readout = LayerStats(snn.output.name, snn.output.op + " (readout)")
-    ann_pred, snn_pred = [], []
-    early_images = clipped = 0
-    progress = Progress(n, None if args.quiet else sys.stderr)
-    progress.update(0)
+        def convert_once() -> bytes:
+            snn, _ = convert_model(model, args, out)
+            return _network_bytes(snn)
+
+        blob = _on_main(ranks, convert_once)  # rank 0 calibrates; every rank gets the same network
+        snn = _network_from_bytes(blob).to(device)
+        blob_digest = digest(blob)
+        kv("network", f"converted: {describe(snn)}", out)
+    module = copy.deepcopy(module).to(device) if device.type != "cpu" else module
+    kv("data", f"{args.data}: {n} images, {'labelled' if source.labelled else 'no labels'}", out)
+    if ranks.world > 1 or device.type != "cpu":
+        kv("processes", f"{ranks.world} ({'torch.distributed, ' if ranks.world > 1 else ''}device {device})", out)
+    out.flush()
+
+    shards = shard_count(n, args.shard_size)
+    config = {"model": args.model, "data": args.data, "limit": args.limit, "images": n, "network": blob_digest,
+              "batch_size": args.batch_size, "shard_size": args.shard_size,
+              "preprocess": model.preprocess.to_dict()}
+    verifier = Verifier(module, snn, first)
+
+    def open_run() -> tuple[list[int], dict | None]:
+        run = RunFile(Path(args.report), config, Report.empty(snn), set(), shards) if args.report else None
+        if args.resume:
+            run = RunFile.resume(Path(args.report), config, shards)
+        return sorted(run.completed) if run else [], run.report.to_json() if run else None
+
+    done, resumed = _on_main(ranks, open_run)
+    run = None
+    if ranks.main and args.report:
+        run = RunFile(Path(args.report), config, Report.from_json(resumed), set(done), shards)
+    report = Report.from_json(resumed) if resumed is not None else Report.empty(snn)
+    if done:
+        kv("resumed", f"{args.report}: {len(done)} of {shards} shards done ({report.images:,} images)", out)
+    todo = [k for k in range(shards) if k not in set(done)]
+
+    progress = Progress(n, sys.stderr if ranks.main and not args.quiet else None)
+    finished = checked = report.images
+    progress.update(finished)
+    started = time.perf_counter()
     try:
-        for start in range(0, n, args.batch_size):
-            xb = x[start:start + args.batch_size]
-            res = snn.run(xb)
-            comps = compare(module, snn, xb, result=res)
-            with torch.no_grad():
-                ann_logits = module(xb)
-            while isinstance(ann_logits, (tuple, list)):
-                ann_logits = ann_logits[0]
-            for s, c, lr in zip(stats, comps, res.layers):
-                s.max_abs = worst(s.max_abs, c.max_abs_error)
-                s.max_ann = worst(s.max_ann, float(c.ann.abs().max()) if c.ann.numel() else 0.0)
-                s.add(lr)
-            early_mask = torch.zeros(xb.shape[0], dtype=torch.bool)
-            for lr in res.layers:
-                early_mask |= (lr.offsets < 0).flatten(1).any(1)
-            early_images += int(early_mask.sum())
-            clipped += res.input_clipped
-            ann_logits = ann_logits.to(res.logits.dtype).reshape(res.logits.shape)
-            readout.max_abs = worst(readout.max_abs, float((res.logits - ann_logits).abs().max()))
-            readout.max_ann = worst(readout.max_ann, float(ann_logits.abs().max()))
-            ann_pred.append(ann_logits.flatten(1).argmax(1))
-            snn_pred.append(res.logits.flatten(1).argmax(1))
-            progress.update(start + xb.shape[0])
+        for round_ in my_shards(todo, ranks):
+            mine = round_[ranks.rank]
+            own = 0
+            busy = sum(k is not None for k in round_)  # rank 0's progress stands for the round's
+
+            def step(count: int, base: int = finished, busy: int = busy) -> None:
+                nonlocal own
+                own += count
+                progress.update(min(n, base + own * busy))
+
+            result = None
+            if mine is not None:
+                try:
+                    result = ("ok", mine, check_shard(verifier, source.batch, mine, n, args.shard_size,
+                                                      args.batch_size, step))
+                except (ValueError, OSError, RuntimeError) as e:
+                    result = ("error", mine, f"rank {ranks.rank}, shard {mine}: {_one_line(e)}")
+            gathered = [r for r in ranks.gather(result) if r is not None]
+            errors = [r[2] for r in gathered if r[0] == "error"]
+            if errors:
+                raise CliError(errors[0])
+            for _, k, shard_report in gathered:
+                report = report.merge(shard_report)
+                if run is not None:
+                    run.completed.add(k)
+            finished = report.images
+            progress.update(finished)
+            if run is not None:
+                run.report = report
+                run.write()
     finally:
         progress.close()
 
-    a, s = torch.cat(ann_pred), torch.cat(snn_pred)
-    print()
-    rows = [st.row() for st in stats] + [readout.row(spiking=False)]
-    table(rows, ["layer", "op", "window (τ_c)", "max abs err", "max rel err", "early spikes", "searched",
-                 "spikes/neuron"], sys.stdout, right={2, 3, 4, 5, 6, 7})
-    print()
+    name = source.name
+    print(file=out)
+    rows = [layer_row(la, name) for la in report.layers] + [layer_row(report.readout, name, spiking=False)]
+    table(rows, ["layer", "op", "window (τ_c)", "max abs err", "max rel err", "worst input", "early spikes",
+                 "searched", "spikes/neuron"], out, right={2, 3, 4, 6, 7, 8})
+    print(file=out)
     kv("time", f"decision at {snn.decision_time:.4g} τ_c; smallest window {snn.smallest_window:.3g} τ_c "
-               f"(rescale {snn.rescale})")
-    kv("certificate", certificate_line(stats))
-    if y is not None:
-        y = y.reshape(-1)
-        kv("accuracy", f"ANN {percent(int((a == y).sum()), n)}   SNN {percent(int((s == y).sum()), n)}")
-    agree = int((a == s).sum())
-    early = sum(st.early for st in stats)
-    kv("agreement", f"{percent(agree, n)} ({agree}/{n} predictions equal)")
-    kv("early spikes", f"{early:,}" + (f" (in {early_images} of {n} images)" if early else ""))
-    if clipped:
-        kv("note", f"{clipped:,} input values lay outside the input range {snn.input_range} and were clipped")
-    reasons = []
-    broken = [st.name for st in [*stats, readout] if math.isnan(st.max_abs) or math.isnan(st.max_ann)]
-    if broken:
-        reasons.append(f"NaN values in {', '.join(broken)} (the model or the network overflows)")
-    if agree < n:
-        reasons.append(f"agreement {percent(agree, n)} < 100 % ({n - agree} of {n} predictions differ)")
-    if early:
-        reasons.append(f"{early:,} early spikes in {early_images} images")
-    print("PASS" if not reasons else "FAIL: " + "; ".join(reasons))
+               f"(rescale {snn.rescale})", out)
+    kv("certificate", certificate_line(report.layers), out)
+    if report.labelled:
+        kv("accuracy", f"ANN {percent(report.ann_correct, report.labelled)}   "
+                       f"SNN {percent(report.snn_correct, report.labelled)}", out)
+    kv("agreement", f"{percent(report.agree, n)} ({report.agree}/{n} predictions equal)", out)
+    if report.disagreements:
+        listed = ", ".join(name(i) for i in report.disagreements[:10])
+        kv("disagree", listed + (" …" if len(report.disagreements) > 10 else ""), out)
+    kv("early spikes", f"{report.early:,}" + (f" (in {report.early_images} of {n} images)" if report.early else ""),
+       out)
+    if report.clipped:
+        kv("note", f"{report.clipped:,} input values lay outside the input range {snn.input_range} and were clipped",
+           out)
+    elapsed = time.perf_counter() - started
+    if finished > checked:
+        kv("speed", f"{finished - checked:,} images in {elapsed:.1f} s: {(finished - checked) / elapsed:,.0f} images/s "
+                    f"({ranks.world} process{'es' if ranks.world > 1 else ''}, {device})", out)
+    if args.report:
+        kv("report", args.report, out)
+    reasons = report.failures()
+    print("PASS" if not reasons else "FAIL: " + "; ".join(reasons), file=out)
     return EXIT_FAIL if reasons else EXIT_PASS
 
 
@@ -445,6 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--arch", metavar="NAME", help="architecture of a state-dict file (a ttfs_core.zoo or "
                        "torchvision model name)")
 
+    def preprocess_args(q: argparse.ArgumentParser) -> None:
+        g = q.add_argument_group("preprocessing (default: the bundled model's card; model files: MNIST, 1x28x28, "
+                                 "pixels / 255)")
+        g.add_argument("--size", type=_size, metavar="H[xW]", help="resize images to H×W (e.g. 32 or 32x32)")
+        g.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB)")
+        g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="per-channel mean subtracted from pixels / 255")
+        g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std dividing (pixels / 255 − mean)")
+
     def conversion_args(q: argparse.ArgumentParser, defaults: bool) -> None:
         d = (lambda v: v) if defaults else (lambda v: None)
         q.add_argument("--calib", metavar="DATA",
@@ -466,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", dest="calib_limit", type=_positive_int, default=CALIB_LIMIT, metavar="N",
                    help=f"calibrate on the first N images of --calib (default: {CALIB_LIMIT})")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write (.safetensors)")
+    c.add_argument("--device", default="auto", metavar="DEV",
+                   help="where to calibrate: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N")
+    preprocess_args(c)
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("verify", help="check a conversion against the original model (exit 1 on failure)",
@@ -478,6 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "or torchvision:NAME:/root (default: the model's dataset's test set)")
     v.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N items of --data")
     v.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per batch (default: 256)")
+    v.add_argument("--shard-size", type=_positive_int, default=1024, metavar="N",
+                   help="images per shard, a multiple of --batch-size (default: 1024): the unit of work shared out "
+                        "among processes and recorded in --report")
+    v.add_argument("--report", metavar="FILE", help="write a JSON report here, rewritten after every shard (a CI job "
+                   "can archive it; --resume continues an interrupted run from it)")
+    v.add_argument("--resume", action="store_true", help="continue the run recorded in --report FILE: only its "
+                   "shards not yet done are checked (it must be the same model, data, network and sizes)")
+    v.add_argument("--device", default="auto", metavar="DEV",
+                   help="where to calibrate and simulate: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N")
+    preprocess_args(v)
     v.add_argument("--snn", metavar="FILE", help="verify this saved network (from 'ttfs convert') instead of "
                    "converting MODEL again")
     conversion_args(v, defaults=False)
@@ -498,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    args.preprocess = preprocess_overrides(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -508,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.traceback:
             traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ttfs: error: {_one_line(msg) or type(e).__name__}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "0"
+        where = "" if rank == "0" else f" (rank {rank})"  # torchrun: every process reports, the others marked
+        print(f"ttfs: error{where}: {_one_line(msg) or type(e).__name__}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         sys.stdout.flush()

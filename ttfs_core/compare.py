@@ -45,14 +45,16 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def record_activations(model: nn.Module, snn: SpikingNetwork, x: Tensor) -> tuple[list[Tensor], Tensor]:
-    """Each spiking layer's activation and the logits, recorded from the original model.
+def record_activations(model: nn.Module, snn: SpikingNetwork, x: Tensor,
+                       gm: fx.GraphModule | None = None) -> tuple[list[Tensor], Tensor]:
+    """Each spiking layer's activation and the logits, recorded from the original model in one pass.
 
     Activations are given in the converted network's units (times the rescaling factor c), so they are
-    directly comparable with decoded spike times. Shape: x (B, *input_shape).
+    directly comparable with decoded spike times. `gm`: the model already traced (`Capture(model, x[:1]).gm`),
+    for a caller that records many batches. Shape: x (B, *input_shape).
     """
     x = x.to(snn.dtype)
-    gm = Capture(model, x[:1]).gm
+    gm = gm if gm is not None else Capture(model, x[:1]).gm
     rec = _Recorder(gm, {layer.probe.node for layer in snn.layers})
     with torch.no_grad():
         logits = rec.run(x)

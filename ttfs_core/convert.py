@@ -222,7 +222,7 @@ def _calibrate(snn: SpikingNetwork, batches: list[Tensor], margin: float) -> Non
                     setters[i] = (b, row + int(j))
             row += chunk.shape[0]
     head, left = [], PEAK_SAMPLE
-    for b, batch in enumerate(batches):
+    for batch in batches:
         if left > 0:
             head.append(batch[:left])
             left -= head[-1].shape[0]

@@ -61,7 +61,8 @@ DEFAULT_DATASET = "mnist"
 BUNDLED_SPECS = tuple(f"{name}-{split}" for name in DATASETS for split in SPLITS)
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SUPPORTED_SPECS = (
-    ", ".join(map(repr, BUNDLED_SPECS)) + ", a folder of images (class sub-folders or flat), or "
+    ", ".join(map(repr, BUNDLED_SPECS)) + ", a folder of images (class sub-folders or flat), an .npz file with "
+    "x (and y), or "
     "'torchvision:NAME:/root[:train|:test]' with NAME in " + ", ".join(TORCHVISION_DATASETS)
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -333,34 +334,115 @@ def _to_pil(image: ImageLike) -> Image.Image:
 def load_dataset(
     spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """Images (preprocessed for the model) and labels (None when unlabelled) named by ``spec``.
+    """Images (preprocessed for the model) and labels (None when unlabelled) named by ``spec``, all at once (see
+    `open_dataset` for the specs, and to stream a large one). ``limit``: keep the first ``limit`` items.
+    Shape: images (N, C, H, W) float32, labels (N,) int64.
+    """
+    source = open_dataset(spec, preprocess, limit)
+    return source.batch(0, len(source))
+
+
+class Source:
+    """A dataset opened for streaming: its length, whether it has labels, and any slice of it, preprocessed for the
+    model, read when asked for (a folder of images or an .npz file is never read whole)."""
+
+    labelled: bool = True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+        """Items [lo, hi): model inputs and labels (None when unlabelled).
+        Shape: (hi − lo, C, H, W) float32, (hi − lo,) int64."""
+        raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        """How a report names item i (its file, or its index)."""
+        return f"#{i}"
+
+
+class _Arrays(Source):
+    """uint8 images in memory (a bundled split, a torchvision dataset's arrays)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess):
+        self.images, self.labels, self.preprocess = images, labels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+        x = self.preprocess.batch_from_uint8(np.asarray(self.images[lo:hi]))
+        return x, torch.from_numpy(np.array(self.labels[lo:hi], dtype=np.int64))
+
+
+class _Files(Source):
+    """Image files (a folder), decoded when their batch is asked for."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, preprocess: Preprocess):
+        self.files, self.labels, self.preprocess = files, labels, preprocess
+        self.labelled = labels is not None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+        images = [_read(p, self.preprocess) for p in self.files[lo:hi]]
+        x = torch.stack(images) if images else torch.empty((0, *self.preprocess.shape))
+        y = torch.tensor(self.labels[lo:hi], dtype=torch.int64) if self.labels is not None else None
+        return x, y
+
+    def name(self, i: int) -> str:
+        return str(self.files[i])
+
+
+class _Limited(Source):
+    def __init__(self, source: Source, n: int):
+        self.source, self.n, self.labelled = source, n, source.labelled
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+        return self.source.batch(min(lo, self.n), min(hi, self.n))
+
+    def name(self, i: int) -> str:
+        return self.source.name(i)
+
+
+def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None) -> Source:
+    """The dataset named by ``spec``, opened for streaming (`Source`).
 
     ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled: a whole test set,
-    or a training subset for calibration); a folder of images (class sub-folders as in
-    torchvision's ImageFolder, integer folder names taken as the label, or a flat folder: no labels);
-    or ``torchvision:NAME:/root`` (test split, add ``:train`` for the training split) with NAME one of
-    MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never downloaded). ``limit``: keep the
-    first ``limit`` items.
-    Shape: images (N, C, H, W) float32, labels (N,) int64.
+    or a training subset for calibration); a folder of images (class sub-folders as in torchvision's ImageFolder,
+    integer folder names taken as the label, or a flat folder: no labels); an ``.npz`` file with an array ``x``
+    and optionally labels ``y`` (see `NpzSource`); or ``torchvision:NAME:/root`` (test split, add ``:train`` for
+    the training split) with NAME one of MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never
+    downloaded). ``limit``: only the first ``limit`` items.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     spec = spec.strip()
     if spec in BUNDLED_SPECS:
         images, labels = load_uint8(*spec.rsplit("-", 1))
-        images, labels = images[:limit], labels[:limit]
-        return preprocess.batch_from_uint8(images), torch.from_numpy(labels.copy())
-    if spec.startswith("torchvision:"):
-        return _load_torchvision(spec, preprocess, limit)
-    path = Path(spec).expanduser()
-    if spec and path.is_dir():
-        return _load_folder(path, preprocess, limit)
-    if spec and path.exists():
-        raise ValueError(f"dataset {spec!r} is a file, not a folder; supported: {SUPPORTED_SPECS}")
-    raise ValueError(f"unknown dataset {spec!r} (no such folder); supported: {SUPPORTED_SPECS}")
+        source: Source = _Arrays(images, labels, preprocess)
+    elif spec.startswith("torchvision:"):
+        source = _torchvision(spec, preprocess)
+    else:
+        path = Path(spec).expanduser()
+        if spec and path.is_dir():
+            source = _folder(path, preprocess)
+        elif spec and path.is_file() and path.suffix.lower() == ".npz":
+            from .npz import NpzSource  # a reader of untrusted .npz files that never unpickles
+
+            source = NpzSource(path, preprocess)
+        elif spec and path.exists():
+            raise ValueError(f"dataset {spec!r} is a file but not an .npz; supported: {SUPPORTED_SPECS}")
+        else:
+            raise ValueError(f"unknown dataset {spec!r} (no such folder or file); supported: {SUPPORTED_SPECS}")
+    return source if limit is None or limit >= len(source) else _Limited(source, limit)
 
 
-def _load_folder(root: Path, preprocess: Preprocess, limit: int | None) -> tuple[Tensor, Tensor | None]:
+def _folder(root: Path, preprocess: Preprocess) -> _Files:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
         from torchvision.datasets import ImageFolder
@@ -369,20 +451,14 @@ def _load_folder(root: Path, preprocess: Preprocess, limit: int | None) -> tuple
             ds = ImageFolder(str(root), loader=str)
         except (FileNotFoundError, RuntimeError) as e:
             raise ValueError(f"image folder {root}: {' '.join(str(e).split())}") from None
-        samples = ds.samples[:limit]
         names = ds.classes
         as_int = all(n.isdigit() for n in names)
-        labels = [int(names[c]) if as_int else c for _, c in samples]
-        images = [_read(Path(p), preprocess) for p, _ in samples]
-        y: Tensor | None = torch.tensor(labels, dtype=torch.int64)
-    else:
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        images = [_read(p, preprocess) for p in files[:limit]]
-        y = None
-    x = torch.stack(images) if images else torch.empty((0, *preprocess.shape))
-    return x, y
+        labels = [int(names[c]) if as_int else c for _, c in ds.samples]
+        return _Files([Path(p) for p, _ in ds.samples], labels, preprocess)
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return _Files(files, None, preprocess)
 
 
 def _read(path: Path, preprocess: Preprocess) -> Tensor:
@@ -392,7 +468,7 @@ def _read(path: Path, preprocess: Preprocess) -> Tensor:
         raise ValueError(f"{path}: {e}") from None
 
 
-def _load_torchvision(spec: str, preprocess: Preprocess, limit: int | None) -> tuple[Tensor, Tensor]:
+def _torchvision(spec: str, preprocess: Preprocess) -> Source:
     parts = spec.split(":", 2)
     if len(parts) < 3 or not parts[2]:
         raise ValueError(f"dataset spec {spec!r} needs a root folder: 'torchvision:NAME:/root'")
@@ -412,8 +488,6 @@ def _load_torchvision(spec: str, preprocess: Preprocess, limit: int | None) -> t
             f"torchvision {name} ({'train' if train else 'test'}) not found under {root!r} "
             f"(download=False; put the dataset there first): {' '.join(str(e).split())}"
         ) from None
-    data = ds.data[:limit]
-    data = data.numpy() if isinstance(data, Tensor) else np.asarray(data)
-    targets = ds.targets[:limit]
-    labels = targets.clone().long() if isinstance(targets, Tensor) else torch.tensor(targets, dtype=torch.int64)
-    return preprocess.batch_from_uint8(data), labels
+    data = ds.data.numpy() if isinstance(ds.data, Tensor) else np.asarray(ds.data)
+    targets = ds.targets.numpy() if isinstance(ds.targets, Tensor) else np.asarray(ds.targets)
+    return _Arrays(data, targets.astype(np.int64), preprocess)

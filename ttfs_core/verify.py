@@ -1,0 +1,417 @@
+"""Verifying a conversion over a dataset: a mergeable report, shards, and the processes that share them.
+
+`Verifier.check(x, y, start)` turns one batch into a `Report`: per spiking layer the largest error against the ReLU
+network and the input (its index in the dataset) that caused it, early spikes, spikes and neurons, how the
+early-spike certificate settled the neurons; accuracy and agreement; the inputs whose prediction differs. Reports
+`merge` exactly and in any order (sums, and maxima whose ties go to the smaller index, NaN being the largest of
+all), so a dataset cut into shards gives the same report however the shards are shared out: one process, several
+(`Ranks`, over `torch.distributed`), an interrupted run resumed from its report file (`RunFile`).
+
+A shard is `shard_size` consecutive inputs, a whole number of batches, so that every process simulates exactly the
+batches a single process would (the simulation of one input never depends on the others, but float kernels may
+depend on the batch they run in).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .capture import Capture
+from .compare import record_activations
+from .network import SpikingNetwork
+from .result import SimResult, merge_counts
+
+FORMAT, VERSION = "ttfs-verify-report", 1
+MAX_LISTED = 100  # inputs listed by index (those whose prediction differs, those with early spikes): the smallest
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Worst:
+    """The largest value seen and the input (index in the dataset) where it was seen; None before any input. NaN
+    is larger than any number (a NaN error must never be reported as 0); ties go to the smaller index."""
+
+    value: float | None = None
+    index: int = -1
+
+    def _key(self) -> tuple:
+        v = self.value
+        return (v is not None, v is not None and math.isnan(v), -math.inf if v is None or math.isnan(v) else v,
+                -self.index)
+
+    def merge(self, other: Worst) -> Worst:
+        return self if self._key() >= other._key() else other
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One spiking layer (or the readout) over the inputs checked. Errors are |SNN − ANN| in the original model's
+    units (decoded spike times divided by the rescaling); `largest` is the largest |ANN value| (for a relative
+    error)."""
+
+    name: str
+    op: str
+    window: float  # B_n in τ_c (0 for the readout)
+    error: Worst = Worst()
+    largest: Worst = Worst()
+    early: int = 0
+    spikes: int = 0
+    neurons: int = 0
+    searched: int = 0
+    certificate: tuple[tuple[str, int], ...] = ()
+
+    def merge(self, other: LayerCheck) -> LayerCheck:
+        if (self.name, self.op) != (other.name, other.op):
+            raise ValueError(f"cannot merge reports of different networks: layer {self.name} vs {other.name}")
+        return replace(self, error=self.error.merge(other.error), largest=self.largest.merge(other.largest),
+                       early=self.early + other.early, spikes=self.spikes + other.spikes,
+                       neurons=self.neurons + other.neurons, searched=self.searched + other.searched,
+                       certificate=merge_counts([self.certificate, other.certificate]))
+
+    @property
+    def relative_error(self) -> float:
+        if self.error.value is None:
+            return 0.0
+        return self.error.value / max(abs(self.largest.value or 0.0), 1e-30)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a verification found over some inputs (a batch, a shard, a whole dataset)."""
+
+    layers: tuple[LayerCheck, ...]
+    readout: LayerCheck
+    images: int = 0
+    labelled: int = 0
+    ann_correct: int = 0
+    snn_correct: int = 0
+    agree: int = 0
+    early_images: int = 0
+    clipped: int = 0  # input values outside the input range (clipped when encoded)
+    disagreements: tuple[int, ...] = ()  # inputs whose SNN argmax differs from the ANN's (the smallest MAX_LISTED)
+    early_inputs: tuple[int, ...] = ()  # inputs with at least one early spike (the smallest MAX_LISTED)
+
+    @classmethod
+    def empty(cls, snn: SpikingNetwork) -> Report:
+        return cls(tuple(LayerCheck(la.name, la.op, float(la.window)) for la in snn.layers),
+                   LayerCheck(snn.output.name, snn.output.op + " (readout)", 0.0))
+
+    def merge(self, other: Report) -> Report:
+        if len(self.layers) != len(other.layers):
+            raise ValueError("cannot merge reports of networks with different layers")
+        return Report(
+            tuple(a.merge(b) for a, b in zip(self.layers, other.layers)), self.readout.merge(other.readout),
+            *(getattr(self, k) + getattr(other, k) for k in ("images", "labelled", "ann_correct", "snn_correct",
+                                                             "agree", "early_images", "clipped")),
+            _smallest(self.disagreements, other.disagreements), _smallest(self.early_inputs, other.early_inputs))
+
+    @property
+    def early(self) -> int:
+        return sum(la.early for la in self.layers)
+
+    @property
+    def spikes_per_neuron(self) -> float:
+        return sum(la.spikes for la in self.layers) / max(sum(la.neurons for la in self.layers), 1)
+
+    def failures(self) -> list[str]:
+        """Why this verification fails (empty: it passes): NaN errors, disagreement, early spikes."""
+        out = []
+        broken = [la.name for la in (*self.layers, self.readout)
+                  if any(w.value is not None and math.isnan(w.value) for w in (la.error, la.largest))]
+        if broken:
+            out.append(f"NaN values in {', '.join(broken)} (the model or the network overflows)")
+        if self.agree < self.images:
+            out.append(f"agreement {percent(self.agree, self.images)} < 100 % ({self.images - self.agree} of "
+                       f"{self.images} predictions differ)")
+        if self.early:
+            out.append(f"{self.early:,} early spikes in {self.early_images} images")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Report:
+        """Inverse of `to_json` (raises ValueError for anything else: a report file is read back on resume)."""
+        try:
+            return cls(tuple(_layer(la) for la in d["layers"]), _layer(d["readout"]),
+                       *(_count(d[k]) for k in ("images", "labelled", "ann_correct", "snn_correct", "agree",
+                                                "early_images", "clipped")),
+                       tuple(_count(i) for i in d["disagreements"]), tuple(_count(i) for i in d["early_inputs"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a verification report ({type(e).__name__}: {e})") from None
+
+
+def percent(k: int, n: int) -> str:
+    """k/n as a percentage with two decimals; never shows 100.00 % unless k == n."""
+    if not n:
+        return "n/a"
+    text = f"{100 * k / n:.2f}"
+    return f"{'99.99' if text == '100.00' and k < n else text} %"
+
+
+def _smallest(a: Iterable[int], b: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted({*a, *b})[:MAX_LISTED])
+
+
+def _plain(v: Any) -> Any:
+    """JSON-ready: tuples as lists, NaN and ±inf as strings (strict JSON has neither)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def _number(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, str) and v in ("nan", "inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _worst(d: dict) -> Worst:
+    return Worst(_number(d["value"]), _count(d["index"]))
+
+
+def _layer(d: dict) -> LayerCheck:
+    return LayerCheck(str(d["name"]), str(d["op"]), float(_number(d["window"])), _worst(d["error"]),
+                      _worst(d["largest"]), *(_count(d[k]) for k in ("early", "spikes", "neurons", "searched")),
+                      tuple((str(s), _count(c)) for s, c in d["certificate"]))
+
+
+# --- one batch -------------------------------------------------------------------------------------------------
+def _worst_of(per_input: Tensor, start: int) -> Worst:
+    """The largest of per-input values (NaN first; the first index on ties) as a Worst. Shape: (B,)."""
+    if per_input.numel() == 0:
+        return Worst()
+    v = per_input.double().cpu()
+    nan = torch.isnan(v)
+    i = int(nan.nonzero()[0, 0]) if bool(nan.any()) else int(v.argmax())
+    return Worst(float(v[i]), start + i)
+
+
+def _per_input_max(t: Tensor) -> Tensor:
+    """max over every axis but the batch, NaN-propagating. Shape: (B, ...) -> (B,)."""
+    flat = t.flatten(1)
+    if flat.shape[1] == 0:
+        return torch.zeros(flat.shape[0], dtype=t.dtype, device=t.device)
+    return flat.amax(1)
+
+
+class Verifier:
+    """Checks batches of a dataset against the ReLU network `module` the network `snn` was converted from: the
+    model is traced once (`ttfs_core.capture`), and each batch runs the SNN once and the ANN once."""
+
+    def __init__(self, module: nn.Module, snn: SpikingNetwork, example: Tensor):
+        self.module, self.snn = module, snn
+        self.device = device_of(snn)
+        self.gm = Capture(module, example[:1].to(snn.dtype).to(self.device)).gm
+
+    @torch.no_grad()
+    def check(self, x: Tensor, y: Tensor | None, start: int) -> Report:
+        """One batch: `x` the model's inputs, `y` their labels (or None), `start` the index of x[0] in the dataset.
+        Shape: x (B, *input_shape), y (B,)."""
+        snn = self.snn
+        x = x.to(self.device, snn.dtype)
+        res: SimResult = snn.run(x)
+        acts, logits = record_activations(self.module, snn, x, gm=self.gm)
+        layers = []
+        early_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=self.device)
+        for check, layer, lr, ann in zip(Report.empty(snn).layers, snn.layers, res.layers, acts):
+            ann_units = ann / layer.scale
+            err = _per_input_max((lr.activations / layer.scale - ann_units).abs())
+            early_mask |= (lr.offsets < 0).flatten(1).any(1)
+            layers.append(replace(check, error=_worst_of(err, start),
+                                  largest=_worst_of(_per_input_max(ann_units.abs()), start), early=lr.early_spikes,
+                                  spikes=lr.spikes, neurons=lr.neurons, searched=lr.searched,
+                                  certificate=tuple(lr.certificate)))
+        ann_logits = logits.to(res.logits.dtype).reshape(res.logits.shape)
+        readout = Report.empty(snn).readout
+        readout = replace(readout, error=_worst_of(_per_input_max((res.logits - ann_logits).abs()), start),
+                          largest=_worst_of(_per_input_max(ann_logits.abs()), start))
+        a, s = ann_logits.flatten(1).argmax(1).cpu(), res.logits.flatten(1).argmax(1).cpu()
+        index = torch.arange(start, start + x.shape[0])
+        labelled = ann_correct = snn_correct = 0
+        if y is not None:
+            y = y.reshape(-1).cpu()
+            labelled, ann_correct, snn_correct = len(y), int((a == y).sum()), int((s == y).sum())
+        early_mask = early_mask.cpu()
+        return Report(tuple(layers), readout, x.shape[0], labelled, ann_correct, snn_correct, int((a == s).sum()),
+                      int(early_mask.sum()), res.input_clipped, tuple(index[a != s].tolist()[:MAX_LISTED]),
+                      tuple(index[early_mask].tolist()[:MAX_LISTED]))
+
+
+def device_of(snn: SpikingNetwork) -> torch.device:
+    """The device the network's tensors live on."""
+    return snn.output.bias.device
+
+
+# --- shards ----------------------------------------------------------------------------------------------------
+def shard_count(n: int, shard_size: int) -> int:
+    return -(-n // shard_size)
+
+
+def shard_range(k: int, n: int, shard_size: int) -> tuple[int, int]:
+    """[lo, hi) of shard k of a dataset of n inputs."""
+    return k * shard_size, min(n, (k + 1) * shard_size)
+
+
+def check_shard(verifier: Verifier, batch: Callable[[int, int], tuple[Tensor, Tensor | None]], k: int, n: int,
+                shard_size: int, batch_size: int, progress: Callable[[int], None] | None = None) -> Report:
+    """Shard k, batch by batch: `batch(lo, hi)` gives the inputs [lo, hi) and their labels (or None)."""
+    lo, hi = shard_range(k, n, shard_size)
+    report = Report.empty(verifier.snn)
+    for start in range(lo, hi, batch_size):
+        x, y = batch(start, min(hi, start + batch_size))
+        report = report.merge(verifier.check(x, y, start))
+        if progress is not None:
+            progress(x.shape[0])
+    return report
+
+
+# --- several processes -----------------------------------------------------------------------------------------
+class Ranks:
+    """The processes sharing a verification: this one alone, or the members of a `torch.distributed` process group
+    (launched by torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; gloo on CPUs, NCCL when the
+    network runs on CUDA). Everything they exchange is a small picklable object (a report, a network file's
+    bytes)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, group: bool = False):
+        self.rank, self.world, self.group = rank, world, group
+
+    @classmethod
+    def from_env(cls, device: torch.device, timeout_s: float = 1800.0) -> Ranks:
+        """Join the process group torchrun describes in the environment; a single process without one."""
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        return cls(dist.get_rank(), dist.get_world_size(), True)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.group:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.group:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def my_shards(todo: list[int], ranks: Ranks) -> Iterator[list[int | None]]:
+    """Rounds of work: in each, rank r takes the r-th of the next `world` shards still to do (None when there are
+    fewer). Every rank sees every round, so all of them gather together."""
+    for lo in range(0, len(todo), ranks.world):
+        group = todo[lo:lo + ranks.world]
+        yield [group[r] if r < len(group) else None for r in range(ranks.world)]
+
+
+# --- the report file -------------------------------------------------------------------------------------------
+@dataclass
+class RunFile:
+    """A verification's JSON report, rewritten (atomically) after every round, so that an interrupted run can resume
+    from its completed shards. `config` says what was verified (model, data, network digest, sizes): a resume
+    checks it is the same run."""
+
+    path: Path
+    config: dict[str, Any]
+    report: Report
+    completed: set[int] = field(default_factory=set)
+    shards: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return len(self.completed) == self.shards
+
+    def write(self) -> None:
+        body = {"format": FORMAT, "version": VERSION, "config": self.config, "shards": self.shards,
+                "completed": sorted(self.completed), "finished": self.finished, "report": self.report.to_json()}
+        text = json.dumps(body, indent=1, allow_nan=False)
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def resume(cls, path: Path, config: dict[str, Any], shards: int) -> RunFile:
+        """The run recorded in `path`, which must be this run (same `config`). Raises ValueError saying why not."""
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot resume from {path}: {e}") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT or body.get("version") != VERSION:
+            raise ValueError(f"cannot resume from {path}: not a ttfs verification report (version {VERSION})")
+        if body.get("config") != config:
+            old = body.get("config") if isinstance(body.get("config"), dict) else {}
+            diff = [k for k in sorted({*config, *old}) if config.get(k) != old.get(k)]
+            raise ValueError(f"cannot resume from {path}: it records another run (differs in {', '.join(diff)})")
+        completed = body.get("completed")
+        if body.get("shards") != shards or not isinstance(completed, list) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 <= k < shards for k in completed):
+            raise ValueError(f"cannot resume from {path}: its shard list does not fit {shards} shards")
+        return cls(path, config, Report.from_json(body["report"]), set(completed), shards)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
