@@ -42,7 +42,8 @@ dict (.safetensors/.pt/.pth) with --arch. Model files are assumed to take MNIST 
 shaped 1x28x28. A bundled name wins over a file of the same name (write ./fc for the file).
 DATA is mnist-test, mnist-train, fashion-test or fashion-train (bundled: each -test is the whole 10,000-image
 test set, each -train a 4,000-image calibration subset of the training set), a folder of images (class
-sub-folders give labels), or torchvision:NAME:/root[:train] for a torchvision dataset already on disk.
+sub-folders give labels), an .npz file with x (uint8 images or float model inputs) and optionally y (labels),
+or torchvision:NAME:/root[:train] for a torchvision dataset already on disk. Folders and .npz files are streamed.
 --data and --calib default to the model's own dataset (its card's), MNIST for model files.
 
 examples:
@@ -52,6 +53,8 @@ examples:
   ttfs verify vgg_fashion                       # its own dataset: fashion-test
   ttfs verify lenet5 --snn lenet5.snn.safetensors
   ttfs verify model.pt2 --data digits/ --float64
+  ttfs verify vgg_fashion --report vgg.json [--resume]        # a JSON report; continue an interrupted run
+  torchrun --standalone --nproc-per-node 2 -m ttfs_core.cli verify vgg_fashion   # shards over 2 processes
 """
 
 
