@@ -295,6 +295,10 @@ function click(source) {
       return;
     }
     el("message").textContent = `Opening the membrane trace of ${spec.count_labels[n]} ${unravel(spec.shapes[n], flat)}…`;
+    // the click carries the cursor: a pending "cursor at rest" message would follow it, make the page rerun the
+    // raster again and lose the switch to the trace page
+    clearTimeout(linkTimer);
+    linked = k;
     send("streamlit:setComponentValue", { value: { layer: spec.names[n], neuron: flat, cursor: k, seq: `${Date.now()}-${Math.random()}` },
                                            dataType: "json" });
   };
