@@ -344,11 +344,19 @@ def paper_table(rows: dict) -> list[str]:
 def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Benchmark results", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-             f"measured {results['date']}. Medians of interleaved repeats; ratios are SNN time / ANN time on the "
-             "same batch in the same run. Regenerate with `python bench/run.py`.", ""]
+             f"measured {results.get('date', '?')}. Medians of interleaved repeats; ratios are SNN time / ANN time "
+             "on the same batch in the same run. Regenerate with `python bench/run.py`.", ""]
     if "paper" in results["sections"]:
         lines += ["## The paper's table (`python bench/run.py paper`)", "", *paper_table(results["sections"]["paper"]),
                   ""]
+    if results.get("peers", {}).get("rows"):
+        from bench.peers import headline_table, table
+
+        peers = results["peers"]
+        lines += ["## vs rate coding (`python -m bench peers`)", "",
+                  f"Measured {peers['date']} on {peers['machine']}; peers: "
+                  + ", ".join(f"{k} {v or 'not installed'}" for k, v in peers["installed"].items()) + ".", "",
+                  *headline_table(peers["rows"]), "", "Every row:", "", *table(peers["rows"]), ""]
     if "architectures" in results["sections"]:
         lines += ["## torchvision architectures (`python bench/run.py architectures`)", "",
                   *architecture_table(results["sections"]["architectures"]), ""]

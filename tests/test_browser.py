@@ -27,7 +27,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 PAGES = [("", "app"), ("Spike_raster", "spike_raster"), ("Membrane_traces", "membrane_traces"),
          ("ANN_vs_SNN", "ann_vs_snn"), ("Robustness", "robustness"), ("Neuron_playground", "neuron_playground"),
-         ("Conversion_inspector", "conversion_inspector")]
+         ("Conversion_inspector", "conversion_inspector"), ("vs_rate_coding", "vs_rate_coding")]
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 

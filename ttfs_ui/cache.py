@@ -6,6 +6,7 @@ passed as `_name` arguments next to the key that identifies them.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 import ttfs_core
 from ttfs_core import data, zoo
 
+from . import peers
 from .uploads import UploadedModel, check_bundled_input, read_model
 
 CALIBRATION_IMAGES = 512  # first images of the model's dataset's bundled train subset used to calibrate
@@ -98,6 +100,22 @@ def network(net_key: NetKey, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
     calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
     return ttfs_core.convert(_entry.model, calibration, margin=margin, input_range=_entry.input_range,
                              neuron=neuron, rescale=rescale).freeze()
+
+
+@st.cache_resource(show_spinner="Converting with SpikingJelly's rate coding…", max_entries=4)
+def rate_coded(model_key: str, _entry: ModelEntry) -> tuple[peers.RateCoded, threading.Lock]:
+    """SpikingJelly's rate-coded conversion of a model (calibrated on the same images as ours), with the lock its
+    users hold while they step it: a rate-coded network keeps state between steps, and sessions share it."""
+    calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
+    return peers.spikingjelly(_entry.model, calibration), threading.Lock()
+
+
+@st.cache_data(show_spinner="Simulating the rate-coded network…", max_entries=32)
+def rate_raster(model_key: str, image_key: str, steps: int, _rc: tuple, _x: Tensor) -> tuple:
+    """The rate-coded network's first spiking layer on one input for `steps` time steps (`peers.first_layer_spikes`)."""
+    rc, lock = _rc
+    with lock:
+        return peers.first_layer_spikes(rc, _x, steps)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -184,6 +184,7 @@ PAGES = (  # the sidebar's navigation (Streamlit's own would list the main page 
     ("pages/4_Robustness.py", "Robustness", ":material/blur_on:"),
     ("pages/5_Neuron_playground.py", "Neuron playground", ":material/tune:"),
     ("pages/6_Conversion_inspector.py", "Conversion inspector", ":material/account_tree:"),
+    ("pages/7_vs_rate_coding.py", "vs rate coding", ":material/leaderboard:"),
 )
 
 
