@@ -4,7 +4,6 @@ fault in a model that cannot be converted, and the page (AppTest) with its first
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,20 +20,10 @@ from ttfs_core.lower import Lowering
 from ttfs_core.persist import NetworkFileError, load_network, save_network
 from ttfs_ui import controls, inspector, state
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
+from .test_app import APP, ROOT, run
+
 PAGE = str(ROOT / "pages" / "6_Conversion_inspector.py")
 PAGE_REL = "pages/6_Conversion_inspector.py"
-TIMEOUT = 120
-
-
-def run(path: str, **session) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def frame(at: AppTest, column: str):

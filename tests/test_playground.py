@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,22 +15,14 @@ from ttfs_core import neuron as core_neuron
 from ttfs_core.errors import InputError
 from ttfs_ui import playground as pg
 
-ROOT = Path(__file__).resolve().parent.parent
+from .test_app import ROOT, ok
+from .test_app import run as run_page
+
 PAGE = str(ROOT / "pages" / "5_Neuron_playground.py")
-TIMEOUT = 120
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def run(**session) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    return ok(at)
+    return run_page(PAGE, **session)
 
 
 def numbers(at: AppTest) -> dict[str, float]:
