@@ -42,6 +42,19 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def first_early_layer(margin: float):
+    """The default model converted as the app does (its first 512 training images) at `margin`, on test image #0:
+    the first layer with early spikes (its LayerResult) and the flat index of its earliest spike."""
+    model, card = zoo.load(zoo.DEFAULT_MODEL)
+    imgs, _ = data.load_uint8(card.dataset, "train")
+    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=margin,
+                            input_range=card.input_range)
+    test, _ = data.load_uint8(card.dataset, "test")
+    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
+    first = next(lr for lr in res.layers if lr.early_spikes)
+    return first, int(first.offsets[0].flatten().argmin())
+
+
 def _decode(v):
     """Plotly's JSON: typed arrays arrive as {"dtype", "bdata" (base64), "shape"}."""
     if isinstance(v, dict) and "bdata" in v and "dtype" in v:
@@ -756,14 +769,8 @@ def test_problem_8_a_network_that_is_not_exact_says_so_on_every_page():
     at = run(TRACES, **{state.MARGIN: -0.7})
     at.button(key="banner_worst").click().run()
     layer, (flat,) = ok(at).session_state[state.TRACE_NEURONS]
-    model, card = zoo.load(zoo.DEFAULT_MODEL)
-    imgs, _ = data.load_uint8("mnist", "train")
-    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=-0.7,
-                            input_range=card.input_range)
-    test, _ = data.load_uint8("mnist", "test")
-    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
-    first = next(lr for lr in res.layers if lr.early_spikes)
-    assert layer == first.name and flat == int(first.offsets[0].flatten().argmin())
+    first, earliest = first_early_layer(-0.7)
+    assert layer == first.name and flat == earliest
     assert float(first.offsets[0].flatten()[flat]) < 0  # an early spike
     assert at.session_state[state.TRACE_LAYER] == layer and at.session_state[state.TRACE_PICK] == "by index"
     # the exact default shows no banner

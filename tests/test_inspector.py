@@ -20,7 +20,7 @@ from ttfs_core.lower import Lowering
 from ttfs_core.persist import NetworkFileError, load_network, save_network
 from ttfs_ui import controls, inspector, state
 
-from .test_app import APP, ROOT, run
+from .test_app import APP, ROOT, first_early_layer, run
 
 PAGE = str(ROOT / "pages" / "6_Conversion_inspector.py")
 PAGE_REL = "pages/6_Conversion_inspector.py"
@@ -221,14 +221,7 @@ def test_early_spikes_name_the_first_parting_layer_and_open_its_trace():
     at = run(APP, **{state.MARGIN: -0.7})
     at.switch_page(PAGE_REL).run()
     assert not at.exception
-    model, card = zoo.load(zoo.DEFAULT_MODEL)
-    imgs, _ = data.load_uint8("mnist", "train")
-    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=-0.7,
-                            input_range=card.input_range)
-    test, _ = data.load_uint8("mnist", "test")
-    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
-    first = next(lr for lr in res.layers if lr.early_spikes)
-    flat = int(first.offsets[0].flatten().argmin())
+    first, flat = first_early_layer(-0.7)
     assert any(f"First layer where the SNN and the ANN part: {first.name}." in e.value and "early spikes" in e.value
                for e in at.error)
     button = at.button(key="inspector_parting")
