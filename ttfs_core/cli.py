@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from . import __version__, data, loading, zoo
 from .compare import compare
 from .convert import NEURONS, RESCALE, convert
-from .network import SpikingNetwork
+from .errors import InputError
+from .network import SpikingNetwork, usable_device
 from .persist import load_network
 from .result import merge_counts
 from .verify import LayerCheck, Ranks, Report, RunFile, Verifier, check_shard, digest, my_shards, percent, shard_count
@@ -359,16 +360,13 @@ def certificate_line(layers: tuple[LayerCheck, ...]) -> str:
 
 
 def _device(text: str) -> torch.device:
-    """--device: 'auto' is CUDA when this machine has it, else the CPU."""
+    """--device: 'auto' is CUDA when this machine has it, else the CPU; otherwise `usable_device`'s check."""
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(text)
-    except (RuntimeError, TypeError):
-        raise CliError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device {text}: this machine has no CUDA device (use cpu, or auto)")
-    return device
+        return usable_device(text)
+    except InputError as e:
+        raise CliError(f"--device: {e} (or auto)") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -478,16 +476,15 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
     verifier = Verifier(module, snn, first)
 
     def open_run() -> tuple[list[int], dict | None]:
-        run = RunFile(Path(args.report), config, Report.empty(snn), set(), shards) if args.report else None
-        if args.resume:
-            run = RunFile.resume(Path(args.report), config, shards)
-        return sorted(run.completed) if run else [], run.report.to_json() if run else None
+        """The shards done and the report so far of the run --resume continues (none without it)."""
+        if not args.resume:
+            return [], None
+        resumed = RunFile.resume(Path(args.report), config, shards)
+        return sorted(resumed.completed), resumed.report.to_json()
 
     done, resumed = _on_main(ranks, open_run)
-    run = None
-    if ranks.main and args.report:
-        run = RunFile(Path(args.report), config, Report.from_json(resumed), set(done), shards)
     report = Report.from_json(resumed) if resumed is not None else Report.empty(snn)
+    run = RunFile(Path(args.report), config, report, set(done), shards) if ranks.main and args.report else None
     if done:
         kv("resumed", f"{args.report}: {len(done)} of {shards} shards done ({report.images:,} images)", out)
     todo = [k for k in range(shards) if k not in set(done)]
@@ -529,6 +526,7 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
                 run.write()
     finally:
         progress.close()
+    elapsed = time.perf_counter() - started
 
     name = source.name
     print(file=out)
@@ -551,7 +549,6 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
     if report.clipped:
         kv("note", f"{report.clipped:,} input values lay outside the input range {snn.input_range} and were clipped",
            out)
-    elapsed = time.perf_counter() - started
     if finished > checked:
         kv("speed", f"{finished - checked:,} images in {elapsed:.1f} s: {(finished - checked) / elapsed:,.0f} images/s "
                     f"({ranks.world} process{'es' if ranks.world > 1 else ''}, {device})", out)

@@ -19,11 +19,11 @@ from torch import Tensor
 
 from .capture import Capture
 from .certify import Fan, certify_fan, peak_drive
-from .errors import ConversionError
+from .errors import ConversionError, InputError
 from .fold import per_input_channel, per_output, rescale_factor
 from .lower import Lowering
 from .mapping import alpha_parameters, b1_parameters, window_length
-from .network import Layer, SpikingNetwork, Synapses, fan_in
+from .network import Layer, SpikingNetwork, Synapses, fan_in, usable_device
 from .simulate import search_in_chunks
 
 NEURONS = ("alpha", "b1")
@@ -119,12 +119,9 @@ def _device(model: nn.Module, device: torch.device | str | None) -> torch.device
     if device is None:
         return next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConversionError(f"device {device!r} is not a device ({e}); use 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConversionError(f"device {device} asked for, but this machine has no CUDA device (use 'cpu')")
-    return device
+        return usable_device(device)
+    except InputError as e:
+        raise ConversionError(str(e)) from None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -293,9 +293,7 @@ class SpikingNetwork(_Freezable):
     def to(self, device: torch.device | str) -> SpikingNetwork:
         """This network with every tensor on `device` (itself when already there): a copy, frozen if this one is.
         Raises InputError for a device this machine does not have."""
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {device} asked for, but this machine has no CUDA device (use cpu)")
+        device = usable_device(device)
         if device == self.device or (device.index is None and device.type == self.device.type):
             return self
         memo = {id(t): t.to(device) for t in _tensors_in(self)}
@@ -504,6 +502,18 @@ def _refuse_if_frozen(record: Any, name: str) -> None:
     if record.__dict__.get("_frozen", False):
         raise AttributeError(f"cannot set {name!r}: this {type(record).__name__} is frozen (shared read-only); "
                              "change a copy.deepcopy of it instead")
+
+
+def usable_device(device: torch.device | str) -> torch.device:
+    """`device` as a torch.device this machine has; InputError naming it otherwise (a misspelt device, CUDA asked
+    for on a machine without it)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device {device!r} is not a device ({e}); use 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} asked for, but this machine has no CUDA device (use 'cpu')")
+    return device
 
 
 _CACHES = ("_versions", "_copies")  # what a frozen network keeps about itself: never copied or moved with it

@@ -239,9 +239,10 @@ class Verifier:
         x = x.to(self.device, snn.dtype)
         res: SimResult = snn.run(x)
         acts, logits = record_activations(self.module, snn, x, gm=self.gm)
+        empty = Report.empty(snn)
         layers = []
         early_mask = torch.zeros(x.shape[0], dtype=torch.bool, device=self.device)
-        for check, layer, lr, ann in zip(Report.empty(snn).layers, snn.layers, res.layers, acts):
+        for check, layer, lr, ann in zip(empty.layers, snn.layers, res.layers, acts):
             ann_units = ann / layer.scale
             err = _per_input_max((lr.activations / layer.scale - ann_units).abs())
             early_mask |= (lr.offsets < 0).flatten(1).any(1)
@@ -250,8 +251,7 @@ class Verifier:
                                   spikes=lr.spikes, neurons=lr.neurons, searched=lr.searched,
                                   certificate=tuple(lr.certificate)))
         ann_logits = logits.to(res.logits.dtype).reshape(res.logits.shape)
-        readout = Report.empty(snn).readout
-        readout = replace(readout, error=_worst_of(_per_input_max((res.logits - ann_logits).abs()), start),
+        readout = replace(empty.readout, error=_worst_of(_per_input_max((res.logits - ann_logits).abs()), start),
                           largest=_worst_of(_per_input_max(ann_logits.abs()), start))
         a, s = ann_logits.flatten(1).argmax(1).cpu(), res.logits.flatten(1).argmax(1).cpu()
         index = torch.arange(start, start + x.shape[0])
