@@ -387,11 +387,174 @@ def torchsave_complex_weight(folder: Path) -> Attack:
     return Attack("torchsave_complex_weight", path, expected, "lenet5")
 
 
+# --- graphs that run in the caller (issue 25): refused by the allow-list, by argument checks or on meta -----------
+
+_REFUSED = r"which is not supported \(only operators the converter can lower may run"
+
+
+class _BiasNet(nn.Module):
+    """A linear layer plus a stored 10-float bias read through a view: the node the attacks below rename."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 10)
+        self.register_buffer("b", torch.randn(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) + self.b.view(10)
+
+
+def bias_pt2(folder: Path) -> Path:
+    """An ordinary program exported the usual way, on a batch of one (so every shape in it is static)."""
+    path = folder / "bias.pt2"
+    torch.export.save(torch.export.export(_BiasNet().eval(), (torch.zeros(1, 1, 4, 4),)), path)
+    return path
+
+
+def _nodes_edit(base: Path, dst: Path, change: Callable[[list[dict]], None]) -> Path:
+    def edit(obj: dict) -> None:
+        change(obj["graph_module"]["graph"]["nodes"])
+
+    return rewrite_zip(base, dst, _edit_json("models/model.json", edit))
+
+
+def _node(nodes: list[dict], name: str) -> dict:
+    return next(n for n in nodes if n.get("name") == name)
+
+
+def _ints(name: str, values: list[int]) -> dict:
+    return {"name": name, "arg": {"as_ints": values}, "kind": 1}
+
+
+def pt2_reshape_alias_crash(folder: Path, base: Path) -> Attack:
+    """The view node renamed to ``aten._reshape_alias`` (no bounds check): 2**33 floats of a 10-float bias. The
+    caller then read far outside the buffer: ``ttfs verify`` died with exit 139, the explorer's server with it."""
+
+    def change(nodes: list[dict]) -> None:
+        view = _node(nodes, "view")
+        view["target"] = "torch.ops.aten._reshape_alias.default"
+        view["inputs"] = [view["inputs"][0], _ints("size", [2**33]), _ints("stride", [1])]
+
+    path = _nodes_edit(base, folder / "reshape_alias.pt2", change)
+    expected = r"node view calls 'torch\.ops\.aten\._reshape_alias\.default', " + _REFUSED
+    return Attack("pt2_reshape_alias_crash", path, expected)
+
+
+def pt2_reshape_alias_leak(folder: Path, base: Path) -> Attack:
+    """The same route, 4,096 floats of the 10-float buffer: "logits" read from the heap (other sessions' bytes)."""
+
+    def change(nodes: list[dict]) -> None:
+        view = _node(nodes, "view")
+        view["target"] = "torch.ops.aten._reshape_alias.default"
+        view["inputs"] = [view["inputs"][0], _ints("size", [4096]), _ints("stride", [1])]
+
+    path = _nodes_edit(base, folder / "reshape_alias_leak.pt2", change)
+    return Attack("pt2_reshape_alias_leak", path, r"_reshape_alias\.default', " + _REFUSED)
+
+
+def pt2_sparse_unsafe(folder: Path, base: Path) -> Attack:
+    """``aten._sparse_coo_tensor_unsafe`` with an index of 2**28, made dense: an out-of-bounds write."""
+
+    def change(nodes: list[dict]) -> None:
+        view = _node(nodes, "view")
+        view["target"] = "torch.ops.aten._sparse_coo_tensor_unsafe.default"
+        view["inputs"] = [view["inputs"][0], view["inputs"][0], _ints("size", [2**28])]
+
+    path = _nodes_edit(base, folder / "sparse.pt2", change)
+    return Attack("pt2_sparse_unsafe", path, r"_sparse_coo_tensor_unsafe\.default', " + _REFUSED)
+
+
+def pt2_factory(folder: Path, base: Path) -> Attack:
+    """The view node turned into ``aten.ones`` of 1.6 GB, without the ``device`` keyword that once refused it by
+    accident."""
+
+    def change(nodes: list[dict]) -> None:
+        view = _node(nodes, "view")
+        view["target"] = "torch.ops.aten.ones.default"
+        view["inputs"] = [_ints("size", [400_000_000])]
+
+    path = _nodes_edit(base, folder / "ones.pt2", change)
+    return Attack("pt2_factory", path, r"node view calls 'torch\.ops\.aten\.ones\.default', " + _REFUSED)
+
+
+class _MatmulNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w
+
+
+def pt2_matmul(folder: Path) -> Attack:
+    """A genuine program calling ``matmul`` (a product of two computed matrices can run for minutes)."""
+    path = folder / "matmul.pt2"
+    torch.export.save(torch.export.export(_MatmulNet().eval(), (torch.zeros(1, 1, 4, 4),)), path)
+    return Attack("pt2_matmul", path, r"calls 'torch\.ops\.aten\.(matmul|mm)\.default', " + _REFUSED)
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean((2, 3))
+
+
+def pt2_conv_padding(folder: Path) -> Attack:
+    """An allowed operator with hostile arguments: a convolution padded by 40,000 on each side asks for
+    4 x 80,000**2 floats (95 GiB) in the caller."""
+
+    def change(nodes: list[dict]) -> None:
+        conv = _node(nodes, "conv2d")
+        kept = [a for a in conv["inputs"] if a["name"] in ("input", "weight", "bias")]
+        conv["inputs"] = [*kept, _ints("stride", [1, 1]), _ints("padding", [40_000, 40_000])]
+
+    base = folder / "conv.pt2"
+    torch.export.save(torch.export.export(_ConvNet().eval(), (torch.zeros(1, 1, 8, 8),)), base)
+    path = _nodes_edit(base, folder / "conv_padding.pt2", change)
+    base.unlink()
+    return Attack("pt2_conv_padding", path, r"node conv2d would hold 2\.56e\+10 elements per input")
+
+
+def pt2_bool_as_int(folder: Path, base: Path) -> Attack:
+    """A bool where an integer is expected (flatten's start_dim): Python would take True for 1."""
+
+    def change(nodes: list[dict]) -> None:
+        flatten = _node(nodes, "flatten")
+        flatten["inputs"][1] = {"name": "start_dim", "arg": {"as_bool": True}, "kind": 1}
+
+    path = _nodes_edit(base, folder / "bool.pt2", change)
+    return Attack("pt2_bool_as_int", path, r"node flatten \(aten\.flatten\.using_ints\): argument 'start_dim' is True "
+                  r"where an integer is expected")
+
+
+class _Folding(nn.Module):
+    """Forty-one products of 4096 x 4096 matrices made in forward() from nothing the input touches: freezing the
+    module computed them while loading (90 s and 3.2 GB in the sandboxed child) from a 35 KB file."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.ones(4096, 4096)
+        for _ in range(41):
+            a = a @ a
+        return x + a[0, 0]
+
+
+def torchscript_constant_folding(folder: Path) -> Attack:
+    path = folder / "folding.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Folding()).save(str(path))
+    return Attack("torchscript_constant_folding", path, r"TorchScript node aten::ones computes on stored values only")
+
+
 def build_all(folder: Path) -> list[Attack]:
     """Every attack, each in its own subfolder of ``folder``."""
     bases = folder / "bases"
     bases.mkdir()
-    pt2, ts = base_pt2(bases), base_torchscript(bases)
+    pt2, ts, bias = base_pt2(bases), base_torchscript(bases), bias_pt2(bases)
     makers: list[Callable[[Path], Attack]] = [
         torchscript_setstate_in_data_package,
         lambda f: torchscript_deep_brackets(f, ts),
@@ -412,6 +575,14 @@ def build_all(folder: Path) -> list[Attack]:
         safetensors_bool_weight,
         safetensors_complex_weight,
         torchsave_complex_weight,
+        lambda f: pt2_reshape_alias_crash(f, bias),
+        lambda f: pt2_reshape_alias_leak(f, bias),
+        lambda f: pt2_sparse_unsafe(f, bias),
+        lambda f: pt2_factory(f, bias),
+        pt2_matmul,
+        pt2_conv_padding,
+        lambda f: pt2_bool_as_int(f, bias),
+        torchscript_constant_folding,
     ]
     attacks = []
     for i, make in enumerate(makers):

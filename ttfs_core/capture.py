@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .allowlist import InputGuard
 from .errors import ConversionError
 from .fold import batchnorm_scale_shift
 
@@ -158,6 +159,7 @@ MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.MaxPool2d: "maxpool", nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
     nn.Flatten: "reshape", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
     nn.Identity: "identity", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
+    InputGuard: "identity",  # the shape check at the head of a graph rebuilt from an uploaded file
 }
 
 

@@ -97,7 +97,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import sandbox
+from . import allowlist, sandbox
 
 __all__ = ["ModelLoadError", "SUPPORTED_FORMATS", "check_input", "load_model", "script_to_fx"]
 
@@ -163,6 +163,8 @@ def load_model(path: str | os.PathLike[str], arch: str | None = None, *, num_cla
         except sandbox.SandboxError as e:
             if e.kind == "refused":
                 raise ModelLoadError(_one_line(e.message, 500)) from None
+            if e.kind == "busy":
+                raise ModelLoadError(f"cannot load the model file: {e.message}") from None
             if e.kind == "internal":
                 raise _err("cannot load the model file: the sandbox failed", e.message, hint=None) from None
             hint = "the file is corrupt, too complex or hostile"
@@ -179,8 +181,7 @@ def _load_in_process(
 ) -> nn.Module:
     """:func:`load_model` without the sandbox: the same checks, run in this process (debugging, benchmarks)."""
     try:
-        kind, obj = _parse(path)
-        return obj if kind == "graph" else _load_arch(arch, obj, num_classes)
+        return _rebuild(_sandbox_parse({"path": str(path)}), arch, num_classes)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -821,11 +822,6 @@ _EXPORT_FIXED = {
 }  # fmt: skip
 _EXPORT_DATA = re.compile(r"data/weights/weight_\d+|data/constants/tensor_\d+|extra/[\w.\-]+")
 _SAFE = re.compile(r"[A-Za-z0-9_.:+\-]*")
-_OPERATORS = {
-    "getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "eq", "ne", "lt", "le", "gt", "ge",
-}  # fmt: skip
-_OPERATOR_FUNCS = {getattr(operator, name) for name in _OPERATORS}
-_ATEN_DENY = {"save", "from_file", "_print", "print", "_linalg_check_errors"}
 _PT2_DTYPES = {
     1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
     7: torch.float32, 8: torch.float64, 12: torch.bool, 13: torch.bfloat16,
@@ -976,15 +972,31 @@ def _check_program(obj: Any, where: str = "model.json") -> None:
                 inner = v
             _check_program(inner, k)
         elif k == "target" and isinstance(v, str):
-            _check_target(v)
+            _check_target(v, _json_node_name(obj))
         else:
             _check_program(v, k)
 
 
-def _check_target(target: str) -> None:
-    m = re.fullmatch(r"torch\.ops\.aten\.(\w+)\.(\w+)|_operator\.(\w+)", target)
-    if not m or (m.group(1) or "") in _ATEN_DENY or (m.group(3) and m.group(3) not in _OPERATORS):
-        raise _err(f".pt2 graph calls {target[:60]!r}; only torch.ops.aten operators are loaded")
+def _check_target(target: str, node: str) -> None:
+    """A model.json call target must be on the allow-list (checked before torch deserialises anything)."""
+    name = "operator." + target.removeprefix("_operator.") if target.startswith("_operator.") else target
+    if not allowlist.is_allowed(name.removeprefix("torch.ops.")):
+        raise _err(
+            f".pt2 graph node {node} calls {target[:60]!r}, which is not supported (only operators the converter "
+            f"can lower may run; the graph may call: {allowlist.supported_list()})",
+            hint=None,
+        )
+
+
+def _json_node_name(obj: dict[str, Any]) -> str:
+    """The name of a model.json node (its first output), for messages."""
+    if isinstance(obj.get("name"), str):
+        return obj["name"][:60]
+    try:
+        out = obj["outputs"][0]
+        return str(next(iter(out.values()))["name"])[:60]
+    except (KeyError, IndexError, TypeError, StopIteration, AttributeError):
+        return "?"
 
 
 # Shape expressions: torch writes sympy's srepr ("Add(Symbol('s0', positive=True, integer=True), Integer(1))");
@@ -1136,15 +1148,20 @@ def _check_expr(expr: object) -> None:
 
 
 def _check_loaded_graph(gm: nn.Module) -> None:
+    """The child's early look at the loaded program: only allow-listed calls (the caller checks everything again)."""
     if not isinstance(gm, fx.GraphModule):
         raise _err("torch.export program did not give an fx GraphModule")
     for n in gm.graph.nodes:
         t = n.target
         ok = n.op in ("placeholder", "get_attr", "output") or (n.op == "call_module" and t == "_guards_fn")
         if n.op == "call_function":
-            ok = (isinstance(t, torch._ops.OpOverload) and t.namespace == "aten") or t in _OPERATOR_FUNCS
+            ok = allowlist.is_allowed(allowlist.target_name(t))
         if not ok:
-            raise _err(f"torch.export graph node {n.name} ({n.op} {t}) is not supported")
+            raise _err(
+                f"torch.export graph node {n.name} ({n.op} {allowlist.target_name(t)}) is not supported; the graph "
+                f"may call: {allowlist.supported_list()}",
+                hint=None,
+            )
 
 
 def _export_eval(gm: fx.GraphModule) -> fx.GraphModule:
@@ -1220,18 +1237,16 @@ def _describe_graph(gm: fx.GraphModule) -> tuple[dict[str, Any], dict[str, torch
     kinds: dict[str, dict[str, bool]] = {}
     nodes: list[dict[str, Any]] = []
     index: dict[fx.Node, int] = {}
-    guards: list[fx.Node] = []
+    inputs: list[list[int | None]] = []
     for n in gm.graph.nodes:
         if n.op == "call_module" and n.target == "_guards_fn" and not n.users:
-            continue  # generated code: replaced by the assertion nodes of _guard_nodes
-        if n.op not in ("placeholder", "get_attr") and guards:
-            nodes += _guard_nodes(guards, index, len(nodes))
-            guards = []
+            continue  # generated code: the caller writes its own guards from "inputs"
         entry: dict[str, Any] = {"op": n.op, "name": n.name}
         if n.op == "placeholder":
             entry["target"] = str(n.target)
-            if output_mode != "as_is":
-                guards.append(n)
+            val = n.meta.get("val") if output_mode != "as_is" else None
+            if isinstance(val, torch.Tensor):  # the exported shape; None for a dynamic dimension
+                inputs.append([s if type(s) is int else None for s in val.shape])
         elif n.op == "get_attr":
             target = str(n.target)
             t = _fetch_attr(gm, target)
@@ -1256,7 +1271,10 @@ def _describe_graph(gm: fx.GraphModule) -> tuple[dict[str, Any], dict[str, torch
         index[n] = len(nodes)
         nodes.append(entry)
     cls_name = type(gm).__name__ if type(gm).__name__ in _GRAPH_CLASSES else "GraphModule"
-    return {"kind": "graph", "class_name": cls_name, "tensors": kinds, "nodes": nodes}, tensors
+    desc = {"kind": "graph", "class_name": cls_name, "tensors": kinds, "nodes": nodes}
+    if inputs:
+        desc["inputs"] = inputs
+    return desc, tensors
 
 
 def _module_label(n: fx.Node) -> dict[str, list[str]]:
@@ -1267,25 +1285,6 @@ def _module_label(n: fx.Node) -> dict[str, list[str]]:
         return {}
     cls = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
     return {"module": [str(path), str(cls)]}
-
-
-def _guard_nodes(placeholders: list[fx.Node], index: dict[fx.Node, int], start: int) -> list[dict[str, Any]]:
-    """torch.export's input guards as plain nodes: each static input dimension is asserted with
-    ``aten._assert_scalar(aten.eq.int(aten.sym_size.int(x, d), size))`` (with torch's own message)."""
-    out: list[dict[str, Any]] = []
-    for ph in placeholders:
-        val = ph.meta.get("val")
-        for d, size in enumerate(val.shape if isinstance(val, torch.Tensor) else ()):
-            if type(size) is not int:
-                continue  # a dynamic dimension
-            i = start + len(out)
-            out += [
-                {"op": "call_function", "target": "aten.sym_size.int", "args": [{"node": index[ph]}, d], "kwargs": {}},
-                {"op": "call_function", "target": "aten.eq.int", "args": [{"node": i}, size], "kwargs": {}},
-                {"op": "call_function", "target": "aten._assert_scalar.default",
-                 "args": [{"node": i + 1}, f"Guard failed: {ph.target}.size()[{d}] == {size}"], "kwargs": {}},
-            ]  # fmt: skip
-    return out
 
 
 def _output_mode(gm: fx.GraphModule) -> str:
@@ -1313,13 +1312,11 @@ def _fetch_attr(gm: nn.Module, target: str) -> Any:
 
 
 def _target_name(target: Any, node: str) -> str:
-    if isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
-        name = str(target)
-        if re.fullmatch(r"aten\.\w+\.\w+", name):
-            return name
-    if target in _OPERATOR_FUNCS:
-        return f"operator.{target.__name__}"
-    raise _err(f"graph node {node} calls {target}, which is not an aten operator", hint=None)
+    name = allowlist.target_name(target)
+    if not allowlist.is_allowed(name):
+        raise _err(f"graph node {node} calls {name}, which is not supported; the graph may call: "
+                   f"{allowlist.supported_list()}", hint=None)  # fmt: skip
+    return name
 
 
 def _encode(value: Any, index: dict[fx.Node, int]) -> Any:
@@ -1371,22 +1368,6 @@ def _decode(value: Any, nodes: list[fx.Node], depth: int = 0) -> Any:
     raise ValueError(f"unsupported argument {str(value)[:60]}")
 
 
-def _resolve_target(name: Any) -> Any:
-    """An allow-listed callable from its name: ``aten.<op>.<overload>`` or ``operator.<name>``."""
-    m = re.fullmatch(r"aten\.([a-z_][a-z0-9_]*)\.([a-zA-Z_][a-zA-Z0-9_]*)", name) if isinstance(name, str) else None
-    if m and m.group(1) not in _ATEN_DENY and not m.group(1).startswith("__"):
-        try:
-            op = getattr(getattr(torch.ops.aten, m.group(1)), m.group(2))
-        except (AttributeError, RuntimeError):
-            op = None
-        if isinstance(op, torch._ops.OpOverload) and op.namespace == "aten":
-            return op
-    m = re.fullmatch(r"operator\.(\w+)", name) if isinstance(name, str) else None
-    if m and m.group(1) in _OPERATORS:
-        return getattr(operator, m.group(1))
-    raise ValueError(f"{str(name)[:60]!r} is not an allowed operator")
-
-
 def _build_graph(desc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
     """Caller side: a GraphModule from the description (targets resolved from allow-lists, names validated)."""
     try:
@@ -1404,11 +1385,67 @@ def _build_graph(desc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> fx.G
             node = _build_node(graph, nd, nodes, tensors, last=i == len(raw_nodes) - 1)
             nodes.append(node)
         graph.lint()
+        allowlist.check_graph(graph)  # before fx generates any code from it
+        exported = _exported_shape(desc.get("inputs"))
+        if exported is not None and exported[0] is not None:
+            _free_batch(graph, exported[0])
         cls_name = desc.get("class_name") if desc.get("class_name") in _GRAPH_CLASSES else "GraphModule"
-        gm = fx.GraphModule(root, graph, class_name=str(cls_name))
+        gm = allowlist.guard(fx.GraphModule(root, graph, class_name=str(cls_name)), exported).eval()
+    except allowlist.GraphRefused as e:
+        raise _err("the model's graph is refused", e, hint=None) from None
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
         raise _err("the sandboxed parser's output is not a valid graph", f"{type(e).__name__}: {e}", hint=None) from e
-    return gm.eval()
+    if exported is not None and all(s is not None for s in exported):
+        _check_batches(gm, exported)
+    return gm
+
+
+def _exported_shape(inputs: Any) -> tuple[int | None, ...] | None:
+    """The input shape a torch.export program was exported for (None: a dynamic dimension), if it says."""
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], list):
+        return None
+    shape = inputs[0]
+    if not 1 <= len(shape) <= 5 or not all(s is None or (type(s) is int and 0 < s < 1 << 31) for s in shape):
+        raise ValueError("bad input shape")
+    return tuple(shape)
+
+
+_RESHAPES = ("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
+
+
+def _free_batch(graph: fx.Graph, batch: int) -> None:
+    """A program exported on a fixed batch writes that batch into its reshapes (``x.view(x.size(0), -1)`` becomes
+    ``view(x, [1, 400])``): let them read the input's batch instead, so that any batch runs."""
+    (ph,) = [n for n in graph.nodes if n.op == "placeholder"]
+    size = None
+    for n in list(graph.nodes):
+        if n.op != "call_function" or allowlist.target_name(n.target) not in _RESHAPES or len(n.args) != 2:
+            continue
+        shape = n.args[1]
+        if isinstance(shape, (list, tuple)) and shape and type(shape[0]) is int and shape[0] == batch:
+            if size is None:
+                with graph.inserting_after(ph):
+                    size = graph.call_function(torch.ops.aten.sym_size.int, (ph, 0))
+            n.args = (n.args[0], [size, *shape[1:]])
+
+
+def _check_batches(gm: fx.GraphModule, shape: tuple[int, ...]) -> None:
+    """Shape-check an exported program at its own batch and at another one, on ``meta``, before it ever runs."""
+    guard = gm.get_submodule(allowlist.InputGuard.NAME)
+    try:
+        guard.check(shape)
+    except allowlist.GraphRefused as e:
+        raise _err(f"the model's graph is refused on its own input shape {shape}", e, hint=None) from None
+    other = (shape[0] + 1, *shape[1:])
+    try:
+        guard.check(other)
+    except allowlist.GraphRefused as e:
+        raise _err(
+            f"the program was exported for a batch of {shape[0]} and cannot run a batch of {other[0]}",
+            f"{e}; export it with a dynamic batch: torch.export.export(model, (x,), "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))",
+            hint=None,
+        ) from None
 
 
 def _build_node(graph: fx.Graph, nd: Any, nodes: list[fx.Node], tensors: dict[str, Any], last: bool) -> fx.Node:
@@ -1427,11 +1464,17 @@ def _build_node(graph: fx.Graph, nd: Any, nodes: list[fx.Node], tensors: dict[st
             raise ValueError("get_attr of an unknown tensor")
         node = graph.create_node("get_attr", nd["target"], name=name)
     elif op == "call_function":
+        target = nd.get("target")
+        if not isinstance(target, str) or not allowlist.is_allowed(target):
+            raise allowlist.GraphRefused(
+                f"node {name or '?'} calls {str(target)[:60]!r}, which is not supported (only operators the "
+                f"converter can lower may run); the graph may call: {allowlist.supported_list()}"
+            )
         args, kwargs = _decode(nd.get("args"), nodes), nd.get("kwargs")
-        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(map(_is_plain_name, kwargs)):
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(map(_is_keyword, kwargs)):
             raise ValueError("bad call arguments")
         kwargs = {k: _decode(v, nodes) for k, v in kwargs.items()}
-        node = graph.create_node("call_function", _resolve_target(nd.get("target")), tuple(args), kwargs, name=name)
+        node = graph.create_node("call_function", allowlist.resolve(target), tuple(args), kwargs, name=name)
     elif op == "output":
         node = graph.output(_decode(nd.get("args"), nodes))
     else:
@@ -1440,6 +1483,11 @@ def _build_node(graph: fx.Graph, nd: Any, nodes: list[fx.Node], tensors: dict[st
     if isinstance(label, list) and len(label) == 2 and all(isinstance(s, str) and _LABEL.fullmatch(s) for s in label):
         node.meta["nn_module_stack"] = {"module": (label[0], label[1])}
     return node
+
+
+def _is_keyword(name: Any) -> bool:
+    """A keyword-argument name (checked against the operator's schema by the allow-list)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and not keyword.iskeyword(name)
 
 
 def _is_plain_name(name: Any) -> bool:
@@ -1496,13 +1544,14 @@ _TS_ALLOWED = {
 # aten kinds translated one-to-one into fx calls of torch.ops.aten (in-place ones as their functional form).
 _TS_EMIT = {
     "aten::" + k for k in (
-        "conv1d conv2d conv3d _convolution linear addmm mm matmul t relu relu_ hardtanh hardtanh_ batch_norm "
-        "max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_avg_pool1d adaptive_avg_pool2d flatten view "
-        "reshape add add_ sub mul mean cat contiguous size"
+        "_convolution conv2d linear relu relu_ hardtanh hardtanh_ batch_norm max_pool2d avg_pool2d "
+        "adaptive_avg_pool2d flatten view reshape add add_ sub mul mean cat contiguous size chunk split transpose "
+        "permute slice"
     ).split()
 }  # fmt: skip
+"""(Each becomes an fx call that must then be on :data:`ttfs_core.allowlist.ALLOWED`.)"""
 _TS_HINT = (
-    "supported: conv, linear/addmm/matmul, relu, hardtanh, batch_norm, max/avg/adaptive pooling, "
+    "supported: conv2d, linear, relu, hardtanh, batch_norm, max/avg/adaptive pooling, "
     "flatten/view/reshape, dropout (eval), add/sub/mul, mean, cat, list/tuple plumbing"
 )
 _TS_DROPOUT = {f"aten::{k}" for k in ("dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout")}
@@ -1595,6 +1644,7 @@ def script_to_fx(module: torch.jit.ScriptModule) -> fx.GraphModule:
         raise _err("TorchScript module has no forward method", e, hint=None) from e
     torch._C._jit_pass_inline(graph)
     _check_ts_kinds(graph.block())
+    _check_ts_folding(graph)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1609,6 +1659,56 @@ def script_to_fx(module: torch.jit.ScriptModule) -> fx.GraphModule:
         raise
     except Exception as e:  # noqa: BLE001
         raise _err("cannot translate the TorchScript graph to fx", f"{type(e).__name__}: {e}", hint=None) from e
+
+
+# What torch.jit.freeze may compute while loading: its constant propagation runs every op whose inputs are all
+# stored values. Views and scalar arithmetic cost nothing; an elementwise op with one stored tensor costs its size;
+# anything else on stored values alone (a product of two stored matrices, a concatenation of one weight a thousand
+# times, two stored tensors broadcast against each other) can ask for minutes and gigabytes, and is refused.
+_TS_FOLD_VIEWS = {"aten::" + k for k in (
+    "view reshape flatten contiguous t transpose permute squeeze unsqueeze select slice chunk split __getitem__ "
+    "size dim len detach"
+).split()}  # fmt: skip
+_TS_FOLD_ELEMENTWISE = {"aten::" + k for k in "add add_ sub mul div div_ neg relu relu_ hardtanh hardtanh_".split()}
+
+
+def _check_ts_folding(graph: Any) -> None:
+    """Refuse a TorchScript graph in which freezing would compute more than views and cheap elementwise ops on
+    stored values (the graph is inspected, never run)."""
+    data = {v.unique() for v in list(graph.inputs())[1:]}  # values that depend on forward()'s inputs
+
+    def visit(block: Any) -> None:
+        for n in block.nodes():
+            for b in n.blocks():
+                visit(b)
+            depends = any(v.unique() in data for v in n.inputs()) or any(
+                o.unique() in data for b in n.blocks() for o in b.outputs()
+            )
+            if depends:
+                data.update(o.unique() for o in n.outputs())
+                continue
+            kind = n.kind()
+            if kind.startswith("prim::") or not any(_ts_is_tensor(o.type()) for o in n.outputs()):
+                continue
+            tensors_in = sum(_ts_is_tensor(v.type()) for v in n.inputs())
+            if kind in _TS_FOLD_VIEWS or (kind in _TS_FOLD_ELEMENTWISE and tensors_in <= 1):
+                continue
+            raise _err(
+                f"TorchScript node {kind} computes on stored values only, which torch.jit.freeze would run while "
+                "loading (refused: fold such constants before saving, or export with torch.export)",
+                hint=None,
+            )
+
+    visit(graph.block())
+
+
+def _ts_is_tensor(t: Any) -> bool:
+    kind = t.kind()
+    if kind in ("ListType", "OptionalType"):
+        return _ts_is_tensor(t.getElementType())
+    if kind == "TupleType":
+        return any(_ts_is_tensor(e) for e in t.elements())
+    return kind == "TensorType"
 
 
 def _check_ts_kinds(block: Any) -> None:
