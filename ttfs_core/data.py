@@ -342,11 +342,22 @@ def load_dataset(
     return source.batch(0, len(source))
 
 
+LABEL_CHUNK = 1 << 20  # labels checked at once by `Source.check_labels` (8 MB as int64)
+
+
+def first_bad_label(labels: np.ndarray, num_classes: int) -> int | None:
+    """The index of the first label outside [0, num_classes), or None: a label the model cannot predict would
+    count as a silent miss (labels −1 or 10^12 give "0 % accuracy" and nothing else)."""
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    return int(bad[0]) if bad.size else None
+
+
 class Source:
     """A dataset opened for streaming: its length, whether it has labels, and any slice of it, preprocessed for the
     model, read when asked for (a folder of images or an .npz file is never read whole)."""
 
     labelled: bool = True
+    label_field: str = "labels"  # how a refused label's source is named (an .npz file: "PATH: y")
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -360,26 +371,51 @@ class Source:
         """How a report names item i (its file, or its index)."""
         return f"#{i}"
 
+    def labels(self, lo: int, hi: int) -> np.ndarray | None:
+        """The labels of items [lo, hi) without their images (None when unlabelled). Shape: (hi − lo,) integers."""
+        return None
+
+    def check_labels(self, num_classes: int) -> None:
+        """Refuse (ValueError, one line naming the item) any label outside [0, num_classes).
+
+        The dataset is opened before the model's output size is known (the CLI converts first), so callers check
+        once they know it: ``ttfs verify`` with the converted network's logits per input, the explorer with its
+        model's (or pass ``num_classes`` to `open_dataset`). Reads the labels in pieces of `LABEL_CHUNK`, never the
+        images."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        for lo in range(0, len(self), LABEL_CHUNK):
+            labels = self.labels(lo, min(lo + LABEL_CHUNK, len(self)))
+            if labels is None:
+                return
+            bad = first_bad_label(labels, num_classes)
+            if bad is not None:
+                raise ValueError(f"{self.label_field}: label {labels[bad]} of item {self.name(lo + bad)} is outside "
+                                 f"the model's {num_classes} classes (0–{num_classes - 1})")
+
 
 class _Arrays(Source):
     """uint8 images in memory (a bundled split, a torchvision dataset's arrays)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess):
-        self.images, self.labels, self.preprocess = images, labels, preprocess
+        self.images, self._labels, self.preprocess = images, labels, preprocess
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
         x = self.preprocess.batch_from_uint8(np.asarray(self.images[lo:hi]))
-        return x, torch.from_numpy(np.array(self.labels[lo:hi], dtype=np.int64))
+        return x, torch.from_numpy(np.array(self._labels[lo:hi], dtype=np.int64))
+
+    def labels(self, lo: int, hi: int) -> np.ndarray:
+        return np.asarray(self._labels[lo:hi])
 
 
 class _Files(Source):
     """Image files (a folder), decoded when their batch is asked for."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, preprocess: Preprocess):
-        self.files, self.labels, self.preprocess = files, labels, preprocess
+        self.files, self._labels, self.preprocess = files, labels, preprocess
         self.labelled = labels is not None
 
     def __len__(self) -> int:
@@ -388,8 +424,11 @@ class _Files(Source):
     def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
         images = [_read(p, self.preprocess) for p in self.files[lo:hi]]
         x = torch.stack(images) if images else torch.empty((0, *self.preprocess.shape))
-        y = torch.tensor(self.labels[lo:hi], dtype=torch.int64) if self.labels is not None else None
+        y = torch.tensor(self._labels[lo:hi], dtype=torch.int64) if self._labels is not None else None
         return x, y
+
+    def labels(self, lo: int, hi: int) -> np.ndarray | None:
+        return np.asarray(self._labels[lo:hi], dtype=np.int64) if self._labels is not None else None
 
     def name(self, i: int) -> str:
         return str(self.files[i])
@@ -397,7 +436,7 @@ class _Files(Source):
 
 class _Limited(Source):
     def __init__(self, source: Source, n: int):
-        self.source, self.n, self.labelled = source, n, source.labelled
+        self.source, self.n, self.labelled, self.label_field = source, n, source.labelled, source.label_field
 
     def __len__(self) -> int:
         return self.n
@@ -408,8 +447,12 @@ class _Limited(Source):
     def name(self, i: int) -> str:
         return self.source.name(i)
 
+    def labels(self, lo: int, hi: int) -> np.ndarray | None:
+        return self.source.labels(min(lo, self.n), min(hi, self.n))
 
-def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None) -> Source:
+
+def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None, *,
+                 num_classes: int | None = None) -> Source:
     """The dataset named by ``spec``, opened for streaming (`Source`).
 
     ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled: a whole test set,
@@ -417,7 +460,12 @@ def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: in
     integer folder names taken as the label, or a flat folder: no labels); an ``.npz`` file with an array ``x``
     and optionally labels ``y`` (see `NpzSource`); or ``torchvision:NAME:/root`` (test split, add ``:train`` for
     the training split) with NAME one of MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never
-    downloaded). ``limit``: only the first ``limit`` items.
+    downloaded). ``limit``: only the first ``limit`` items. ``num_classes``: the model's number of classes, when
+    known: labels outside [0, num_classes) are refused now (`Source.check_labels`, which callers that learn it
+    later call themselves).
+
+    An untrusted .npz file gets the limits of an image file and more, each refusal a one-line ValueError naming
+    the field (see `ttfs_core.npz`).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -439,7 +487,10 @@ def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: in
             raise ValueError(f"dataset {spec!r} is a file but not an .npz; supported: {SUPPORTED_SPECS}")
         else:
             raise ValueError(f"unknown dataset {spec!r} (no such folder or file); supported: {SUPPORTED_SPECS}")
-    return source if limit is None or limit >= len(source) else _Limited(source, limit)
+    source = source if limit is None or limit >= len(source) else _Limited(source, limit)
+    if num_classes is not None:
+        source.check_labels(num_classes)
+    return source
 
 
 def _folder(root: Path, preprocess: Preprocess) -> _Files:
