@@ -7,7 +7,7 @@ when the cursor comes to rest (so that the page's link carries it).
 
 import streamlit as st
 
-from ttfs_ui import controls, live, state, timeline
+from ttfs_ui import controls, live, messages, state, timeline
 
 cur = controls.page_start("Spike raster", "raster")
 
@@ -15,15 +15,17 @@ tl = cur.timeline
 spikes = timeline.spikes_of(cur.snn, cur.result)
 # what the browser sent since the last run (read before drawing, so the cursor drawn is the one it has): the cursor
 # after it rested (for the link and the membrane page), or a clicked neuron, whose trace opens
-event = st.session_state.get("timeline")
-if isinstance(event, dict) and event.get("seq") != st.session_state.get("_seen_timeline_click"):
-    st.session_state["_seen_timeline_click"] = event.get("seq")
-    if isinstance(event.get("cursor"), int) and 0 <= event["cursor"] <= tl.steps:
-        state.put(state.CURSOR, event["cursor"])
-    target = next((s for s in spikes[1:] if s.name == event.get("layer")), None)
-    neuron = event.get("neuron")
-    if target is not None and isinstance(neuron, int) and 0 <= neuron < target.neurons:
-        controls.open_trace(target.name, neuron)
+raw = st.session_state.get("timeline")
+try:
+    event = None if raw is None else messages.timeline_event(raw, tl.steps, {s.name: s.neurons for s in spikes[1:]})
+except messages.BadMessage as e:  # from a scripted browser: used for nothing
+    event = None
+    st.warning(f"A message from the timeline was ignored: {e}.")
+if event is not None and event.seq != st.session_state.get("_seen_timeline_click"):
+    st.session_state["_seen_timeline_click"] = event.seq
+    state.put(state.CURSOR, event.cursor)
+    if event.layer is not None:
+        controls.open_trace(event.layer, event.neuron)
 axis_options = {"auto": f"automatic ({tl.default_mode()} for this network)",
                 timeline.STRETCHED: "each window stretched to equal width",
                 timeline.ABSOLUTE: "absolute time (τ_c)"}

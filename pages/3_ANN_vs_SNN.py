@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ttfs_core import data
-from ttfs_ui import cache, controls, figures, state, tables
+from ttfs_ui import cache, controls, figures, messages, state, tables
 
 cur = controls.page_start("ANN vs SNN", "ann_vs_snn")
 
@@ -72,8 +72,13 @@ else:
                f"layer and {cache.EVAL_CHUNK} images). Click a row to open that neuron's membrane trace.")
     table = st.dataframe(rows, hide_index=True, width="stretch", key="early_table", on_select="rerun",
                          selection_mode="single-row", column_order=("image", "layer", "index", "early by (τ_c)"))
-    if table.selection.rows:
-        row = rows[table.selection.rows[0]]
+    try:
+        chosen = messages.picked_row(table.selection.rows, len(rows))
+    except messages.BadMessage as e:  # from a scripted browser: used for nothing
+        chosen = None
+        st.warning(f"A selection from the table was ignored: {e}.")
+    if chosen is not None:
+        row = rows[chosen]
         controls.open_trace(row["layer name"], row["neuron"], row["image"])
     st.markdown(f"Or the first {min(len(rows), 12)}:")
     for col, row in zip(st.columns(4) * 3, rows[:12]):

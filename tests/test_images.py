@@ -141,3 +141,11 @@ def test_a_bad_drawing_is_refused_with_a_message(value, message):
 
     with pytest.raises(ValueError, match=message):
         draw.drawn_png(value)
+
+
+def test_upload_keys_are_full_digests_of_the_bytes_and_the_architecture():
+    """Uploads are cached across sessions by key: a full SHA-256, with the architecture hashed apart."""
+    key = uploads.upload_key(b"weights", "lenet5")
+    assert key.startswith("upload:") and len(key) == len("upload:") + 64
+    assert key != uploads.upload_key(b"weights") != uploads.upload_key(b"weightslenet5")
+    assert uploads.upload_key(b"weights", None) == uploads.upload_key(b"weights", "")

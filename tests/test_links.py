@@ -102,6 +102,17 @@ def test_the_cursor_the_browser_sent_goes_into_the_link():
     assert live_spec(at)["cursor"] == 12
 
 
+@pytest.mark.parametrize("message", [{"cursor": True, "seq": "c2"}, {"cursor": 10**9, "seq": "c2"},
+                                     {"cursor": 3, "seq": "c2", "layer": "2", "neuron": -1}])
+def test_a_bad_message_from_the_timeline_changes_nothing(message):
+    """{"cursor": true} once went into the link as t=True: a message that does not fit is ignored, with a note."""
+    at = opened(RASTER)
+    at.session_state["timeline"] = message
+    at.run()
+    assert not at.exception and at.session_state[state.CURSOR] is None and "t" not in link(at)
+    assert any("message from the timeline was ignored" in n for n in notes(at))
+
+
 @pytest.mark.parametrize("query, named", [
     ({"zeta": "abc"}, "zeta='abc'"),
     ({"zeta": "nan"}, "zeta='nan'"),

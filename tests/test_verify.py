@@ -187,6 +187,87 @@ def test_cuda_asked_for_without_cuda_is_one_line(capsys):
         ttfs_core.convert(zoo.load("fc")[0], torch.rand(4, 1, 28, 28), device="cuda")
 
 
+# --- a report file read back on resume is checked, never trusted ---------------------------------------------
+RUN = ["--limit", "1000", "--shard-size", "256", "--batch-size", "256", "-q"]
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory):
+    """A finished report of fc on 1,000 MNIST test images (4 shards), verified against a saved network."""
+    folder = tmp_path_factory.mktemp("resume")
+    net, report = folder / "fc.safetensors", folder / "run.json"
+    assert main(["convert", "fc", "--limit", "256", "-o", str(net)]) == 0
+    assert main(["verify", "fc", "--snn", str(net), *RUN, "--report", str(report)]) == 0
+    return net, json.loads(report.read_text())
+
+
+def _set(path: str, value):
+    """A forgery: the report file with the field at `path` ("report.layers.0.spikes") set to `value`."""
+    def forge(body: dict) -> None:
+        *parents, last = path.split(".")
+        node = body
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return forge
+
+
+def _resume(net: Path, body: dict, tmp_path: Path, capsys, argv: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    """Exit status, stderr and stdout of resuming from `body`."""
+    report = tmp_path / "forged.json"
+    report.write_text(json.dumps(body))
+    code = main(["verify", "fc", "--snn", str(net), *RUN, *argv, "--report", str(report), "--resume"])
+    out, err = capsys.readouterr()
+    return code, err, out
+
+
+@pytest.mark.parametrize("forge, needle", [
+    (_set("report.agree", 10**30), "report.agree = 1000000000000000000000000000000 is more than report.images (1000)"),
+    (_set("report.images", -5), "report.images: -5 is negative"),
+    (_set("report.snn_correct", True), "report.snn_correct: expected a whole number, got bool True"),
+    (_set("report.clipped", float("nan")), "report.clipped: expected a whole number, got float nan"),
+    (_set("report.images", 999), "report.images = 999, but the size of the completed shards is 1000"),
+    (_set("completed", [0, 1, 2]), "report.images = 1000, but the size of the completed shards is 768"),
+    (_set("report.layers.0.spikes", 10**9), "report.layers[0].spikes = 1000000000 is more than report.layers[0]"),
+    (_set("report.layers.0.window", "nan"), "report.layers[0].window = nan, but the network's is"),
+    (_set("report.layers.0.error.value", -1.0), "report.layers[0].error.value = -1.0 is negative"),
+    (_set("report.readout.largest.index", 5000), "report.readout.largest.index = 5000 is not an input of the comp"),
+    (_set("report.disagreements", [7]), "the length of report.disagreements = 1, but the number of inputs it"),
+    (_set("config.model_sha256", "0" * 64), "it records another run (differs in model_sha256)"),
+    (_set("config.data_sha256", "0" * 64), "it records another run (differs in data_sha256)"),
+])
+def test_a_forged_report_is_refused_naming_the_field(genuine, tmp_path, capsys, forge, needle):
+    net, body = genuine
+    body = json.loads(json.dumps(body))
+    forge(body)
+    code, err, _ = _resume(net, body, tmp_path, capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ttfs: error: cannot resume from ")
+
+
+def test_a_report_of_other_settings_or_data_is_refused(genuine, tmp_path, capsys):
+    """The digests bind a report to its run: another dataset file, other conversion settings."""
+    net, body = genuine
+    npz = tmp_path / "data.npz"
+    x, y = data.load_uint8("mnist", "test")
+    np.savez(npz, x=np.asarray(x[:1000]), y=np.asarray(y[:1000]))
+    code, err, _ = _resume(net, body, tmp_path, capsys, ("--data", str(npz)))
+    assert code == 2 and "differs in data, data_sha256" in err
+    report = tmp_path / "forged.json"  # the same model converted here with another margin
+    assert main(["verify", "fc", *RUN, "--margin", "0.3", "--report", str(report), "--resume"]) == 2
+    assert "differs in network, settings_sha256)" in capsys.readouterr().err
+    settings = json.loads(json.dumps(body))
+    settings["config"]["settings_sha256"] = "0" * 64
+    code, err, _ = _resume(net, settings, tmp_path, capsys)
+    assert code == 2 and "differs in settings_sha256" in err
+
+
+def test_the_genuine_report_resumes(genuine, tmp_path, capsys):
+    net, body = genuine
+    code, _, out = _resume(net, body, tmp_path, capsys)
+    assert code == 0 and "PASS" in out and "agreement      100.00 % (1000/1000" in out
+
+
 # --- streamed .npz datasets ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("layout", ["nhw", "nhwc", "nchw", "float"])

@@ -25,7 +25,7 @@ from typing import NoReturn, TextIO
 import torch
 from torch import Tensor, nn
 
-from . import __version__, data, loading, zoo
+from . import __version__, data, loading, verify, zoo
 from .compare import compare
 from .convert import NEURONS, RESCALE, convert
 from .errors import InputError
@@ -423,6 +423,16 @@ def _verify(args: argparse.Namespace, ranks: Ranks) -> int:
             out.close()
 
 
+def _run_config(args: argparse.Namespace, model: Model, source: data.Source, n: int, network: str) -> dict:
+    """What a report file records of its run, so that --resume continues only the same run: the specs as given,
+    and full SHA-256 digests of the model, the data, the network and the settings (`ttfs_core.verify`)."""
+    settings = {k: getattr(args, k) for k in ("calib", "calib_limit", "margin", "neuron", "rescale", "float64")}
+    return {"model": args.model, "model_sha256": verify.model_digest(args.model), "data": args.data,
+            "data_sha256": verify.data_digest(args.data, source), "limit": args.limit, "images": n, "network": network,
+            "batch_size": args.batch_size, "shard_size": args.shard_size, "preprocess": model.preprocess.to_dict(),
+            "settings_sha256": verify.settings_digest(settings)}
+
+
 def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
     device = args.device_
     model = load_model(args.model, args.arch, args.preprocess)
@@ -464,22 +474,25 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
         blob_digest = digest(blob)
         kv("network", f"converted: {describe(snn)}", out)
     module = copy.deepcopy(module).to(device) if device.type != "cpu" else module
+    try:  # labels the model cannot predict would count as silent misses
+        source.check_labels(snn.run(first[:1].to(device, snn.dtype)).logits[0].numel())
+    except (ValueError, OSError) as e:
+        raise CliError(f"--data: {e}") from None
     kv("data", f"{args.data}: {n} images, {'labelled' if source.labelled else 'no labels'}", out)
     if ranks.world > 1 or device.type != "cpu":
         kv("processes", f"{ranks.world} ({'torch.distributed, ' if ranks.world > 1 else ''}device {device})", out)
     out.flush()
 
     shards = shard_count(n, args.shard_size)
-    config = {"model": args.model, "data": args.data, "limit": args.limit, "images": n, "network": blob_digest,
-              "batch_size": args.batch_size, "shard_size": args.shard_size,
-              "preprocess": model.preprocess.to_dict()}
+    config = _run_config(args, model, source, n, blob_digest) if ranks.main and args.report else {}
     verifier = Verifier(module, snn, first)
 
     def open_run() -> tuple[list[int], dict | None]:
         """The shards done and the report so far of the run --resume continues (none without it)."""
         if not args.resume:
             return [], None
-        resumed = RunFile.resume(Path(args.report), config, shards)
+        bounds = verify.Bounds.of(snn, first[0].numel(), source.labelled, n, args.shard_size)
+        resumed = RunFile.resume(Path(args.report), config, bounds)
         return sorted(resumed.completed), resumed.report.to_json()
 
     done, resumed = _on_main(ranks, open_run)

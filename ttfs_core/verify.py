@@ -33,7 +33,7 @@ from .compare import record_activations
 from .network import SpikingNetwork
 from .result import SimResult, merge_counts
 
-FORMAT, VERSION = "ttfs-verify-report", 1
+FORMAT, VERSION = "ttfs-verify-report", 2  # 2: digests of the model, data and settings
 MAX_LISTED = 100  # inputs listed by index (those whose prediction differs, those with early spikes): the smallest
 
 
@@ -143,15 +143,18 @@ class Report:
         return _plain(asdict(self))
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Report:
-        """Inverse of `to_json` (raises ValueError for anything else: a report file is read back on resume)."""
+    def from_json(cls, d: Any) -> Report:
+        """Inverse of `to_json`. A report file is read back on resume and may be anything: every field is
+        type-checked here (counts are whole numbers >= 0, a bool is not one), and a ValueError names the first
+        field that is not what `to_json` writes. Whether the values fit the run is `check_fits`'s question."""
         try:
-            return cls(tuple(_layer(la) for la in d["layers"]), _layer(d["readout"]),
-                       *(_count(d[k]) for k in ("images", "labelled", "ann_correct", "snn_correct", "agree",
-                                                "early_images", "clipped")),
-                       tuple(_count(i) for i in d["disagreements"]), tuple(_count(i) for i in d["early_inputs"]))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"not a verification report ({type(e).__name__}: {e})") from None
+            r = _Fields(d, "report")
+            return cls(tuple(_layer(f) for f in r.objects("layers")), _layer(r.object("readout")),
+                       *(r.count(k) for k in ("images", "labelled", "ann_correct", "snn_correct", "agree",
+                                              "early_images", "clipped")),
+                       r.counts("disagreements"), r.counts("early_inputs"))
+        except ValueError as e:
+            raise ValueError(f"not a verification report ({e})") from None
 
 
 def percent(k: int, n: int) -> str:
@@ -177,30 +180,186 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _number(v: Any) -> float | None:
+def _show(v: Any) -> str:
+    """A value as an error message quotes it: its type and at most 40 characters of it."""
+    return f"{type(v).__name__} {repr(v)[:40]}"
+
+
+def _count(v: Any, at: str, least: int = 0) -> int:
+    """A count read back from a report: a whole number >= `least` (JSON's true is not 1, 3.0 is not 3)."""
+    if type(v) is not int:
+        raise ValueError(f"{at}: expected a whole number, got {_show(v)}")
+    if v < least:
+        raise ValueError(f"{at}: {v} is negative")
+    return v
+
+
+def _number(v: Any, at: str) -> float | None:
+    """A float read back from a report: a number, None, or NaN/±inf as `_plain` writes them (strings)."""
     if v is None:
         return None
     if isinstance(v, str) and v in ("nan", "inf", "-inf"):
         return float(v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"expected a number, got {v!r}")
+    if type(v) not in (int, float):
+        raise ValueError(f"{at}: expected a number, got {_show(v)}")
     return float(v)
 
 
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"expected an integer, got {v!r}")
-    return v
+class _Fields:
+    """A JSON object of a report file, read by key so that every error names its at (`report.layers[2].early`)."""
+
+    def __init__(self, value: Any, where: str):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {_show(value)}")
+        self.value, self.where = value, where
+
+    def get(self, key: str) -> tuple[Any, str]:
+        if key not in self.value:
+            raise ValueError(f"{self.where}.{key}: missing")
+        return self.value[key], f"{self.where}.{key}"
+
+    def items(self, key: str) -> list[tuple[Any, str]]:
+        v, at = self.get(key)
+        if not isinstance(v, list):
+            raise ValueError(f"{at}: expected a list, got {_show(v)}")
+        return [(x, f"{at}[{i}]") for i, x in enumerate(v)]
+
+    def count(self, key: str, least: int = 0) -> int:
+        return _count(*self.get(key), least)
+
+    def counts(self, key: str) -> tuple[int, ...]:
+        return tuple(_count(v, at) for v, at in self.items(key))
+
+    def number(self, key: str) -> float | None:
+        return _number(*self.get(key))
+
+    def text(self, key: str) -> str:
+        v, at = self.get(key)
+        if not isinstance(v, str) or not 0 < len(v) <= 200 or not v.isprintable():
+            raise ValueError(f"{at}: expected a name, got {_show(v)}")
+        return v
+
+    def object(self, key: str) -> _Fields:
+        return _Fields(*self.get(key))
+
+    def objects(self, key: str) -> list[_Fields]:
+        return [_Fields(v, at) for v, at in self.items(key)]
 
 
-def _worst(d: dict) -> Worst:
-    return Worst(_number(d["value"]), _count(d["index"]))
+def _worst(f: _Fields) -> Worst:
+    return Worst(f.number("value"), f.count("index", least=-1))
 
 
-def _layer(d: dict) -> LayerCheck:
-    return LayerCheck(str(d["name"]), str(d["op"]), float(_number(d["window"])), _worst(d["error"]),
-                      _worst(d["largest"]), *(_count(d[k]) for k in ("early", "spikes", "neurons", "searched")),
-                      tuple((str(s), _count(c)) for s, c in d["certificate"]))
+def _certificate(f: _Fields) -> tuple[tuple[str, int], ...]:
+    """(stage, neurons) pairs, each stage once."""
+    out: dict[str, int] = {}
+    for pair, at in f.items("certificate"):
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].isprintable()
+                and 0 < len(pair[0]) <= 80 and pair[0] not in out):
+            raise ValueError(f"{at}: expected a [stage, count] pair with a new stage name, got {_show(pair)}")
+        out[pair[0]] = _count(pair[1], f"{at}[1]")
+    return tuple(out.items())
+
+
+def _layer(f: _Fields) -> LayerCheck:
+    window = f.number("window")
+    if window is None:
+        raise ValueError(f"{f.where}.window: expected a number, got None")
+    return LayerCheck(f.text("name"), f.text("op"), window, _worst(f.object("error")), _worst(f.object("largest")),
+                      *(f.count(k) for k in ("early", "spikes", "neurons", "searched")), _certificate(f))
+
+
+# --- does a report fit its run? ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bounds:
+    """What a report of one run can hold, known from the run itself (the network and the dataset), never from the
+    report: a report file read back on resume is checked against it, so that no forged or corrupted count can
+    reach the verdict (a count larger than the inputs could give "agreement 1.95e29 %" and PASS)."""
+
+    template: Report  # the network's empty report: its layers' names, ops and windows
+    neurons: tuple[int, ...]  # neurons per input of each spiking layer
+    input_size: int  # values per input (bounds the clipped ones)
+    labelled: bool  # whether the dataset has labels
+    n: int  # inputs in the dataset
+    shard_size: int
+
+    @classmethod
+    def of(cls, snn: SpikingNetwork, input_size: int, labelled: bool, n: int, shard_size: int) -> Bounds:
+        return cls(Report.empty(snn), tuple(la.neurons for la in snn.layers), input_size, labelled, n, shard_size)
+
+    @property
+    def shards(self) -> int:
+        return shard_count(self.n, self.shard_size)
+
+
+def _at_most(value: float, most: float, field: str, what: str) -> None:
+    if value > most:
+        raise ValueError(f"{field} = {value} is more than {what} ({most})")
+
+
+def _exactly(value: Any, expected: Any, field: str, what: str) -> None:
+    if value != expected:
+        raise ValueError(f"{field} = {value!r}, but {what} is {expected!r}")
+
+
+def check_fits(report: Report, bounds: Bounds, completed: set[int]) -> None:
+    """Raise ValueError naming the first field of `report` that the completed shards of the run `bounds`
+    describes could not have produced: a count above what it counts (agreements above the inputs, spikes above
+    the neurons), totals that are not the shards' sizes, a listed or worst input outside the completed shards,
+    layers that are not the network's."""
+    images = sum(hi - lo for lo, hi in (shard_range(k, bounds.n, bounds.shard_size) for k in completed))
+
+    def inside(i: int) -> bool:
+        return 0 <= i < bounds.n and i // bounds.shard_size in completed
+
+    _exactly(report.images, images, "report.images", "the size of the completed shards")
+    _exactly(report.labelled, images if bounds.labelled else 0, "report.labelled", "the labelled inputs in them")
+    for key in ("ann_correct", "snn_correct"):
+        _at_most(getattr(report, key), report.labelled, f"report.{key}", "report.labelled")
+    for key in ("agree", "early_images"):
+        _at_most(getattr(report, key), images, f"report.{key}", "report.images")
+    _at_most(report.clipped, images * bounds.input_size, "report.clipped", "the input values checked")
+    _check_listed(report.disagreements, images - report.agree, inside, "report.disagreements")
+    _check_listed(report.early_inputs, report.early_images, inside, "report.early_inputs")
+    _exactly(len(report.layers), len(bounds.template.layers), "the number of report.layers", "the network's")
+    for i, (la, like, per_input) in enumerate(zip(report.layers, bounds.template.layers, bounds.neurons)):
+        _check_layer(la, like, per_input * images, inside, f"report.layers[{i}]")
+    _check_layer(report.readout, bounds.template.readout, 0, inside, "report.readout")
+
+
+def _check_listed(listed: tuple[int, ...], total: int, inside: Callable[[int], bool], field: str) -> None:
+    """Inputs listed by index: the smallest min(total, MAX_LISTED) of them, increasing, in completed shards."""
+    _exactly(len(listed), min(total, MAX_LISTED), f"the length of {field}", "the number of inputs it lists")
+    for i, (a, b) in enumerate(zip(listed, listed[1:])):
+        if b <= a:
+            raise ValueError(f"{field}[{i + 1}] = {b} is not above {field}[{i}] = {a}")
+    for i, index in enumerate(listed):
+        if not inside(index):
+            raise ValueError(f"{field}[{i}] = {index} is not an input of the completed shards")
+
+
+def _check_layer(la: LayerCheck, like: LayerCheck, neurons: int, inside: Callable[[int], bool], field: str) -> None:
+    for key in ("name", "op", "window"):
+        _exactly(getattr(la, key), getattr(like, key), f"{field}.{key}", "the network's")
+    _exactly(la.neurons, neurons, f"{field}.neurons", "the layer's neurons times the inputs")
+    for key in ("early", "spikes", "searched"):
+        _at_most(getattr(la, key), neurons, f"{field}.{key}", f"{field}.neurons")
+    _at_most(sum(c for _, c in la.certificate) + la.searched, neurons, f"{field}.certificate (with searched)",
+             f"{field}.neurons")
+    for key in ("error", "largest"):
+        _check_worst(getattr(la, key), inside, f"{field}.{key}")
+
+
+def _check_worst(w: Worst, inside: Callable[[int], bool], field: str) -> None:
+    """A largest |value| and its input: none (None, -1) or >= 0 at an input of the completed shards. NaN and +inf
+    are allowed: they are what a run that overflows records, and a NaN fails the verification."""
+    if w.value is None:
+        _exactly(w.index, -1, f"{field}.index", "the index of no input")
+        return
+    if w.value < 0:
+        raise ValueError(f"{field}.value = {w.value} is negative")
+    if not inside(w.index):
+        raise ValueError(f"{field}.index = {w.index} is not an input of the completed shards")
 
 
 # --- one batch -------------------------------------------------------------------------------------------------
@@ -394,11 +553,13 @@ class RunFile:
             raise
 
     @classmethod
-    def resume(cls, path: Path, config: dict[str, Any], shards: int) -> RunFile:
-        """The run recorded in `path`, which must be this run (same `config`). Raises ValueError saying why not."""
+    def resume(cls, path: Path, config: dict[str, Any], bounds: Bounds) -> RunFile:
+        """The run recorded in `path`, which must be this run: the same `config` (the digests of the model, the
+        data and the settings among it) and a report that fits `bounds` (`check_fits`). Raises ValueError
+        naming the first field that differs or does not fit."""
         try:
             body = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"cannot resume from {path}: {e}") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT or body.get("version") != VERSION:
             raise ValueError(f"cannot resume from {path}: not a ttfs verification report (version {VERSION})")
@@ -407,11 +568,80 @@ class RunFile:
             diff = [k for k in sorted({*config, *old}) if config.get(k) != old.get(k)]
             raise ValueError(f"cannot resume from {path}: it records another run (differs in {', '.join(diff)})")
         completed = body.get("completed")
-        if body.get("shards") != shards or not isinstance(completed, list) or not all(
-                isinstance(k, int) and not isinstance(k, bool) and 0 <= k < shards for k in completed):
-            raise ValueError(f"cannot resume from {path}: its shard list does not fit {shards} shards")
-        return cls(path, config, Report.from_json(body["report"]), set(completed), shards)
+        if body.get("shards") != bounds.shards or not isinstance(completed, list) or not all(
+                type(k) is int and 0 <= k < bounds.shards for k in completed) or len(set(completed)) < len(completed):
+            raise ValueError(f"cannot resume from {path}: its shard list does not fit {bounds.shards} shards")
+        try:
+            report = Report.from_json(body.get("report"))
+            check_fits(report, bounds, set(completed))
+        except ValueError as e:
+            raise ValueError(f"cannot resume from {path}: {e}") from None
+        return cls(path, config, report, set(completed), bounds.shards)
+
+
+# --- what a report is bound to ---------------------------------------------------------------------------------
+# A report file names its run by digests (full SHA-256) of the model, the data and the settings, so that a resume
+# never adds shards of one run to the report of another (another model file under the same name, an edited
+# dataset, other conversion settings).
+CHUNK = 1 << 20
 
 
 def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 of a folder: every file under it (hidden ones skipped), by its path relative to `root` and its
+    bytes' digest, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if not any(part.startswith(".") for part in rel.parts):
+            h.update(json.dumps([rel.as_posix(), file_digest(path)]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def source_digest(source: Any, batch: int = 1024) -> str:
+    """SHA-256 of a dataset's inputs and labels as the verification reads them (`ttfs_core.data.Source`)."""
+    h = hashlib.sha256()
+    for lo in range(0, len(source), batch):
+        x, y = source.batch(lo, min(len(source), lo + batch))
+        h.update(x.contiguous().numpy().tobytes())
+        h.update(b"" if y is None else y.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_digest(spec: str) -> str:
+    """What a model spec names: a bundled model's weights file, or the model file's bytes."""
+    from . import zoo
+
+    return file_digest(zoo.weights_path(spec) if spec in zoo.ARCHITECTURES else Path(spec).expanduser())
+
+
+def data_digest(spec: str, source: Any) -> str:
+    """What a dataset spec names: a bundled split's asset, an .npz file's bytes, a folder's files; anything else
+    (a torchvision dataset, in memory) by its inputs and labels."""
+    from . import data
+
+    path = Path(spec.strip()).expanduser()
+    if spec.strip() in data.BUNDLED_SPECS:
+        return file_digest(data.dataset(spec.strip().rsplit("-", 1)[0]).path)
+    if path.is_file():
+        return file_digest(path)
+    if path.is_dir():
+        return tree_digest(path)
+    return source_digest(source)
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """SHA-256 of settings as canonical JSON."""
+    return digest(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -18,9 +18,9 @@ import ttfs_core
 from ttfs_core import data, zoo
 from ttfs_core.loading import ModelLoadError
 
-from . import cache, state, text
+from . import cache, messages, state, text
 from .timeline import Timeline, most_active, timeline_of
-from .uploads import UploadedImage, UploadedModel, digest, light_background, read_image
+from .uploads import UploadedImage, UploadedModel, light_background, read_image, upload_key
 
 TEST_IMAGES = state.TEST_IMAGES
 EVAL_OPTIONS = (1000, 10_000)  # test images the ANN-vs-SNN page can evaluate
@@ -373,7 +373,7 @@ def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str |
     Nothing about the upload is trusted: the safe loader refuses code, and every failure (loading, input shape,
     conversion) becomes a message; the previously selected model stays selected.
     """
-    key = f"upload:{digest(data_ + (arch or '').encode())}"
+    key = upload_key(data_, arch)
     failed = state.get(state.FAILED_UPLOADS)
     if key in failed:
         return failed[key]
@@ -406,7 +406,7 @@ def remember(store: dict, key: str, value, limit: int) -> None:
 
 def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str | None, list[str]]:
     """Decode and select an uploaded image. Returns (error message or None, notes such as 'resized')."""
-    key = f"upload:{digest(data_)}"
+    key = upload_key(data_)
     known = state.get(state.UPLOADED_IMAGES).get(key)
     try:
         invert = known.invert if known is not None else light_background(data_)
@@ -492,11 +492,15 @@ def pick_from_map(spikes, key: str) -> list[int]:
     chart = f"{key}_{st.session_state.get(generation, 0)}"
     event = st.session_state.get(chart)
     selection = (event or {}).get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
-    points = list(selection.get("points", [])) if selection else []
-    picked = [int(order[p["point_index"]]) for p in points if p.get("point_index") is not None]
+    try:
+        indices, group = messages.chart_selection(selection or {}, len(order))
+    except messages.BadMessage as e:  # from a scripted browser: used for nothing
+        indices, group = [], False
+        st.warning(f"A selection from the chart was ignored: {e}.")
+    picked = [int(order[i]) for i in indices]
     if picked:
         chosen = chosen_neurons(spikes.name) or []
-        if selection.get("box") or selection.get("lasso") or len(picked) > 1:
+        if group or len(picked) > 1:
             chosen = picked
         elif picked[0] in chosen:
             chosen = [i for i in chosen if i != picked[0]]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import uploads
+from . import messages, uploads
 
 FRONTEND = Path(__file__).resolve().parent / "frontend" / "draw"
 MAX_SIDE = 512  # a pad larger than this is refused (the pad sends 56×56)
@@ -22,13 +22,12 @@ MAX_SIDE = 512  # a pad larger than this is refused (the pad sends 56×56)
 def drawn_png(value) -> bytes:
     """The PNG of the digit the pad sent ({"pixels": base64 grey bytes, "size": side}). Raises ValueError with a
     message for anything else (the value comes from the browser: untrusted)."""
-    if not (isinstance(value, dict) and isinstance(value.get("pixels"), str) and isinstance(value.get("size"), int)):
-        raise ValueError("the drawing pad sent something that is not a drawing")
-    side = value["size"]
-    if not 4 <= side <= MAX_SIDE:
-        raise ValueError(f"the drawing is {side}×{side} pixels; the pad sends between 4×4 and {MAX_SIDE}×{MAX_SIDE}")
     try:
-        raw = base64.b64decode(value["pixels"], validate=True)
+        pixels, side = messages.drawing(value, MAX_SIDE)
+    except messages.BadMessage as e:
+        raise ValueError(f"the drawing pad sent something that is not a drawing ({e})") from None
+    try:
+        raw = base64.b64decode(pixels, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the drawing's pixels are not valid base64") from None
     if len(raw) != side * side:

@@ -29,7 +29,7 @@ from . import cache
 from .figures import layer_colour
 from .tables import interval
 from .timeline import layer_label
-from .uploads import BUNDLED_SHAPE, digest, read_model
+from .uploads import BUNDLED_SHAPE, read_model, upload_key
 
 FAILS = "✖ fails here"  # the status of the graph row at which conversion failed
 HIST_BINS = 60
@@ -435,7 +435,7 @@ def failing_graph(demo: str, upload) -> tuple[str, Graph] | None:
     """(title, graph) for an uploaded file if one is given, else for the chosen demo; None for neither."""
     if upload is not None:
         data_ = upload.getvalue()
-        return f"uploaded {upload.name}", upload_graph(f"upload:{digest(data_)}", upload.name, data_)
+        return f"uploaded {upload.name}", upload_graph(upload_key(data_), upload.name, data_)
     if demo in DEMOS:
         return demo, demo_graph(demo)
     return None

@@ -15,8 +15,8 @@ import streamlit as st
 from ttfs_core import data, zoo
 
 PREFIX = "ttfs_"
-MODEL = "ttfs_model"  # "zoo:<name>" or "upload:<sha256 prefix>"
-IMAGE = "ttfs_image"  # "test" (a bundled test image) or "upload:<sha256 prefix>"
+MODEL = "ttfs_model"  # "zoo:<name>" or "upload:<full sha256>" (uploads.upload_key; never in a link)
+IMAGE = "ttfs_image"  # "test" (a bundled test image) or "upload:<full sha256>" (never in a link)
 DATASET = "ttfs_dataset"  # bundled dataset the test images come from: "" (the model's own), "mnist" or "fashion"
 TEST_INDEX = "ttfs_test_index"  # which bundled test image
 EVAL_IMAGES = "ttfs_eval_images"  # test images the ANN-vs-SNN page evaluates
@@ -39,7 +39,7 @@ ROBUST_RELATIVE = "ttfs_robust_relative"  # jitter σ relative to each window
 UPLOADED_MODELS = "ttfs_uploaded_models"  # key -> UploadedModel (bytes, name, arch)
 UPLOADED_IMAGES = "ttfs_uploaded_images"  # key -> UploadedImage (bytes, name)
 NOTICE = "ttfs_notice"  # (level, message) shown once on the next run (a fallback after a failure)
-FAILED_UPLOADS = "ttfs_failed_uploads"  # digest -> message of uploads that could not be used (not retried)
+FAILED_UPLOADS = "ttfs_failed_uploads"  # upload key -> message of uploads that could not be used (not retried)
 
 DEFAULT_MODEL = f"zoo:{zoo.DEFAULT_MODEL}"
 MARGIN_RANGE = (-0.9, 2.0)  # the ζ slider's range

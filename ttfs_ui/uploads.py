@@ -4,6 +4,7 @@ the app shows as it is (ModelLoadError is a ValueError)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,22 @@ BUNDLED_SHAPE = (1, 28, 28)  # the only input shape the bundled data (MNIST) can
 MAX_PIXELS = data.MAX_PIXELS  # larger images are refused before decoding them fully
 
 
-def digest(data_: bytes) -> str:
-    return hashlib.sha256(data_).hexdigest()[:16]
+def upload_key(data_: bytes, arch: str | None = None) -> str:
+    """The key of an upload ("upload:" + a full SHA-256) in this session's store and in the caches that every
+    session shares: the same key means the same bytes (and architecture), so a session can never be served
+    another's model. The digest is never truncated (a 64-bit prefix can be collided on purpose), and the
+    architecture is hashed apart from the bytes (bytes + "lenet5" without an architecture is another key)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(arch or "").encode() + b"\0")
+    h.update(data_)
+    return f"upload:{h.hexdigest()}"
 
 
 @dataclass(frozen=True)
 class UploadedModel:
     """A model file as uploaded (kept in the session so the cached model can be rebuilt)."""
 
-    key: str  # "upload:<digest>"
+    key: str  # upload_key(data, arch)
     filename: str
     data: bytes
     arch: str | None
@@ -40,7 +48,7 @@ class UploadedModel:
 
 @dataclass(frozen=True)
 class UploadedImage:
-    key: str  # "upload:<digest>"
+    key: str  # upload_key(data)
     filename: str
     data: bytes
     invert: bool
