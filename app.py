@@ -38,7 +38,7 @@ with upload:
             before = state.get(state.MODEL)
             error = controls.receive_model_upload(file.getvalue(), file.name, arch or None)
             if error:
-                st.error(error)
+                controls.show_error(error)
             elif state.get(state.MODEL) != before:
                 st.rerun()  # a new model is selected: redraw everything above with it
 
@@ -94,7 +94,7 @@ with mine:
         before = state.get(state.IMAGE)
         error, notes = controls.receive_image_upload(image_file.getvalue(), image_file.name, cur.entry.preprocess)
         if error:
-            st.error(error)
+            controls.show_error(error)
         elif state.get(state.IMAGE) != before:
             st.rerun()  # a new image is selected: redraw the sidebar and gallery with it
         for note in notes:
@@ -109,7 +109,7 @@ with mine:
             except ValueError as e:
                 error = f"Cannot use the drawing: {e}"
             if error:
-                st.error(error)
+                controls.show_error(error)
             else:
                 st.rerun()  # the drawing is the input now: redraw the page with it
 

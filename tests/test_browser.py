@@ -443,3 +443,42 @@ def test_draw_a_digit(server, browser):
     finally:
         page.screenshot(path=str(SHOTS / "draw_last.png"), full_page=True)
         context.close()
+
+
+def test_a_hostile_upload_leaves_the_server_serving(server, browser, tmp_path):
+    """Issue 25: the crash-class file (a node renamed to aten._reshape_alias: 2**33 floats of a 10-float bias) once
+    killed the server. Uploaded now, it is refused with a message; the same session then converts a bundled model."""
+    from tests import attacks
+
+    (tmp_path / "base").mkdir()
+    attack = attacks.pt2_reshape_alias_crash(tmp_path, attacks.bias_pt2(tmp_path / "base"))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 2000})
+    page = context.new_page()
+    js_errors: list[str] = []
+    _watch(page, js_errors)
+    try:
+        page.goto(f"{server}/", wait_until="domcontentloaded")
+        _settle(page)
+        page.get_by_text("Upload a model file").click()
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(0).set_input_files(
+            files=[{"name": "crash.pt2", "mimeType": "application/octet-stream", "buffer": attack.path.read_bytes()}])
+        _settle(page)
+        errors = page.locator('[data-testid="stAlertContentError"]')
+        errors.first.wait_for(timeout=60_000)
+        text = errors.first.inner_text()
+        assert "Cannot use 'crash.pt2'" in text and "_reshape_alias" in text, text
+        with urllib.request.urlopen(f"{server}/_stcore/health", timeout=10) as r:
+            assert r.read().strip() == b"ok"  # the server process is alive
+        # the same session converts a bundled model: pick it in the main page's model select
+        page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').filter(has_text="Model").first.click()
+        page.locator('[role="option"]').filter(has_text="FC 784-600-10").first.click()
+        _settle(page)
+        page.get_by_text("Flatten → Linear 784→600").first.wait_for(timeout=60_000)  # the FC model's description
+        page.wait_for_selector(".js-plotly-plot", timeout=60_000)
+        assert not page.locator('[data-testid="stException"]').count()
+        page.screenshot(path=str(SHOTS / "app_after_hostile_upload.png"), full_page=True)
+        assert not js_errors, f"JavaScript or console errors: {js_errors}"
+    finally:
+        page.screenshot(path=str(SHOTS / "last_hostile.png"), full_page=True)
+        context.close()

@@ -6,6 +6,7 @@ that no longer decodes makes the app fall back to the default model / first test
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,8 +231,22 @@ def _net_key(model_key: str) -> cache.NetKey:
     return (model_key, float(state.get(state.MARGIN)), str(state.get(state.NEURON)), str(state.get(state.RESCALE)))
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$])")
+
+
+def plain(text: str) -> str:
+    """``text`` with Markdown's special characters escaped: messages about uploaded files quote node and
+    operator names (``_reshape_alias``) that Streamlit would otherwise set in italics or as LaTeX."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def show_error(message: str) -> None:
+    """A message about something the user gave us (a file, a drawing), shown as written."""
+    st.error(plain(message))
+
+
 def _fall_back(message: str) -> None:
-    st.error(message)
+    show_error(message)
     state.put(state.MODEL, state.DEFAULT_MODEL)
     state.put(state.MARGIN, state.DEFAULTS[state.MARGIN])
 
@@ -266,7 +281,7 @@ def _image(entry: cache.ModelEntry, dataset: str) -> tuple[Tensor, int | None, s
             x, _ = read_image(up.data, entry.preprocess, invert=up.invert)
             return x, None, f"{up.key}:{int(up.invert)}", f"uploaded {up.filename}"
         except ValueError as e:
-            st.error(f"Cannot use the uploaded image: {e} — showing a test image instead.")
+            show_error(f"Cannot use the uploaded image: {e} — showing a test image instead.")
             state.put(state.IMAGE, "test")
     i = int(np.clip(state.get(state.TEST_INDEX), 0, TEST_IMAGES - 1))
     x = cache.images(entry, dataset, "test", i, i + 1)
