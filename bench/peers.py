@@ -42,6 +42,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # SpikingJelly's calibration progres
 
 import ttfs_core  # noqa: E402
 from ttfs_core import data, zoo  # noqa: E402
+from ttfs_core.neurons import ALPHA, B1  # noqa: E402
 from ttfs_ui.peers import INSTALL, METRICS, OUR_COLOURS, PEER_COLOURS, RateCoded, spikingjelly  # noqa: E402  (one SpikingJelly recipe, one palette: page and bench)
 
 T_STEPS = (8, 32, 128, 512)
@@ -205,9 +206,8 @@ def rate_coded(rc: RateCoded, model: nn.Module, batches: list[tuple[Tensor, Tens
 def ours(model: nn.Module, calib: Tensor, card, batches: list[tuple[Tensor, Tensor]]) -> list[dict]:
     """Our rows on the same batches: exact and stepped, α and B1 (one spike per neuron at most)."""
     rows = []
-    for neuron in ("alpha", "b1"):
+    for neuron, label in ((ALPHA, "α"), (B1, "B1")):
         snn = ttfs_core.convert(model, calib, input_range=card.input_range, neuron=neuron)
-        label = "α" if neuron == "alpha" else "B1"
         for ticks in (None, *OUR_TICKS):
             hits, spikes, neurons, ratios, steps = [0, 0], 0, 0, [], 0
             for x, y in batches:

@@ -100,7 +100,7 @@ def fresh_process_memory(snn, x_shape: tuple[int, ...], sampler: str = "rand") -
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "network.safetensors"
-        snn.save(path)
+        ttfs_core.save(snn, path)
         code = (
             "import sys, torch\n"
             f"sys.path.insert(0, {str(HERE.parent)!r})\n"

@@ -26,7 +26,7 @@ st.caption("A neuron's spike time has a closed form once all its inputs have arr
            "θ earlier. A cheap certificate (a few weighted sums per layer, on cells of the input window) proves that "
            "impossible for almost every neuron; the rest are searched exactly over their input segments. "
            + ("With the positive-part rescaling one comparison of the pre-activation with B_n decides it."
-              if cur.snn.rescale == "positive" and cur.snn.neuron == "alpha" else ""))
+              if not cur.snn.neuron.needs_certificate(cur.snn.rescale) else ""))
 st.dataframe(tables.certificate_rows(cur.snn, cur.result), hide_index=True, width="stretch",
              column_config={"B_n (τ_c)": st.column_config.NumberColumn(format="%.4g")})
 
@@ -39,14 +39,8 @@ st.radio("Test images evaluated", controls.EVAL_OPTIONS, horizontal=True, **stat
          help="All 10,000 take about ten times as long on the first visit; results are cached per chunk, so the "
               "first 1,000 are reused. `ttfs verify` checks the whole set from the command line.")
 n_eval = int(state.get(state.EVAL_IMAGES))
-progress = st.progress(0.0, text="Simulating the test set…")
-chunks = []
-for start in range(0, n_eval, cache.EVAL_CHUNK):
-    stop = min(start + cache.EVAL_CHUNK, n_eval)
-    chunks.append(cache.evaluate_chunk(cur.net_key, cur.dataset, start, stop, cur.entry, cur.snn))
-    progress.progress(stop / n_eval, text=f"Simulated {stop:,} of {n_eval:,} test images")
-progress.empty()
-summary = tables.evaluation_summary(chunks)
+report, early = controls.evaluate_test_set(cur, n_eval)
+summary = tables.evaluation_summary(report)
 m = st.columns(5)
 m[0].metric("ANN accuracy", f"{100 * summary['ANN accuracy']:.1f} %")
 m[1].metric("SNN accuracy", f"{100 * summary['SNN accuracy']:.1f} %")
@@ -63,7 +57,7 @@ if summary["disagreements"]:
                + (" …" if len(summary["disagreements"]) > 30 else "") + " (choose one in the sidebar to inspect it).")
 
 st.subheader("Early spikes")
-rows = tables.early_rows(chunks, cur.snn)
+rows = tables.early_rows(early, cur.snn)
 if not rows:
     st.success("No neuron fired early on any of these test images: every spike came after all of its inputs. "
                "Lower the safety margin ζ in the conversion settings to see some.")

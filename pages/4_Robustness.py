@@ -25,8 +25,7 @@ for knob, values in cache.KNOBS.items():
         progress.progress(done / total, text=f"Swept {done} of {total} settings on {n:,} test images")
 progress.empty()
 
-exact = tables.evaluation_summary([cache.evaluate_chunk(cur.net_key, cur.dataset, s, min(s + cache.EVAL_CHUNK, n),
-                                                        cur.entry, cur.snn) for s in range(0, n, cache.EVAL_CHUNK)])
+exact = tables.evaluation_summary(controls.evaluate_test_set(cur, n)[0])
 st.caption(f"Without perturbation, on these {n:,} test images: ANN accuracy {100 * exact['ANN accuracy']:.1f} %, "
            f"SNN accuracy {100 * exact['SNN accuracy']:.1f} %, agreement {100 * exact['agreement']:.1f} %.")
 sigma_unit = "each window B_n" if relative else "τ_c"

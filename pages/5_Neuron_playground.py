@@ -3,6 +3,7 @@
 
 import streamlit as st
 
+from ttfs_core.neurons import NEURON_MODELS, RESCALES
 from ttfs_ui import controls, state
 from ttfs_ui import playground as pg
 
@@ -27,9 +28,11 @@ if state.get(pg.PRESET):
 
 knobs, view = st.columns([1.3, 2.4], gap="large")
 with knobs:
-    st.radio("Neuron model", list(pg.NEURONS), format_func=pg.NEURONS.get, **state.bind(pg.NEURON))
-    b1 = state.get(pg.NEURON) == "b1"
-    st.radio("Rescaling (α-model)", list(pg.RESCALES), format_func=pg.RESCALES.get, disabled=b1,
+    st.radio("Neuron model", list(NEURON_MODELS),
+             format_func=lambda name: f"{NEURON_MODELS[name].label} ({NEURON_MODELS[name].section})",
+             **state.bind(pg.NEURON))
+    st.radio("Rescaling (α-model)", list(RESCALES), format_func=lambda name: RESCALES[name].label,
+             disabled=not pg.settings(st.session_state).neuron.rescaled,
              **state.bind(pg.RESCALE),
              help="Function-preserving: the neuron's weights and bias are multiplied by c > 0 (and the weights "
                   "reading it by 1/c). 'sum': c = 0.99/ΣW where ΣW > 0.99; 'positive': c = 0.99/Σmax(W,0) where "
@@ -77,7 +80,7 @@ with tables:
     st.dataframe(rows, hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3,
                  column_config={"value": st.column_config.NumberColumn(format="%.6g")})
 
-if settings.neuron == "alpha":
+if settings.neuron.rescaled:
     st.subheader("Why Σ W < 1: the blow-up as Σ W → 1")
     st.caption(f"Your weights after rescaling have Σ W = {outcome.sum_w:.6g} (factor c = {outcome.scale:.6g}), so the "
                f"final slope is α/(1 − ΣW) = {outcome.slope:.6g} and J = ({', '.join(f'{v:.4g}' for v in outcome.J)}). "
@@ -86,5 +89,5 @@ if settings.neuron == "alpha":
                "rescaled to Σ W ≤ 0.99 before the mapping.")
     st.dataframe(pg.blowup(outcome), hide_index=True, width="stretch")
 else:
-    st.caption("B1 uses J = W without any transform or rescaling, and slope 1 from t_min^(n) on: there is no "
-               "Σ W < 1 requirement.")
+    st.caption(f"{settings.neuron.label} uses J = W without any transform or rescaling, and slope "
+               f"{settings.neuron.constant_slope:g} from t_min^(n) on: there is no Σ W < 1 requirement.")

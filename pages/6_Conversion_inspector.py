@@ -33,7 +33,7 @@ def _trace(layer: str, neuron: int) -> None:
 
 
 # --- 1. where the SNN and the ANN part on this input --------------------------------------------------------
-parting = inspector.first_parting(cur.net_key, cur.image_key, snn, cur.x, cur.result)
+parting = inspector.first_parting(cur.net_key, cur.image_key, cur.entry, snn, cur.x, cur.result)
 if parting is None:
     st.success("On this input the spiking network follows the ReLU network through every layer (no early spike, "
                "activations equal to rounding).", icon=":material/check_circle:")

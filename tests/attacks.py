@@ -1,4 +1,4 @@
-"""Builders of hostile model files (issue 14, "Hostile files"): each is small and made in a given folder.
+"""Builders of hostile model files: each is small and made in a given folder.
 
 Every builder returns an :class:`Attack`: the file, how to load it (``arch``), a file the attack would write if
 it ran code (``marker``), and what ``load_model`` is expected to say. Against the loader before the sandbox these
@@ -387,7 +387,7 @@ def torchsave_complex_weight(folder: Path) -> Attack:
     return Attack("torchsave_complex_weight", path, expected, "lenet5")
 
 
-# --- graphs that run in the caller (issue 25): refused by the allow-list, by argument checks or on meta -----------
+# --- graphs that run in the caller: refused by the allow-list, by argument checks or on meta ----------------------
 
 _REFUSED = r"which is not supported \(only operators the converter can lower may run"
 

@@ -1,4 +1,4 @@
-"""Crafted hostile network files (issue 14) for tests/test_persist.py.
+"""Crafted hostile network files for tests/test_persist.py and tests/test_hostile.py.
 
 Each attack starts from a real saved network (`BASES`: a chain, a readout of every op kind, a branching network
 of several-input layers, and the chain in the version-1 layout), edits its JSON description and/or its tensors,
@@ -99,7 +99,7 @@ def save_base(name: str, path: str | Path) -> None:
     if name == "conv_v1":
         write_v1(base_network(name), path)
     else:
-        base_network(name).save(path)
+        ttfs_core.save(base_network(name), path)
 
 
 def write_v1(snn: ttfs_core.SpikingNetwork, path: str | Path) -> None:
@@ -149,8 +149,8 @@ def write_v1(snn: ttfs_core.SpikingNetwork, path: str | Path) -> None:
         "format": "ttfs-network", "version": 1,
         "layers": [layer_json(layer, f"layers.{i}") for i, layer in enumerate(snn.layers)],
         "output": layer_json(snn.output, "output"),
-        "input_shape": list(snn.input_shape), "input_range": list(snn.input_range), "neuron": snn.neuron,
-        "margin": snn.margin, "rescale": snn.rescale, "alpha": snn.alpha, "dtype": str(snn.dtype).split(".")[-1],
+        "input_shape": list(snn.input_shape), "input_range": list(snn.input_range), "neuron": snn.neuron.name,
+        "margin": snn.margin, "rescale": snn.rescale.name, "alpha": snn.alpha, "dtype": str(snn.dtype).split(".")[-1],
     }
     write(path, desc, tensors)
 

@@ -1,5 +1,6 @@
-"""The allow-list of operators a graph rebuilt from an uploaded file may call (`ttfs_core.allowlist`), its argument
-checks and its shape check on `meta`; and programs exported the usual way, on a batch of one, working everywhere.
+"""The allow-list of operators a graph rebuilt from an uploaded file may call (`ttfs_core.untrusted.allowlist`),
+its argument checks and its shape check on `meta`; and programs exported the usual way, on a batch of one, working
+everywhere.
 The hostile files themselves are in `tests/attacks.py` (run through the loader, the CLI and the explorer)."""
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import torch.nn.functional as F
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from tests.test_app import TIMEOUT, _upload_script, ok
-from tests.test_app import run as run_page
-from tests.test_cli import run as run_cli
-from ttfs_core import allowlist, capture
-from ttfs_core.loading import ModelLoadError, load_model
+from tests.helpers import TIMEOUT, ok, run_cli, run_page, upload_script
+from ttfs_core import capture
+from ttfs_core.untrusted import ModelLoadError, allowlist, load_model
 from ttfs_ui import state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,7 +234,7 @@ PAGES = sorted(str(p) for p in (ROOT / "pages").glob("*.py"))
 @pytest.mark.parametrize("name", list(BATCH_ONE))
 def test_every_page_runs_on_a_batch_one_export(batch_one, name):
     _, path = batch_one[name]
-    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
     at.session_state["test_kind"], at.session_state["test_bytes"] = name, path.read_bytes()
     at.session_state["test_name"] = path.name
     at.run()

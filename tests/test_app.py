@@ -3,11 +3,9 @@ and what the figures show equals what the core computes."""
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import pickle
-from pathlib import Path
+from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
@@ -16,74 +14,27 @@ from streamlit.testing.v1 import AppTest
 
 import ttfs_core
 from ttfs_core import data, zoo
+from ttfs_core.neurons import ALPHA, SUM
 from ttfs_ui import controls, figures, state, tables, text, timeline, uploads
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-RASTER = str(ROOT / "pages" / "1_Spike_raster.py")
-TRACES = str(ROOT / "pages" / "2_Membrane_traces.py")
-COMPARE = str(ROOT / "pages" / "3_ANN_vs_SNN.py")
-ROBUSTNESS = str(ROOT / "pages" / "4_Robustness.py")
-TIMEOUT = 120
+from .helpers import (
+    APP,
+    COMPARE,
+    RASTER,
+    ROBUSTNESS,
+    ROOT,
+    TIMEOUT,
+    TRACES,
+    charts,
+    first_early_layer,
+    live_spec,
+    ok,
+    upload_script,
+)
+from .helpers import run_page as run
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
-def run(path: str, **session) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def first_early_layer(margin: float):
-    """The default model converted as the app does (its first 512 training images) at `margin`, on test image #0:
-    the first layer with early spikes (its LayerResult) and the flat index of its earliest spike."""
-    model, card = zoo.load(zoo.DEFAULT_MODEL)
-    imgs, _ = data.load_uint8(card.dataset, "train")
-    snn = ttfs_core.convert(model, card.preprocess.batch_from_uint8(np.asarray(imgs[:512])), margin=margin,
-                            input_range=card.input_range)
-    test, _ = data.load_uint8(card.dataset, "test")
-    res = snn.run(card.preprocess.batch_from_uint8(np.asarray(test[:1])))
-    first = next(lr for lr in res.layers if lr.early_spikes)
-    return first, int(first.offsets[0].flatten().argmin())
-
-
-def _decode(v):
-    """Plotly's JSON: typed arrays arrive as {"dtype", "bdata" (base64), "shape"}."""
-    if isinstance(v, dict) and "bdata" in v and "dtype" in v:
-        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        if "shape" in v:
-            arr = arr.reshape([int(s) for s in str(v["shape"]).split(",")])
-        return arr
-    if isinstance(v, dict):
-        return {k: _decode(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_decode(x) for x in v]
-    return v
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    """Plotly figures on the page by widget key (element ids end with "-<key>")."""
-    return {el.proto.id.rsplit("-", 1)[-1]: _decode(json.loads(el.proto.spec)) for el in at.get("plotly_chart")}
-
-
-def live_spec(at: AppTest) -> dict:
-    """The spec the raster page's browser component received (`ttfs_ui.live.spec`), typed arrays decoded."""
-    [el] = [e for e in at.get("component_instance") if e.proto.component_name.endswith("live.timeline")]
-    spec = json.loads(json.loads(el.proto.json_args)["spec"])
-    for panel in spec["panels"]:
-        for key in ("cells", "kfire", "act", "xpos"):
-            panel[key] = np.frombuffer(base64.b64decode(panel[key]["bdata"]), dtype=np.dtype(panel[key]["dtype"]))
-    return {**spec, "raster": _decode(spec["raster"]), "maps": _decode(spec["maps"])}
-
-
 def spike_traces(fig: dict) -> list[dict]:
     """The raster's per-layer spike traces (not the window bands, not the early-spike overlays)."""
     return [t for t in fig["data"] if t.get("hoverinfo") != "skip" and t.get("name") != figures.EARLY]
@@ -133,6 +84,7 @@ def test_mosaic_tiles_channels_and_vectors():
 
 
 # --- app.py -------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_app_shows_the_core_results(core):
     model, snn, x, labels = core
     at = run(APP)
@@ -152,6 +104,7 @@ def test_app_shows_the_core_results(core):
     assert not at.error
 
 
+@pytest.mark.integration
 def test_app_widgets_change_model_image_and_settings():
     at = run(APP)
     at.selectbox(key=state.widget_key(state.MODEL)).set_value("zoo:fc").run()
@@ -164,8 +117,8 @@ def test_app_widgets_change_model_image_and_settings():
     assert any("MNIST test image #3" in c.value for c in at.caption)
     at.number_input(key=state.widget_key(state.TEST_INDEX)).set_value(7).run()
     assert ok(at).session_state[state.TEST_INDEX] == 7
-    # problem 5 of the explorer-speed issue: every key press on the ζ slider was a rerun and a conversion, and
-    # presses made during one were lost. The settings are a form now: nothing changes until Apply, then once.
+    # The settings are a form: nothing changes until Apply, then once (a rerun and a conversion per key press on
+    # the ζ slider lost the presses made during one).
     for value in (0.45, 0.4, 0.35):
         at.slider(key=state.widget_key(state.MARGIN)).set_value(value).run()
         assert ok(at).session_state[state.MARGIN] == 0.5
@@ -176,6 +129,7 @@ def test_app_widgets_change_model_image_and_settings():
     assert not at.error
 
 
+@pytest.mark.integration
 def test_fashion_models_show_fashion_images_and_class_names():
     """A Fashion-MNIST model opens on its own test set, with class names; the dataset can be switched."""
     at = run(APP)
@@ -198,6 +152,7 @@ def test_fashion_models_show_fashion_images_and_class_names():
     assert {m.label: m.value for m in at.metric}["True label"] == "7"
 
 
+@pytest.mark.integration
 def test_the_residual_cnn_is_selectable_and_the_pages_draw_it():
     """The bundled residual CNN (layers that read two layers) is in the model chooser; the main page, the spike
     raster and ANN vs SNN draw it without falling back to the default model, and agree with the core."""
@@ -248,6 +203,7 @@ def test_the_residual_cnn_is_selectable_and_the_pages_draw_it():
 
 
 # --- pages/1: spike raster ----------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_raster_spike_times_are_the_simulators(core):
     _, snn, x, _ = core
     res = snn.run(x[:1])
@@ -280,6 +236,7 @@ def test_raster_spike_times_are_the_simulators(core):
     assert timeline.timeline_of(fast).default_mode() == timeline.STRETCHED
 
 
+@pytest.mark.integration
 def test_raster_marks_early_spikes():
     at = run(RASTER, **{state.MARGIN: -0.6, state.TEST_INDEX: 3, state.AXIS: timeline.STRETCHED})
     model, card = zoo.load(zoo.DEFAULT_MODEL)
@@ -302,6 +259,7 @@ def test_raster_marks_early_spikes():
     assert all((arr(t["x"]) < lr.t_min).all() for t, lr in zip(rings, early_layers))
 
 
+@pytest.mark.integration
 def test_raster_time_cursor_and_feature_maps(core):
     """The browser draws any cursor step from the spec alone: per neuron its first fired step, per layer the
     fired-by counts. Both equal the server's own definition (`Timeline.fired_by` on the simulator's offsets) at
@@ -349,9 +307,9 @@ def test_raster_time_cursor_and_feature_maps(core):
 
 # --- pages/2: membrane traces -------------------------------------------------------------------------------
 def test_forced_spikes_are_flagged_in_the_simulators_precision(core):
-    """Problem 1 of the explorer-speed issue: a float32 forced offset is the window rounded to float32, just below
-    the float64 window, so the flags were computed false for every forced hidden neuron (2,807 of conv 0 on digit
-    #0). The raster's flags, the trace's cross and the core's count are now one computation."""
+    """A float32 forced offset is the window rounded to float32, just below the float64 window, so the flags were
+    once computed false for every forced hidden neuron (2,807 of conv 0 on digit #0). The raster's flags, the
+    trace's cross and the core's count are one computation."""
     _, snn, x, _ = core
     res = snn.run(x[:1])
     assert res.layers[0].offsets.dtype == torch.float32
@@ -366,6 +324,7 @@ def test_forced_spikes_are_flagged_in_the_simulators_precision(core):
     assert tr.forced and float(tr.potential[-1]) < tr.theta  # forced: V never reached θ
 
 
+@pytest.mark.integration
 def test_membrane_traces_are_the_cores(core):
     _, snn, x, _ = core
     res = snn.run(x[:1])
@@ -374,7 +333,7 @@ def test_membrane_traces_are_the_cores(core):
     k = at.session_state[state.TRACE_K]
     act = res.layers[0].activations[0].double().numpy().ravel()
     top = timeline.most_active(act, k, distinct=True)
-    assert len({float(act[i]) for i in top}) == k  # problem 9: the default traces were three copies of one
+    assert len({float(act[i]) for i in top}) == k  # the default traces are not copies of one
     v_traces = [t for t in fig["data"] if t.get("name", "").startswith("neuron")]
     assert len(v_traces) == k
     for t, flat in zip(v_traces, top):
@@ -415,6 +374,7 @@ def test_membrane_traces_are_the_cores(core):
 
 
 # --- pages/3: ANN vs SNN ------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_ann_vs_snn_figures_and_test_split(core):
     model, snn, x, labels = core
     at = run(COMPARE)
@@ -451,6 +411,7 @@ def test_ann_vs_snn_figures_and_test_split(core):
     assert metrics["Agreement"] == "100.0 %"
 
 
+@pytest.mark.integration
 def test_early_spikes_open_their_membrane_trace():
     at = run(APP, **{state.MARGIN: -0.6})  # windows far below the calibration maximum: early spikes
     at.switch_page("pages/3_ANN_vs_SNN.py").run()
@@ -466,6 +427,7 @@ def test_early_spikes_open_their_membrane_trace():
 
 
 # --- pages/4: robustness -----------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_robustness_sweeps_are_the_cores(core):
     from ttfs_core import robustness
 
@@ -490,20 +452,6 @@ def test_robustness_sweeps_are_the_cores(core):
 
 
 # --- uploads ------------------------------------------------------------------------------------------------
-def _upload_script():
-    import streamlit as st
-
-    from ttfs_ui import controls, state
-
-    state.init()
-    kind = st.session_state["test_kind"]
-    error = controls.receive_model_upload(st.session_state["test_bytes"], st.session_state["test_name"],
-                                          st.session_state.get("test_arch"))
-    st.text(f"{kind}: {error}")
-    if error:
-        st.error(error)
-
-
 GARBAGE = {
     "random bytes": np.random.default_rng(0).bytes(4096),
     "a text file": b"hello, this is not a model\n" * 20,
@@ -512,9 +460,10 @@ GARBAGE = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", list(GARBAGE))
 def test_garbage_model_uploads_give_a_message(kind):
-    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
     at.session_state["test_kind"] = kind
     at.session_state["test_bytes"] = GARBAGE[kind]
     at.session_state["test_name"] = "model.pt"
@@ -537,15 +486,16 @@ def _saved(model, example, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.integration
 def test_models_that_load_but_do_not_fit_give_a_message():
     from torch import nn
 
     sigmoid = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Sigmoid(), nn.Linear(16, 10))
     rgb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
-    cases = [(_saved(sigmoid, torch.zeros(1, 1, 28, 28), "export"), "sigmoid.pt2", ["cannot be converted", "sigmoid"]),
+    cases = [(_saved(sigmoid, torch.zeros(1, 1, 28, 28), "export"), "sigmoid.pt2", ["sigmoid", "not supported"]),
              (_saved(rgb, torch.zeros(1, 3, 32, 32), "script"), "rgb.pt", ["3×32×32", "28×28 grayscale"])]
     for blob, name, phrases in cases:
-        at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+        at = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
         at.session_state["test_kind"], at.session_state["test_bytes"], at.session_state["test_name"] = "x", blob, name
         at.run()
         ok(at)
@@ -553,10 +503,11 @@ def test_models_that_load_but_do_not_fit_give_a_message():
         assert at.session_state[state.MODEL] == state.DEFAULT_MODEL
 
 
+@pytest.mark.integration
 def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):
     from safetensors.torch import save
 
-    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
     at.session_state["test_kind"] = "state dict"
     at.session_state["test_bytes"] = save(zoo.load("fc")[0].state_dict())
     at.session_state["test_name"] = "mine.safetensors"
@@ -572,6 +523,7 @@ def test_a_state_dict_upload_is_loaded_converted_and_selected(tmp_path):
     assert not app.error and "mine.safetensors" in app.selectbox(key=state.widget_key(state.MODEL)).format_func(key)
 
 
+@pytest.mark.integration
 def test_an_upload_with_more_classes_than_the_dataset_shows_their_numbers():
     """A 12-class model predicting class 11 on a Fashion image: classes the dataset does not name are numbers."""
     from torch import nn
@@ -582,7 +534,7 @@ def test_an_upload_with_more_classes_than_the_dataset_shows_their_numbers():
             layer.weight.zero_()
             layer.bias.zero_()
         model[1].bias[11], model[3].weight[11, 11] = 1.0, 1.0  # class 11 wins on every input
-    at = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+    at = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
     at.session_state["test_kind"], at.session_state["test_name"] = "x", "twelve.pt2"
     at.session_state["test_bytes"] = _saved(model, torch.zeros(1, 1, 28, 28), "export")
     at.run()
@@ -595,6 +547,7 @@ def test_an_upload_with_more_classes_than_the_dataset_shows_their_numbers():
     assert controls.class_label("fashion", 11) == "11" and controls.class_label("mnist", 4) == "4"
 
 
+@pytest.mark.integration
 def test_a_broken_upload_in_the_session_falls_back_to_the_default_model():
     broken = uploads.UploadedModel("upload:broken", "broken.pt", b"not a model", None)
     at = run(APP, **{state.MODEL: "upload:broken", state.UPLOADED_MODELS: {"upload:broken": broken}})
@@ -625,6 +578,7 @@ def test_image_uploads():
         uploads.read_image(_png((2, 2)), pre)
 
 
+@pytest.mark.integration
 def test_an_uploaded_image_is_used_by_every_page(core):
     model, snn, _, _ = core
     data_ = _png((56, 56), "L", 255)
@@ -643,6 +597,7 @@ def test_an_uploaded_image_is_used_by_every_page(core):
         assert not run(page, **session).error
 
 
+@pytest.mark.integration
 def test_the_redraw_benchmark_runs():
     """`python -m ttfs_ui.bench` (used by the benchmark) still drives the pages; no timing is asserted."""
     from ttfs_ui import bench
@@ -652,13 +607,14 @@ def test_the_redraw_benchmark_runs():
 
 
 # --- many users ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_sessions_uploading_the_same_bytes_see_their_own_file_names():
     from safetensors.torch import save
 
     blob = save(zoo.load("fc")[0].state_dict())
     keys = []
     for name in ("alice.safetensors", "bob.safetensors"):
-        up = AppTest.from_function(_upload_script, default_timeout=TIMEOUT)
+        up = AppTest.from_function(upload_script, default_timeout=TIMEOUT)
         up.session_state["test_kind"], up.session_state["test_bytes"] = "state dict", blob
         up.session_state["test_name"], up.session_state["test_arch"] = name, "fc"
         up.run()
@@ -676,16 +632,19 @@ def test_the_cached_network_is_shared_read_only():
     from ttfs_ui import cache
 
     entry = cache.zoo_model(zoo.DEFAULT_MODEL)
-    snn = cache.network((entry.key, 0.5, "alpha", "sum"), entry)
-    assert snn.frozen and snn is cache.network((entry.key, 0.5, "alpha", "sum"), entry)
-    with pytest.raises(AttributeError, match="frozen"):
+    snn = cache.network(cache.Settings(entry.key, 0.5, ALPHA, SUM), entry)
+    assert snn is cache.network(cache.Settings(entry.key, 0.5, ALPHA, SUM), entry)
+    with pytest.raises(FrozenInstanceError):
         snn.margin = 0.1
-    with pytest.raises(AttributeError, match="frozen"):
+    with pytest.raises(FrozenInstanceError):
         snn.layers[0].window = 1.0
+    with pytest.raises(FrozenInstanceError):
+        snn.layers[0].inputs[0].J = None
     with pytest.raises(AttributeError):
-        snn.layers.append(snn.layers[0])  # a tuple once frozen
+        snn.layers.append(snn.layers[0])  # a tuple
 
 
+@pytest.mark.integration
 def test_the_jitter_unit_switch_recomputes_jitter_only(monkeypatch):
     from ttfs_ui import cache
 
@@ -716,8 +675,9 @@ def test_a_session_keeps_a_bounded_number_of_uploads():
     assert "k0" not in store  # the oldest are forgotten, the newest (selected) kept
 
 
-# --- the explorer-speed issue's problems 4, 6–9 -------------------------------------------------------------
-def test_problem_4_the_early_spike_note_stays_clear_of_the_controls():
+# --- what the pages say and show -----------------------------------------------------------------------------
+@pytest.mark.integration
+def test_the_early_spike_note_stays_clear_of_the_controls():
     """At ζ = −0.7 the raster's note on early spikes ran through Plotly's Play slider. Play is the page's own
     now (no Plotly slider or buttons), and the note sits below the axis title, inside the bottom margin."""
     at = run(RASTER, **{state.MARGIN: -0.7})
@@ -730,7 +690,8 @@ def test_problem_4_the_early_spike_note_stays_clear_of_the_controls():
     assert top >= 45 and top + 2 * note["font"]["size"] <= layout["margin"]["b"]
 
 
-def test_problem_6_the_input_panel_is_white_on_black_as_its_text_says():
+@pytest.mark.integration
+def test_the_input_panel_is_white_on_black_as_its_text_says():
     """The input panel drew black strokes on white while the explanation says the black background fills in."""
     at = run(RASTER)
     maps = live_spec(at)["maps"]["data"]
@@ -739,7 +700,7 @@ def test_problem_6_the_input_panel_is_white_on_black_as_its_text_says():
     assert "black background fills in" in text.EXPLANATIONS["feature_maps"][1]
 
 
-def test_problem_7_layer_labels_on_the_raster_do_not_overlap():
+def test_layer_labels_on_the_raster_do_not_overlap():
     """VGG-like sizes (a 784-pixel input, 50,000-neuron conv layers, small dense layers at the end): five labels
     used to fall in one blob. Every layer now gets at least MIN_GROUP of the height: labels ≥ 20 px apart."""
     sizes = [784, 50_176, 50_176, 25_088, 12_544, 12_544, 6_272, 512, 512, 10]
@@ -757,7 +718,8 @@ def test_problem_7_layer_labels_on_the_raster_do_not_overlap():
         assert y0 - 0.01 * (y1 - y0) <= float(np.min(trace.y)) and float(np.max(trace.y)) < y1  # (float32)
 
 
-def test_problem_8_a_network_that_is_not_exact_says_so_on_every_page():
+@pytest.mark.integration
+def test_a_network_that_is_not_exact_says_so_on_every_page():
     """At ζ = −0.7 the main page showed a green "agrees" beside a logit difference of 2.13 and 733 early spikes."""
     at = run(APP, **{state.MARGIN: -0.7})
     assert any("Not exact for this input" in e.value for e in at.error)
@@ -777,7 +739,8 @@ def test_problem_8_a_network_that_is_not_exact_says_so_on_every_page():
     assert not any("Not exact" in e.value for e in run(APP).error)
 
 
-def test_problem_9_b1_has_no_rescaling_and_readout_neurons_are_classes(core):
+@pytest.mark.integration
+def test_b1_has_no_rescaling_and_readout_neurons_are_classes(core):
     _, snn, _, _ = core
     at = run(TRACES, **{state.NEURON: "b1"})
     assert at.radio(key=state.widget_key(state.RESCALE)).disabled
@@ -788,7 +751,7 @@ def test_problem_9_b1_has_no_rescaling_and_readout_neurons_are_classes(core):
     assert any(n.startswith("class ") for n in names) and not any(n.startswith("neuron (") for n in names)
 
 
-def test_problem_7_the_conversion_table_tells_deep_windows_apart():
+def test_the_conversion_table_tells_deep_windows_apart():
     """In the fast mode the Fashion VGG-16's deep windows are down to ~1e-12 τ_c wide at t ≈ 2.7 τ_c: printed
     with 6 digits, each of them read as one point ([2.7, 2.7]). Each interval now prints its two ends apart."""
     model, card = zoo.load("vgg_fashion")

@@ -11,26 +11,9 @@ import torchvision
 
 import ttfs_core
 from ttfs_core import ConversionError
-from ttfs_core.compare import compare
 
 from . import branchy, nets
-
-TOL = 1e-9
-
-
-def check_exact(model: nn.Module, snn, x: torch.Tensor, tol: float = TOL, layer_tol: float = TOL):
-    """Logits equal model(x), every layer's decoded activation equals the model's, one spike per α-neuron."""
-    res = snn.run(x)
-    with torch.no_grad():
-        ref = model(x)
-    scale = float(ref.abs().max())
-    assert float((res.logits - ref).abs().max()) <= tol * scale
-    for layer in compare(model, snn, x, res):
-        assert layer.max_abs_error <= layer_tol * max(float(layer.ann.abs().max()), 1.0), layer.name
-    assert res.early_spikes == 0
-    if snn.neuron == "alpha":
-        assert res.spikes == res.neurons
-    return res
+from .helpers import TOL, check_exact
 
 
 @pytest.mark.parametrize("name", list(branchy.MODELS))
@@ -179,6 +162,7 @@ def test_product_of_two_activations_is_refused():
         ttfs_core.convert(Product().double().eval(), torch.rand(4, 3, 8, 8, dtype=torch.float64))
 
 
+@pytest.mark.integration
 def test_efficientnet_is_refused_naming_its_silu():
     model = torchvision.models.efficientnet_b0(num_classes=10).double().eval()
     with pytest.raises(ConversionError, match=r"features\.0\.2 \(SiLU\)"):
@@ -212,6 +196,7 @@ def _torchvision_case(name: str):
     check_exact(model, snn, x, layer_tol=1e-8 if name == "inception_v3" else TOL)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", FAST)
 def test_torchvision_families_are_exact(name):
     _torchvision_case(name)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import ttfs_core
 from tests.nets import randomise_bn
-from ttfs_core.certify import STAGES, certify
-from ttfs_core.trace import neuron_trace
+from ttfs_core.sim.certify import STAGES, certify
+from ttfs_core.sim.trace import neuron_trace
 
 
 def small_cnn() -> nn.Module:
@@ -93,7 +93,7 @@ def test_reported_spikes_are_brute_force_first_crossings(neuron, rescale, margin
 
 def _shifted(res, b):
     """The simulation result seen from sample b (traces read the first sample of a result)."""
-    from ttfs_core.result import LayerResult, SimResult
+    from ttfs_core.sim.result import LayerResult, SimResult
 
     layers = [LayerResult(lr.name, lr.op, lr.offsets[b:b + 1], lr.t_min, lr.t_max, lr.window, lr.early_spikes,
                           lr.early_arrivals, lr.forced, lr.spikes) for lr in res.layers]
@@ -104,7 +104,7 @@ def test_default_is_the_papers_rescaling_and_exact():
     model = small_cnn()
     calib = torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     snn = ttfs_core.convert(model, calib)
-    assert snn.rescale == "sum"
+    assert snn.rescale.name == "sum"
     fast = ttfs_core.convert(model, calib, rescale="positive")
     assert snn.smallest_window > fast.smallest_window  # the positive-part rule shrinks time with depth
     assert snn.decision_time == pytest.approx(1 + sum(snn.windows))
@@ -188,7 +188,8 @@ def test_tent_deviations_match_the_cell_by_cell_sum():
     """Each cell's deviation equals Σ over the inputs strictly inside that cell of |J⁻| (x − a)(c − x)/(c − a),
     computed here by locating every input's cell; levels include repeated values (empty cells) and inputs
     exactly on a level (no tent)."""
-    from ttfs_core.certify import Fan, _Block, tent_deviations
+    from ttfs_core.records import Synapses
+    from ttfs_core.sim.certify import _Block, tent_deviations
 
     g = torch.Generator().manual_seed(11)
     batch, fan_in, out = 3, 9, 4
@@ -197,7 +198,7 @@ def test_tent_deviations_match_the_cell_by_cell_sum():
                           dtype=torch.float64)
     x[0, 0], x[1, 1], x[2, 2] = 0.5, 0.9, 1.0  # on a level
     neg = torch.rand(out, fan_in, generator=g, dtype=torch.float64)
-    block = _Block(None, None, (Fan(x, -neg),), (out,))
+    block = _Block(None, None, (Synapses(-1, (), (fan_in,), -neg, None, J=-neg),), (x,), (out,))
     got = tent_deviations(block, [neg], levels)
     for k in range(1, levels.shape[1]):
         want = torch.zeros(batch, out, dtype=torch.float64)

@@ -18,18 +18,8 @@ from ttfs_core import data, zoo
 from ttfs_core.cli import main
 from ttfs_core.data import load_dataset
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ttfs") and "error:" in lines[0], err
-    assert "Traceback" not in err
+from .helpers import assert_one_line_error
+from .helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +60,8 @@ def test_convert_prints_the_summary(tmp_path, capsys):
     assert "window (τ_c)" in out and "X_n" in out and "latency" in out and "readout" in out
     assert "neuron b1" in out and "float64" in out and "mnist-train: 32 images" in out
     snn = ttfs_core.load(tmp_path / "fc.safetensors")
-    assert snn.dtype == torch.float64 and snn.neuron == "b1"
-    assert f"{snn.decision_latency:.6g}" in out
+    assert snn.dtype == torch.float64 and snn.neuron.name == "b1"
+    assert f"{snn.decision_time:.6g}" in out
 
 
 def test_verify_passes_with_full_agreement(capsys):
@@ -83,7 +73,7 @@ def test_verify_passes_with_full_agreement(capsys):
     assert "max abs err" in out and "early spikes" in out and "spikes/neuron" in out
     # time in τ_c under the paper's rescaling (the default), and what the early-spike certificate settled
     snn = ttfs_core.convert(zoo.load("fc")[0], data.load("mnist", "train")[0][:512])
-    assert snn.rescale == "sum"
+    assert snn.rescale.name == "sum"
     assert f"decision at {snn.decision_time:.4g} τ_c; smallest window {snn.smallest_window:.3g} τ_c" in out
     cert = next(line for line in lines if line.startswith("certificate"))
     assert "searched exactly" in cert and "no weighted sum" in cert
@@ -175,6 +165,7 @@ def test_help(capsys):
     assert "--margin" in run(capsys, "verify", "--help")[1]
 
 
+@pytest.mark.integration
 def test_console_script_and_module_entry_points():
     script = Path(sys.executable).parent / "ttfs"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

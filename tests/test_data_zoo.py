@@ -19,7 +19,7 @@ from ttfs_core.data import MNIST_PREPROCESS, AssetError, Preprocess, load_datase
 
 # The first ten test labels of each set as published (MNIST: 7 2 1 0 4 …; Fashion-MNIST: ankle boot, pullover, …)
 FIRST_TEST_LABELS = {"mnist": [7, 2, 1, 0, 4, 1, 4, 9, 5, 9], "fashion": [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]}
-# What each zoo model must reach on its whole test set (issue: the paper's table)
+# What each zoo model must reach on its whole test set (the paper's table)
 MIN_ACCURACY = {"lenet5": 0.990, "fc": 0.980, "lenet5_fashion": 0.89, "vgg_fashion": 0.92, "resnet_mnist": 0.990}
 
 
@@ -225,6 +225,7 @@ def test_cards_and_default() -> None:
         assert zoo.ModelCard.from_dict(c.to_dict()) == c
 
 
+@pytest.mark.integration
 def test_load_each_matches_card(zoo_models) -> None:
     """Each card's accuracy is the model's on the whole test set of its dataset (recomputed here)."""
     for name, (model, card) in zoo_models.items():
@@ -270,14 +271,14 @@ def test_load_unknown() -> None:
 
 @pytest.mark.slow
 def test_paper_table_zero_drop_on_the_whole_test_sets(zoo_models) -> None:
-    """The issue's claim, under the default conversion (float32, the paper's rescaling, margin 0.5): on all 10,000
+    """The paper's claim, under the default conversion (float32, the paper's rescaling, margin 0.5): on all 10,000
     test images of its dataset, every zoo model's SNN predicts what its ANN predicts, so the accuracies are equal,
     and no neuron fires early."""
     for name, (model, card) in zoo_models.items():
         calib, _ = data.load(card.dataset, "train")
         x, y = data.load(card.dataset, "test")
         snn = ttfs_core.convert(model, calib[:512])
-        assert snn.rescale == "sum" and snn.margin == 0.5 and snn.dtype == torch.float32
+        assert snn.rescale.name == "sum" and snn.margin == 0.5 and snn.dtype == torch.float32
         ann_pred, snn_pred, early = [], [], 0
         with torch.no_grad():
             for i in range(0, len(x), 1000):

@@ -4,6 +4,7 @@ fault in a model that cannot be converted, and the page (AppTest) with its first
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
@@ -15,12 +16,12 @@ from torch import nn
 
 import ttfs_core
 from ttfs_core import ConversionError, data, zoo
-from ttfs_core.capture import Capture
-from ttfs_core.lower import Lowering
+from ttfs_core.neurons import ALPHA, SUM
 from ttfs_core.persist import NetworkFileError, load_network, save_network
 from ttfs_ui import controls, inspector, state
 
-from .test_app import APP, ROOT, first_early_layer, run
+from .helpers import APP, ROOT, first_early_layer
+from .helpers import run_page as run
 
 PAGE = str(ROOT / "pages" / "6_Conversion_inspector.py")
 PAGE_REL = "pages/6_Conversion_inspector.py"
@@ -81,9 +82,8 @@ def test_absorbed_says_where_a_negative_batchnorm_flips_the_pooling():
 def test_every_conv_and_linear_of_a_zoo_model_is_absorbed_by_exactly_one_layer(name):
     model, card = zoo.load(name)
     x = torch.zeros(1, 1, 28, 28)
-    capture = Capture(model, x)
-    with torch.no_grad():
-        layers = Lowering(capture.ops, capture.output, (1, 28, 28), tuple(card.input_range), torch.float32).run()
+    stages = ttfs_core.convert(model, x, input_range=card.input_range, stages=True)
+    capture, layers = stages, stages.lowered
     weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert weighted
     for module in weighted:
@@ -126,8 +126,8 @@ def test_persist_keeps_absorbed_and_reads_files_saved_without_it(tmp_path):
 
 
 def test_frozen_layers_refuse_a_new_absorbed():
-    snn = ttfs_core.convert(_small(), torch.rand(16, 1, 28, 28)).freeze()
-    with pytest.raises(AttributeError, match="frozen"):
+    snn = ttfs_core.convert(_small(), torch.rand(16, 1, 28, 28))
+    with pytest.raises(FrozenInstanceError):
         snn.layers[0].absorbed = ()
 
 
@@ -151,13 +151,29 @@ def test_an_uploaded_model_file_that_fails_is_marked_at_its_node():
     """(a) an upload: the page's uploader inspects the file with the main page's safe loader."""
     import io
 
-    model = inspector.demo_model("Sigmoid between two Linear layers")
-    buf = io.BytesIO()
-    torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 28, 28),)), buf)
-    graph = inspector.upload_graph("upload:test-sigmoid", "sigmoid.pt2", buf.getvalue())
-    assert graph.stage == "capture" and "sigmoid" in graph.error.lower()
+    def exported(model: torch.nn.Module) -> bytes:
+        buf = io.BytesIO()
+        torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, 1, 28, 28),)), buf)
+        return buf.getvalue()
+
+    class Square(torch.nn.Module):  # allowed operators, but a product of two activations: refused by the converter
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x.flatten(1))
+            return h * h
+
+    graph = inspector.upload_graph("upload:test-square", "square.pt2", exported(Square()))
+    assert graph.stage == "capture" and "multiplies two activations" in graph.error
     [row] = [r for r in graph.rows if r["status"] == inspector.FAILS]
-    assert row["node"] == graph.error_node and "sigmoid" in row["target"].lower()
+    assert row["node"] == graph.error_node == "mul"
+    # an operator off the allow-list is refused while loading, naming it and its node (nothing of it runs)
+    sigmoid = inspector.demo_model("Sigmoid between two Linear layers")
+    graph = inspector.upload_graph("upload:test-sigmoid", "sigmoid.pt2", exported(sigmoid))
+    assert graph.stage == "loading" and "node sigmoid calls 'torch.ops.aten.sigmoid.default'" in graph.error
+    assert not graph.rows
     bad = inspector.upload_graph("upload:test-garbage", "model.pt", b"not a model" * 10)
     assert bad.stage == "loading" and not bad.rows
 
@@ -169,13 +185,14 @@ def test_calibration_histogram_ends_at_x_n():
     snn = ttfs_core.convert(model, x, input_range=card.input_range)
     entry = inspector.cache.ModelEntry("zoo:" + zoo.DEFAULT_MODEL, card.title, model, card, card.preprocess,
                                        tuple(card.input_range))
-    hists = inspector.calibration_histograms(("test-hist", 0.5, "alpha", "sum"), entry, snn)
+    hists = inspector.calibration_histograms(inspector.cache.Settings("test-hist", 0.5, ALPHA, SUM), entry, snn)
     for h, layer in zip(hists, snn.layers):
         assert h["max"] == pytest.approx(layer.max_activation, rel=1e-6)
         assert h["counts"].sum() > 0 and h["edges"][-1] >= layer.window
 
 
 # --- the page ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_page_lists_what_each_layer_absorbed():
     at = run(PAGE)
     assert not at.error
@@ -201,6 +218,7 @@ def test_page_lists_what_each_layer_absorbed():
     assert any(d for d in layers["delays (τ_c)"]) and layers["reads"].str.contains(r"\+").any()
 
 
+@pytest.mark.integration
 def test_a_model_that_cannot_be_converted_shows_its_error_at_the_node():
     at = run(PAGE)
     at.selectbox(key="inspector_demo").set_value("SiLU after a convolution").run()
@@ -217,6 +235,7 @@ def test_a_model_that_cannot_be_converted_shows_its_error_at_the_node():
     assert list(table[table["status"] == inspector.FAILS]["node"]) == ["_1"]
 
 
+@pytest.mark.integration
 def test_early_spikes_name_the_first_parting_layer_and_open_its_trace():
     at = run(APP, **{state.MARGIN: -0.7})
     at.switch_page(PAGE_REL).run()

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ttfs_core.neurons import SUM, neuron_model
 from ttfs_ui import state, timeline
 
-from .test_app import APP, COMPARE, RASTER, ROBUSTNESS, TIMEOUT, charts, live_spec
+from .helpers import APP, COMPARE, RASTER, ROBUSTNESS, TIMEOUT, charts, live_spec
+
+pytestmark = pytest.mark.integration  # every test opens pages under AppTest
 
 
 def opened(path: str, query: dict[str, str] | None = None, **session) -> AppTest:
@@ -68,7 +71,7 @@ def test_a_link_opens_the_view_it_was_written_by():
 def _snn(name: str, margin: float, neuron: str):
     from ttfs_ui import cache
 
-    return cache.network((f"zoo:{name}", margin, neuron, "sum"), cache.zoo_model(name))
+    return cache.network(cache.Settings(f"zoo:{name}", margin, neuron_model(neuron), SUM), cache.zoo_model(name))
 
 
 def test_the_raster_opens_at_the_linked_instant_and_layer():

@@ -1,4 +1,4 @@
-"""ttfs_core.loading: every supported format round-trips, every bad or hostile file is a ModelLoadError."""
+"""ttfs_core.untrusted: every supported format round-trips, every bad or hostile file is a ModelLoadError."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import ttfs_core
-from ttfs_core.loading import ModelLoadError, check_input, load_model
+from ttfs_core.untrusted import ModelLoadError, check_input, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -177,6 +177,7 @@ def test_torchscript_round_trips_as_aten_graph(tmp_path: Path, name: str, how: s
     assert set(dict(loaded.named_parameters())) & set(dict(model.named_parameters()))  # original names kept
 
 
+@pytest.mark.integration
 def test_torchscript_vgg11_bn(tmp_path: Path) -> None:
     model = _randomise_bn(torchvision.models.vgg11_bn(num_classes=10))
     scripted = _script(model, "script", torch.zeros(1))

@@ -1,4 +1,4 @@
-"""Windows cover the peak drive before t_min (convert._peak_drives): B_n = (1 + ζ)·max(X_n, P_n).
+"""Windows cover the peak drive before t_min (passes._peak_drives): B_n = (1 + ζ)·max(X_n, P_n).
 
 A neuron reading sources with very different windows can be driven far above its largest activation before
 its window opens (the positive weights of its short-window inputs sum above 1), so B_n = (1 + ζ)·X_n alone
@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ttfs_core
-from ttfs_core.certify import peak_drive
+from ttfs_core.sim.certify import peak_drive
 
-from .test_branches import check_exact
+from .helpers import check_exact
 
-convert_module = sys.modules["ttfs_core.convert"]  # the module (the package's `convert` is the function)
+convert_module = sys.modules["ttfs_core.passes"]  # conversion's passes (calibrate measures P_n)
 
 
 def drive(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kappa: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def _brute_peak(snn, layer, x: torch.Tensor) -> float:
     xs = torch.cat([syn.route_activations(acts[syn.source + 1]).flatten(1) for syn in layer.inputs], 1)
     w = torch.cat([syn.weight for syn in layer.inputs], 1)  # dense: (neurons, fan-in)
     s = torch.cat([torch.linspace(0, float(xs.max()), 20001, dtype=xs.dtype), xs.flatten()])
-    kappa = w.sum(1) if snn.neuron == "b1" else torch.ones(w.shape[0], dtype=w.dtype)
+    kappa = w.sum(1) if snn.neuron.name == "b1" else torch.ones(w.shape[0], dtype=w.dtype)
     h = layer.bias[None, :, None] + (w[None, :, :, None] * torch.maximum(xs[:, None, :, None], s)).sum(2) \
         - kappa[None, :, None] * s
     return float(h.max())
@@ -136,7 +136,7 @@ def test_peak_drive_survives_saving(tmp_path):
     x = torch.rand(64, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     snn = ttfs_core.convert(model, x, input_range=(0.0, 1.0))
     path = tmp_path / "uneven.ttfs"
-    snn.save(path)
+    ttfs_core.save(snn, path)
     back = ttfs_core.load(path)
     assert [la.peak_drive for la in back.layers] == [la.peak_drive for la in snn.layers]
     assert _joined(back).peak_drive > _joined(back).max_activation

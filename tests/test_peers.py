@@ -75,6 +75,7 @@ def test_the_shipped_results_have_every_bundled_model():
         assert {"name", "model", "value", "unit", "notes"} <= set(r)
 
 
+@pytest.mark.integration
 def test_page_without_peers(monkeypatch):
     monkeypatch.setattr(pr, "spikingjelly_version", lambda: None)  # CI has no peer; a dev machine may
     at = AppTest.from_file(PAGE, default_timeout=120).run()
@@ -92,6 +93,7 @@ def test_page_without_peers(monkeypatch):
     assert set(table["method"]) >= {"ours α exact", "spikingjelly max"}
 
 
+@pytest.mark.integration
 def test_page_without_results(monkeypatch, tmp_path):
     monkeypatch.setattr(pr, "RESULTS", tmp_path / "missing.json")
     monkeypatch.setattr(pr, "spikingjelly_version", lambda: None)

@@ -1,5 +1,5 @@
 """Saving and loading converted networks: bit-for-bit round trips, no code in the file, clear errors, and hostile
-files (issue 14): every crafted or damaged file ends in one NetworkFileError naming the field, quickly."""
+files: every crafted or damaged file ends in one NetworkFileError naming the field, quickly."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import copy
 import itertools
 import pickle
 import random
-import resource
-import signal
 import struct
-import time
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -20,10 +16,11 @@ from safetensors.torch import save_file
 
 import ttfs_core
 from ttfs_core import NetworkFileError, persist
+from ttfs_core.untrusted import network_schema
 
 from . import nets
 from . import network_attacks as na
-from .test_core import converted
+from .helpers import ChildWorker, converted, in_child
 
 
 @pytest.mark.parametrize("name", ["mlp", "functional", "cnn"])
@@ -31,9 +28,9 @@ from .test_core import converted
 def test_round_trip_is_bit_for_bit(tmp_path, name, neuron):
     model, snn, x = converted(name, neuron=neuron)
     path = tmp_path / "net.safetensors"
-    snn.save(path)
+    ttfs_core.save(snn, path)
     back = ttfs_core.load(path)
-    assert back.summary() == snn.summary() and back.dtype == snn.dtype and back.neuron == neuron
+    assert back.summary() == snn.summary() and back.dtype == snn.dtype and back.neuron.name == neuron
     a, b = snn.run(x), back.run(x)
     assert torch.equal(a.logits, b.logits)
     for la, lb in zip(a.layers, b.layers):
@@ -52,7 +49,7 @@ def test_round_trip_float32_positive_and_readout_ops(tmp_path):
     xr = torch.rand(8, 2, 16, 16, generator=g, dtype=torch.float64)
     for snn, x in ((snn32, x32), (na.base_network("readout"), xr)):
         path = tmp_path / "net.safetensors"
-        snn.save(path)
+        ttfs_core.save(snn, path)
         back = ttfs_core.load(path)
         assert back.dtype == snn.dtype and back.rescale == snn.rescale
         assert [op.kind for op in back.output.readout] == [op.kind for op in snn.output.readout]
@@ -95,11 +92,11 @@ def test_round_trip_of_a_branching_network(tmp_path, neuron):
     (format version 2): the loaded network is the same, field for field, and runs bit for bit."""
     snn = na.base_network("branch", neuron=neuron)
     path = tmp_path / "branch.safetensors"
-    snn.save(path)
+    ttfs_core.save(snn, path)
     desc, _ = na.read(path)
     assert desc["version"] == persist.VERSION == 2
     back = ttfs_core.load(path)
-    assert back.summary() == snn.summary() and back.neuron == neuron
+    assert back.summary() == snn.summary() and back.neuron.name == neuron
     assert [len(la.inputs) for la in back.layers] == [1, 2, 1, 2]  # the add and the concatenation
     assert back.layers[2].clip == snn.layers[2].clip == back.layers[2].window
     assert any(syn.delay > 0 for syn in back.layers[3].inputs)
@@ -131,7 +128,7 @@ def test_version_1_files_still_load(tmp_path, neuron):
     x = nets.inputs("functional", 12, seed=3)
     _same_run(snn, back, x)
     new = tmp_path / "v2.safetensors"
-    back.save(new)
+    ttfs_core.save(back, new)
     assert na.read(new)[0]["version"] == 2
     _same_run(back, ttfs_core.load(new), x, stepped=False)
 
@@ -139,7 +136,7 @@ def test_version_1_files_still_load(tmp_path, neuron):
 def test_file_has_no_pickle(tmp_path):
     _, snn, _ = converted("cnn")
     path = tmp_path / "net.safetensors"
-    snn.save(path)
+    ttfs_core.save(snn, path)
     raw = path.read_bytes()
     assert b"\x80\x04" not in raw[:64] and raw[8:9] == b"{"  # a JSON header, not a pickle stream
 
@@ -166,50 +163,56 @@ def test_bad_files(tmp_path):
 
 
 # --- hostile files ------------------------------------------------------------------------------------------------
-class _TookTooLong(BaseException):
-    """Not an Exception: the loader's own `except Exception` cannot swallow it."""
-
-
-@contextmanager
-def bounded(seconds: float = 10.0, megabytes: float = 256.0):
-    """Fail if the block runs longer than `seconds` (interrupting it) or raises the peak memory of this process by
-    more than `megabytes`."""
-    def alarm(signum, frame):
-        raise _TookTooLong(f"took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+def _load_and_run(path: str) -> tuple[str, str]:
+    """ttfs_core.load(path) and, if it loads, a run on one input: ("rejected", the message) or ("ran", "")."""
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+        snn = ttfs_core.load(path)
+    except NetworkFileError as exc:
+        return "rejected", str(exc)
+    p, q = snn.input_range
+    snn.run(torch.rand(1, *snn.input_shape, dtype=snn.dtype) * (q - p) + p)
+    return "ran", ""
+
+
+@pytest.fixture(scope="module")
+def loader():
+    """A child process that loads this module's many hostile files one after another (helpers.ChildWorker): a
+    fork per file would cost more than the load."""
+    worker = ChildWorker(wall_seconds=120)
+    yield worker
+    worker.close()
+
+
+def load_in_child(path, child: ChildWorker | None = None, cpu_seconds: float = 10.0,
+                  megabytes: float = 256.0) -> tuple[str, str, float]:
+    """`_load_and_run(path)` in a child process: `child`, or a fresh fork of this process (which sees what the test
+    monkeypatched). Its outcome and CPU seconds; fails on any other exception, on more than `cpu_seconds` of CPU
+    time, on a hang (no answer in 120 s), or if the child's peak memory grew by more than `megabytes` (measured in
+    the child: this process's lifetime peak is whatever the largest earlier test reached, and would hide it)."""
+    if child is None:
+        (kind, message), grown, cpu = in_child(_load_and_run, str(path), wall_seconds=120)
+    else:
+        (kind, message), grown, cpu = child.call(_load_and_run, str(path))
+    assert cpu < cpu_seconds, f"took {cpu:.1f} s of CPU time"
     assert grown < megabytes, f"peak memory grew by {grown:.0f} MiB"
+    return kind, message, cpu
 
 
-def rejected(path) -> str:
-    """Load `path`, expecting one NetworkFileError within a few seconds; return its message without the path."""
-    with bounded():
-        with pytest.raises(NetworkFileError) as info:
-            ttfs_core.load(path)
-    message = str(info.value)
+def rejected(path, child: ChildWorker | None = None) -> str:
+    """Load `path` (in `child`, or a fresh fork), expecting one NetworkFileError, quickly and in little memory; return
+    its message without the path."""
+    kind, message, _ = load_in_child(path, child)
+    assert kind == "rejected", f"{path} loaded"
     assert "\n" not in message and message.startswith(f"{path}: "), message
     message = message[len(str(path)) + 2:]
     assert len(message) < 300, message
     return message
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory):
-    """The real saved networks the attacks start from."""
-    folder = tmp_path_factory.mktemp("bases")
-    paths = {}
-    for name in na.BASES:
-        paths[name] = folder / f"{name}.safetensors"
-        na.save_base(name, paths[name])
-    return paths
+@pytest.fixture
+def bases(network_bases):
+    """The real saved networks the attacks start from (conftest.py)."""
+    return network_bases
 
 
 def test_attack_bases_are_valid(bases):
@@ -220,11 +223,11 @@ def test_attack_bases_are_valid(bases):
 
 
 @pytest.mark.parametrize("attack", na.ATTACKS, ids=lambda a: a.name)
-def test_crafted_file_is_rejected(bases, tmp_path, attack):
+def test_crafted_file_is_rejected(bases, loader, tmp_path, attack):
     path = tmp_path / f"{attack.name}.safetensors"
     na.craft(attack, bases[attack.base], path)
     assert path.stat().st_size < 1 << 20  # every crafted file is small
-    message = rejected(path)
+    message = rejected(path, loader)
     assert attack.field in message, message
 
 
@@ -273,16 +276,16 @@ def test_header_claiming_tensors_larger_than_the_file(tmp_path):
 def test_size_limits(bases, tmp_path, monkeypatch):
     """Our own limits on declared sizes, checked from the header before any tensor is read (lowered here so that a
     small file reaches them)."""
-    monkeypatch.setattr(persist, "MAX_TENSOR_ELEMENTS", 1000)
+    monkeypatch.setattr(network_schema, "MAX_TENSOR_ELEMENTS", 1000)
     assert rejected(bases["conv"]) == 'tensor "layers.2.inputs.0.J": declares 2160 elements; at most 1000'
     monkeypatch.undo()
-    monkeypatch.setattr(persist, "MAX_TOTAL_ELEMENTS", 5000)
+    monkeypatch.setattr(network_schema, "MAX_TOTAL_ELEMENTS", 5000)
     assert rejected(bases["conv"]).startswith("tensors: declare ")
     monkeypatch.undo()
-    monkeypatch.setattr(persist, "MAX_DESCRIPTION_CHARS", 100)
+    monkeypatch.setattr(network_schema, "MAX_DESCRIPTION_CHARS", 100)
     assert rejected(bases["conv"]).startswith("description: ")
     monkeypatch.undo()
-    monkeypatch.setattr(persist, "MAX_TENSOR_ELEMENTS", 100)
+    monkeypatch.setattr(network_schema, "MAX_TENSOR_ELEMENTS", 100)
     assert rejected(bases["conv"]).startswith("input_shape: expected a shape")  # a declared shape of 512 elements
 
 
@@ -311,7 +314,7 @@ def test_output_sizes_match_torch():
     for k, s, p, d, ceil in itertools.product((1, 2, 3), (1, 2, 3), (0, 1), (1, 2), (False, True)):
         if p > k // 2:
             continue
-        want = [persist.pool_output(n, k, s, p, d, ceil) for n in (7, 9)]
+        want = [network_schema.pool_output(n, k, s, p, d, ceil) for n in (7, 9)]
         try:
             got = list(F.max_pool2d(x, k, s, p, d, ceil).shape[2:])
         except RuntimeError:
@@ -324,7 +327,7 @@ def test_output_sizes_match_torch():
                 got = None
             assert (got is None and min(want) < 1) or got == want, (k, s, p, ceil)
         w = torch.zeros(1, 1, k, k + 1)
-        want = [persist.conv_output(7, k, s, p, d), persist.conv_output(9, k + 1, s, p, d)]
+        want = [network_schema.conv_output(7, k, s, p, d), network_schema.conv_output(9, k + 1, s, p, d)]
         try:
             got = list(F.conv2d(x, w, None, s, p, d).shape[2:])
         except RuntimeError:
@@ -351,32 +354,26 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     return mode, bytes(out)
 
 
-def test_fuzzed_files_fail_cleanly(bases, tmp_path):
+def test_fuzzed_files_fail_cleanly(bases, loader, tmp_path):
     """Seeded random damage to valid files: each ends in a NetworkFileError, or loads into a network that runs on
     one input; never another exception, a hang or a memory blow-up."""
     rng = random.Random(14)
     outcomes = {"rejected": 0, "ran": 0}
-    start = time.perf_counter()
+    cpu = 0.0
     for case in range(200):
         name = na.BASES[case % len(na.BASES)]
         mode, data = _mutate(bases[name].read_bytes(), rng)
         path = tmp_path / f"fuzz{case}.safetensors"
         path.write_bytes(data)
-        with bounded(seconds=10):
-            try:
-                snn = ttfs_core.load(path)
-            except NetworkFileError as exc:
-                assert "\n" not in str(exc), (case, mode)
-                outcomes["rejected"] += 1
-                continue
-            p, q = snn.input_range
-            snn.run(torch.rand(1, *snn.input_shape, dtype=snn.dtype) * (q - p) + p)
-            outcomes["ran"] += 1
+        kind, message, seconds = load_in_child(path, loader)
+        assert "\n" not in message, (case, mode)
+        outcomes[kind] += 1
+        cpu += seconds
     assert outcomes["rejected"] > 100 and outcomes["ran"] > 10, outcomes  # both paths were exercised
-    assert time.perf_counter() - start < 60
+    assert cpu < 60  # CPU seconds of the 200 loads
 
 
-def test_fuzzed_descriptions_fail_cleanly(bases, tmp_path):
+def test_fuzzed_descriptions_fail_cleanly(bases, loader, tmp_path):
     """Seeded random edits of the description's fields (other types, out-of-range values, deletions): each ends in
     a NetworkFileError or loads into a network that runs on one input."""
     rng = random.Random(41)
@@ -388,14 +385,7 @@ def test_fuzzed_descriptions_fail_cleanly(bases, tmp_path):
         na.mutate_description(desc, tensors, rng)
         path = tmp_path / f"fuzz{case}.safetensors"
         na.write(path, desc, tensors)
-        with bounded(seconds=10):
-            try:
-                snn = ttfs_core.load(path)
-            except NetworkFileError as exc:
-                assert "\n" not in str(exc), case
-                outcomes["rejected"] += 1
-                continue
-            p, q = snn.input_range
-            snn.run(torch.rand(1, *snn.input_shape, dtype=snn.dtype) * (q - p) + p)
-            outcomes["ran"] += 1
+        kind, message, _ = load_in_child(path, loader)
+        assert "\n" not in message, case
+        outcomes[kind] += 1
     assert outcomes["rejected"] > 100, outcomes

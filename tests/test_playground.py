@@ -15,8 +15,7 @@ from ttfs_core import neuron as core_neuron
 from ttfs_core.errors import InputError
 from ttfs_ui import playground as pg
 
-from .test_app import ROOT, ok
-from .test_app import run as run_page
+from .helpers import ROOT, ok, run_page
 
 PAGE = str(ROOT / "pages" / "5_Neuron_playground.py")
 
@@ -128,6 +127,7 @@ def test_bad_settings_are_messages():
 
 
 # --- the page ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_presets_show_their_lessons():
     at = run()
     assert any(el.proto.id.endswith("-playground_v") for el in at.get("plotly_chart"))
@@ -196,6 +196,7 @@ def _expected(x, w, b, in_window, window, neuron, rescale):
     return spike, early
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seed", range(12))
 def test_random_settings_match_numpy(seed):
     rng = np.random.default_rng(seed)
@@ -223,6 +224,7 @@ def test_random_settings_match_numpy(seed):
         assert n["readout (original units)"] == pytest.approx(max(float(w @ x + b), 0.0), abs=1e-12)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("session", [
     {pg.WINDOW: 0.0}, {pg.WINDOW: -1.0}, {pg.IN_WINDOW: -0.5}, {pg.X[0]: 3.0}, {pg.X[1]: -0.1},
 ])
@@ -231,6 +233,7 @@ def test_bad_inputs_give_messages_not_exceptions(session):
     assert at.error and not at.get("plotly_chart")
 
 
+@pytest.mark.integration
 def test_unusable_state_is_repaired():
     at = run(**{pg.COUNT: 12, pg.NEURON: "lif", pg.DT: 0.5, pg.BIAS: "x"})
     assert at.session_state[pg.COUNT] == pg.DEFAULTS[pg.COUNT] and not at.error

@@ -8,7 +8,7 @@ import torch
 from ttfs_core import robustness as rb
 
 from . import nets
-from .test_core import converted
+from .helpers import converted
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from torch import nn
 
 import ttfs_core
 
-from .test_core import converted
+from .helpers import converted
 
 
 @pytest.mark.parametrize("name", ["mlp", "functional", "cnn"])
@@ -125,7 +125,7 @@ def test_membrane_at_absolute_times_and_readout_trace():
     res = snn.run(x[:1])
     tr = snn.trace(x[:1], len(snn.layers), 2, result=res)  # the readout
     assert tr.theta is None
-    v = float(snn.membrane(x[:1], snn.output.name, 2, [snn.decision_latency], result=res)[0])
+    v = float(snn.membrane(x[:1], snn.output.name, 2, [snn.decision_time], result=res)[0])
     assert v == pytest.approx(float(res.logits[0, 2]), rel=1e-9, abs=1e-12)
     assert float(tr.potential_at([tr.t_min])[0]) == pytest.approx(v, rel=1e-9, abs=1e-12)
 

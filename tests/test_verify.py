@@ -25,7 +25,7 @@ import ttfs_core
 from ttfs_core import data, zoo
 from ttfs_core.cli import main
 from ttfs_core.compare import compare
-from ttfs_core.npz import NpzSource
+from ttfs_core.data import NpzSource
 from ttfs_core.verify import LayerCheck, Report, Verifier, Worst, check_shard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,24 @@ def test_report_json_round_trip_and_bad_files():
             Report.from_json(bad)
 
 
+def test_one_verdict_with_one_tolerance():
+    """The verdict behind `ttfs verify`, the explorer's banner and its inspector: rounding passes and is exact; an
+    error above TOLERANCE × max(|ANN|, 1) without an early spike passes (clipped inputs are noted, not failed)
+    but is not exact; early spikes, NaN and disagreement fail. `parting` names the first layer that leaves."""
+    from ttfs_core.verify import TOLERANCE, verdict
+
+    exact = verdict(_report(0.5 * TOLERANCE, 1, 4))
+    assert exact.exact and exact.passes and exact.parting is None and exact.failures == ()
+    off = verdict(_report(2 * TOLERANCE, 1, 4))
+    assert off.passes and not off.exact and off.beyond_rounding == ("a", "out") and off.parting == "a"
+    early = Report((_check("a", 0.0, 1), _check("b", 0.0, 1, early=3)), _check("out", 0.0, 1), 4, 4, 4, 4, 4, 1, 0,
+                   (), (1,))
+    v = verdict(early)
+    assert not v.exact and v.early == (("b", 3),) and v.parting == "b" and "3 early spikes in 1 images" in v.failures[0]
+    assert verdict(_report(float("nan"), 1, 4)).failures[0].startswith("NaN values in a, out")
+    assert early.failures() == list(v.failures)
+
+
 # --- one batch against compare() ----------------------------------------------------------------------------
 def test_a_batch_report_matches_compare(lenet):
     model, card, snn = lenet
@@ -116,6 +134,7 @@ def _verify(*argv: str, processes: int = 1, timeout: float = 600) -> subprocess.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
 
 
+@pytest.mark.integration
 def test_two_processes_give_the_single_process_report(tmp_path):
     args = ["lenet5", "--limit", "2000", "--batch-size", "128", "--shard-size", "256", "-q"]
     one = _verify(*args, "--report", str(tmp_path / "one.json"))
@@ -131,6 +150,7 @@ def test_two_processes_give_the_single_process_report(tmp_path):
         1].replace("processes      2 (torch.distributed, device cpu)\n", "")
 
 
+@pytest.mark.integration
 def test_a_killed_run_resumes_to_the_same_report(tmp_path):
     args = ["fc", "--shard-size", "256", "--batch-size", "256", "-q"]
     report = tmp_path / "run.json"
@@ -362,8 +382,8 @@ def test_simulators_and_calibration_create_tensors_on_the_networks_device(name, 
     x, _ = data.load_dataset(f"{card.dataset}-test", card.preprocess, 16)
     ref = ttfs_core.convert(model, calib, input_range=card.input_range)
     exact, stepped = ref.run(x), ref.run_stepped(x, steps=16)
-    conv = importlib.import_module("ttfs_core.convert")
-    for step in ("_calibrate", "_neuron_parameters", "_check_finite"):  # the device part of the conversion
+    conv = importlib.import_module("ttfs_core.passes")
+    for step in ("calibrate", "place_in_time", "parameterise", "check_finite"):  # the device part of the conversion
         monkeypatch.setattr(conv, step, _strictly(getattr(conv, step)))
     snn = ttfs_core.convert(model, calib, input_range=card.input_range, device="cpu")
     monkeypatch.undo()
@@ -382,8 +402,8 @@ def test_to_moves_every_tensor_and_keeps_the_original(lenet):
     moved = snn.to("meta")
     assert {t.device.type for t in _tensors_in(moved)} == {"meta"} and moved.device.type == "meta"
     assert {t.device.type for t in _tensors_in(snn)} == {"cpu"} and snn.to("cpu") is snn
-    frozen = copy.deepcopy(snn).freeze()
-    assert frozen.to("meta").frozen and frozen._on("meta") is frozen._on("meta")  # one copy per device, kept
-    assert "_copies" not in copy.deepcopy(frozen).__dict__  # a copy of the network does not copy its copies
+    shared = copy.deepcopy(snn)
+    assert shared._on("meta") is shared._on("meta")  # one copy per device, kept
+    assert "_copies" not in copy.deepcopy(shared).__dict__  # a copy of the network does not copy its copies
     x, _ = data.load_dataset("mnist-test", card.preprocess, 8)
     assert torch.equal(snn.run(x, device="cpu").logits, snn.run(x).logits)

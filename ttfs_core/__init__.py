@@ -10,13 +10,15 @@ The equations follow the repository's MATH.md (Stanojevic et al., Neural Network
 from .compare import LayerComparison, compare, record_activations
 from .convert import convert
 from .errors import ConversionError, InputError
-from .network import Layer, SpikingNetwork, Synapses
+from .network import SpikingNetwork
 from .persist import NetworkFileError
 from .persist import load_network as load
-from .result import LayerResult, SimResult
+from .persist import save_network as save
+from .records import Layer, Synapses
+from .sim.result import LayerResult, SimResult
 
 __all__ = [
     "ConversionError", "InputError", "Layer", "LayerComparison", "LayerResult", "NetworkFileError", "SimResult",
-    "SpikingNetwork", "Synapses", "compare", "convert", "load", "record_activations",
+    "SpikingNetwork", "Synapses", "compare", "convert", "load", "record_activations", "save",
 ]
 __version__ = "0.1.0"

@@ -18,12 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .allowlist import InputGuard
 from .errors import ConversionError
 from .fold import batchnorm_scale_shift
-
-KINDS = ("conv", "linear", "affine", "relu", "relu6", "maxpool", "avgpool", "adaptive_avgpool", "reshape", "identity",
-         "add", "cat", "slice", "permute", "mean", "mul")
+from .untrusted.allowlist import InputGuard
 
 SUPPORTED = (
     "Conv2d (zero padding, stride, dilation, groups), Linear, BatchNorm1d/2d (eval), ReLU (module, F.relu, "
@@ -40,7 +37,7 @@ class Op:
 
     name: str  # qualified module name, or the fx node name for functionals
     node: str  # fx node name whose output is this op's output
-    kind: str  # one of KINDS
+    kind: str  # what the op computes, a key of `_op_fn` ("conv", "linear", "affine", "relu", "maxpool", "add", ...)
     target: str  # what the user wrote, for messages (e.g. "Conv2d", "torch.flatten")
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
@@ -183,7 +180,7 @@ def _bind(names: tuple[str, ...], defaults: dict[str, Any], node: fx.Node) -> di
     return bound
 
 
-def _describe(node: fx.Node, gm: fx.GraphModule) -> str:
+def describe(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
         return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
     if node.op == "call_method":
@@ -330,7 +327,7 @@ class Capture:
         return d - 1
 
     def _parts(self, node: fx.Node, data: dict) -> tuple[str, int, list[tuple[int, int]]]:
-        desc = _describe(node, self.gm)
+        desc = describe(node, self.gm)
         src = next(a for a in node.all_input_nodes if a in data)
         if node.op == "call_method":
             names, defaults = _METHOD_ARGS[str(node.target)]
@@ -354,7 +351,7 @@ class Capture:
         return tuple(int(s) for s in meta.shape[1:])
 
     def _normalise(self, node: fx.Node, data: dict) -> Op | None:
-        desc = _describe(node, self.gm)
+        desc = describe(node, self.gm)
         inputs = tuple(self._data_args(node, data))
         src = next(a for a in node.all_input_nodes if a in data)
         in_shape = self._shape(src)

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,18 +24,21 @@ from typing import NoReturn, TextIO
 import torch
 from torch import Tensor, nn
 
-from . import __version__, data, loading, verify, zoo
+from . import __version__, data, untrusted, verify, verify_run, zoo
 from .compare import compare
-from .convert import NEURONS, RESCALE, convert
+from .convert import convert
 from .errors import InputError
+from .mapping import DEFAULT_MARGIN
 from .network import SpikingNetwork, usable_device
-from .persist import load_network
-from .result import merge_counts
-from .verify import LayerCheck, Ranks, Report, RunFile, Verifier, check_shard, digest, my_shards, percent, shard_count
+from .neurons import ALPHA, NEURON_MODELS, RESCALES, SUM
+from .persist import load_network, save_network
+from .sim.result import merge_counts
+from .verify import LayerCheck, Verifier, digest, percent
+from .verify_run import Ranks
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 CALIB_LIMIT = 512  # calibration images used by default (the first ones of --calib)
-MARGIN_DEFAULT = 0.5
+MARGIN_DEFAULT = DEFAULT_MARGIN
 EPILOG = """\
 MODEL is a bundled model name (see 'ttfs zoo') or a model file: torch.export .pt2, TorchScript, or a state
 dict (.safetensors/.pt/.pth) with --arch. Model files are assumed to take MNIST pixels / 255 in [0, 1],
@@ -168,8 +170,8 @@ def load_model(spec: str, arch: str | None = None, overrides: dict | None = None
         what = f"no such model file: {spec}" if looks_like_path else f"unknown model {spec!r}"
         raise CliError(f"{what} (MODEL is a bundled model name: {known}; or a model file)")
     try:
-        module = loading.load_model(path, arch=arch)
-    except loading.ModelLoadError as e:
+        module = untrusted.load_model(path, arch=arch)
+    except untrusted.ModelLoadError as e:
         if _is_network_file(path):
             raise CliError(f"{spec} is a converted spiking network, not a model: verify it with "
                            f"'ttfs verify MODEL --snn {spec}'") from None
@@ -179,8 +181,8 @@ def load_model(spec: str, arch: str | None = None, overrides: dict | None = None
     assumed = ("assumed to take MNIST pixels / 255 in [0, 1], 1×28×28" if not overrides else
                f"given as {shape}, (pixels / 255 − mean {list(pre.mean)}) / std {list(pre.std)}")
     try:
-        loading.check_input(module, pre.shape)
-    except loading.ModelLoadError as e:
+        untrusted.check_input(module, pre.shape)
+    except untrusted.ModelLoadError as e:
         raise CliError(f"{spec}: {e} (its input is {assumed}; see --size, --channels)") from None
     return Model(f"{spec} (file)", module, pre, pre.value_range, None, [f"input {assumed}"])
 
@@ -196,13 +198,13 @@ def _preprocess(base: data.Preprocess, overrides: dict | None) -> data.Preproces
 
 def _is_network_file(path: Path) -> bool:
     """Whether ``path`` is a network saved by ``ttfs convert`` (a safetensors file with a 'ttfs' header)."""
-    from safetensors import safe_open
+    from .untrusted.tensors import ST_DTYPES, SafetensorsFile
 
     if not path.is_file():  # a FIFO or a device would block or never end
         return False
     try:
-        with safe_open(str(path), "pt") as f:
-            return "ttfs" in (f.metadata() or {})
+        with SafetensorsFile(path, "file", set(ST_DTYPES)) as f:
+            return "ttfs" in f.header.metadata
     except Exception:  # noqa: BLE001 - anything unreadable is not one
         return False
 
@@ -316,10 +318,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
              f"{r['t_max'] - r['t_min']:.4g}" if r["spiking"] else "readout", r["reads"]] for r in snn.summary()]
     table(rows, ["layer", "op", "shape", "neurons", "X_n", "window (τ_c)", "reads"], sys.stdout, right={3, 4, 5})
     print()
-    kv("latency", f"{snn.decision_latency:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers); "
+    kv("latency", f"{snn.decision_time:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers); "
                   f"smallest window {snn.smallest_window:.3g} τ_c")
     try:
-        snn.save(out_path)
+        save_network(snn, out_path)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for I/O problems
         raise CliError(f"cannot write {args.output}: {e}") from None
     kv("saved", f"{args.output} ({out_path.stat().st_size / 1e6:.2f} MB)")
@@ -386,34 +388,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ranks.close()
 
 
-def _network_bytes(snn: SpikingNetwork) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="ttfs-") as tmp:
-        path = Path(tmp) / "network.safetensors"
-        snn.save(path)
-        return path.read_bytes()
-
-
-def _network_from_bytes(blob: bytes) -> SpikingNetwork:
-    with tempfile.TemporaryDirectory(prefix="ttfs-") as tmp:
-        path = Path(tmp) / "network.safetensors"
-        path.write_bytes(blob)
-        return load_network(path)
-
-
-def _on_main(ranks: Ranks, work) -> object:
-    """`work()` on rank 0, its result on every rank; a CliError (or ValueError) there is raised on every rank."""
-    payload = None
-    if ranks.main:
-        try:
-            payload = ("ok", work())
-        except (CliError, ValueError, OSError, RuntimeError) as e:
-            payload = ("error", _one_line(e))
-    kind, value = ranks.broadcast(payload)
-    if kind == "error":
-        raise CliError(value)
-    return value
-
-
 def _verify(args: argparse.Namespace, ranks: Ranks) -> int:
     out = sys.stdout if ranks.main else open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
@@ -465,13 +439,9 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
         args.neuron, args.rescale = args.neuron or "alpha", args.rescale or "sum"
         module = copy.deepcopy(model.module).double() if args.float64 else model.module
 
-        def convert_once() -> bytes:
-            snn, _ = convert_model(model, args, out)
-            return _network_bytes(snn)
-
-        blob = _on_main(ranks, convert_once)  # rank 0 calibrates; every rank gets the same network
-        snn = _network_from_bytes(blob).to(device)
-        blob_digest = digest(blob)
+        snn, blob_digest = verify_run.share_network(ranks, lambda: convert_model(model, args, out)[0],
+                                                    (CliError, ValueError, OSError, RuntimeError))
+        snn = snn.to(device)  # rank 0 calibrated; every rank has the same network
         kv("network", f"converted: {describe(snn)}", out)
     module = copy.deepcopy(module).to(device) if device.type != "cpu" else module
     try:  # labels the model cannot predict would count as silent misses
@@ -483,63 +453,22 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
         kv("processes", f"{ranks.world} ({'torch.distributed, ' if ranks.world > 1 else ''}device {device})", out)
     out.flush()
 
-    shards = shard_count(n, args.shard_size)
     config = _run_config(args, model, source, n, blob_digest) if ranks.main and args.report else {}
-    verifier = Verifier(module, snn, first)
-
-    def open_run() -> tuple[list[int], dict | None]:
-        """The shards done and the report so far of the run --resume continues (none without it)."""
-        if not args.resume:
-            return [], None
-        bounds = verify.Bounds.of(snn, first[0].numel(), source.labelled, n, args.shard_size)
-        resumed = RunFile.resume(Path(args.report), config, bounds)
-        return sorted(resumed.completed), resumed.report.to_json()
-
-    done, resumed = _on_main(ranks, open_run)
-    report = Report.from_json(resumed) if resumed is not None else Report.empty(snn)
-    run = RunFile(Path(args.report), config, report, set(done), shards) if ranks.main and args.report else None
-    if done:
-        kv("resumed", f"{args.report}: {len(done)} of {shards} shards done ({report.images:,} images)", out)
-    todo = [k for k in range(shards) if k not in set(done)]
-
+    run = verify_run.Run.open(Verifier(module, snn, first), source, ranks, args.shard_size, args.batch_size,
+                              Path(args.report) if args.report else None, config, args.resume)
+    if run.done:
+        kv("resumed", f"{args.report}: {len(run.done)} of {run.shards} shards done ({run.report.images:,} images)",
+           out)
     progress = Progress(n, sys.stderr if ranks.main and not args.quiet else None)
-    finished = checked = report.images
-    progress.update(finished)
+    checked = run.report.images
+    progress.update(checked)
     started = time.perf_counter()
     try:
-        for round_ in my_shards(todo, ranks):
-            mine = round_[ranks.rank]
-            own = 0
-            busy = sum(k is not None for k in round_)  # rank 0's progress stands for the round's
-
-            def step(count: int, base: int = finished, busy: int = busy) -> None:
-                nonlocal own
-                own += count
-                progress.update(min(n, base + own * busy))
-
-            result = None
-            if mine is not None:
-                try:
-                    result = ("ok", mine, check_shard(verifier, source.batch, mine, n, args.shard_size,
-                                                      args.batch_size, step))
-                except (ValueError, OSError, RuntimeError) as e:
-                    result = ("error", mine, f"rank {ranks.rank}, shard {mine}: {_one_line(e)}")
-            gathered = [r for r in ranks.gather(result) if r is not None]
-            errors = [r[2] for r in gathered if r[0] == "error"]
-            if errors:
-                raise CliError(errors[0])
-            for _, k, shard_report in gathered:
-                report = report.merge(shard_report)
-                if run is not None:
-                    run.completed.add(k)
-            finished = report.images
-            progress.update(finished)
-            if run is not None:
-                run.report = report
-                run.write()
+        report = run.execute(progress.update)
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
+    finished = report.images
 
     name = source.name
     print(file=out)
@@ -567,7 +496,7 @@ def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
                     f"({ranks.world} process{'es' if ranks.world > 1 else ''}, {device})", out)
     if args.report:
         kv("report", args.report, out)
-    reasons = report.failures()
+    reasons = report.verdict().failures
     print("PASS" if not reasons else "FAIL: " + "; ".join(reasons), file=out)
     return EXIT_FAIL if reasons else EXIT_PASS
 
@@ -609,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--margin", type=_margin, default=d(MARGIN_DEFAULT),
                        help=f"window margin: B_n = (1 + margin)·X_n (or the peak drive, where larger), > -1 "
                             f"(default: {MARGIN_DEFAULT})")
-        q.add_argument("--neuron", choices=NEURONS, default=d("alpha"), help="neuron model (default: alpha)")
-        q.add_argument("--rescale", choices=RESCALE, default=d("sum"),
+        q.add_argument("--neuron", choices=tuple(NEURON_MODELS), default=d(ALPHA.name),
+                       help=f"neuron model (default: {ALPHA.name})")
+        q.add_argument("--rescale", choices=tuple(RESCALES), default=d(SUM.name),
                        help="weight rescaling: sum (default; the paper's, windows of the order of the activations) or "
                             "positive (no certificate needed, but windows shrink geometrically with depth)")
         q.add_argument("--float64", action="store_true", help="convert a float64 copy of the model")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .capture import Capture
 from .network import SpikingNetwork
-from .result import SimResult
+from .sim.result import SimResult
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class LayerComparison:
         return self.max_abs_error / max(float(self.ann.abs().max()), 1e-30)
 
 
+def first_output(out):
+    """A model's (or a node's) output as one tensor: the first element of nested tuples and lists, for models that
+    return (logits, auxiliary outputs). Shape: as the first tensor."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
 class _Recorder(fx.Interpreter):
     """Runs the traced model and keeps the outputs of the named nodes (keyed by node name, not call order)."""
 
@@ -41,7 +49,7 @@ class _Recorder(fx.Interpreter):
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         if n.name in self.keep:
-            self.values[n.name] = out[0] if isinstance(out, (tuple, list)) else out
+            self.values[n.name] = first_output(out)
         return out
 
 
@@ -58,8 +66,7 @@ def record_activations(model: nn.Module, snn: SpikingNetwork, x: Tensor,
     rec = _Recorder(gm, {layer.probe.node for layer in snn.layers})
     with torch.no_grad():
         logits = rec.run(x)
-    while isinstance(logits, (tuple, list)):
-        logits = logits[0]
+    logits = first_output(logits)
     acts = [layer.probe.read(rec.values[layer.probe.node]) * layer.scale for layer in snn.layers]
     return acts, logits
 

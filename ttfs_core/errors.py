@@ -8,6 +8,8 @@ class ConversionError(ValueError):
     problem is not at one node: training mode, the input, the options), so a caller can mark it in the graph."""
 
     node: str | None = None
+    stage: str | None = None  # the pass of `ttfs_core.passes` that raised it (set by `convert`)
+    stages: object = None  # with `convert(..., stages=True)`: the stages it reached (`ttfs_core.passes.Stages`)
 
 
 class InputError(ValueError):

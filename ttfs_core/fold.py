@@ -6,10 +6,13 @@ Pure tensor math: every function takes tensors and returns new tensors; nothing 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .neurons import Rescale
 
 
 def batchnorm_scale_shift(
@@ -52,35 +55,6 @@ def per_output(values: Tensor, weight: Tensor) -> Tensor:
     return values.reshape(-1, *([1] * (weight.dim() - 1)))
 
 
-def fold_input_affine_into_conv(
-    weight: Tensor, bias: Tensor, affine: tuple[Tensor, Tensor], in_shape: tuple[int, ...], conv: Callable
-) -> tuple[Tensor, Tensor]:
-    """conv(κ·x + s) = conv'(x) + b_map, with a position-dependent bias map (MATH §5 border correction).
-
-    `conv(x, w)` applies the convolution (stride, zero padding, dilation, groups) without bias. The bias map
-    is the folded affine chain evaluated on an all-zero input, so zero-padded taps contribute nothing.
-    Shape: weight (O, I/g, kh, kw); affine (I,), (I,); returns weight and bias map (O, H', W').
-    """
-    kappa, shift = affine
-    groups = kappa.numel() // weight.shape[1]
-    new_w = weight * per_input_channel(weight, kappa, groups)
-    const = shift.reshape(1, -1, 1, 1).expand(1, kappa.numel(), *in_shape[1:])
-    b_map = conv(const.contiguous(), weight)[0] + bias.reshape(-1, 1, 1)
-    return new_w, b_map
-
-
-def fold_output_affine(weight: Tensor, bias: Tensor, affine: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """κ·(W x + b) + s as W' x + b' (BatchNorm before ReLU, MATH §5).
-
-    Shape: weight (O, ...); bias (O,) or (O, H, W) bias map; affine (O,), (O,).
-    """
-    kappa, shift = affine
-    new_w = weight * per_output(kappa, weight)
-    k = kappa.reshape(-1, *([1] * (bias.dim() - 1)))
-    s = shift.reshape(-1, *([1] * (bias.dim() - 1)))
-    return new_w, k * bias + s
-
-
 def fold_chain_into_linear(
     weight: Tensor, bias: Tensor, chain: Callable[[Tensor], Tensor], in_shape: tuple[int, ...], chunk: int = 256
 ) -> tuple[Tensor, Tensor]:
@@ -102,11 +76,11 @@ def fold_chain_into_linear(
     return torch.cat(rows), new_b
 
 
-def rescale_factor(weight, mode: str, limit: float = 0.99, floor: float = -10.0, sums=None) -> Tensor:
+def rescale_factor(weight, rule: Rescale, limit: float = 0.99, floor: float = -10.0, sums=None) -> Tensor:
     """Per-output-neuron factor c > 0 of the function-preserving rescaling (MATH §2).
 
-    mode "positive": c = limit / Σ_j max(W_ij, 0) where that sum ≥ limit (early spikes then happen exactly
-    when the pre-activation exceeds the window); mode "sum": c = limit / Σ_j W_ij where Σ_j W_ij ≥ limit
+    `rule` (`ttfs_core.neurons`) POSITIVE: c = limit / Σ_j max(W_ij, 0) where that sum ≥ limit (early spikes then
+    happen exactly when the pre-activation exceeds the window); SUM: c = limit / Σ_j W_ij where Σ_j W_ij ≥ limit
     (the reference code's rule). Both also lift neurons whose Σ_j W_ij < floor to Σ = floor.
     For convolutions the sums run over input channels and kernel taps, zero-padded taps included; for a neuron
     with several inputs (branches) over all of them: give `sums` = (Σ_j W_ij, Σ_j max(W_ij, 0)) instead of
@@ -116,21 +90,7 @@ def rescale_factor(weight, mode: str, limit: float = 0.99, floor: float = -10.0,
         dims = tuple(range(1, weight.dim()))
         sums = (weight.sum(dims), weight.clamp(min=0).sum(dims))
     total, positive = sums
-    if mode == "positive":
-        gauge = positive
-    elif mode == "sum":
-        gauge = total
-    else:
-        raise ValueError(f"unknown rescaling mode {mode!r}; use 'positive' or 'sum'")
+    gauge = rule.gauge(total, positive)
     c = torch.where(gauge >= limit, limit / gauge.clamp(min=limit), torch.ones_like(gauge))
     scaled = total * c
     return torch.where(scaled < floor, c * (floor / scaled.clamp(max=floor)), c)
-
-
-def conv_fn(stride, padding, dilation, groups) -> Callable[[Tensor, Tensor], Tensor]:
-    """A bias-free 2-d convolution with fixed hyper-parameters and zero padding."""
-
-    def apply(x: Tensor, w: Tensor) -> Tensor:
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
-
-    return apply

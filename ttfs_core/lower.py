@@ -27,8 +27,8 @@ from .capture import Op, apply_op
 from .errors import ConversionError
 from .fold import compose_affine, fold_chain_into_linear
 from .mapping import input_folding
-from .network import Layer, Probe, Synapses
-from .simulate import Pool
+from .records import Layer, Probe, Synapses
+from .sim.dynamics import Pool
 
 _ROUTABLE = ("affine", "place", "identity")  # ops that keep a term one channel per source channel
 _READOUT = ("affine", "reshape", "maxpool", "avgpool", "adaptive_avgpool", "identity")
@@ -347,9 +347,8 @@ class Lowering:
         scale = torch.ones((shape[0], 1, 1) if len(shape) == 3 else shape, dtype=self.dtype)
         layer = Layer(name=name, op=label, inputs=tuple(inputs), shape=shape, bias=bias.contiguous(),
                       probe=probe if probe is not None else Probe(v.node), scale=scale, is_output=output,
-                      readout=tuple(readout), absorbed=self._provenance())
-        if clip is not None:
-            layer.clip = float(clip)
+                      readout=tuple(readout), absorbed=self._provenance(),
+                      clip=None if clip is None else float(clip))
         self.layers.append(layer)
         return len(self.layers) - 1
 
@@ -610,7 +609,7 @@ def _then_conv(form: _ConvForm, b: _Conv, c_in: int, op: Op) -> _ConvForm:
             a = form.dense(c_in)[:, :, 0, 0]  # (rows, c_in)
             return _ConvForm(a[:, :, None, None] * wb, *geometry, 1, lo, rows, total)
         b_full = _ConvForm(wb.clone(), *geometry, rows, 0, rows, rows).dense(rows)
-        return _general(form, b_full, b, c_in, op, lo, rows, total, keep_place=True)
+        return _general(form, b_full, b, c_in, op, lo, rows, total)
     b_dense = _ungroup(b.weight, b.groups, total)[:, lo:lo + rows]  # (out, rows, kh, kw)
     if form.pointwise:
         if form.diagonal:  # a diagonal: scale b's input channels
@@ -626,11 +625,11 @@ def _then_conv(form: _ConvForm, b: _Conv, c_in: int, op: Op) -> _ConvForm:
         a = form.dense(c_in)  # (rows, c_in, kh, kw)
         return _ConvForm(torch.einsum("or,rikl->oikl", b_dense[:, :, 0, 0], a), form.stride, form.padding,
                          form.dilation, 1, 0, out, out)
-    return _general(form, b_dense, b, c_in, op, 0, out, out, keep_place=False)
+    return _general(form, b_dense, b, c_in, op, 0, out, out)
 
 
-def _general(form: _ConvForm, b_dense: Tensor, b: _Conv, c_in: int, op: Op, lo: int, rows: int, total: int,
-             keep_place: bool) -> _ConvForm:
+def _general(form: _ConvForm, b_dense: Tensor, b: _Conv, c_in: int, op: Op, lo: int, rows: int,
+             total: int) -> _ConvForm:
     """Two spatial convolutions in a row: one convolution when the second has no zero padding (the first's
     padding then pads the input) and neither is dilated. Its kernel is found by running both on unit inputs."""
     if any(b.padding) or form.dilation != (1, 1) or b.dilation != (1, 1):

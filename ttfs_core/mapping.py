@@ -5,8 +5,19 @@ Each equation of MATH.md that maps numbers (not dynamics) lives here, once. Time
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+DEFAULT_MARGIN = 0.5  # ζ of B_n = (1 + ζ)·X_n (MATH §4: the reference default)
+B1_SLOPE = 1.0  # B1's slope from t_min^(n) on (MATH §7)
+
+
+def normalise(v: Tensor, p: float, q: float) -> Tensor:
+    """The input's level x̂ = (v − p)/(q − p) (MATH §1), not yet clipped to [0, 1]. Shape: any -> same."""
+    return (v - p) / (q - p)
 
 
 def encode_input(v: Tensor, p: float, q: float) -> tuple[Tensor, Tensor]:
@@ -15,7 +26,7 @@ def encode_input(v: Tensor, p: float, q: float) -> tuple[Tensor, Tensor]:
     Returns the spike times and a mask of the values that were outside [p, q] and had to be clipped.
     Shape: v (B, ...) -> both (B, ...).
     """
-    x_hat = (v - p) / (q - p)
+    x_hat = normalise(v, p, q)
     clipped = (x_hat < 0) | (x_hat > 1)
     return 1.0 - x_hat.clamp(0.0, 1.0), clipped
 
@@ -33,6 +44,29 @@ def window_length(max_activation: float, margin: float) -> float:
     """B_n = (1 + ζ)·X_n (MATH §4); convert passes the peak drive before the window instead where it is larger
     still (`convert._peak_drives`). A layer silent on all calibration inputs gets B_n = 1."""
     return (1.0 + margin) * max_activation if max_activation > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a layer sits in time (MATH §4–§5): its window opens at ``t_min``; input k reads its source's window
+    (``in_windows[k]``), delayed by ``delays[k]``; the neuron integrates from ``start`` over ``in_window``."""
+
+    t_min: float
+    in_windows: tuple[float, ...]
+    delays: tuple[float, ...]
+    in_window: float
+    start: float
+
+
+def place_in_time(sources: Sequence[int], t_max: Sequence[float], windows: Sequence[float]) -> Placement:
+    """A layer's window opens when its last source's closes, t_min = max t_max(source); each input's spikes are
+    delayed by t_min − t_max(source) and read over its source's window; the neuron starts integrating at
+    t_min − (the longest of those windows) (MATH §5, residual). ``t_max`` and ``windows`` are indexed by source + 1
+    (source −1 is the input layer, window [0, 1])."""
+    t_min = max(t_max[s + 1] for s in sources)
+    in_windows = tuple(windows[s + 1] for s in sources)
+    in_window = max(in_windows)
+    return Placement(t_min, in_windows, tuple(t_min - t_max[s + 1] for s in sources), in_window, t_min - in_window)
 
 
 def input_folding(p: float, q: float) -> tuple[float, float]:
@@ -71,8 +105,8 @@ def alpha_parameters(
 
 
 def b1_parameters(weight, bias: Tensor, window: float):
-    """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope 1 from t_min^(n) on.  Returns J (one weight or a list,
-    as given), θ, final slope."""
+    """B1 neuron (MATH §7): J = W, θ_i = B_n − b_i, slope B1_SLOPE = 1 from t_min^(n) on.  Returns J (one weight or
+    a list, as given), θ, final slope."""
     theta = window - bias
     J = weight.clone() if isinstance(weight, Tensor) else [w.clone() for w in weight]
-    return J, theta, torch.ones_like(theta)
+    return J, theta, torch.full_like(theta, B1_SLOPE)

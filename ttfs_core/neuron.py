@@ -2,8 +2,8 @@
 
 Built for teaching (the explorer's neuron playground): every number the neuron has — J, θ, the final slope, the
 rescaling factor, the spike time, early spikes, the clock-driven trace — comes from the core's own machinery
-(`convert`'s rescaling, placement in time and neuron parameters; the exact and stepped simulators; `trace`). Nothing
-here restates an equation.
+(conversion's passes `ttfs_core.passes`: rescaling, placement in time, neuron parameters; the exact and stepped
+simulators; `trace`). Nothing here restates an equation.
 
 The network has three layers:
 
@@ -25,10 +25,12 @@ import math
 import torch
 from torch import Tensor
 
-from .certify import peak_drive
-from .convert import NEURONS, RESCALE, _check_finite, _neuron_parameters, _place_in_time, _rescale
+from . import passes
 from .errors import InputError
-from .network import Layer, Probe, SpikingNetwork
+from .network import SpikingNetwork
+from .neurons import ALPHA, SUM, NeuronModel, Rescale, neuron_model, rescale_rule
+from .records import Layer, Probe
+from .sim.certify import peak_drive
 
 SOURCE, NEURON, READOUT = "inputs", "neuron", "readout"  # layer names
 MAX_INPUTS = 64
@@ -41,20 +43,20 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def single_neuron(x, weight, bias: float, in_window: float, window: float, *, neuron: str = "alpha",
-                  rescale: str = "sum", alpha: float = 1.0) -> SpikingNetwork:
+def single_neuron(x, weight, bias: float, in_window: float, window: float, *, neuron: NeuronModel | str = ALPHA,
+                  rescale: Rescale | str = SUM, alpha: float = 1.0) -> SpikingNetwork:
     """A spiking network holding one hidden neuron (layer "neuron") whose k inputs have activations `x` (they fire at
     t_min^(n) − x_j in an input window of length `in_window`), with ReLU-layer weights `weight` and bias `bias`, and
-    window B_n = `window`. `neuron`: "alpha" (MATH §2; rescaled by `rescale`, "sum" or "positive", as `convert`
-    does) or "b1" (MATH §7, never rescaled). float64.
+    window B_n = `window`. `neuron`: ALPHA (MATH §2; rescaled by `rescale`, SUM or POSITIVE, as `convert` does) or
+    B1 (MATH §7, never rescaled), `ttfs_core.neurons`' records or their names. float64.
 
     Raises InputError for an impossible setting (a window ≤ 0, an activation outside [0, in_window], NaN...).
     Shape: x, weight (k,).
     """
-    if neuron not in NEURONS:
-        raise InputError(f"unknown neuron model {neuron!r}; use one of {', '.join(NEURONS)}")
-    if rescale not in RESCALE:
-        raise InputError(f"unknown rescaling {rescale!r}; use one of {', '.join(RESCALE)}")
+    try:
+        neuron, rule = neuron_model(neuron), rescale_rule(rescale)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     x = torch.as_tensor(x, dtype=torch.float64).flatten().clone()
     w = torch.as_tensor(weight, dtype=torch.float64).flatten().clone()
     k = x.numel()
@@ -77,30 +79,17 @@ def single_neuron(x, weight, bias: float, in_window: float, window: float, *, ne
     f64 = torch.float64
     source = Layer.chain(source=-1, route=(), in_shape=(k,), weight=torch.zeros(k, k, dtype=f64), conv=None,
                          name=SOURCE, op="inputs (bias x_j)", shape=(k,), bias=x, probe=Probe(SOURCE, relu=True),
-                         scale=torch.ones(k, dtype=f64))
+                         scale=torch.ones(k, dtype=f64), max_activation=float(x.max()))
     hidden = Layer.chain(source=0, route=(), in_shape=(k,), weight=w.reshape(1, k), conv=None, name=NEURON,
                          op="Linear", shape=(1,), bias=torch.tensor([bias], dtype=f64),
                          probe=Probe(NEURON, relu=True), scale=torch.ones(1, dtype=f64))
     readout = Layer.chain(source=1, route=(), in_shape=(1,), weight=torch.ones(1, 1, dtype=f64), conv=None,
                           name=READOUT, op="Linear", shape=(1,), bias=torch.zeros(1, dtype=f64),
                           probe=Probe(READOUT), scale=torch.ones(1, dtype=f64), is_output=True)
-    layers = [source, hidden, readout]
-    with torch.no_grad():
-        if neuron == "alpha":
-            _rescale(layers, rescale)
-        snn = SpikingNetwork([source, hidden], readout, (k,), (0.0, 1.0), neuron, 0.0, rescale, alpha, f64)
-        t_max, windows = [1.0], [1.0]  # the encoded input layer's window [0, 1]
-        for layer, length in ((source, in_window), (hidden, window)):
-            _place_in_time(layer, t_max, windows)
-            layer.window = length
-            layer.t_max = layer.t_min + length
-            layer.max_activation = float(x.max()) if layer is source else 0.0
-            t_max.append(layer.t_max)
-            windows.append(length)
-        _place_in_time(readout, t_max, windows)
-        readout.t_max, readout.window = readout.t_min, 0.0
-        _neuron_parameters(snn)
-        _check_finite(snn)
+    snn = SpikingNetwork((source, hidden), readout, (k,), (0.0, 1.0), neuron, 0.0, rule, alpha, f64)
+    with torch.no_grad():  # convert's passes, the windows given instead of calibrated
+        for step in (passes.rescale, lambda net: passes.place_in_time(net, (in_window, window)), passes.parameterise):
+            snn = passes.check_finite(step(snn))
     return snn
 
 
@@ -116,5 +105,4 @@ def peak_drive_of(snn: SpikingNetwork) -> float:
     layer = snn.layers[1]
     x = snn.activations(probe_input(snn))[1]
     w = layer.weight
-    kappa = w.sum(1) if snn.neuron == "b1" else torch.ones(1, dtype=w.dtype)
-    return float(peak_drive(x, w, layer.bias, kappa)[0])
+    return float(peak_drive(x, w, layer.bias, snn.neuron.drive_slope(w))[0])

@@ -3,7 +3,6 @@ spike-time jitter, weight quantisation and the window margin. Deterministic unde
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -11,8 +10,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .compare import first_output
 from .convert import convert
 from .network import Perturb, SpikingNetwork
+from .records import Layer
 
 
 @dataclass(frozen=True)
@@ -66,29 +67,28 @@ def _quantise(w: Tensor, bits: int, top: float | None = None) -> Tensor:
     return torch.round(w / step) * step
 
 
-def _quantise_layer(layer, bits: int, which: str) -> None:
-    """Quantise the weights of all of a layer's inputs on one scale (the largest |w| among them)."""
+def _quantise_layer(layer: Layer, bits: int, which: str) -> Layer:
+    """The layer with the weights of all its inputs quantised on one scale (the largest |w| among them)."""
     top = max(float(getattr(syn, which).abs().max()) for syn in layer.inputs)
-    layer.inputs = tuple(replace(syn, **{which: _quantise(getattr(syn, which), bits, top)}) for syn in layer.inputs)
+    inputs = tuple(replace(syn, **{which: _quantise(getattr(syn, which), bits, top)}) for syn in layer.inputs)
+    return replace(layer, inputs=inputs)
 
 
 def quantise_weights(snn: SpikingNetwork, bits: int) -> SpikingNetwork:
     """A copy whose synaptic weights J (and readout weights) are quantised per layer to `bits` bits.
 
-    The final slope α + Σ_j J_ij follows the quantised weights (it is what the neuron integrates); thresholds
-    and windows are kept.
+    The final slope α + Σ_j J_ij follows the quantised weights (it is what the neuron integrates; B1's is a
+    constant, `NeuronModel.final_slope`); thresholds and windows are kept.
     """
     if not 2 <= int(bits) <= 32:
         raise ValueError(f"weight bits must be between 2 and 32, got {bits}")
-    out = copy.deepcopy(snn)
-    for layer in out.layers:
-        _quantise_layer(layer, bits, "J")
-        if out.neuron == "alpha":
-            sums = layer.row_sums("J")
-            layer.slope = (out.alpha + sums).reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(
-                layer.slope).clone()
-    _quantise_layer(out.output, bits, "weight")
-    return out
+    layers = []
+    for layer in snn.layers:
+        layer = _quantise_layer(layer, bits, "J")
+        slope = snn.neuron.final_slope(snn.alpha, layer.row_sums("J"))
+        slope = slope.reshape(-1, *([1] * (layer.slope.dim() - 1))).expand_as(layer.slope).clone()
+        layers.append(replace(layer, slope=slope))
+    return replace(snn, layers=tuple(layers), output=_quantise_layer(snn.output, bits, "weight"))
 
 
 def _score(snn: SpikingNetwork, x: Tensor, labels: Tensor | None, reference: Tensor, knob: str, value: float,
@@ -103,7 +103,7 @@ def _score(snn: SpikingNetwork, x: Tensor, labels: Tensor | None, reference: Ten
 def _reference(snn: SpikingNetwork, x: Tensor, model: nn.Module | None) -> Tensor:
     if model is not None:
         with torch.no_grad():
-            return model(x.to(snn.dtype)).argmax(1)
+            return first_output(model(x.to(snn.dtype))).argmax(1)
     return snn.ann_forward(x)[1].argmax(1)
 
 

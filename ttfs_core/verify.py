@@ -5,7 +5,8 @@ network and the input (its index in the dataset) that caused it, early spikes, s
 early-spike certificate settled the neurons; accuracy and agreement; the inputs whose prediction differs. Reports
 `merge` exactly and in any order (sums, and maxima whose ties go to the smaller index, NaN being the largest of
 all), so a dataset cut into shards gives the same report however the shards are shared out: one process, several
-(`Ranks`, over `torch.distributed`), an interrupted run resumed from its report file (`RunFile`).
+(`ttfs_core.verify_run`, over `torch.distributed`), an interrupted run resumed from its report file (`RunFile`).
+`verdict(report)` is the one answer to "is the conversion exact?" that the command line and the explorer give.
 
 A shard is `shard_size` consecutive inputs, a whole number of batches, so that every process simulates exactly the
 batches a single process would (the simulation of one input never depends on the others, but float kernels may
@@ -14,13 +15,12 @@ depend on the batch they run in).
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .capture import Capture
 from .compare import record_activations
 from .network import SpikingNetwork
-from .result import SimResult, merge_counts
+from .sim.result import SimResult, merge_counts
 
 FORMAT, VERSION = "ttfs-verify-report", 2  # 2: digests of the model, data and settings
 MAX_LISTED = 100  # inputs listed by index (those whose prediction differs, those with early spikes): the smallest
@@ -86,6 +86,15 @@ class LayerCheck:
             return 0.0
         return self.error.value / max(abs(self.largest.value or 0.0), 1e-30)
 
+    @property
+    def nan(self) -> bool:
+        return any(w.value is not None and math.isnan(w.value) for w in (self.error, self.largest))
+
+    @property
+    def within_rounding(self) -> bool:
+        """Whether its largest error is float rounding of an exact conversion (`within_rounding`)."""
+        return self.error.value is None or within_rounding(self.error.value, self.largest.value or 0.0)
+
 
 @dataclass(frozen=True)
 class Report:
@@ -125,19 +134,12 @@ class Report:
     def spikes_per_neuron(self) -> float:
         return sum(la.spikes for la in self.layers) / max(sum(la.neurons for la in self.layers), 1)
 
+    def verdict(self) -> Verdict:
+        return verdict(self)
+
     def failures(self) -> list[str]:
-        """Why this verification fails (empty: it passes): NaN errors, disagreement, early spikes."""
-        out = []
-        broken = [la.name for la in (*self.layers, self.readout)
-                  if any(w.value is not None and math.isnan(w.value) for w in (la.error, la.largest))]
-        if broken:
-            out.append(f"NaN values in {', '.join(broken)} (the model or the network overflows)")
-        if self.agree < self.images:
-            out.append(f"agreement {percent(self.agree, self.images)} < 100 % ({self.images - self.agree} of "
-                       f"{self.images} predictions differ)")
-        if self.early:
-            out.append(f"{self.early:,} early spikes in {self.early_images} images")
-        return out
+        """Why this verification fails (empty: it passes): `Verdict.failures`."""
+        return list(verdict(self).failures)
 
     def to_json(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -155,6 +157,58 @@ class Report:
                        r.counts("disagreements"), r.counts("early_inputs"))
         except ValueError as e:
             raise ValueError(f"not a verification report ({e})") from None
+
+
+# --- the verdict -----------------------------------------------------------------------------------------------
+TOLERANCE = 1e-4  # |SNN − ANN| up to TOLERANCE × max(|ANN|, 1) is float rounding (an exact float32 conversion's is
+# far below); anything above it is an error of the conversion or of its inputs (clipped, saturated)
+
+
+def within_rounding(error: float, largest: float) -> bool:
+    """Whether |SNN − ANN| <= `error`, where |ANN| <= `largest`, is float rounding: error <= TOLERANCE ×
+    max(largest, 1). NaN is not."""
+    return error <= TOLERANCE * max(abs(largest), 1.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a spiking network reproduced its ReLU network on the inputs of a report: the one answer behind
+    `ttfs verify`'s PASS/FAIL, the explorer's "not exact" banner and its inspector's first parting layer.
+
+    A verification fails on NaN values, a prediction that differs, or an early spike (`failures`). It is `exact`
+    when, besides, every layer's largest error is float rounding (`within_rounding`): an error above it without an
+    early spike comes from the inputs (values clipped to the input range, a saturated neuron), and `ttfs verify`
+    notes clipped inputs without failing on them."""
+
+    failures: tuple[str, ...]  # why a verification fails (empty: it passes)
+    early: tuple[tuple[str, int], ...]  # (layer, early spikes) of the layers that have any, in order
+    beyond_rounding: tuple[str, ...]  # layers (the readout last) whose largest error is above rounding or NaN
+    parting: str | None  # the first layer where the SNN leaves the ANN: NaN, early spikes or error above rounding
+
+    @property
+    def passes(self) -> bool:
+        return not self.failures
+
+    @property
+    def exact(self) -> bool:
+        return self.passes and not self.beyond_rounding
+
+
+def verdict(report: Report) -> Verdict:
+    """The verdict on a report (a batch, a dataset, one input shown in the explorer)."""
+    checks = (*report.layers, report.readout)
+    broken = [la.name for la in checks if la.nan]
+    failures = []
+    if broken:
+        failures.append(f"NaN values in {', '.join(broken)} (the model or the network overflows)")
+    if report.agree < report.images:
+        failures.append(f"agreement {percent(report.agree, report.images)} < 100 % ({report.images - report.agree} "
+                        f"of {report.images} predictions differ)")
+    if report.early:
+        failures.append(f"{report.early:,} early spikes in {report.early_images} images")
+    parting = next((la.name for la in checks if la.nan or la.early or not la.within_rounding), None)
+    return Verdict(tuple(failures), tuple((la.name, la.early) for la in report.layers if la.early),
+                   tuple(la.name for la in checks if not la.within_rounding), parting)
 
 
 def percent(k: int, n: int) -> str:
@@ -391,12 +445,13 @@ class Verifier:
         self.gm = Capture(module, example[:1].to(snn.dtype).to(self.device)).gm
 
     @torch.no_grad()
-    def check(self, x: Tensor, y: Tensor | None, start: int) -> Report:
-        """One batch: `x` the model's inputs, `y` their labels (or None), `start` the index of x[0] in the dataset.
+    def check(self, x: Tensor, y: Tensor | None, start: int, result: SimResult | None = None) -> Report:
+        """One batch: `x` the model's inputs, `y` their labels (or None), `start` the index of x[0] in the dataset;
+        `result`: the network's simulation of `x` when the caller has it (else it is run here).
         Shape: x (B, *input_shape), y (B,)."""
         snn = self.snn
         x = x.to(self.device, snn.dtype)
-        res: SimResult = snn.run(x)
+        res: SimResult = snn.run(x) if result is None else result
         acts, logits = record_activations(self.module, snn, x, gm=self.gm)
         empty = Report.empty(snn)
         layers = []
@@ -404,7 +459,7 @@ class Verifier:
         for check, layer, lr, ann in zip(empty.layers, snn.layers, res.layers, acts):
             ann_units = ann / layer.scale
             err = _per_input_max((lr.activations / layer.scale - ann_units).abs())
-            early_mask |= (lr.offsets < 0).flatten(1).any(1)
+            early_mask |= lr.early_mask.flatten(1).any(1)
             layers.append(replace(check, error=_worst_of(err, start),
                                   largest=_worst_of(_per_input_max(ann_units.abs()), start), early=lr.early_spikes,
                                   spikes=lr.spikes, neurons=lr.neurons, searched=lr.searched,
@@ -450,73 +505,6 @@ def check_shard(verifier: Verifier, batch: Callable[[int, int], tuple[Tensor, Te
         if progress is not None:
             progress(x.shape[0])
     return report
-
-
-# --- several processes -----------------------------------------------------------------------------------------
-class Ranks:
-    """The processes sharing a verification: this one alone, or the members of a `torch.distributed` process group
-    (launched by torchrun, which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; gloo on CPUs, NCCL when the
-    network runs on CUDA). Everything they exchange is a small picklable object (a report, a network file's
-    bytes)."""
-
-    def __init__(self, rank: int = 0, world: int = 1, group: bool = False):
-        self.rank, self.world, self.group = rank, world, group
-
-    @classmethod
-    def from_env(cls, device: torch.device, timeout_s: float = 1800.0) -> Ranks:
-        """Join the process group torchrun describes in the environment; a single process without one."""
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            if device.type == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(dist.get_rank(), dist.get_world_size(), True)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj`, in rank order, on every rank."""
-        if not self.group:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
-        if not self.group:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def my_shards(todo: list[int], ranks: Ranks) -> Iterator[list[int | None]]:
-    """Rounds of work: in each, rank r takes the r-th of the next `world` shards still to do (None when there are
-    fewer). Every rank sees every round, so all of them gather together."""
-    for lo in range(0, len(todo), ranks.world):
-        group = todo[lo:lo + ranks.world]
-        yield [group[r] if r < len(group) else None for r in range(ranks.world)]
 
 
 # --- the report file -------------------------------------------------------------------------------------------

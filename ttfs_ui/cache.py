@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 import ttfs_core
-from ttfs_core import data, zoo
+from ttfs_core import data, verify, zoo
+from ttfs_core.compare import first_output
+from ttfs_core.neurons import NeuronModel, Rescale
 
 from . import peers
 from .uploads import UploadedModel, check_bundled_input, read_model
@@ -50,7 +52,18 @@ class ModelEntry:
                 f"all 10,000 {data.dataset(c.dataset).title} test images. Input: {c.preprocess.input_range}.")
 
 
-NetKey = tuple[str, float, str, str]  # (model key, margin, neuron, rescale)
+@dataclass(frozen=True)
+class Settings:
+    """What a converted network is made from, and so the key of every cached result about it: the model (its key in
+    the session, `state.MODEL`) and the conversion settings. Plain data (Streamlit hashes it field by field)."""
+
+    model: str
+    margin: float  # ζ of B_n = (1 + ζ)·X_n (MATH §4)
+    neuron: NeuronModel
+    rescale: Rescale
+
+
+NetKey = Settings  # an older name of Settings
 
 
 @st.cache_resource(show_spinner=False)
@@ -93,13 +106,12 @@ def images(entry: ModelEntry, dataset: str, split: str, start: int, stop: int) -
 
 
 @st.cache_resource(show_spinner="Converting the network to spikes…", max_entries=16)
-def network(net_key: NetKey, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
-    """The converted network, frozen: every session shares it, none can change it. Raises
+def network(net_key: Settings, _entry: ModelEntry) -> ttfs_core.SpikingNetwork:
+    """The converted network: every session shares it, none can change it (a frozen record). Raises
     ttfs_core.ConversionError (not cached)."""
-    _, margin, neuron, rescale = net_key
     calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
-    return ttfs_core.convert(_entry.model, calibration, margin=margin, input_range=_entry.input_range,
-                             neuron=neuron, rescale=rescale).freeze()
+    return ttfs_core.convert(_entry.model, calibration, margin=net_key.margin, input_range=_entry.input_range,
+                             neuron=net_key.neuron, rescale=net_key.rescale)
 
 
 @st.cache_resource(show_spinner="Converting with SpikingJelly's rate coding…", max_entries=4)
@@ -119,7 +131,7 @@ def rate_raster(model_key: str, image_key: str, steps: int, _rc: tuple, _x: Tens
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def simulate(net_key: NetKey, image_key: str, _snn: ttfs_core.SpikingNetwork, _x: Tensor) -> ttfs_core.SimResult:
+def simulate(net_key: Settings, image_key: str, _snn: ttfs_core.SpikingNetwork, _x: Tensor) -> ttfs_core.SimResult:
     """Exact event-driven simulation of one input (1, *input_shape)."""
     return _snn.run(_x)
 
@@ -128,63 +140,56 @@ def simulate(net_key: NetKey, image_key: str, _snn: ttfs_core.SpikingNetwork, _x
 def ann_logits(model_key: str, image_key: str, _model: nn.Module, _x: Tensor) -> np.ndarray:
     """The original model's logits. Shape: (1, classes)."""
     with torch.no_grad():
-        out = _model(_x)
-    while isinstance(out, (tuple, list)):
-        out = out[0]
+        out = first_output(_model(_x))
     return out.detach().double().numpy()
 
 
 @st.cache_data(show_spinner="Recording the ANN's activations…", max_entries=32)
-def comparison(net_key: NetKey, image_key: str, _model: nn.Module, _snn: ttfs_core.SpikingNetwork,
+def comparison(net_key: Settings, image_key: str, _model: nn.Module, _snn: ttfs_core.SpikingNetwork,
                _x: Tensor) -> list[ttfs_core.LayerComparison]:
     """Per spiking layer, ANN and SNN activations of one input in the original model's units."""
     return ttfs_core.compare(_model, _snn, _x, result=simulate(net_key, image_key, _snn, _x))
 
 
-@dataclass(frozen=True)
-class ChunkEval:
-    """ANN and SNN on test images [start, stop): predictions and every early spike."""
+@st.cache_resource(show_spinner=False, max_entries=16)
+def verifier(net_key: NetKey, _entry: ModelEntry, _snn: ttfs_core.SpikingNetwork) -> verify.Verifier:
+    """The network's verifier (`ttfs_core.verify`: the model traced once), shared by every session: checking a
+    batch changes nothing."""
+    return verify.Verifier(_entry.model, _snn, images(_entry, _entry.dataset, "train", 0, 1))
 
-    start: int
-    labels: np.ndarray
-    ann: np.ndarray
-    snn: np.ndarray
-    early: list[dict]  # image, layer, neuron (flat), index, how early (τ_c); at most MAX_EARLY_ROWS per layer
-    early_spikes: int  # all of them
-    spikes: int
-    neurons: int
-    certificate: tuple[tuple[str, int], ...] = ()  # neurons each early-spike certificate stage settled (MATH §2)
-    searched: int = 0  # neurons left to the exact search
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def check(net_key: NetKey, image_key: str, _entry: ModelEntry, _snn: ttfs_core.SpikingNetwork,
+          _x: Tensor) -> verify.Report:
+    """The verification report of one input (1, *input_shape), on its cached simulation."""
+    return verifier(net_key, _entry, _snn).check(_x, None, 0, result=simulate(net_key, image_key, _snn, _x))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def evaluate_chunk(net_key: NetKey, dataset: str, start: int, stop: int, _entry: ModelEntry,
-                   _snn: ttfs_core.SpikingNetwork) -> ChunkEval:
-    """ANN and SNN on the test images [start, stop) of ``dataset``."""
+                   _snn: ttfs_core.SpikingNetwork) -> tuple[verify.Report, list[dict]]:
+    """The verification report of the test images [start, stop) of ``dataset`` (`verify.Verifier.check`; merge
+    chunks with `verify.Report.merge`), and their early spikes: image, layer, neuron (flat), index, how early
+    (τ_c); at most MAX_EARLY_ROWS per layer."""
     x = images(_entry, dataset, "test", start, stop)
-    _, labels = bundled(dataset, "test")
+    labels = torch.from_numpy(np.asarray(bundled(dataset, "test")[1][start:stop]).astype(np.int64))
     res = _snn.run(x)
-    with torch.no_grad():
-        out = _entry.model(x)
-    while isinstance(out, (tuple, list)):
-        out = out[0]
+    report = verifier(net_key, _entry, _snn).check(x, labels, start, result=res)
     early = []
     for layer, lr in zip(_snn.layers, res.layers):
         if lr.early_spikes == 0:
             continue
         off = lr.offsets.flatten(1)
-        for b, j in (off < 0).nonzero().tolist()[:MAX_EARLY_ROWS]:
+        for b, j in lr.early_mask.flatten(1).nonzero().tolist()[:MAX_EARLY_ROWS]:
             idx = np.unravel_index(j, layer.shape)
             early.append({"image": start + b, "layer": layer.name, "neuron": j,
                           "index": "(" + ", ".join(str(int(i)) for i in idx) + ")",
                           "early by (τ_c)": -float(off[b, j])})
-    return ChunkEval(start, np.asarray(labels[start:stop]).copy(), out.argmax(1).numpy(),
-                     res.logits.argmax(1).numpy(), early, res.early_spikes, res.spikes, res.neurons,
-                     res.certificate, res.searched)
+    return report, early
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], steps: int | None,
+def trace(net_key: Settings, image_key: str, layer: str, index: tuple[int, ...], steps: int | None,
           dt: float | None, _snn: ttfs_core.SpikingNetwork, _x: Tensor):
     """Membrane trace of one neuron: exact, plus clock-driven with `steps` ticks per window or ticks no longer
     than `dt` (τ_c) when one of them is given."""
@@ -193,7 +198,7 @@ def trace(net_key: NetKey, image_key: str, layer: str, index: tuple[int, ...], s
 
 
 @st.cache_data(show_spinner="Simulating with a clock…", max_entries=32)
-def simulate_stepped(net_key: NetKey, image_key: str, steps: int, _snn: ttfs_core.SpikingNetwork,
+def simulate_stepped(net_key: Settings, image_key: str, steps: int, _snn: ttfs_core.SpikingNetwork,
                      _x: Tensor) -> ttfs_core.SimResult:
     return _snn.run_stepped(_x, steps=steps)
 
@@ -207,7 +212,7 @@ KNOBS = {  # knob -> values swept (MATH §7, §9)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def sweep_point(net_key: NetKey, dataset: str, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
+def sweep_point(net_key: Settings, dataset: str, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
                 _snn: ttfs_core.SpikingNetwork):
     """One point of a robustness sweep over the first n test images of ``dataset`` (`ttfs_core.robustness`).
 
@@ -225,8 +230,8 @@ def sweep_point(net_key: NetKey, dataset: str, knob: str, value: float, n: int, 
     if knob == "weight_bits":
         return robustness.weight_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
     if knob == "margin":
-        _, _, neuron, rescale = net_key
         calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
         return robustness.margin_sweep(model, calibration, x, labels, margins=[float(value)],
-                                       input_range=_entry.input_range, neuron=neuron, rescale=rescale)[0]
+                                       input_range=_entry.input_range, neuron=net_key.neuron,
+                                       rescale=net_key.rescale)[0]
     raise ValueError(f"unknown knob {knob!r}; known: {', '.join(KNOBS)}")

@@ -16,8 +16,10 @@ from streamlit.errors import StreamlitPageNotFoundError
 from torch import Tensor
 
 import ttfs_core
-from ttfs_core import data, zoo
-from ttfs_core.loading import ModelLoadError
+from ttfs_core import data, verify, zoo
+from ttfs_core.mapping import DEFAULT_MARGIN
+from ttfs_core.neurons import ALPHA, B1, NEURON_MODELS, RESCALES, SUM, NeuronModel, neuron_model, rescale_rule
+from ttfs_core.untrusted import ModelLoadError
 
 from . import cache, messages, state, text
 from .timeline import Timeline, most_active, timeline_of
@@ -27,10 +29,6 @@ TEST_IMAGES = state.TEST_IMAGES
 EVAL_OPTIONS = (1000, 10_000)  # test images the ANN-vs-SNN page can evaluate
 MAX_SESSION_MODELS = 3  # uploaded model files a session keeps (each up to server.maxUploadSize)
 MAX_SESSION_IMAGES = 10  # uploaded images a session keeps
-NEURON_MODELS = {"alpha": "α-model (exact mapping, every neuron fires once)",
-                 "b1": "B1 (constant slope; silent neurons for activation 0)"}
-RESCALINGS = {"sum": "the paper's: Σ W < 1 (windows of the order of the activations)",
-              "positive": "positive part: Σ max(W, 0) < 1 (fast mode: windows shrink with depth)"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Current:
 
     entry: cache.ModelEntry
     snn: ttfs_core.SpikingNetwork
-    net_key: cache.NetKey
+    net_key: cache.Settings  # the model and the conversion settings: the key of every cached result
     dataset: str  # the bundled dataset test images come from (``ttfs_core.data.DATASETS``)
     image_key: str
     x: Tensor  # (1, C, H, W), preprocessed for the model
@@ -140,23 +138,25 @@ def conversion_settings(where=st) -> None:
             st.slider("Safety margin ζ (windows B_n = (1 + ζ)·X_n)", -0.9, 2.0, step=0.05,
                       key=state.widget_key(state.MARGIN),
                       help="Smaller windows mean lower latency and less margin: below 0, some inputs fire early.")
-            st.radio("Neuron model", list(NEURON_MODELS), format_func=NEURON_MODELS.get,
+            st.radio("Neuron model", list(NEURON_MODELS),
+                     format_func=lambda name: f"{NEURON_MODELS[name].label} ({NEURON_MODELS[name].summary})",
                      key=state.widget_key(state.NEURON))
-            b1 = state.get(state.NEURON) == "b1"
-            st.radio("Rescaling (α-model only)", list(RESCALINGS), format_func=RESCALINGS.get,
-                     key=state.widget_key(state.RESCALE), disabled=b1,
-                     help="B1 has no rescaling: its weights are the ReLU network's own." if b1 else None)
+            neuron = session_neuron()
+            st.radio("Rescaling (α-model only)", list(RESCALES), format_func=lambda name: RESCALES[name].label,
+                     key=state.widget_key(state.RESCALE), disabled=not neuron.rescaled,
+                     help=None if neuron.rescaled else f"{neuron.label} has no rescaling: its weights are the ReLU "
+                                                       "network's own.")
             st.form_submit_button("Apply", type="primary", on_click=_apply_settings)
 
 
 PRESETS = {
-    "exact": ({state.MARGIN: 0.5, state.NEURON: "alpha", state.RESCALE: "sum"},
+    "exact": ({state.MARGIN: DEFAULT_MARGIN, state.NEURON: ALPHA.name, state.RESCALE: SUM.name},
               "The default: windows 1.5× the calibration maximum, so every neuron fires once, after all its "
               "inputs, and the SNN's logits are the ANN's to float precision."),
-    "early spikes at ζ = −0.7": ({state.MARGIN: -0.7, state.NEURON: "alpha", state.RESCALE: "sum"},
+    "early spikes at ζ = −0.7": ({state.MARGIN: -0.7, state.NEURON: ALPHA.name, state.RESCALE: SUM.name},
                                  "Windows at 30 % of what the activations need: watch neurons fire before their "
                                  "inputs have all arrived (red rings on the raster) and the logits drift."),
-    "B1 saves spikes": ({state.MARGIN: 0.5, state.NEURON: "b1", state.RESCALE: "sum"},
+    "B1 saves spikes": ({state.MARGIN: DEFAULT_MARGIN, state.NEURON: B1.name, state.RESCALE: SUM.name},
                         "Neurons whose ReLU is 0 stay silent instead of firing at t_max: compare 'Spikes for this "
                         "input' with the α-model's, for the same logits."),
 }
@@ -227,8 +227,15 @@ def _entry(key: str) -> cache.ModelEntry:
     return cache.titled(cache.uploaded_model(key, upload), upload)
 
 
-def _net_key(model_key: str) -> cache.NetKey:
-    return (model_key, float(state.get(state.MARGIN)), str(state.get(state.NEURON)), str(state.get(state.RESCALE)))
+def session_neuron() -> NeuronModel:
+    """The session's neuron model (the state, widgets and links keep its name)."""
+    return neuron_model(state.get(state.NEURON))
+
+
+def settings(model_key: str) -> cache.Settings:
+    """The session's conversion settings for a model, parsed from the state."""
+    return cache.Settings(model_key, float(state.get(state.MARGIN)), session_neuron(),
+                          rescale_rule(state.get(state.RESCALE)))
 
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$])")
@@ -256,7 +263,7 @@ def current() -> Current:
     key = state.get(state.MODEL)
     try:
         entry = _entry(key)
-        snn = cache.network(_net_key(key), entry)
+        snn = cache.network(settings(key), entry)
     except (ModelLoadError, ttfs_core.ConversionError, ValueError) as e:
         what = "convert" if isinstance(e, ttfs_core.ConversionError) else "load"
         if key == state.DEFAULT_MODEL and state.get(state.MARGIN) == state.DEFAULTS[state.MARGIN]:
@@ -264,10 +271,10 @@ def current() -> Current:
         _fall_back(f"Could not {what} the model ({key}): {e} — showing the default model instead.")
         key = state.DEFAULT_MODEL
         entry = _entry(key)
-        snn = cache.network(_net_key(key), entry)
+        snn = cache.network(settings(key), entry)
     dataset = dataset_of(entry)
     x, label, image_key, title = _image(entry, dataset)
-    return Current(entry, snn, _net_key(key), dataset, image_key, x, label, title)
+    return Current(entry, snn, settings(key), dataset, image_key, x, label, title)
 
 
 def _image(entry: cache.ModelEntry, dataset: str) -> tuple[Tensor, int | None, str, str]:
@@ -292,8 +299,8 @@ def _image(entry: cache.ModelEntry, dataset: str) -> tuple[Tensor, int | None, s
 
 def caption(cur: Current) -> None:
     """One line saying what the page shows."""
-    st.caption(f"**Model:** {cur.entry.title} · **input:** {cur.image_title} · ζ = {cur.net_key[1]:g}, "
-               f"neuron = {cur.net_key[2]}, rescaling = {cur.net_key[3]} · decision at "
+    st.caption(f"**Model:** {cur.entry.title} · **input:** {cur.image_title} · ζ = {cur.net_key.margin:g}, "
+               f"neuron = {cur.net_key.neuron.name}, rescaling = {cur.net_key.rescale.name} · decision at "
                f"{cur.snn.decision_time:.4g} τ_c, smallest window {cur.snn.smallest_window:.3g} τ_c")
 
 
@@ -326,21 +333,32 @@ def page_end() -> None:
 
 
 def exactness(cur: Current) -> dict:
-    """Whether the spiking network reproduces the ANN on the input shown: early spikes per layer, the largest
-    logit difference, and the worst neuron (the earliest early spike, in the first layer that has any)."""
-    result = cur.result
-    ann = cache.ann_logits(cur.entry.key, cur.image_key, cur.entry.model, cur.x)[0]
-    snn = result.logits[0].double().numpy()
-    diff = float(np.abs(ann - snn).max())
-    tol = 1e-4 * max(float(np.abs(ann).max()), 1.0)  # float32 rounding of an exact conversion is far below
-    early = [(lr.name, int(lr.early_spikes)) for lr in result.layers if lr.early_spikes]
+    """Whether the spiking network reproduces the ANN on the input shown: the core's verdict on its verification
+    report (`ttfs_core.verify.verdict`), early spikes per layer, the largest logit difference, and the worst neuron
+    (the earliest early spike, in the first layer that has any)."""
+    report = cache.check(cur.net_key, cur.image_key, cur.entry, cur.snn, cur.x)
+    verdict = verify.verdict(report)
     worst = None
-    if early:
-        lr = next(lr for lr in result.layers if lr.early_spikes)
+    if verdict.early:
+        lr = next(lr for lr in cur.result.layers if lr.early_spikes)
         off = lr.offsets[0].flatten()
         worst = (lr.name, int(off.argmin()))
-    return {"exact": not early and diff <= tol, "early": early, "logit_difference": diff, "worst": worst,
-            "same_class": int(ann.argmax()) == int(snn.argmax())}
+    return {"exact": verdict.exact, "early": list(verdict.early), "logit_difference": report.readout.error.value,
+            "worst": worst, "same_class": report.agree == report.images, "verdict": verdict}
+
+
+def evaluate_test_set(cur: Current, n: int) -> tuple[verify.Report, list[dict]]:
+    """The verification report of the first n test images, merged from cached chunks (`verify.Report.merge`), and
+    their early spikes (`cache.evaluate_chunk`), with a progress bar while the chunks are simulated."""
+    progress = st.progress(0.0, text="Simulating the test set…")
+    report, early = verify.Report.empty(cur.snn), []
+    for start in range(0, n, cache.EVAL_CHUNK):
+        stop = min(start + cache.EVAL_CHUNK, n)
+        chunk, rows = cache.evaluate_chunk(cur.net_key, cur.dataset, start, stop, cur.entry, cur.snn)
+        report, early = report.merge(chunk), early + rows
+        progress.progress(stop / n, text=f"Simulated {stop:,} of {n:,} test images")
+    progress.empty()
+    return report, early
 
 
 def exactness_banner(cur: Current) -> dict:
@@ -349,10 +367,17 @@ def exactness_banner(cur: Current) -> dict:
     ex = exactness(cur)
     if ex["exact"]:
         return ex
+    if not ex["early"]:
+        st.error(f"**Not exact for this input.** No neuron fired early, but the SNN leaves the ANN by more than float "
+                 f"rounding from layer {ex['verdict'].parting} on (its logits differ by up to "
+                 f"{ex['logit_difference']:.3g}" + ("" if ex["same_class"] else ", and it predicts another class")
+                 + "): an input outside the network's input range, or a saturated neuron. The conversion inspector "
+                 "shows where.", icon=":material/error:")
+        return ex
     count = sum(n for _, n in ex["early"])
     where = ", ".join(f"{name}: {n:,}" for name, n in ex["early"][:4]) + (" …" if len(ex["early"]) > 4 else "")
     st.error(f"**Not exact for this input.** {count:,} early spikes ({where}) — neurons that fired before all their "
-             f"inputs had arrived, because the windows are too small (ζ = {cur.net_key[1]:g}). The SNN's logits "
+             f"inputs had arrived, because the windows are too small (ζ = {cur.net_key.margin:g}). The SNN's logits "
              f"differ from the ANN's by up to {ex['logit_difference']:.3g}"
              + ("" if ex["same_class"] else ", and it predicts another class") +
              ". Use ζ ≥ 0 (the 'exact' preset on the main page) for an exact network.", icon=":material/error:")
@@ -397,7 +422,7 @@ def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str |
     upload = UploadedModel(key, filename, data_, arch or None)
     try:
         entry = cache.uploaded_model(key, upload)
-        cache.network(_net_key(key), entry)
+        cache.network(settings(key), entry)
     except ttfs_core.ConversionError as e:
         failed[key] = f"The model was loaded but cannot be converted: {e}"
     except (ModelLoadError, ValueError) as e:

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 import ttfs_core
-from ttfs_core.capture import FUNCTIONS, METHODS, MODULES, Capture, _describe
+from ttfs_core import passes, verify
+from ttfs_core.capture import FUNCTIONS, METHODS, MODULES, describe
 from ttfs_core.errors import ConversionError
-from ttfs_core.loading import ModelLoadError
-from ttfs_core.lower import Lowering
+from ttfs_core.untrusted import ModelLoadError
 
 from . import cache
 from .figures import layer_colour
@@ -124,7 +124,7 @@ def fx_rows(model: nn.Module, example: Tensor) -> tuple[list[dict], list[tuple[i
         edges += [(index[i], len(rows)) for i in ins if index.get(i, -1) >= 0]
         rows.append({"#": len(rows), "node": node.name,
                      "name": str(node.target) if node.op == "call_module" else node.name,
-                     "kind": _fx_kind(node, gm), "target": _describe(node, gm),
+                     "kind": _fx_kind(node, gm), "target": describe(node, gm),
                      "inputs": ", ".join("input" if index.get(i) == -1 else i for i in ins),
                      "shape": _shape(node), "spiking layer": "", "status": ""})
     return rows, edges
@@ -171,25 +171,36 @@ def _assign_layers(rows: list[dict], snn: ttfs_core.SpikingNetwork) -> None:
 def inspect_graph(model: nn.Module, example: Tensor, snn: ttfs_core.SpikingNetwork | None = None,
                   input_range: tuple[float, float] = (0.0, 1.0)) -> Graph:
     """Capture `model` on `example` (1, *input_shape); with `snn` (its converted network) each op is assigned to
-    the spiking layers that absorbed it; without, the ops are lowered here to find where conversion fails."""
-    try:
-        capture = Capture(model, example)
-    except ConversionError as exc:
-        rows, edges = fx_rows(model, example)
-        node = _mark(rows, exc.node, str(exc))
-        return Graph(rows, str(exc), node, "capture", edges)
-    rows, edges = op_rows(capture.ops)
+    the spiking layers that absorbed it; without, the model is converted on `example` (`convert(..., stages=True)`)
+    to find the pass at which conversion fails, and the ops it captured."""
     if snn is not None:
+        try:
+            ops = passes.capture(model, example).ops
+        except ConversionError as exc:
+            return _failed(model, example, exc)
+        rows, edges = op_rows(ops)
         _assign_layers(rows, snn)
         return Graph(rows, None, None, None, edges)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     try:
-        with torch.no_grad():
-            Lowering(capture.ops, capture.output, tuple(example.shape[1:]), input_range, dtype).run()
+        stages = ttfs_core.convert(model, example, input_range=input_range, stages=True)
     except ConversionError as exc:
-        node = _mark(rows, exc.node, str(exc))
-        return Graph(rows, str(exc), node, "lowering", edges)
+        return _failed(model, example, exc)
+    rows, edges = op_rows(stages.ops)
     return Graph(rows, None, None, None, edges)
+
+
+def _failed(model: nn.Module, example: Tensor, exc: ConversionError) -> Graph:
+    """The graph of a model whose conversion failed: the fx nodes if capture failed, else the captured ops, with
+    the failing node marked and the pass named ("capture", "lowering", or a later pass of `ttfs_core.passes`)."""
+    ops = exc.stages.ops if isinstance(exc.stages, passes.Stages) else ()
+    if exc.stage in (None, "capture") or not ops:
+        rows, edges = fx_rows(model, example)
+        stage = "capture"
+    else:
+        rows, edges = op_rows(ops)
+        stage = "lowering" if exc.stage == "lower" else exc.stage
+    node = _mark(rows, exc.node, str(exc))
+    return Graph(rows, str(exc), node, stage, edges)
 
 
 def graph_figure(graph: Graph, *, height: int | None = None) -> go.Figure:
@@ -274,7 +285,7 @@ def scale_figure(snn: ttfs_core.SpikingNetwork, *, height: int = 320) -> go.Figu
 
 
 @st.cache_data(show_spinner="Recording the calibration activations…", max_entries=16)
-def calibration_histograms(net_key: cache.NetKey, _entry: cache.ModelEntry,
+def calibration_histograms(net_key: cache.Settings, _entry: cache.ModelEntry,
                            _snn: ttfs_core.SpikingNetwork) -> list[dict]:
     """Per hidden layer, over the calibration images (the first `cache.CALIBRATION_IMAGES` of the model's train
     subset, what `cache.network` calibrated on): the histogram of its non-zero activations (converted units),
@@ -317,7 +328,7 @@ def activation_figure(hist: dict, layer, *, height: int = 300) -> go.Figure:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def pre_activation_peaks(net_key: cache.NetKey, image_key: str, _snn: ttfs_core.SpikingNetwork,
+def pre_activation_peaks(net_key: cache.Settings, image_key: str, _snn: ttfs_core.SpikingNetwork,
                          _x: Tensor) -> list[float]:
     """Per hidden layer: the largest pre-activation z_i = Σ_j W_ij x_j + b_i (= f_i(0⁺)) on one input."""
     with torch.no_grad():
@@ -375,14 +386,19 @@ class Parting:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def first_parting(net_key: cache.NetKey, image_key: str, _snn: ttfs_core.SpikingNetwork, _x: Tensor,
-                  _result) -> Parting | None:
-    """The first hidden layer where the SNN leaves the ANN on one input: the first with early spikes (its
-    earliest one is traced), else the first whose decoded activations differ from the ReLU layer's by more than
-    rounding (its largest difference is traced). None when the SNN follows the ANN everywhere."""
-    with torch.no_grad():
-        acts = _snn.activations(_x.to(_snn.dtype))
-    for n, (layer, lr) in enumerate(zip(_snn.layers, _result.layers)):
+def first_parting(net_key: cache.NetKey, image_key: str, _entry: cache.ModelEntry, _snn: ttfs_core.SpikingNetwork,
+                  _x: Tensor, _result) -> Parting | None:
+    """The first layer where the SNN leaves the ANN on one input, as the core's verdict on its verification report
+    names it (`ttfs_core.verify.Verdict.parting`): a layer with early spikes (its earliest one is traced), else one
+    whose decoded activations differ from the ReLU layer's by more than rounding (its largest difference is
+    traced). None when the SNN follows the ANN everywhere."""
+    report = cache.check(net_key, image_key, _entry, _snn, _x)
+    name = verify.verdict(report).parting
+    if name is None:
+        return None
+    for n, (layer, lr, check) in enumerate(zip(_snn.layers, _result.layers, report.layers)):
+        if layer.name != name:
+            continue
         if lr.early_spikes:
             off = lr.offsets[0].flatten()
             k = int(off.argmin())
@@ -390,21 +406,20 @@ def first_parting(net_key: cache.NetKey, image_key: str, _snn: ttfs_core.Spiking
                                           f"before all their inputs had arrived (the earliest {-float(off[k]):.3g} "
                                           f"τ_c before t_min), because the window B_n = {layer.window:.4g} is "
                                           f"below the drive f_i(s) they received (ζ = {_snn.margin:g})")
-        snn_act = lr.activations[0].double().flatten()
-        ann_act = acts[n + 1][0].double().flatten()
-        diff = (snn_act - ann_act).abs()
-        tol = 1e-4 * max(float(ann_act.abs().max()), 1.0)
-        if float(diff.max()) > tol:
-            k = int(diff.argmax())
-            return Parting(layer.name, k, f"no early spike here, but the decoded activations differ from the ReLU "
-                                          f"layer's by up to {float(diff.max()):.3g} (neuron {k}): an input "
-                                          "layer's early spikes, or a saturated (clipped) neuron, reached it")
-    return None
+        c = cache.comparison(net_key, image_key, _entry.model, _snn, _x)[n]
+        k = int((c.snn - c.ann).abs().flatten().argmax())
+        return Parting(layer.name, k, f"no early spike here, but the decoded activations differ from the ReLU "
+                                      f"layer's by up to {check.error.value:.3g} (neuron {k}): an input "
+                                      "layer's early spikes, or a saturated (clipped) neuron, reached it")
+    ann = cache.ann_logits(_entry.key, image_key, _entry.model, _x)[0]
+    k = int(np.abs(ann - _result.logits[0].double().numpy()).argmax())
+    return Parting(name, k, f"no early spike in any layer, but the logits differ from the ANN's by up to "
+                            f"{report.readout.error.value:.3g} (class {k})")
 
 
 # --- cached entry points for the page ------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=16)
-def current_graph(net_key: cache.NetKey, _entry: cache.ModelEntry, _snn: ttfs_core.SpikingNetwork,
+def current_graph(net_key: cache.Settings, _entry: cache.ModelEntry, _snn: ttfs_core.SpikingNetwork,
                   _x: Tensor) -> Graph:
     """The graph of the session's model, each op assigned to the spiking layers of its converted network."""
     return inspect_graph(_entry.model, _x[:1], _snn)

@@ -2,7 +2,7 @@
 the numbers, equations and figure the page shows.
 
 Every number comes from ttfs_core: the neuron is a real tiny `SpikingNetwork` (`ttfs_core.neuron.single_neuron`),
-simulated exactly and with a clock, traced with `ttfs_core.trace`; J, θ, the final slope and the rescaling factor are
+simulated exactly and with a clock, traced (`ttfs_core.sim.trace`); J, θ, the final slope and the rescaling factor are
 read off the converted layer, the ReLU from the converted network's own ANN pass. Only presentation lives here.
 Streamlit is used only by `init` and `apply_preset` (session state); the rest is pure.
 """
@@ -21,14 +21,14 @@ import torch
 
 from ttfs_core import neuron as core_neuron
 from ttfs_core.errors import ConversionError, InputError
-from ttfs_core.mapping import alpha_parameters, decode, window_length
-from ttfs_core.trace import NeuronTrace
+from ttfs_core.mapping import DEFAULT_MARGIN, alpha_parameters, decode, window_length
+from ttfs_core.neurons import ALPHA, B1, NEURON_MODELS, RESCALES, SUM, NeuronModel, Rescale, neuron_model, rescale_rule
+from ttfs_core.sim.trace import NeuronTrace
 
 from . import figures, state
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 DT_OPTIONS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
-MARGIN = 0.5  # ζ of the margin fix B_n = (1 + ζ)·P (MATH §4; the reference default)
 BLOWUP_SUMS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999)  # Σ W rows of the blow-up table
 
 # --- session-state keys (canonical values; widgets bind to them with `state.bind`) ---------------------------
@@ -39,14 +39,12 @@ W = tuple(f"ttfs_pg_w{j}" for j in range(MAX_INPUTS))  # ReLU-layer weight W_j (
 BIAS = "ttfs_pg_bias"  # ReLU-layer bias b (before rescaling)
 IN_WINDOW = "ttfs_pg_in_window"  # B_in = B_(n−1), the input window
 WINDOW = "ttfs_pg_window"  # B_n, the neuron's window
-NEURON = "ttfs_pg_neuron"  # "alpha" (MATH §2) or "b1" (MATH §7)
-RESCALE = "ttfs_pg_rescale"  # "sum" (the paper's, Σ W < 1) or "positive" (Σ max(W, 0) < 1)
+NEURON = "ttfs_pg_neuron"  # a neuron model's name (ttfs_core.neurons.NEURON_MODELS; `settings` parses it)
+RESCALE = "ttfs_pg_rescale"  # a rescaling rule's name (ttfs_core.neurons.RESCALES)
 CLOCK = "ttfs_pg_clock"  # overlay the clock-driven trace
 DT = "ttfs_pg_dt"  # its tick length (τ_c), one of DT_OPTIONS
 PRESET = "ttfs_pg_preset"  # the last preset applied ("" none): its lesson is shown
 
-NEURONS = {"alpha": "α-model (MATH §2)", "b1": "B1: constant slope at threshold (MATH §7)"}
-RESCALES = {"sum": "sum: Σ W < 1 (the paper's)", "positive": "positive: Σ max(W, 0) < 1"}
 
 
 @dataclass(frozen=True)
@@ -56,8 +54,8 @@ class Preset:
     values: dict[str, Any]
 
 
-def _values(x, w, bias, in_window=1.0, window=1.0, neuron="alpha", rescale="sum", clock=False, dt=0.1):
-    out = {COUNT: len(x), BIAS: bias, IN_WINDOW: in_window, WINDOW: window, NEURON: neuron, RESCALE: rescale,
+def _values(x, w, bias, in_window=1.0, window=1.0, neuron=ALPHA, rescale=SUM, clock=False, dt=0.1):
+    out = {COUNT: len(x), BIAS: bias, IN_WINDOW: in_window, WINDOW: window, NEURON: neuron.name, RESCALE: rescale.name,
            CLOCK: clock, DT: dt}
     out.update({X[j]: float(v) for j, v in enumerate(x)})
     out.update({W[j]: float(v) for j, v in enumerate(w)})
@@ -90,7 +88,7 @@ PRESETS: dict[str, Preset] = {
         "B1 model: a strong excitatory input arrives first and the inhibitory one (W = −1.5) late. V climbs past θ "
         "before the inhibition arrives: an early spike, although the pre-activation 0.45 is inside the window 0.6. "
         "Switch to the α-model: its start current and J = αW/(1 − ΣW) keep V rising, and the same numbers are exact.",
-        _values([1.0, 0.3], [0.9, -1.5], 0.0, window=0.6, neuron="b1")),
+        _values([1.0, 0.3], [0.9, -1.5], 0.0, window=0.6, neuron=B1)),
     "clock": Preset(
         "5 · clock-driven drift",
         "The dotted trace is the same neuron simulated with a clock of tick dt (MATH §6): inputs are seen at the "
@@ -114,7 +112,7 @@ PARAMS: dict[str, state.Param] = {
     "pg_b": state.Param(BIAS, state.number(), _EXACT),
     "pg_bin": state.Param(IN_WINDOW, state.number(), _EXACT),
     "pg_bn": state.Param(WINDOW, state.number(), _EXACT),
-    "pg_neuron": state.Param(NEURON, state.one_of(*NEURONS)),
+    "pg_neuron": state.Param(NEURON, state.one_of(*NEURON_MODELS)),
     "pg_rescale": state.Param(RESCALE, state.one_of(*RESCALES)),
     "pg_clock": state.Param(CLOCK, lambda t: state.one_of("0", "1")(t) == "1", lambda v: str(int(bool(v)))),
     "pg_dt": state.Param(DT, state.one_of(*DT_OPTIONS)),
@@ -126,7 +124,7 @@ def sanitize(values: Mapping[str, Any]) -> dict[str, Any]:
     """Keys whose value a widget cannot show (a choice not among the options, a non-number) -> their default, so
     that a stale or hand-set value gives a message later, never a widget exception."""
     fixes = {}
-    choices = {COUNT: range(MIN_INPUTS, MAX_INPUTS + 1), NEURON: NEURONS, RESCALE: RESCALES, DT: DT_OPTIONS,
+    choices = {COUNT: range(MIN_INPUTS, MAX_INPUTS + 1), NEURON: NEURON_MODELS, RESCALE: RESCALES, DT: DT_OPTIONS,
                CLOCK: (True, False)}
     for key, options in choices.items():
         if values.get(key) not in options:
@@ -166,8 +164,8 @@ class Settings:
     bias: float
     in_window: float
     window: float
-    neuron: str = "alpha"
-    rescale: str = "sum"
+    neuron: NeuronModel = ALPHA
+    rescale: Rescale = SUM
     clock: bool = False
     dt: float = 0.1
 
@@ -177,7 +175,8 @@ def settings(values: Mapping[str, Any]) -> Settings:
     v = {**DEFAULTS, **values}
     k = int(v[COUNT])
     return Settings(tuple(float(v[X[j]]) for j in range(k)), tuple(float(v[W[j]]) for j in range(k)),
-                    float(v[BIAS]), float(v[IN_WINDOW]), float(v[WINDOW]), str(v[NEURON]), str(v[RESCALE]),
+                    float(v[BIAS]), float(v[IN_WINDOW]), float(v[WINDOW]), neuron_model(v[NEURON]),
+                    rescale_rule(v[RESCALE]),
                     bool(v[CLOCK]), float(v[DT]))
 
 
@@ -267,7 +266,7 @@ def evaluate(s: Settings) -> Outcome:
     src = result.layers[0]
     return Outcome(
         s, float(layer.scale[0]), tuple(layer.weight[0].tolist()), float(layer.bias[0]), tuple(layer.J[0].tolist()),
-        float(layer.theta[0]), float(layer.slope[0]), snn.alpha if s.neuron == "alpha" else 0.0, layer.start,
+        float(layer.theta[0]), float(layer.slope[0]), s.neuron.start_current(snn.alpha), layer.start,
         layer.t_min, layer.t_max, tuple((src.t_min + src.offsets[0]).tolist()), pre, relu, off, decoded,
         bool(lr.early_spikes), bool(lr.forced), core_neuron.peak_drive_of(snn), float(result.logits[0, 0]), trace,
         stepped, tuple(lr.certificate))
@@ -276,7 +275,7 @@ def evaluate(s: Settings) -> Outcome:
 def margin_window(s: Settings) -> float:
     """The window conversion would give this neuron: B_n = (1 + ζ)·P (MATH §4, `mapping.window_length`), P the peak
     drive before the window opens (≥ the pre-activation)."""
-    return window_length(max(evaluate(s).peak, 0.0), MARGIN)
+    return window_length(max(evaluate(s).peak, 0.0), DEFAULT_MARGIN)
 
 
 # --- presentation ----------------------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def verdict(o: Outcome) -> tuple[str, str]:
                          f"ReLU = {o.relu:.6g}, and the next layer, which starts at t_min^(n), would read at most "
                          f"B_n = {o.settings.window:.6g}. "
                          f"Peak drive P = {o.peak:.6g} ≥ B_n = {o.settings.window:.6g}; a window "
-                         f"(1 + ζ)·P = {window_length(max(o.peak, 0.0), MARGIN):.6g} fixes it.")
+                         f"(1 + ζ)·P = {window_length(max(o.peak, 0.0), DEFAULT_MARGIN):.6g} fixes it.")
     if not o.fired:
         return "info", ("No spike (B1): V stays below θ until t_max, the activation is 0 and a spike at t_max would "
                         "contribute nothing downstream, so the neuron stays silent.")
@@ -363,7 +362,7 @@ def equations(o: Outcome) -> list[str]:
     sw = " ".join((_num(o.w[0]) if j == 0 else _signed(o.w[j])) for j in range(k))
     wx = " ".join(((_num(o.w[j]) if j == 0 else _signed(o.w[j])) + rf"\cdot{_num(s.x[j])}") for j in range(k))
     out = []
-    if s.neuron == "alpha":
+    if s.neuron.rescaled:  # the α-model's map J = αW/(1 − ΣW) (MATH §2), after the rescaling it needs
         if o.scale != 1:
             out.append(rf"c = {_num(o.scale)}:\quad W \leftarrow cW,\ b \leftarrow cb"
                        rf"\quad(\text{{{s.rescale} rule}})")
@@ -390,11 +389,12 @@ def equations(o: Outcome) -> list[str]:
     out.append(rf"t = t_{{max}} - \mathrm{{ReLU}}\Big(\sum_j W_j x_j + b\Big) = {_num(o.t_max)} - "
                rf"{_num(o.relu)} = {_num(o.t_max - o.relu)}")
     out.append(rf"\text{{simulated: }}t = {t}" + (r"\ \ (\text{early: wrong})" if o.early else ""))
-    kind = "f(s) = b + \\sum_j W_j \\max(x_j, s) - s" if s.neuron == "alpha" else \
+    # the drive before the window opens (`NeuronModel.drive_slope`): with a start current f, without one (B1) g
+    kind = "f(s) = b + \\sum_j W_j \\max(x_j, s) - s" if s.neuron.start_current_on else \
         "g(s) = b + \\sum_j W_j (x_j - s)^+"
     rel = r"\ge" if o.peak >= s.window else "<"
     out.append(rf"\text{{early}} \iff \max_{{0 < s \le B_{{in}}}} {kind} \ge B_n")
-    letter = "f" if s.neuron == "alpha" else "g"
+    letter = "f" if s.neuron.start_current_on else "g"
     out.append(rf"P = \max_s {letter}(s) = {_num(o.peak)} {rel} B_n = {_num(s.window)}")
     return out
 

@@ -13,6 +13,8 @@ from typing import Any
 import streamlit as st
 
 from ttfs_core import data, zoo
+from ttfs_core.mapping import DEFAULT_MARGIN
+from ttfs_core.neurons import ALPHA, NEURON_MODELS, RESCALES, SUM
 
 PREFIX = "ttfs_"
 MODEL = "ttfs_model"  # "zoo:<name>" or "upload:<full sha256>" (uploads.upload_key; never in a link)
@@ -21,8 +23,8 @@ DATASET = "ttfs_dataset"  # bundled dataset the test images come from: "" (the m
 TEST_INDEX = "ttfs_test_index"  # which bundled test image
 EVAL_IMAGES = "ttfs_eval_images"  # test images the ANN-vs-SNN page evaluates
 MARGIN = "ttfs_margin"  # ζ of B_n = (1 + ζ) X_n
-NEURON = "ttfs_neuron"  # "alpha" or "b1"
-RESCALE = "ttfs_rescale"  # "sum" (the paper's, default) or "positive"
+NEURON = "ttfs_neuron"  # a neuron model's name (ttfs_core.neurons.NEURON_MODELS; `controls.settings` parses it)
+RESCALE = "ttfs_rescale"  # a rescaling rule's name (ttfs_core.neurons.RESCALES): "sum" (the paper's) or "positive"
 CURSOR = "ttfs_cursor"  # time cursor, integer step (see timeline.Timeline)
 AXIS = "ttfs_axis"  # "auto", "stretched" or "absolute"
 LAYER = "ttfs_layer"  # layer name shown in feature maps / traces ("" = the page's default)
@@ -57,9 +59,9 @@ DEFAULTS: dict[str, Any] = {
     DATASET: "",
     TEST_INDEX: 0,
     EVAL_IMAGES: 1000,
-    MARGIN: 0.5,
-    NEURON: "alpha",
-    RESCALE: "sum",
+    MARGIN: DEFAULT_MARGIN,
+    NEURON: ALPHA.name,
+    RESCALE: SUM.name,
     CURSOR: None,  # None: the end of the timeline (everything fired), set once the network is known
     AXIS: "auto",
     LAYER: "",
@@ -206,8 +208,8 @@ PARAMS: dict[str, Param] = {
     "data": Param(DATASET, one_of(*data.DATASETS)),
     "img": Param(TEST_INDEX, integer(0, TEST_IMAGES - 1)),
     "zeta": Param(MARGIN, _margin, lambda v: f"{v:g}"),
-    "neuron": Param(NEURON, one_of("alpha", "b1")),
-    "rescale": Param(RESCALE, one_of("sum", "positive")),
+    "neuron": Param(NEURON, one_of(*NEURON_MODELS)),
+    "rescale": Param(RESCALE, one_of(*RESCALES)),
     "t": Param(CURSOR, integer(0, 10**9)),
     "axis": Param(AXIS, one_of("auto", "stretched", "absolute")),
     "layer": Param(LAYER, _name),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ttfs_core.result import merge_counts
+from ttfs_core.sim.result import merge_counts
 
 from .timeline import layer_label
 
@@ -96,23 +96,22 @@ def trace_rows(traces, labels) -> list[dict]:
     return rows
 
 
-def evaluation_summary(chunks) -> dict:
-    """Accuracy of ANN and SNN, their agreement, early spikes and spikes per neuron over evaluated chunks."""
-    labels = np.concatenate([c.labels for c in chunks])
-    ann = np.concatenate([c.ann for c in chunks])
-    snn = np.concatenate([c.snn for c in chunks])
-    n = max(labels.size, 1)
+def evaluation_summary(report) -> dict:
+    """Accuracy of ANN and SNN, their agreement, early spikes and spikes per neuron, as the verification report of
+    the evaluated test images counts them (`ttfs_core.verify.Report`, merged over chunks)."""
+    layers = report.layers
+    labelled, neurons = max(report.labelled, 1), sum(la.neurons for la in layers)
     return {
-        "images": int(labels.size),
-        "ANN accuracy": float((ann == labels).sum() / n),
-        "SNN accuracy": float((snn == labels).sum() / n),
-        "agreement": float((ann == snn).sum() / n),
-        "disagreements": [int(c.start + i) for c in chunks for i in np.flatnonzero(c.ann != c.snn)],
-        "early spikes": int(sum(c.early_spikes for c in chunks)),
-        "spikes per neuron": float(sum(c.spikes for c in chunks) / max(sum(c.neurons for c in chunks), 1)),
-        "neurons": int(sum(c.neurons for c in chunks)),
-        "certificate": dict(merge_counts(c.certificate for c in chunks)),
-        "searched": int(sum(c.searched for c in chunks)),
+        "images": report.images,
+        "ANN accuracy": report.ann_correct / labelled,
+        "SNN accuracy": report.snn_correct / labelled,
+        "agreement": report.agree / max(report.images, 1),
+        "disagreements": list(report.disagreements),  # the smallest verify.MAX_LISTED
+        "early spikes": report.early,
+        "spikes per neuron": report.spikes_per_neuron,
+        "neurons": neurons,
+        "certificate": dict(merge_counts(la.certificate for la in layers)),
+        "searched": sum(la.searched for la in layers),
     }
 
 
@@ -128,11 +127,11 @@ def certificate_rows(snn, result) -> list[dict]:
     return rows
 
 
-def early_rows(chunks, snn) -> list[dict]:
-    """Every recorded early spike: test image, layer, neuron index and how early it fired."""
+def early_rows(early, snn) -> list[dict]:
+    """Every recorded early spike (`ttfs_ui.cache.evaluate_chunk`): test image, layer, neuron index and how early
+    it fired."""
     labels = {layer.name: layer_label(layer) for layer in snn.layers}
-    return [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]}
-            for c in chunks for row in c.early]
+    return [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]} for row in early]
 
 
 def comparison_data(snn, comparisons) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ttfs_core.sim.dynamics import early_mask
+
 STEPS_PER_WINDOW = 20
 NEVER = 32767  # the fire step of a neuron that does not fire (fits an int16, as the browser receives it)
 STRETCH_RATIO = 10.0  # stretch by default when the widest window is more than this times the narrowest
@@ -94,7 +96,7 @@ class Timeline:
         if n == 0:
             return own
         early = n + offsets / _width(self.windows[n - 1])
-        return np.where(offsets < 0, early, own)
+        return np.where(early_mask(offsets), early, own)
 
     def fire_steps(self, n: int, offsets: np.ndarray) -> np.ndarray:
         """The first cursor step at which each neuron of window n's layer has fired (compared on the stretched

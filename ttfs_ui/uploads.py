@@ -15,10 +15,10 @@ from PIL import Image
 from torch import nn
 
 from ttfs_core import data
-from ttfs_core.loading import ModelLoadError, check_input, load_model
+from ttfs_core.untrusted import ModelLoadError, check_input, load_model
+from ttfs_core.untrusted.images import decode_image
 
 BUNDLED_SHAPE = (1, 28, 28)  # the only input shape the bundled data (MNIST) can calibrate and test
-MAX_PIXELS = data.MAX_PIXELS  # larger images are refused before decoding them fully
 
 
 def upload_key(data_: bytes, arch: str | None = None) -> str:
@@ -108,7 +108,7 @@ def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = 
     """
     if not data_:
         raise ValueError("the uploaded image is empty")
-    img = data.decode_image(data_)  # size limits, 16-bit and transparent images (ttfs_core.data)
+    img = decode_image(data_)  # size limits, 16-bit and transparent images (ttfs_core.untrusted.images)
     notes = []
     if img.width < 4 or img.height < 4:
         raise ValueError(f"the image is only {img.width}×{img.height} pixels; the model takes "
@@ -130,7 +130,7 @@ def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = 
 
 def light_background(data_: bytes) -> bool:
     """Whether an image's border is mostly light (a dark digit on white paper)."""
-    return _is_light(data.decode_image(data_))
+    return _is_light(decode_image(data_))
 
 
 def _is_light(img: Image.Image) -> bool:

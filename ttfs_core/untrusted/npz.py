@@ -1,12 +1,12 @@
-"""A dataset in an ``.npz`` file, streamed: `NpzSource` reads the rows of a batch, never the whole array, and never
-unpickles anything.
+"""A dataset in an ``.npz`` file, streamed: `NpzFile` reads the rows of a batch, never the whole array, and never
+unpickles anything (`ttfs_core.data.NpzSource` is the dataset built on it).
 
 The file is untrusted, so everything that can be checked without inflating it is checked before a row is read,
 each refusal one line (a ValueError) naming the field: the zip directory (size, members, compression, the
 expansion ratio of each member), each array's header (dtype allow-list, shape, declared size = shape × itemsize,
 total elements, pixels per image, no empty images, no Fortran order, no Python objects). Rows are then read in
 pieces of at most `MAX_READ_BYTES`, whatever the batch size. Labels are checked against the model's classes by
-`Source.check_labels` once the model's output size is known.
+`ttfs_core.data.Source.check_labels` once the model's output size is known.
 
 The file holds ``x`` and optionally ``y`` and ``classes`` (as written by ``numpy.savez`` or
 ``numpy.savez_compressed``):
@@ -16,7 +16,7 @@ The file holds ``x`` and optionally ``y`` and ``classes`` (as written by ``numpy
 - ``x`` float16/32/64: model inputs already preprocessed, (N, C, H, W) (or (N, H, W) for one channel), of the
   model's input shape, used as they are;
 - ``y`` integer labels (N,);
-- ``classes`` the class names, strings (K,) (`NpzSource.classes`).
+- ``classes`` the class names, strings (K,) (`NpzFile.classes`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import math
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .data import MAX_PIXELS, Preprocess, Source
+from .images import MAX_PIXELS
 
 MAX_HEADER = 10_000  # bytes of an .npy header (numpy's own limit for untrusted files)
 MAX_MEMBERS = 64  # arrays in the archive: the zip directory is parsed whole, so its size is bounded first
@@ -167,12 +168,12 @@ class _Member:
         return np.frombuffer(raw, dtype=self.dtype).reshape(hi - lo, *self.shape[1:])
 
 
-class NpzSource(Source):
-    """An .npz dataset (module docstring), streamed batch by batch. ``classes``: the class names the file gives,
-    or None."""
+class NpzFile:
+    """An .npz dataset (module docstring) checked for a model whose inputs have ``shape`` (C, H, W), read batch by
+    batch. ``classes``: the class names the file gives, or None; ``labelled``: whether it has labels y."""
 
-    def __init__(self, path: str | Path, preprocess: Preprocess):
-        self.path, self.preprocess = Path(path), preprocess
+    def __init__(self, path: str | Path, shape: tuple[int, int, int]):
+        self.path, self.shape = Path(path), tuple(shape)
         self.label_field = f"{path}: y"
         try:
             check_directory(self.path)
@@ -191,7 +192,7 @@ class NpzSource(Source):
         self.classes = self._classes(size) if "classes.npy" in names else None
 
     def _labels(self, size: int) -> _Member:
-        """The member y: integer labels (N,), one per item of x (their values: `Source.check_labels`)."""
+        """The member y: integer labels (N,), one per item of x (their values: `ttfs_core.data.Source.check_labels`)."""
         where = self.label_field
         y = _Member(self.archive, "y.npy", where, size, Y_DTYPES, "y must be integer labels")
         if len(y.shape) != 1:
@@ -203,7 +204,7 @@ class NpzSource(Source):
     def _kind(self) -> str:
         """"hwc" / "chw" (uint8 images) or "inputs" (floats, the model's shape); raises for anything else, for no
         items, and for images that are empty or over the image decoder's pixel limit."""
-        shape, dtype, want = self.x.shape, self.x.dtype, self.preprocess.shape
+        shape, dtype, want = self.x.shape, self.x.dtype, self.shape
         if shape[0] == 0:
             raise ValueError(f"{self.path}: x: holds no images (shape {shape})")
         if dtype == np.uint8:
@@ -252,18 +253,20 @@ class NpzSource(Source):
     def labels(self, lo: int, hi: int) -> np.ndarray | None:
         return self.y.rows(lo, hi) if self.y is not None else None
 
-    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+    def batch(self, lo: int, hi: int, images: Callable[[np.ndarray], Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Items [lo, hi): model inputs and labels (None when unlabelled). ``images`` turns uint8 images (N, H, W)
+        or (N, H, W, C) into model inputs (the model's preprocessing). Shape: (hi − lo, C, H, W), (hi − lo,)."""
         hi = max(lo, min(hi, len(self)))
         step = max(1, MAX_READ_BYTES // max(self.x.row, 1))
-        x = torch.cat([self._inputs(a, min(a + step, hi)) for a in range(lo, hi, step) or (lo,)])
+        x = torch.cat([self._inputs(a, min(a + step, hi), images) for a in range(lo, hi, step) or (lo,)])
         y = torch.from_numpy(self.y.rows(lo, hi).astype(np.int64)) if self.y is not None else None
         return x, y
 
-    def _inputs(self, lo: int, hi: int) -> Tensor:
+    def _inputs(self, lo: int, hi: int, images: Callable[[np.ndarray], Tensor]) -> Tensor:
         """Rows [lo, hi) of x as model inputs (one piece of a batch: at most `MAX_READ_BYTES` are inflated)."""
         rows = self.x.rows(lo, hi)
         if self.kind == "inputs":
             native = np.float32 if rows.dtype == np.float16 else rows.dtype.newbyteorder("=")
-            return torch.from_numpy(rows.astype(native)).reshape(hi - lo, *self.preprocess.shape)
-        images = rows.transpose(0, 2, 3, 1) if self.kind == "chw" else rows
-        return self.preprocess.batch_from_uint8(np.ascontiguousarray(images))
+            return torch.from_numpy(rows.astype(native)).reshape(hi - lo, *self.shape)
+        hwc = rows.transpose(0, 2, 3, 1) if self.kind == "chw" else rows
+        return images(np.ascontiguousarray(hwc))

@@ -26,15 +26,14 @@ Two implementations of the same dynamics:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .simulate import settle_spikes
-
-if TYPE_CHECKING:
-    from .network import Layer
+from ..neurons import NeuronModel, Rescale
+from ..records import Layer
+from .dynamics import early_mask, settle_spikes
+from .layer import arrivals, hidden_layer_exact
 
 
 def ticks_per_window(window: float, dt: float | None, steps: int | None) -> int:
@@ -66,7 +65,7 @@ def on_ticks(offsets: Tensor, window: float, ticks: int, in_window: float, in_ti
     h, h_in = window / ticks, in_window / in_ticks
     k = tick_of(offsets, h, first=True, ticks=ticks).clamp_(min=0)
     out = torch.where(k >= ticks, window, k.mul_(h))  # an infinite offset (no spike) stays infinite
-    early = offsets < 0
+    early = early_mask(offsets)
     if bool(early.any()):
         before = offsets[early] + in_window
         out[early] = (tick_of(before, h_in, first=True, ticks=in_ticks).clamp(min=0) - in_ticks) * h_in
@@ -91,26 +90,50 @@ def tick_potential(arrive: Tensor, weights: Tensor, in_ticks: int, h_in: float, 
 
 
 # --------------------------------------------------------------------------------------------------------
-def arrival_tick(layer: Layer, elapsed: Tensor, in_ticks: int) -> Tensor:
-    """The tick of the neuron's input clock (h_in = in_window / in_ticks, counted from its start) at which an input
-    is seen: the first tick at or after its arrival in_window − elapsed (`network.arrivals`). For a source on the
-    same clock (its window is the neuron's input window) the arrival is already a tick. Shape: any -> same (long)."""
-    h_in = layer.in_window / in_ticks
-    arrive = layer.in_window - elapsed
+def seen_at_tick(arrive: Tensor, in_window: float, in_ticks: int) -> Tensor:
+    """The tick of a neuron's input clock (h_in = in_window / in_ticks, counted from its start) at which an input
+    arriving at `arrive` (after the start, = in_window − its elapsed time, `sim.layer.elapsed`) is seen: the first
+    tick at or after its arrival. For a source on the same clock (its window is the neuron's input window) the
+    arrival is already a tick. Shape: any -> same (long)."""
+    h_in = in_window / in_ticks
     return tick_of(arrive, h_in, first=True, ticks=in_ticks).clamp_(0, in_ticks).to(torch.long)
 
 
-def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: int, alpha: float, neuron: str):
+def arrival_ticks(layer: Layer, in_ticks: int, on_clock: list[bool], elapsed: list[Tensor]) -> list[Tensor]:
+    """Elapsed times of inputs whose source runs on another clock, moved to the neuron's next input tick
+    (`seen_at_tick`); inputs `on_clock` stay. Shape: as `sim.layer.arrivals`."""
+    h = layer.in_window / in_ticks
+    out = []
+    for e, same in zip(elapsed, on_clock):
+        if same:
+            out.append(e)
+            continue
+        k = seen_at_tick(layer.in_window - e, layer.in_window, in_ticks)
+        out.append(layer.in_window - k.to(e.dtype) * h)
+    return out
+
+
+def hidden_layer_ticks(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: int, on_clock: list[bool],
+                       alpha: float, neuron: NeuronModel, rescale: Rescale):
+    """The "fast" clock-driven hidden layer (module docstring): inputs from a source on another clock than the
+    neuron's input window (`on_clock` False) are seen at its next tick, the exact crossing of that piecewise-
+    linear V is found (`sim.layer.hidden_layer_exact`) and rounded up to the ticks. Shape: as the loop."""
+    arrive = None if all(on_clock) else (lambda e: arrival_ticks(layer, in_ticks, on_clock, e))
+    off, stats = hidden_layer_exact(layer, srcs, alpha, neuron, rescale, arrive)
+    off = on_ticks(off, layer.window, ticks, layer.in_window, in_ticks)
+    off, settled = settle_spikes(off, layer.window, neuron.silent_at_zero, stats["early_arrivals"])
+    return off, {**stats, **settled}
+
+
+def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: int, alpha: float,
+                      neuron: NeuronModel):
     """The literal clock loop for one hidden layer reading one or more layers (MATH §5, §6).
 
-    Input k's spikes are routed and delayed (`network.arrivals`) and seen at the first tick of the neuron's input
+    Input k's spikes are routed and delayed (`sim.layer.arrivals`) and seen at the first tick of the neuron's input
     clock at or after their arrival; a gated (ReLU6) layer cannot fire before t_min (tick `in_ticks`), and a neuron
     that fires exactly there saturates (counted in the stats as "saturated").
     Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
     """
-    from .network import arrivals  # network builds on this module
-
-    b1 = neuron == "b1"
     gated = layer.clip is not None
     h_in, h = layer.in_window / in_ticks, layer.window / ticks
     elapsed, early_arrivals = arrivals(layer, srcs)
@@ -118,12 +141,12 @@ def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: in
     theta = layer.theta.expand(batch, *layer.shape).reshape(-1)
     slope = layer.slope.expand(batch, *layer.shape).reshape(-1)
     v = torch.zeros_like(theta)
-    current = torch.full_like(theta, 0.0 if b1 else alpha)
+    current = torch.full_like(theta, neuron.start_current(alpha))
     fired = torch.full(theta.shape, -1, dtype=torch.long, device=theta.device)
     # per input: its spikes sorted by arrival tick, and where each tick's spikes start in that order
     inputs = []
     for syn, e in zip(layer.inputs, elapsed):
-        arrival = arrival_tick(layer, e, in_ticks).flatten()
+        arrival = seen_at_tick(layer.in_window - e, layer.in_window, in_ticks).flatten()
         order = arrival.argsort(stable=True)
         bounds = [0, *torch.bincount(arrival, minlength=in_ticks + 1).cumsum(0).tolist()]
         inputs.append((_Scatter(layer, syn, batch), order, bounds))
@@ -149,7 +172,7 @@ def hidden_layer_loop(layer: Layer, srcs: list[Tensor], in_ticks: int, ticks: in
     rel = (fired - in_ticks).to(srcs[0].dtype)
     off = torch.where(fired < in_ticks, rel * h_in, rel * h)
     off = torch.where((fired < 0) | (fired >= in_ticks + ticks), layer.window, off)  # never crossed by t_max
-    off, stats = settle_spikes(off, layer.window, b1, early_arrivals)
+    off, stats = settle_spikes(off, layer.window, neuron.silent_at_zero, early_arrivals)
     if gated:
         stats["saturated"] = int(torch.count_nonzero(saturated))
     return off, stats

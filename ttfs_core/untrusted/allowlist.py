@@ -1,7 +1,7 @@
 """What a graph rebuilt from an uploaded file may compute: an allow-list of aten operators, a check of every
 argument, and a shape check on the ``meta`` device before any real tensor is touched.
 
-An uploaded ``.pt2`` or TorchScript file becomes an fx graph of ``torch.ops.aten`` calls (:mod:`ttfs_core.loading`).
+An uploaded ``.pt2`` or TorchScript file becomes an fx graph of ``torch.ops.aten`` calls (:mod:`ttfs_core.untrusted`).
 That graph runs in the server's own process (the probe run of ``check_input``, calibration, every page), so what
 it may call must be *known to be safe*, not merely "not known to be dangerous": ``aten`` has thousands of
 operators, some without bounds checks (``_reshape_alias``, ``as_strided``, ``_sparse_coo_tensor_unsafe``), some

@@ -31,7 +31,7 @@ cells) Levels at quantiles of each sample's non-zero inputs (activations crowd n
 the budget: measured on VGG16-BN, uniform cells leave 21–96 % of a layer uncertified with 4 cells where quantile
 cells leave at most 0.2 % with 2 and none with 4); each inner level and each cell's tent is one weighted sum.
 Every stage works only on the samples and output channels that still hold uncertified neurons, and stops when
-(uncertified × fan-in) is small enough that the exact search (`network._search`) is cheaper. Measured on
+(uncertified × fan-in) is small enough that the exact search (`sim.layer.search`) is cheaper. Measured on
 VGG16-BN (random BN statistics, batch 64, margin 0.5): stage 0 settles 34 % of the neurons, one cell 49 %, two
 cells 16 %, four cells the rest but ~0.1 ‰, which are searched.
 
@@ -50,13 +50,13 @@ certificate computed in float32 is never wrong by rounding; neurons within the a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .simulate import place
+from ..records import Synapses
+from .dynamics import row_sums, weighted_sum
 
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
@@ -82,58 +82,31 @@ STAGES = ("no weighted sum", *(f"{k} cell" + "s" * (k > 1) for k in CELLS))
 
 
 @dataclass(frozen=True)
-class Fan:
-    """One input of a layer as the certificate sees it: `x` the routed input activations (the time each input has
-    been driving the neurons at t_min), `J` the synaptic weights, `conv` the convolution parameters (None:
-    dense), `channels` the output channels [lo, hi) it drives (None: all). Shape: x (B, *in_shape)."""
-
-    x: Tensor
-    J: Tensor
-    conv: dict | None = None
-    channels: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
 class _Block:
     """The part of a layer a refinement stage works on: samples `rows` and (when the layer allows it) output
-    channels `cols`, with the inputs and the weights restricted to them."""
+    channels `cols`, with the inputs (`Synapses`, their J restricted to the columns) and their activations `xs`
+    restricted to them."""
 
     rows: Tensor | None  # None: every sample
     cols: Tensor | None  # None: every channel
-    fan: tuple[Fan, ...]
+    inputs: tuple[Synapses, ...]
+    xs: tuple[Tensor, ...]
     shape: tuple[int, ...]  # the neurons' shape per sample within the block
 
 
-def weighted_sum(fan, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
-    """Σ over the inputs of Σ_j w_ij x_j, each input into its output channels. Shape: -> (B, *shape)."""
-    parts = []
-    for f, x, w in zip(fan, xs, ws):
-        part = shape if f.channels is None else (f.channels[1] - f.channels[0], *shape[1:])
-        if f.conv is not None:
-            parts.append((f.channels, F.conv2d(x, w, None, **f.conv)))
-        else:
-            parts.append((f.channels, F.linear(x.flatten(1), w).reshape(x.shape[0], *part)))
-    return place(parts, shape, xs[0])
-
-
-def per_neuron(fan, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
-    """Σ_j w_ij per neuron over all inputs (zero-padded taps included), in the layer's shape (a conv input's sum
-    is the same at every position). Shape: -> (*shape)."""
-    out = ws[0].new_zeros(shape)
-    for f, w in zip(fan, ws):
-        sums = w.sum(tuple(range(1, w.dim())))
-        lo, hi = f.channels if f.channels is not None else (0, shape[0])
-        target = out[lo:hi]
-        target += sums.reshape(-1, *([1] * (len(shape) - 1))) if f.conv is not None else sums.reshape(target.shape)
-    return out
+def per_neuron(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """`dynamics.row_sums` in the layer's shape (a conv input's sum is the same at every position).
+    Shape: -> (*shape)."""
+    sums = row_sums(inputs, ws, shape)
+    return sums.reshape(-1, 1, 1).expand(shape) if len(shape) == 3 else sums.reshape(shape)
 
 
 def level_values(block: _Block, g: Tensor, alpha: float, base: float) -> Tensor:
     """v_i(g) = α (B_(n−1) − g) + Σ_j J_ij (x_j − g)⁺ at one level g per sample: V_i at t_min − g (MATH §2).
 
     `base` = α B_(n−1). Shape: g (B,) -> (B, *neurons)."""
-    xs = [(f.x - g.reshape(-1, *([1] * (f.x.dim() - 1)))).clamp(min=0) for f in block.fan]
-    v = weighted_sum(block.fan, xs, [f.J for f in block.fan], block.shape)
+    xs = [(x - g.reshape(-1, *([1] * (x.dim() - 1)))).clamp(min=0) for x in block.xs]
+    v = weighted_sum(block.inputs, xs, [syn.J for syn in block.inputs], block.shape)
     return v + (base - alpha * g).reshape(-1, *([1] * (v.dim() - 1)))
 
 
@@ -146,11 +119,11 @@ def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> li
     deviations = []
     for k in range(1, levels.shape[1]):
         xs = []
-        for f in block.fan:
-            per_sample = (-1, *([1] * (f.x.dim() - 1)))
+        for x in block.xs:
+            per_sample = (-1, *([1] * (x.dim() - 1)))
             a, c = levels[:, k - 1].reshape(per_sample), levels[:, k].reshape(per_sample)
-            xs.append(((f.x - a) * (c - f.x)).div_((c - a).clamp(min=tiny)).clamp_(min=0))
-        deviations.append(weighted_sum(block.fan, xs, negative, block.shape))
+            xs.append(((x - a) * (c - x)).div_((c - a).clamp(min=tiny)).clamp_(min=0))
+        deviations.append(weighted_sum(block.inputs, xs, negative, block.shape))
     return deviations
 
 
@@ -173,32 +146,35 @@ def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
 
 def certify(J: Tensor, theta: Tensor, conv: dict | None, x: Tensor, v_end: Tensor, in_window: float,
             alpha: float, search_budget: int = SEARCH_BUDGET) -> Certificate:
-    """`certify_fan` for a layer with a single input."""
-    return certify_fan([Fan(x, J, conv)], theta, v_end, in_window, alpha, search_budget)
+    """`certify_layer` for a layer with a single input: weights J (geometry `conv`, None: dense), activations x."""
+    syn = Synapses(-1, (), tuple(x.shape[1:]), J, conv, J=J)
+    return certify_layer([syn], [x], theta, v_end, in_window, alpha, search_budget)
 
 
-def certify_fan(fan, theta: Tensor, v_end: Tensor, in_window: float, alpha: float,
-                search_budget: int = SEARCH_BUDGET) -> Certificate:
+def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_window: float, alpha: float,
+                  search_budget: int = SEARCH_BUDGET) -> Certificate:
     """Prove, for every neuron of a hidden layer, that its potential stays below θ before t_min (module
     docstring), in stages of finer cells; return the neurons it cannot prove.
 
-    `fan` lists the layer's inputs (`Fan`: activations clamped to [0, `in_window`], weights J, geometry);
-    `theta` the thresholds, `v_end` = V(t_min), `alpha` the start current (0 for B1).
-    Shape: v_end (B, *shape) -> uncertified (B, *shape).
+    `inputs` are the layer's `Synapses` (weights J, geometry, channels), `xs` their routed activations clamped to
+    [0, `in_window`] (how long each input has been driving the neurons at t_min); `theta` the thresholds,
+    `v_end` = V(t_min), `alpha` the start current (0 for B1).
+    Shape: xs[k] (B, *in_shape k); v_end (B, *shape) -> uncertified (B, *shape).
     """
-    fan = tuple(fan)
+    inputs, xs = tuple(inputs), tuple(xs)
     shape = tuple(v_end.shape[1:])
     per_sample = (-1, *([1] * (v_end.dim() - 1)))
     base = alpha * in_window
     eps = torch.finfo(v_end.dtype).eps
-    negative = [(-f.J).clamp(min=0) for f in fan]
-    negative_sum = per_neuron(fan, negative, shape)
+    negative = [(-syn.J).clamp(min=0) for syn in inputs]
+    negative_sum = per_neuron(inputs, negative, shape)
     # rounding allowance: a few ulps of the largest terms that enter a level value
-    rounding = 64 * eps * (theta.abs() + per_neuron(fan, [f.J.abs() for f in fan], shape) * in_window + base)
+    rounding = 64 * eps * (theta.abs() + per_neuron(inputs, [syn.J.abs() for syn in inputs], shape) * in_window
+                           + base)
     limit = (theta - rounding).expand_as(v_end)
-    flat = torch.cat([f.x.flatten(1) for f in fan], 1)
+    flat = torch.cat([x.flatten(1) for x in xs], 1)
     top = flat.max(1).values if flat.shape[1] else v_end.new_zeros(v_end.shape[0])
-    fan_in = sum(f.J[0].numel() for f in fan)
+    fan_in = sum(syn.J[0].numel() for syn in inputs)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
     beyond = (limit <= 0) | (top_value >= limit)
@@ -211,9 +187,8 @@ def certify_fan(fan, theta: Tensor, v_end: Tensor, in_window: float, alpha: floa
         if not count or count * fan_in <= search_budget:
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
-        block = _restrict(uncertified, fan, shape)
-        xs = torch.cat([f.x.flatten(1) for f in block.fan], 1)
-        inner = quantile_levels(xs, [k / cells for k in range(1, cells)])
+        block = _restrict(uncertified, inputs, xs, shape)
+        inner = quantile_levels(torch.cat([x.flatten(1) for x in block.xs], 1), [k / cells for k in range(1, cells)])
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
         values = [_take(v_end, block), *(level_values(block, g, alpha, base) for g in inner),
@@ -247,22 +222,23 @@ def peak_drive(x: Tensor, w: Tensor, bias: Tensor, kappa: Tensor) -> Tensor:
     return at_kinks.max(1).values.maximum(at_zero) if x.shape[1] else at_zero
 
 
-def _restrict(mask: Tensor, fan: tuple[Fan, ...], shape: tuple[int, ...]) -> _Block:
+def _restrict(mask: Tensor, inputs: tuple[Synapses, ...], xs: tuple[Tensor, ...], shape: tuple[int, ...]) -> _Block:
     """The samples holding uncertified neurons and, for a layer with one dense or ungrouped-convolution input,
     their output channels: later stages compute weighted sums only there (leftovers concentrate in a few
     channels: measured on VGG16-BN, 0.05–7 % of them)."""
     per_sample = mask.flatten(1).any(1)
     rows = None if bool(per_sample.all()) else per_sample.nonzero()[:, 0]
     cols = None
-    single = len(fan) == 1 and fan[0].channels is None
-    if single and (fan[0].conv is None and len(shape) == 1 or fan[0].conv is not None and fan[0].conv["groups"] == 1):
+    one = inputs[0]
+    single = len(inputs) == 1 and one.channels is None
+    if single and (one.conv is None and len(shape) == 1 or one.conv is not None and one.conv["groups"] == 1):
         per_channel = (mask if rows is None else mask[rows]).transpose(0, 1).flatten(1).any(1)
         if not bool(per_channel.all()):
             cols = per_channel.nonzero()[:, 0]
-    parts = tuple(Fan(f.x if rows is None else f.x[rows], f.J if cols is None else f.J[cols], f.conv, f.channels)
-                  for f in fan)
+    parts = inputs if cols is None else tuple(replace(syn, J=syn.J[cols]) for syn in inputs)
+    block_xs = xs if rows is None else tuple(x[rows] for x in xs)
     block_shape = shape if cols is None else (len(cols), *shape[1:])
-    return _Block(rows, cols, parts, block_shape)
+    return _Block(rows, cols, parts, block_xs, block_shape)
 
 
 def _rows(t: Tensor, block: _Block) -> Tensor:

@@ -3,6 +3,9 @@
 Times in a `NeuronTrace` are relative to the neuron's start (`origin` = layer.start, absolute: t_min^(n−1) in a
 chain, t_min − the longest window read for a layer with several inputs): deep layers can have windows far shorter
 than their absolute start time, and relative times keep full precision.
+
+`snn` below is a `ttfs_core.SpikingNetwork`; this module does not import it (the network's `trace` and `membrane`
+methods call these functions), so the simulator never imports its orchestrator.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .network import Layer, SpikingNetwork, fan_in
+from ..records import Layer
+from .dynamics import membrane_potential
+from .layer import bias_current, elapsed, fan_in
 from .result import SimResult
-from .simulate import membrane_potential
-from .stepped import tick_of, tick_potential, ticks_per_window
+from .stepped import seen_at_tick, tick_potential, ticks_per_window
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class NeuronTrace:
                                   self.final_slope)
 
 
-def resolve_layer(snn: SpikingNetwork, layer: str | int) -> tuple[int, Layer]:
+def resolve_layer(snn, layer: str | int) -> tuple[int, Layer]:
     """A layer by name or by position (the readout is position len(snn.layers), or its name)."""
     layers = snn.all_layers
     if isinstance(layer, int):
@@ -106,9 +110,9 @@ def resolve_index(layer: Layer, index: int | tuple[int, ...]) -> tuple[int, ...]
     return index
 
 
-def _inputs(snn: SpikingNetwork, layer: Layer, result: SimResult, index: tuple[int, ...]) -> dict[str, Tensor]:
+def _inputs(layer: Layer, result: SimResult, index: tuple[int, ...]) -> dict[str, Tensor]:
     """One neuron's inputs over all of its layer's synapses (first sample of `result`): arrival times relative to
-    the neuron's start (the spikes routed and delayed as the simulator does, `network.arrivals`; a silent input
+    the neuron's start (the spikes routed and delayed as the simulator does, `sim.layer.elapsed`; a silent input
     (B1) stays +inf, an early one arrives at its source window's start), weights (J, or W for the readout),
     source flat indices (−1: zero-padded tap), source layers, delays and synapse indices. Inputs outside the
     output channels their synapses drive are left out. Shape: -> each (K,)."""
@@ -116,8 +120,7 @@ def _inputs(snn: SpikingNetwork, layer: Layer, result: SimResult, index: tuple[i
     for syn in layer.inputs:
         src = result.input_times if syn.source < 0 else result.layers[syn.source].offsets
         t = syn.route_times(src[:1])
-        e = (syn.in_window - t.clamp(min=0)).clamp(0, layer.in_window)
-        a = layer.in_window - e
+        a = layer.in_window - elapsed(layer, syn, t)
         arrive.append(torch.where(t == torch.inf, t, a))
         ids.append(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape))
     which = "weight" if any(syn.J is None for syn in layer.inputs) else "J"
@@ -138,7 +141,7 @@ def _inputs(snn: SpikingNetwork, layer: Layer, result: SimResult, index: tuple[i
 
 
 def neuron_trace(
-    snn: SpikingNetwork, x: Tensor, layer: str | int, index: int | tuple[int, ...], *,
+    snn, x: Tensor, layer: str | int, index: int | tuple[int, ...], *,
     result: SimResult | None = None, dt: float | None = None, steps: int | None = None,
 ) -> NeuronTrace:
     """The exact membrane trace of one neuron for one input (and its clock-driven trace for dt or steps).
@@ -153,15 +156,14 @@ def neuron_trace(
     n, lay = resolve_layer(snn, layer)
     idx = resolve_index(lay, index)
     result = result if result is not None else snn.run(x[:1])
-    b1 = snn.neuron == "b1"
-    fan = _inputs(snn, lay, result, idx)
+    fan = _inputs(lay, result, idx)
     times = fan["times"]
-    start_current = 0.0 if b1 else snn.alpha
-    final_slope = 1.0 if b1 else None
+    start_current = snn.neuron.start_current(snn.alpha)
+    final_slope = snn.neuron.constant_slope  # B1's replaces the input currents at t_min; None: they go on
     saturated = False
     if lay.is_output:
         theta = None
-        start_current = float(lay.bias.expand(lay.shape)[idx]) / lay.in_window
+        start_current = float(bias_current(lay).expand(lay.shape)[idx])
         spike, forced, early = float("inf"), False, False
         final_slope = None
     else:
@@ -169,7 +171,7 @@ def neuron_trace(
         off = float(result.layers[n].offsets[(0, *idx)])
         spike = lay.in_window + off
         forced = bool(result.layers[n].forced_spikes[(0, *idx)])
-        early = off < 0
+        early = bool(result.layers[n].early_mask[(0, *idx)])
         saturated = lay.clip is not None and off <= 0  # gated: reached θ by t_min, fired there (MATH §2)
     t_min, t_max = lay.in_window, lay.in_window + lay.window
     marks = [torch.tensor([0.0, t_min, t_max], dtype=times.dtype), times]
@@ -193,8 +195,8 @@ def _with_stepped(snn, x, n, lay: Layer, idx, trace: NeuronTrace, dt, steps, sta
     res = snn.run_stepped(x, dt, steps=steps)
     in_ticks = ticks_per_window(lay.in_window, dt, steps)
     h_in = lay.in_window / in_ticks
-    fan = _inputs(snn, lay, res, idx)
-    arrive = tick_of(fan["times"], h_in, first=True, ticks=in_ticks).clamp(0, in_ticks).to(torch.long)
+    fan = _inputs(lay, res, idx)
+    arrive = seen_at_tick(fan["times"], lay.in_window, in_ticks)
     weights = fan["weights"].to(trace.input_times.dtype)
     if lay.is_output:
         t_in, v_in = tick_potential(arrive, weights, in_ticks, h_in, start_current)
@@ -209,7 +211,7 @@ def _with_stepped(snn, x, n, lay: Layer, idx, trace: NeuronTrace, dt, steps, sta
                    stepped_saturated=saturated)
 
 
-def membrane(snn: SpikingNetwork, x: Tensor, layer: str | int, index: int | tuple[int, ...], times: Tensor,
+def membrane(snn, x: Tensor, layer: str | int, index: int | tuple[int, ...], times: Tensor,
              result: SimResult | None = None) -> Tensor:
     """Exact V(t) of one neuron at absolute times (MATH §2). Shape: times (T,) -> (T,)."""
     trace = neuron_trace(snn, x, layer, index, result=result)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .mapping import decode
+from ..mapping import decode
+from .dynamics import early_mask, forced_mask
 
 
 def merge_counts(groups: Iterable[Iterable[tuple[str, int]]]) -> tuple[tuple[str, int], ...]:
@@ -28,11 +29,11 @@ class LayerResult:
     `offsets` are the spike times relative to the layer's window start, t − t_min, shaped like the ANN
     activation (batch first), in units of τ_c; +inf marks a neuron that did not spike (B1 model only). Deep
     layers can have windows far shorter than t_min, so the offsets, not the absolute `spike_times`, keep full
-    precision. `early_spikes` counts neurons that fired before t_min (their input window
+    precision. `early_spikes` counts neurons that fired before t_min (`early_mask`; their input window
     had not closed: the spike is wrong, MATH §2); `early_arrivals` counts input spikes that arrived before
     this layer's neurons started integrating (the layer below fired early); `forced` counts spikes forced at
     t_max (activation 0). `certificate` says how many neurons each stage of the early-spike certificate
-    settled (MATH §2; `ttfs_core.certify`) and `searched` how many went to the exact search instead.
+    settled (MATH §2; `ttfs_core.sim.certify`) and `searched` how many went to the exact search instead.
     """
 
     name: str
@@ -59,11 +60,14 @@ class LayerResult:
     @property
     def forced_spikes(self) -> Tensor:
         """Which neurons were forced to fire at t_max (activation 0; none in B1, whose silent neurons have offset
-        +inf), compared in the offsets' own precision: a float32 forced offset is the window rounded to float32,
-        which can lie just below the float64 window, so a float64 comparison would miss it. Its count is `forced`.
+        +inf; `dynamics.forced_mask`). Its count is `forced`. Shape: like `offsets`, bool."""
+        return forced_mask(self.offsets, self.window)
+
+    @property
+    def early_mask(self) -> Tensor:
+        """Which neurons fired early, before t_min (`dynamics.early_mask`). Its count is `early_spikes`.
         Shape: like `offsets`, bool."""
-        end = torch.tensor(self.window, dtype=self.offsets.dtype, device=self.offsets.device)
-        return torch.isfinite(self.offsets) & (self.offsets >= end)
+        return early_mask(self.offsets)
 
     @property
     def activations(self) -> Tensor:
@@ -127,3 +131,22 @@ class SimResult:
             if layer.name == name:
                 return layer
         raise KeyError(f"no layer named {name!r}; layers: {[layer.name for layer in self.layers]}")
+
+
+def concat(parts: list[SimResult]) -> SimResult:
+    """One result from the results of consecutive parts of a batch (spike times concatenated, counts summed)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    layers = []
+    for i, layer in enumerate(first.layers):
+        group = [p.layers[i] for p in parts]
+        layers.append(LayerResult(
+            layer.name, layer.op, torch.cat([g.offsets for g in group]), layer.t_min, layer.t_max, layer.window,
+            sum(g.early_spikes for g in group), sum(g.early_arrivals for g in group),
+            sum(g.forced for g in group), sum(g.spikes for g in group),
+            merge_counts(g.certificate for g in group),
+            sum(g.searched for g in group), sum(g.saturated for g in group),
+        ))
+    return SimResult(torch.cat([p.logits for p in parts]), layers, torch.cat([p.input_times for p in parts]),
+                     sum(p.input_clipped for p in parts), first.decision_time, first.dt)

@@ -11,6 +11,7 @@ given times, and max pooling on spike times.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,19 +124,36 @@ def gate_at_window_start(offsets: Tensor) -> tuple[Tensor, int]:
     return offsets.clamp(min=0), int(torch.count_nonzero(saturated))
 
 
-def settle_spikes(offsets: Tensor, window: float, b1: bool, early_arrivals: int) -> tuple[Tensor, dict[str, int]]:
+def settle_spikes(offsets: Tensor, window: float, silent_at_zero: bool,
+                  early_arrivals: int) -> tuple[Tensor, dict[str, int]]:
     """A layer's final spikes and their statistics from its first-crossing offsets (from t_min).
 
-    A neuron that has not crossed by t_max is forced to fire at t_max (α-model, MATH §2) or does not fire at all
-    (B1, MATH §7: offset +inf); an offset below 0 is an early spike. Shape: offsets any -> same.
+    A neuron that has not crossed by t_max is forced to fire at t_max (α-model, MATH §2) or, `silent_at_zero`
+    (`NeuronModel.silent_at_zero`), does not fire at all (B1, MATH §7: offset +inf); an offset below 0 is an early
+    spike (`early_mask`). Shape: offsets any -> same.
     """
-    late = offsets >= window
-    n_late = int(torch.count_nonzero(late))
-    stats = {"early_spikes": int(torch.count_nonzero(offsets < 0)), "early_arrivals": early_arrivals}
-    if b1:
+    stats = {"early_spikes": int(torch.count_nonzero(early_mask(offsets))), "early_arrivals": early_arrivals}
+    if silent_at_zero:
+        late = offsets >= window
         offsets = torch.where(late, torch.full_like(offsets, torch.inf), offsets)
-        return offsets, {**stats, "forced": 0, "spikes": offsets.numel() - n_late}
-    return offsets.clamp(max=window), {**stats, "forced": n_late, "spikes": offsets.numel()}
+        return offsets, {**stats, "forced": 0, "spikes": offsets.numel() - int(torch.count_nonzero(late))}
+    offsets = offsets.clamp(max=window)
+    return offsets, {**stats, "forced": int(torch.count_nonzero(forced_mask(offsets, window))),
+                     "spikes": offsets.numel()}
+
+
+def early_mask(offsets: Tensor) -> Tensor:
+    """Which spikes are early: before the layer's own window opened (offset from t_min below 0; the input window
+    had not closed, MATH §2). Works on tensors and numpy arrays. Shape: any -> same, bool."""
+    return offsets < 0
+
+
+def forced_mask(offsets: Tensor, window: float) -> Tensor:
+    """Which neurons were forced to fire at t_max (activation 0; a silent B1 neuron, offset +inf, is not),
+    compared in the offsets' own precision: a float32 forced offset is the window rounded to float32, which can
+    lie just below the float64 window. Shape: settled offsets any -> same, bool."""
+    end = torch.tensor(window, dtype=offsets.dtype, device=offsets.device)
+    return torch.isfinite(offsets) & (offsets >= end)
 
 
 def membrane_potential(
@@ -153,6 +171,34 @@ def membrane_potential(
     inside = at.clamp(max=t_end)
     v = alpha * (inside - start).clamp(min=0) + (inside[:, None] - times[None, :]).clamp(min=0) @ weights
     return v + float(final_slope) * (at - t_end).clamp(min=0)
+
+
+def part_shape(syn, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the part of a layer of `shape` that one input (`Synapses`) drives: its channels [lo, hi)."""
+    if syn.channels is None:
+        return shape
+    return (syn.channels[1] - syn.channels[0], *shape[1:])
+
+
+def weighted_sum(inputs, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Σ_k Σ_j w_kij x_kj for every neuron of a layer of `shape` over its inputs k (`Synapses`: geometry and the
+    channels each drives), with the weights `ws[k]` in input k's layout (its W, its J, or a part of them), no
+    bias. Shape: xs[k] (B, *in_shape k) -> (B, *shape)."""
+    parts = [(syn.channels, syn.apply(x, w, part_shape(syn, shape))) for syn, x, w in zip(inputs, xs, ws)]
+    return place(parts, shape, xs[0])
+
+
+def row_sums(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Σ_j w_ij per neuron over all inputs (zero-padded taps included), per output channel of a convolutional
+    layer (the same at every position) or per neuron of a dense one. Shape: -> (C,) or (N,)."""
+    out = None
+    for syn, w in zip(inputs, ws):
+        sums = w.sum(tuple(range(1, w.dim())))
+        if out is None:
+            out = sums.new_zeros(shape[0] if len(shape) == 3 else math.prod(shape))
+        lo, hi = syn.channels if syn.channels is not None else (0, out.shape[0])
+        out[lo:hi] += sums
+    return out
 
 
 def place(parts: list[tuple[tuple[int, int] | None, Tensor]], shape: tuple[int, ...], like: Tensor) -> Tensor:

@@ -1,0 +1,181 @@
+"""One layer simulated from its sources' spikes (MATH §2, §3, §5, §6, §7): the arrivals of its inputs, a hidden
+layer exactly (closed form after the inputs, certificate, exact search for the rest), the fan-in gather the search
+and the traces share, and the readout potential.
+
+Times are offsets from window starts: the sources' for the inputs, the layer's t_min for its spikes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..neurons import NeuronModel, Rescale
+from ..records import Layer, Synapses
+from .certify import STAGES, certify_layer
+from .dynamics import (
+    crossing_after_inputs,
+    early_mask,
+    first_crossing,
+    gate_at_window_start,
+    search_in_chunks,
+    settle_spikes,
+)
+
+
+def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
+    """How long one input's routed spikes have been driving the neurons at the end of their input window,
+    t_min − t_j, in [0, in_window] (MATH §5, §6).
+
+    The spikes are delayed by t_min − t_max(source) (MATH §5, residual), so an input with activation x arrives at
+    t_min − x whichever layer it came from: the elapsed time is the source's window minus its offset. An input that
+    arrived before the neurons started (its layer fired early) is taken as arriving at the start (MATH §6); a
+    missing spike (B1, offset +inf) gives 0: it drives nothing. Shape: routed (B, *syn.in_shape) -> same.
+    """
+    return (syn.in_window - routed.clamp(min=0)).clamp(0, layer.in_window)
+
+
+def arrivals(layer: Layer, srcs: list[Tensor]) -> tuple[list[Tensor], int]:
+    """`elapsed` for every input of the layer: input k's spikes routed (max pooling = earliest spike), then
+    delayed. Returns the elapsed times per input and the count of inputs from early spikes.
+    Shape: srcs[k] (B, *source k) -> (B, *inputs[k].in_shape).
+    """
+    out, early = [], 0
+    for syn, src in zip(layer.inputs, srcs):
+        t = syn.route_times(src)
+        early += int(torch.count_nonzero(early_mask(t)))  # its source fired before its own window
+        out.append(elapsed(layer, syn, t))
+    return out, early
+
+
+def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: NeuronModel, rescale: Rescale,
+                       arrive=None):
+    """Spike times of one hidden layer from the spike times of its sources (MATH §2, §5, §6, §7).
+
+    Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
+    times; after that the potential is linear, so the crossing has a closed form. It is the spike unless the
+    neuron crossed earlier. Under the positive-part rescaling (α-model) that happens exactly when V(t_min) > θ;
+    otherwise the fast certificate (`sim.certify`, MATH §2) proves it impossible for almost every neuron.
+    The rest are searched exactly over their input segments. Times are offsets from window starts (sources'
+    for the inputs, this layer's t_min for the output). `arrive` may move the elapsed times onto a clock.
+    Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
+    """
+    elapsed_times, early_arrivals = arrivals(layer, srcs)
+    if arrive is not None:
+        elapsed_times = arrive(elapsed_times)
+    current = neuron.start_current(alpha)
+    v_end = current * layer.in_window + layer.weighted_sum(elapsed_times, "J")
+    off = crossing_after_inputs(v_end, layer.theta, layer.slope, 0.0)
+    if layer.clip is not None:  # gated (ReLU6): no early spike is possible
+        off, saturated = gate_at_window_start(off)
+        off, stats = settle_spikes(off, layer.window, neuron.silent_at_zero, early_arrivals)
+        return off, {**stats, "certificate": (("gated", off.numel()),), "searched": 0, "saturated": saturated}
+    if neuron.needs_certificate(rescale):
+        cert = certify_layer(layer.inputs, elapsed_times, layer.theta, v_end, layer.in_window, current)
+        flagged, certificate = cert.uncertified, tuple(zip(STAGES, cert.settled))
+    else:  # Σ max(W,0) < 1: V(t_min) > θ exactly when the neuron crossed before t_min (MATH §2)
+        flagged = v_end > layer.theta
+        certificate = (("pre-activation", off.numel() - int(torch.count_nonzero(flagged))),)
+    searched = int(torch.count_nonzero(flagged))
+    if searched:
+        idx = flagged.nonzero(as_tuple=True)
+        off = off.clone()
+        t_in = [layer.in_window - e for e in elapsed_times]
+        off[idx] = search(layer, t_in, idx, current) - layer.in_window
+    off, stats = settle_spikes(off, layer.window, neuron.silent_at_zero, early_arrivals)
+    return off, {**stats, "certificate": certificate, "searched": searched}
+
+
+def pad_input(syn: Synapses, values: Tensor, pad: float) -> Tensor:
+    """The routed input with a conv's zero-padding border filled with `pad`. Shape: (B, *in_shape)."""
+    if syn.conv is None:
+        return values
+    ph, pw = syn.conv["padding"]
+    return F.pad(values, (pw, pw, ph, ph), value=pad)
+
+
+def gather_fan_in(syn: Synapses, padded: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
+    """Each listed neuron's inputs through one `Synapses`, in the order of its weight row: the values under a
+    conv neuron's kernel (from `pad_input`), or the whole flattened input of a dense neuron. Neuron indices are
+    local to the channels the synapses drive.
+
+    Shape: padded (B, ...); idx (b, o[, y, x]) each (F,) -> (F, fan-in).
+    """
+    if syn.conv is None:
+        return padded.flatten(1)[idx[0]]
+    (sh, sw), (dh, dw), groups = syn.conv["stride"], syn.conv["dilation"], syn.conv["groups"]
+    out_ch, cin_g, kh, kw = syn.weight.shape
+    b, o, y, x = idx
+    dev = padded.device
+    ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g, device=dev)[None, :]
+    rows = y[:, None] * sh + torch.arange(kh, device=dev)[None, :] * dh
+    cols = x[:, None] * sw + torch.arange(kw, device=dev)[None, :] * dw
+    taps = padded[b[:, None, None, None], ch[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return taps.flatten(1)
+
+
+def fan_in(layer: Layer, values: list[Tensor], idx: tuple[Tensor, ...], pad: float, which: str = "J"):
+    """The listed neurons' inputs over all of the layer's `Synapses`, concatenated: input values (`values[k]` is
+    input k's routed tensor; zero-padded taps take `pad`), weights (`which`: "J" or "weight"; 0 where an input
+    does not drive the neuron's channel) and which input each came from.
+
+    Shape: values[k] (B, *in_shape k); idx (b, o[, ...]) each (F,) -> three (F, total fan-in) tensors.
+    """
+    times, weights, which_input = [], [], []
+    for k, (syn, v) in enumerate(zip(layer.inputs, values)):
+        w = getattr(syn, which)
+        o = idx[1]
+        inside = torch.ones_like(o, dtype=torch.bool)
+        if syn.channels is not None:
+            lo, hi = syn.channels
+            inside = (o >= lo) & (o < hi)
+            o = (o - lo).clamp(0, hi - lo - 1)
+        local = (idx[0], o, *idx[2:])
+        t = gather_fan_in(syn, pad_input(syn, v, pad), local)
+        if syn.conv is not None:
+            rows = w.flatten(1)[o]
+        else:  # a dense map: one weight row per neuron of the part, in its flat order
+            part = layer.part_shape(syn)
+            flat = torch.zeros_like(o)
+            for i, size in zip(local[1:], part):
+                flat = flat * size + i
+            rows = w[flat]
+        rows = torch.where(inside[:, None], rows, torch.zeros_like(rows))
+        times.append(t)
+        weights.append(rows)
+        which_input.append(torch.full_like(t, k, dtype=torch.long))
+    return torch.cat(times, 1), torch.cat(weights, 1), torch.cat(which_input, 1)
+
+
+def search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: float) -> Tensor:
+    """Exact first crossing for the flagged neurons `idx` (indices into (B, *shape)), in time relative to the
+    neurons' start; `t_in[k]` are input k's arrival times on that clock, in [0, in_window]."""
+    neuron_idx = idx[1:]
+    theta = layer.theta.expand(layer.shape)[neuron_idx]
+    slope = layer.slope.expand(layer.shape)[neuron_idx]
+    end = layer.in_window
+    fan = sum(syn.J[0].numel() for syn in layer.inputs)
+
+    def gather(lo: int, hi: int):
+        part = tuple(i[lo:hi] for i in idx)
+        times, weights, _ = fan_in(layer, t_in, part, end)  # a zero-padded tap is x = 0: it fires at t_min
+        return times, weights, theta[lo:hi], slope[lo:hi]
+
+    def solve(times, weights, theta_, slope_):
+        return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
+
+    return search_in_chunks(gather, len(idx[0]), fan, solve, t_in[0])
+
+
+def bias_current(layer: Layer) -> Tensor:
+    """The readout's bias current b_i / (t_min^(L) − start) (MATH §3): integrated over the input window it
+    gives b_i. Shape: like `layer.bias`."""
+    return layer.bias / layer.in_window
+
+
+def readout_potential(layer: Layer, srcs: list[Tensor]) -> Tensor:
+    """Membrane potential of the readout neurons at t_min^(L) (MATH §3): J = W and the `bias_current` over the
+    input window, so V_i(t_min^(L)) = b_i + Σ_j W_ij x_j. Shape: srcs[k] (B, *source k) -> (B, *shape)."""
+    elapsed_times, _ = arrivals(layer, srcs)
+    return layer.weighted_sum(elapsed_times) + layer.bias
