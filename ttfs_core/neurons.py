@@ -11,6 +11,7 @@ only where such input is parsed (`neuron_model`, `rescale_rule`; the saved-netwo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -118,19 +119,20 @@ NEURON_MODELS: dict[str, NeuronModel] = {m.name: m for m in (ALPHA, B1)}  # the 
 RESCALES: dict[str, Rescale] = {r.name: r for r in (SUM, POSITIVE)}  # the first is the default
 
 
+def _named(value: Any, kind: type, table: dict[str, Any], what: str) -> Any:
+    """`value` itself if it is a `kind` record, else the record `table` holds under that name. Raises ValueError."""
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) and value in table:
+        return table[value]
+    raise ValueError(f"unknown {what} {value!r}; supported: {', '.join(table)}")
+
+
 def neuron_model(value: NeuronModel | str) -> NeuronModel:
     """The neuron model named `value` (as a user typed it), or `value` itself. Raises ValueError."""
-    if isinstance(value, NeuronModel):
-        return value
-    if isinstance(value, str) and value in NEURON_MODELS:
-        return NEURON_MODELS[value]
-    raise ValueError(f"unknown neuron model {value!r}; supported: {', '.join(NEURON_MODELS)}")
+    return _named(value, NeuronModel, NEURON_MODELS, "neuron model")
 
 
 def rescale_rule(value: Rescale | str) -> Rescale:
     """The rescaling rule named `value` (as a user typed it), or `value` itself. Raises ValueError."""
-    if isinstance(value, Rescale):
-        return value
-    if isinstance(value, str) and value in RESCALES:
-        return RESCALES[value]
-    raise ValueError(f"unknown rescaling {value!r}; supported: {', '.join(RESCALES)}")
+    return _named(value, Rescale, RESCALES, "rescaling")
