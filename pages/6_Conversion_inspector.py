@@ -75,9 +75,10 @@ with right:
     hists = inspector.calibration_histograms(cur.net_key, cur.entry, snn)
     n = names.index(chosen)
     st.plotly_chart(inspector.activation_figure(hists[n], snn.layers[n]), key="inspector_hist")
-    st.caption(f"Activations of {labels[chosen]} on the {cache.CALIBRATION_IMAGES} calibration images (converted "
-               f"units; {100 * hists[n]['zero share']:.1f} % are 0 and not drawn). X_n = their largest, P_n the "
-               "largest drive before the window opens, B_n the window.")
+    calibration = cur.entry.calibration or f"the first {cache.CALIBRATION_IMAGES} training images of its dataset"
+    st.caption(f"Activations of {labels[chosen]} on the calibration images: {controls.plain(calibration)} "
+               f"(converted units; {100 * hists[n]['zero share']:.1f} % are 0 and not drawn). X_n = their largest, P_n "
+               "the largest drive before the window opens, B_n the window.")
 
 # --- 4. the early-spike certificate and the distance to an early spike --------------------------------------
 st.subheader("Early-spike certificate and distance to an early spike")
@@ -94,18 +95,19 @@ st.caption("**B_n − P_n (calibration)**: how far the largest drive before the 
 
 # --- 5. a model that cannot be converted -----------------------------------------------------------------------
 st.subheader("A model that cannot be converted")
-choices = ["(none)", *inspector.DEMOS]
+uploads_failed = state.get(state.FAILED_MODELS)  # the main page's uploads that loaded but could not be used
+choices = ["(none)", *inspector.DEMOS, *uploads_failed]
 if st.session_state.get("inspector_demo") not in choices:
-    st.session_state["inspector_demo"] = "(none)"
+    st.session_state["inspector_demo"] = next(iter(reversed(uploads_failed)), "(none)")
 demo = st.selectbox("Show a model that cannot be converted", choices, key="inspector_demo",
-                    help="Small untrained models with an op the exact mapping does not support.")
-upload = st.file_uploader("…or inspect a model file", type=None, key="inspector_upload",
-                          help="The same safe loader as the main page; inputs 1×28×28.")
-st.caption("An upload that failed on the main page is not kept (only its message, below): upload the file here to "
-           "see where in its graph the conversion fails.")
-failed = inspector.failing_graph(demo, upload)
-for message in state.get(state.FAILED_UPLOADS).values():
-    st.warning(f"An upload of this session failed: {message}")
+                    format_func=lambda k: f"your upload: {uploads_failed[k].title}" if k in uploads_failed else k,
+                    help="Small untrained models with an op the exact mapping does not support, and this session's "
+                         "uploads that could not be used.")
+st.caption("Upload your model on the main page (**Upload a model file and its data**): it serves every page, this one "
+           "included, and if it cannot be converted it is listed here with the node where conversion stops.")
+failed = inspector.failing_graph(demo, uploads_failed.get(demo))
+for message in dict.fromkeys(state.get(state.FAILED_UPLOADS).values()):
+    st.warning(f"An upload of this session failed: {controls.plain(message)}")
 if failed is not None:
     title, bad = failed
     if bad.error is None:

@@ -31,7 +31,7 @@ from .errors import InputError
 from .mapping import DEFAULT_MARGIN
 from .network import SpikingNetwork, usable_device
 from .neurons import ALPHA, NEURON_MODELS, RESCALES, SUM
-from .persist import load_network, save_network
+from .persist import Card, load_network, save_network
 from .sim.result import merge_counts
 from .verify import LayerCheck, Verifier, digest, percent
 from .verify_run import Ranks
@@ -45,9 +45,11 @@ dict (.safetensors/.pt/.pth) with --arch. Model files are assumed to take MNIST 
 shaped 1x28x28. A bundled name wins over a file of the same name (write ./fc for the file).
 DATA is mnist-test, mnist-train, fashion-test or fashion-train (bundled: each -test is the whole 10,000-image
 test set, each -train a 4,000-image calibration subset of the training set), a folder of images (class
-sub-folders give labels), an .npz file with x (uint8 images or float model inputs) and optionally y (labels),
-or torchvision:NAME:/root[:train] for a torchvision dataset already on disk. Folders and .npz files are streamed.
---data and --calib default to the model's own dataset (its card's), MNIST for model files.
+sub-folders give labels), a .zip of such a folder (read in place, never extracted), an .npz file with x (uint8
+images or float model inputs) and optionally y (labels) and classes (names), or torchvision:NAME:/root[:train]
+for a torchvision dataset already on disk. Folders, .zip and .npz files are streamed.
+--data and --calib default to the model's own dataset (its card's), MNIST for model files; a model file that
+does not take MNIST's 1x28x28 is calibrated on --data unless --calib says otherwise.
 
 examples:
   ttfs zoo
@@ -220,6 +222,17 @@ def load_data(spec: str, model: Model, limit: int | None, what: str) -> tuple[Te
     return x, y
 
 
+def _class_names(spec: str, model: Model) -> tuple[str, ...] | None:
+    """The class names a saved network's card records: the bundled dataset's, or those the calibration data give
+    (an .npz's classes, a .zip's folders); None when neither names them."""
+    if model.card is not None:
+        return data.dataset(model.card.dataset).classes
+    try:
+        return data.open_dataset(spec, model.preprocess).classes
+    except (ValueError, OSError):
+        return None
+
+
 def model_dtype(module: nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
@@ -227,10 +240,15 @@ def model_dtype(module: nn.Module) -> torch.dtype:
 def convert_model(model: Model, args: argparse.Namespace, out: TextIO) -> tuple[SpikingNetwork, nn.Module]:
     """Convert ``model`` with the options in ``args``; returns the network and the ANN it was converted from."""
     module = copy.deepcopy(model.module).double() if args.float64 else model.module
+    own = getattr(args, "data", None)
+    why = ""
+    if args.calib is None and model.card is None and model.preprocess.shape != data.MNIST_PREPROCESS.shape and own \
+            and own.strip() not in data.BUNDLED_SPECS:
+        args.calib, why = own, " (--data: the model does not take MNIST's 1×28×28; --calib chooses other data)"
     args.calib = args.calib or f"{model.dataset}-train"
     xc, _ = load_data(args.calib, model, args.calib_limit, "--calib")
     xc = xc.to(model_dtype(module))
-    kv("calibration", f"{args.calib}: {xc.shape[0]} images", out)
+    kv("calibration", f"{args.calib}: {xc.shape[0]} images{why}", out)
     snn = convert(module, xc, margin=args.margin, input_range=model.input_range, neuron=args.neuron,
                   rescale=args.rescale, device=getattr(args, "device_", None))
     return snn, module
@@ -320,8 +338,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print()
     kv("latency", f"{snn.decision_time:.6g} τ_c (the readout's t_min, after {len(snn.layers)} spiking layers); "
                   f"smallest window {snn.smallest_window:.3g} τ_c")
+    card = Card(model.preprocess, _class_names(args.calib, model), f"{args.calib}, first {args.calib_limit} images")
     try:
-        save_network(snn, out_path)
+        save_network(snn, out_path, card)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for I/O problems
         raise CliError(f"cannot write {args.output}: {e}") from None
     kv("saved", f"{args.output} ({out_path.stat().st_size / 1e6:.2f} MB)")
@@ -564,8 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "0 PASS (100 % agreement, no early spike), 1 FAIL, 2 usage or input error.")
     model_args(v)
     v.add_argument("--data", metavar="DATA",
-                   help="mnist-test, fashion-test (10,000 images each), mnist-train, fashion-train, a folder of images "
-                        "or torchvision:NAME:/root (default: the model's dataset's test set)")
+                   help="mnist-test, fashion-test (10,000 images each), mnist-train, fashion-train, a folder of "
+                        "images, a .zip of one, an .npz, or torchvision:NAME:/root (default: the model's dataset's "
+                        "test set)")
     v.add_argument("--limit", type=_positive_int, metavar="N", help="use the first N items of --data")
     v.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="images per batch (default: 256)")
     v.add_argument("--shard-size", type=_positive_int, default=1024, metavar="N",

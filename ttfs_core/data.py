@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import operator
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -21,7 +23,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .untrusted.images import decode_image
+from .untrusted.archive import ImageArchive
+from .untrusted.images import MAX_PIXELS, decode_image
 from .untrusted.npz import NpzFile
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -62,8 +65,8 @@ DEFAULT_DATASET = "mnist"
 BUNDLED_SPECS = tuple(f"{name}-{split}" for name in DATASETS for split in SPLITS)
 TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100")
 SUPPORTED_SPECS = (
-    ", ".join(map(repr, BUNDLED_SPECS)) + ", a folder of images (class sub-folders or flat), an .npz file with "
-    "x (and y), or "
+    ", ".join(map(repr, BUNDLED_SPECS)) + ", a folder of images (class sub-folders or flat), a .zip of such a "
+    "folder, an .npz file with x (and y), or "
     "'torchvision:NAME:/root[:train|:test]' with NAME in " + ", ".join(TORCHVISION_DATASETS)
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -75,8 +78,11 @@ class AssetError(RuntimeError):
     """A bundled asset is missing, does not match its recorded checksum, or cannot be read."""
 
 
-def dataset(name: str) -> Dataset:
-    """The bundled dataset ``name`` ('mnist' or 'fashion')."""
+def dataset(name: str | Dataset) -> Dataset:
+    """The bundled dataset ``name`` ('mnist' or 'fashion'); a `Dataset` is returned as it is (a user's data set,
+    such as the explorer's upload, which has no asset file: its name says where it came from)."""
+    if isinstance(name, Dataset):
+        return name
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; bundled: {', '.join(map(repr, DATASETS))}")
     return DATASETS[name]
@@ -146,13 +152,28 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            try:
+                v = operator.index(v)
+            except TypeError:
+                v = None
+            if v is None or isinstance(getattr(self, name), bool) or v < 1:
+                raise ValueError(f"{name} must be a whole number of pixels ≥ 1, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
+        if self.height * self.width > MAX_PIXELS:
+            raise ValueError(f"{self.height}×{self.width} is over {MAX_PIXELS:,} pixels")
         for name in ("mean", "std"):
             v = tuple(float(a) for a in getattr(self, name))
             if len(v) not in (1, self.channels):
-                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(v)}")
+                want = "1 value" if self.channels == 1 else f"1 or {self.channels} values"
+                raise ValueError(f"{name} needs {want} for {self.channels}-channel inputs, got {len(v)}")
+            if not all(math.isfinite(a) for a in v):
+                raise ValueError(f"{name} must be finite numbers, got {v} (NaN or infinity would make every input NaN)")
             object.__setattr__(self, name, v)
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise ValueError(f"std must be positive, got {self.std} (0 divides by zero: the inputs would be NaN or "
+                             "infinite)")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -224,6 +245,20 @@ class Preprocess:
             return torch.empty((0, *self.shape))
         return torch.stack([self.to_tensor(im, resize=True) for im in images])
 
+    def fit_uint8(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images at the model's size and channels, not yet scaled (`batch_from_uint8` of them gives what it
+        gives of the originals): grayscale / RGB conversion and resizing as `image` does them.
+        Shape: (N, H, W) or (N, H, W, C) uint8 in, (N, height, width, channels) uint8 out."""
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"expected uint8 images (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}")
+        c = 1 if images.ndim == 3 else images.shape[3]
+        if images.shape[1:3] == (self.height, self.width) and c == self.channels:
+            return np.array(images.reshape(len(images), self.height, self.width, c))  # a writable copy
+        out = np.empty((len(images), self.height, self.width, self.channels), dtype=np.uint8)
+        for k, im in enumerate(images):
+            out[k] = np.asarray(self.image(im, resize=True)).reshape(self.height, self.width, self.channels)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (see :meth:`from_dict`)."""
         d = asdict(self)
@@ -282,6 +317,7 @@ class Source:
 
     labelled: bool = True
     label_field: str = "labels"  # how a refused label's source is named (an .npz file: "PATH: y")
+    classes: tuple[str, ...] | None = None  # class names the data gives (an .npz's classes, a .zip's folders)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -297,6 +333,16 @@ class Source:
 
     def labels(self, lo: int, hi: int) -> np.ndarray | None:
         """The labels of items [lo, hi) without their images (None when unlabelled). Shape: (hi − lo,) integers."""
+        return None
+
+    def pixels(self, lo: int, hi: int) -> np.ndarray | None:
+        """Items [lo, hi) as uint8 images at the model's size and channels before scaling (`Preprocess.fit_uint8`),
+        or None for data that are model inputs already (an .npz of floats). Shape: (hi − lo, H, W, C)."""
+        return None
+
+    def stored_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the images as stored, where the source knows it without decoding them all (an .npz's x; a
+        .zip's first image), else None. C is 1 for grayscale, 3 for colour."""
         return None
 
     def check_labels(self, num_classes: int) -> None:
@@ -376,10 +422,73 @@ class NpzSource(Source):
     def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
         return self.file.batch(lo, hi, self.preprocess.batch_from_uint8)
 
+    def pixels(self, lo: int, hi: int) -> np.ndarray | None:
+        if self.file.kind == "inputs":
+            return None
+        fit = self.preprocess.fit_uint8
+        return self.file.batch(lo, hi, lambda a: torch.from_numpy(fit(a)))[0].numpy()
+
+    def stored_shape(self) -> tuple[int, int, int] | None:
+        shape = self.file.x.shape
+        if self.file.kind == "chw":
+            return shape[1], shape[2], shape[3]
+        if self.file.kind == "hwc":
+            return (shape[3] if len(shape) == 4 else 1), shape[1], shape[2]
+        return self.preprocess.shape
+
+
+class ZipSource(Source):
+    """A .zip of class folders of images (`ttfs_core.untrusted.archive.ImageArchive`), each image decoded when its
+    batch is asked for and preprocessed as an image file is. ``converted``: images decoded so far whose colour
+    (grayscale / RGB) differed from the model's and were converted."""
+
+    def __init__(self, path: str | Path, preprocess: Preprocess, **limits: int):
+        self.archive = ImageArchive(path, **limits)
+        self.path, self.preprocess, self.classes = self.archive.path, preprocess, self.archive.classes
+        self.labelled, self.label_field = self.archive.labelled, f"{path}: class folders"
+        self.converted = 0
+
+    def __len__(self) -> int:
+        return len(self.archive)
+
+    def name(self, i: int) -> str:
+        return self.archive.name(i)
+
+    def labels(self, lo: int, hi: int) -> np.ndarray | None:
+        return np.asarray(self.archive.labels[lo:hi], dtype=np.int64) if self.archive.labels is not None else None
+
+    def _image(self, i: int) -> Image.Image:
+        img = self.archive.image(i)
+        self.converted += (img.mode == "L") != (self.preprocess.channels == 1)
+        try:
+            return self.preprocess.image(img, resize=True)
+        except ValueError as e:
+            raise ValueError(f"{self.name(i)}: {e}") from None
+
+    def batch(self, lo: int, hi: int) -> tuple[Tensor, Tensor | None]:
+        hi = max(lo, min(hi, len(self)))
+        images = [self.preprocess.to_tensor(self._image(i)) for i in range(lo, hi)]
+        x = torch.stack(images) if images else torch.empty((0, *self.preprocess.shape))
+        y = self.labels(lo, hi)
+        return x, None if y is None else torch.from_numpy(y)
+
+    def pixels(self, lo: int, hi: int) -> np.ndarray:
+        hi = max(lo, min(hi, len(self)))
+        p = self.preprocess
+        out = np.empty((hi - lo, p.height, p.width, p.channels), dtype=np.uint8)
+        for k, i in enumerate(range(lo, hi)):
+            out[k] = np.asarray(self._image(i)).reshape(p.height, p.width, p.channels)
+        return out
+
+    def stored_shape(self) -> tuple[int, int, int]:
+        width, height, mode = self.archive.header(0)
+        return (1 if mode in ("1", "L", "I", "I;16", "F", "LA", "La") else 3), height, width
+
 
 class _Limited(Source):
     def __init__(self, source: Source, n: int):
         self.source, self.n, self.labelled, self.label_field = source, n, source.labelled, source.label_field
+        self.classes = source.classes
 
     def __len__(self) -> int:
         return self.n
@@ -393,6 +502,12 @@ class _Limited(Source):
     def labels(self, lo: int, hi: int) -> np.ndarray | None:
         return self.source.labels(min(lo, self.n), min(hi, self.n))
 
+    def pixels(self, lo: int, hi: int) -> np.ndarray | None:
+        return self.source.pixels(min(lo, self.n), min(hi, self.n))
+
+    def stored_shape(self) -> tuple[int, int, int] | None:
+        return self.source.stored_shape()
+
 
 def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: int | None = None, *,
                  num_classes: int | None = None) -> Source:
@@ -400,8 +515,9 @@ def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: in
 
     ``spec``: ``mnist-test`` / ``mnist-train`` / ``fashion-test`` / ``fashion-train`` (bundled: a whole test set,
     or a training subset for calibration); a folder of images (class sub-folders as in torchvision's ImageFolder,
-    integer folder names taken as the label, or a flat folder: no labels); an ``.npz`` file with an array ``x``
-    and optionally labels ``y`` (see `NpzSource`); or ``torchvision:NAME:/root`` (test split, add ``:train`` for
+    integer folder names taken as the label, or a flat folder: no labels); a ``.zip`` of such a folder
+    (`ZipSource`, read member by member, never extracted); an ``.npz`` file with an array ``x`` and optionally
+    labels ``y`` (see `NpzSource`); or ``torchvision:NAME:/root`` (test split, add ``:train`` for
     the training split) with NAME one of MNIST, FashionMNIST, CIFAR10, CIFAR100 already on disk (never
     downloaded). ``limit``: only the first ``limit`` items. ``num_classes``: the model's number of classes, when
     known: labels outside [0, num_classes) are refused now (`Source.check_labels`, which callers that learn it
@@ -424,8 +540,10 @@ def open_dataset(spec: str, preprocess: Preprocess = MNIST_PREPROCESS, limit: in
             source = _folder(path, preprocess)
         elif spec and path.is_file() and path.suffix.lower() == ".npz":
             source = NpzSource(path, preprocess)
+        elif spec and path.is_file() and path.suffix.lower() == ".zip":
+            source = ZipSource(path, preprocess)
         elif spec and path.exists():
-            raise ValueError(f"dataset {spec!r} is a file but not an .npz; supported: {SUPPORTED_SPECS}")
+            raise ValueError(f"dataset {spec!r} is a file but not an .npz or a .zip; supported: {SUPPORTED_SPECS}")
         else:
             raise ValueError(f"unknown dataset {spec!r} (no such folder or file); supported: {SUPPORTED_SPECS}")
     source = source if limit is None or limit >= len(source) else _Limited(source, limit)

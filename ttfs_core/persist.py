@@ -13,18 +13,27 @@ the checks in `untrusted.network_file` (the schema, the geometry, the timing aga
 `mapping.place_in_time`, the tensors) and the format's vocabulary and limits in `untrusted.network_schema`.
 Every problem raises one `NetworkFileError` whose one-line message names the field, e.g.
 ``net.safetensors: layers[3].inputs[1].conv.stride: expected two integers ≥ 1, got [0, 1]``.
+
+**The card.** A network may carry a `Card` beside its description (its own header entry, ``ttfs_card``, JSON): how
+its inputs are preprocessed (`ttfs_core.data.Preprocess`: size, channels, mean, std), its class names and what it
+was calibrated on, so that it reopens with them (`load_card`; the explorer fills its preprocessing form from it).
+Readers that do not know the card ignore it, and files written without one load with none (`load_card` returns
+None); the network's own description is unchanged by it. The card is checked field by field like the rest.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor
 
 from .capture import Op
+from .data import Preprocess
 from .network import SpikingNetwork
 from .records import Layer, Probe, Synapses
 from .sim.dynamics import Pool
@@ -39,7 +48,9 @@ from .untrusted.network_schema import (
     VERSION,
     Invalid,
     first_line,
+    show,
 )
+from .untrusted.npz import MAX_CLASS_NAME, MAX_CLASSES
 from .untrusted.tensors import ST_DTYPES, SafetensorsFile
 
 # the format's name, version, field names and dtypes, and the limits on what a file may describe, are in
@@ -106,8 +117,35 @@ def _layer_to_json(layer: Layer, prefix: str, tensors: dict[str, Tensor]) -> dic
     }
 
 
-def save_network(snn: SpikingNetwork, path: str | os.PathLike) -> None:
-    """Write `snn` to `path` (safetensors; the description is JSON in the header, no code, no pickle)."""
+@dataclass(frozen=True)
+class Card:
+    """What a saved network says about its inputs beyond the network itself (module docstring): ``preprocess``
+    (its shape is the network's input shape), ``classes`` (names of the readout's classes, in order; fewer than the
+    classes is fine) and ``data`` (what it was calibrated on, as its user named it). Each may be None."""
+
+    preprocess: Preprocess | None = None
+    classes: tuple[str, ...] | None = None
+    data: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CARD_VERSION,
+                           "preprocess": None if self.preprocess is None else self.preprocess.to_dict(),
+                           "classes": None if self.classes is None else list(self.classes), "data": self.data})
+
+
+CARD_KEY = "ttfs_card"  # the header entry that holds the card
+CARD_VERSION = 1
+CARD_KEYS = ("version", "preprocess", "classes", "data")
+PREPROCESS_KEYS = ("channels", "height", "width", "mean", "std", "input_range", "resize")
+MAX_CARD_CHARS = 1 << 20
+
+
+def save_network(snn: SpikingNetwork, path: str | os.PathLike, card: Card | None = None) -> None:
+    """Write `snn` to `path` (safetensors; the description is JSON in the header, no code, no pickle), with its
+    `card` if given (its preprocessing must take the network's input shape)."""
+    if card is not None and card.preprocess is not None and tuple(card.preprocess.shape) != tuple(snn.input_shape):
+        raise ValueError(f"the card's preprocessing gives inputs of shape {card.preprocess.shape}, but the network "
+                         f"takes {tuple(snn.input_shape)}")
     snn = snn.to("cpu")
     tensors: dict[str, Tensor] = {}
     desc = {
@@ -117,7 +155,10 @@ def save_network(snn: SpikingNetwork, path: str | os.PathLike) -> None:
         "input_shape": list(snn.input_shape), "input_range": list(snn.input_range), "neuron": snn.neuron.name,
         "margin": snn.margin, "rescale": snn.rescale.name, "alpha": snn.alpha, "dtype": str(snn.dtype).split(".")[-1],
     }
-    save_file(tensors, os.fspath(path), metadata={"ttfs": json.dumps(desc)})
+    metadata = {"ttfs": json.dumps(desc)}
+    if card is not None:
+        metadata[CARD_KEY] = card.to_json()
+    save_file(tensors, os.fspath(path), metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,3 +229,91 @@ def _load(path: str) -> SpikingNetwork:
     output = _build_layer(net["output"], tensors)
     return SpikingNetwork(layers, output, net["input_shape"], net["input_range"], net["neuron"], net["margin"],
                           net["rescale"], net["alpha"], DTYPES[net["dtype"]][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the card
+
+
+def load_card(path: str | os.PathLike) -> Card | None:
+    """The card of a network saved by `save_network` (None when it was saved without one, as every file written
+    before cards were). Reads and checks the header only, not the network (`load_network` checks that). Raises
+    NetworkFileError naming the field, e.g. ``net.safetensors: card.preprocess.std[0]: expected a finite number
+    > 0, got 0``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "not a regular file" if os.path.exists(path) else "no such file"
+        raise NetworkFileError(f"{path}: {what}")
+    try:
+        with SafetensorsFile(path, "file", set(ST_DTYPES)) as f:
+            meta = f.header.metadata
+    except Exception as exc:  # noqa: BLE001 - any failure on a hostile file (SafetensorsError, OSError)
+        raise NetworkFileError(f"{path}: not a safetensors file ({first_line(exc)})") from None
+    if "ttfs" not in meta:
+        raise NetworkFileError(f"{path}: a safetensors file, but not a converted network (no 'ttfs' header)")
+    if CARD_KEY not in meta:
+        return None
+    try:
+        desc = parse_description(meta["ttfs"])
+        shape = desc.get("input_shape") if isinstance(desc, dict) else None
+        return _check_card(meta[CARD_KEY], shape)
+    except Invalid as exc:
+        raise NetworkFileError(f"{path}: {exc.where}: {exc.problem}") from None
+
+
+def _check_card(text: Any, input_shape: Any) -> Card:
+    if not isinstance(text, str) or len(text) > MAX_CARD_CHARS:
+        raise Invalid("card", f"expected JSON of at most {MAX_CARD_CHARS:,} characters")
+    try:
+        card = json.loads(text, parse_constant=lambda c: math.nan)
+    except (ValueError, RecursionError):
+        raise Invalid("card", "not valid JSON") from None
+    if not isinstance(card, dict) or set(card) - set(CARD_KEYS) or card.get("version") != CARD_VERSION:
+        raise Invalid("card", f"expected an object with version {CARD_VERSION} and the keys {', '.join(CARD_KEYS)}, "
+                              f"got {show(card)}")
+    pre = None if card.get("preprocess") is None else _check_preprocess(card["preprocess"], input_shape)
+    classes = card.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or len(classes) > MAX_CLASSES:
+            raise Invalid("card.classes", f"expected a list of at most {MAX_CLASSES:,} names, got {show(classes)}")
+        for k, name in enumerate(classes):
+            if not isinstance(name, str) or not name.isprintable() or len(name) > MAX_CLASS_NAME:
+                raise Invalid(f"card.classes[{k}]", f"expected a printable name of at most {MAX_CLASS_NAME} "
+                                                    f"characters, got {show(name)}")
+        classes = tuple(classes)
+    data = card.get("data")
+    if data is not None and (not isinstance(data, str) or not data.isprintable() or len(data) > 1000):
+        raise Invalid("card.data", f"expected a printable string of at most 1000 characters, got {show(data)}")
+    return Card(pre, classes, data)
+
+
+def _check_preprocess(d: Any, input_shape: Any) -> Preprocess:
+    where = "card.preprocess"
+    if not isinstance(d, dict) or set(d) - set(PREPROCESS_KEYS) or not {"channels", "height", "width"} <= set(d):
+        raise Invalid(where, f"expected an object with channels, height, width (and mean, std), got {show(d)}")
+    for key in ("channels", "height", "width"):
+        if isinstance(d[key], bool) or not isinstance(d[key], int) or not 1 <= d[key] <= 1 << 16:
+            raise Invalid(f"{where}.{key}", f"expected an integer in [1, 65536], got {show(d[key])}")
+    for key in ("mean", "std"):
+        values = d.get(key, [0.0] if key == "mean" else [1.0])
+        if not isinstance(values, list) or len(values) not in (1, 3):
+            raise Invalid(f"{where}.{key}", f"expected a list of 1 or 3 numbers, got {show(values)}")
+        for k, v in enumerate(values):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (key == "std" and v <= 0):
+                raise Invalid(f"{where}.{key}[{k}]", f"expected a finite number{' > 0' if key == 'std' else ''}, "
+                                                     f"got {show(v)}")
+    text = d.get("input_range", Preprocess.input_range)
+    if not isinstance(text, str) or not text.isprintable() or len(text) > 200:
+        raise Invalid(f"{where}.input_range", f"expected a short printable string, got {show(text)}")
+    if not isinstance(d.get("resize", True), bool):
+        raise Invalid(f"{where}.resize", f"expected true or false, got {show(d.get('resize'))}")
+    try:
+        pre = Preprocess(d["channels"], d["height"], d["width"], tuple(d.get("mean", (0.0,))),
+                         tuple(d.get("std", (1.0,))), text, d.get("resize", True))
+    except ValueError as exc:
+        raise Invalid(where, first_line(exc)) from None
+    if isinstance(input_shape, list) and list(pre.shape) != input_shape:
+        raise Invalid(where, f"gives inputs of shape {'×'.join(map(str, pre.shape))}, but the network takes "
+                             f"{show(input_shape)}")
+    return pre

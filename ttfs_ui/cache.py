@@ -6,8 +6,11 @@ passed as `_name` arguments next to the key that identifies them.
 
 from __future__ import annotations
 
+import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -18,11 +21,27 @@ import ttfs_core
 from ttfs_core import data, verify, zoo
 from ttfs_core.compare import first_output
 from ttfs_core.neurons import NeuronModel, Rescale
+from ttfs_core.persist import Card
 
 from . import peers
-from .uploads import UploadedModel, check_bundled_input, read_model
+from .uploads import (
+    BUNDLED_SHAPE,
+    UploadedData,
+    UploadedModel,
+    UserData,
+    check_model,
+    combined_key,
+    describe_preprocess,
+    infer_shape,
+    needs_data,
+    peek_shape,
+    read_data,
+    read_model,
+)
 
-CALIBRATION_IMAGES = 512  # first images of the model's dataset's bundled train subset used to calibrate
+CALIBRATION_IMAGES = 512  # images that calibrate: the first of a bundled train subset, or spread over an upload
+_UPLOADED_DATA: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # data set name -> UserData of a live
+# cached entry (`bundled` serves callers that name an uploaded data set without its entry)
 EVAL_CHUNK = 100  # test images simulated per cached chunk (the progress bar advances per chunk)
 MAX_EARLY_ROWS = 500
 
@@ -37,16 +56,28 @@ class ModelEntry:
     card: zoo.ModelCard | None
     preprocess: data.Preprocess
     input_range: tuple[float, float] | None  # None: from the calibration data
+    user_data: UserData | None = None  # the data set uploaded with the model (calibration and test images)
+    calibration: str = ""  # which images calibrate, in words ("the first 512 of the 4,000 MNIST training images")
+    adapted: str | None = None  # for a model run on MNIST though it takes another shape: what was done to MNIST
+    shape_from: str = ""  # how the input shape was found (an upload: the exported program, the form...)
 
     @property
-    def dataset(self) -> str:
-        """The bundled dataset the model was trained on: its card's, MNIST for uploads (calibration uses it)."""
+    def dataset(self) -> str | data.Dataset:
+        """The data the model is calibrated and tested on: its card's bundled dataset, an upload's own data set (a
+        `ttfs_core.data.Dataset` record), or MNIST for an upload without one."""
+        if self.user_data is not None:
+            return self.user_data.dataset
         return self.card.dataset if self.card is not None else data.DEFAULT_DATASET
 
     @property
     def description(self) -> str:
         if self.card is None:
-            return "Uploaded model; inputs assumed to be MNIST pixels / 255 in [0, 1] (1×28×28)."
+            if not self.calibration:
+                return "Uploaded model; inputs assumed to be MNIST pixels / 255 in [0, 1] (1×28×28)."
+            inputs = f"Uploaded model. Input: {describe_preprocess(self.preprocess)} ({self.shape_from})"
+            data_ = f"; data: {self.user_data.summary}" if self.user_data is not None else ""
+            notes = "".join(f"; {n}" for n in self.user_data.notes) if self.user_data is not None else ""
+            return f"{inputs}{data_}. Calibrated on {self.calibration}{notes}."
         c = self.card
         return (f"{c.architecture}. {c.num_parameters:,} parameters; test accuracy {100 * c.test_accuracy:.2f} % on "
                 f"all 10,000 {data.dataset(c.dataset).title} test images. Input: {c.preprocess.input_range}.")
@@ -78,14 +109,85 @@ def zoo_model(name: str) -> ModelEntry:
 
 
 @st.cache_resource(show_spinner="Loading the uploaded model…", max_entries=8)
+def model_file(model_key: str, _upload: UploadedModel) -> nn.Module:
+    """The model of an uploaded file alone (the safe loader, in its sandbox), shared by every upload of the same
+    bytes and architecture whatever their data. Raises ModelLoadError (not cached)."""
+    return read_model(_upload.data, _upload.filename, _upload.arch)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def data_shape(data_key: str, _upload: UploadedData) -> tuple[int, int, int] | None:
+    """(C, H, W) of an uploaded data set's images as stored, if it tells (`uploads.peek_shape`)."""
+    return peek_shape(_upload)
+
+
+@st.cache_data(show_spinner="Finding the model's input shape…", max_entries=32)
+def input_shape(model_key: str, stored: tuple[int, int, int] | None,
+                _model: nn.Module) -> tuple[tuple[int, int, int], str]:
+    """The input shape to assume for an uploaded model and how it was found (`uploads.infer_shape`)."""
+    return infer_shape(_model, stored)
+
+
+def upload_preprocess(upload: UploadedModel, model: nn.Module) -> tuple[data.Preprocess, str]:
+    """The preprocessing of an upload (the form's or the card's if given, else pixels / 255 at the input shape
+    `input_shape` finds) and how its shape was found."""
+    if upload.preprocess is not None:
+        return upload.preprocess, (f"from {upload.card}'s card" if upload.card else "as set in the form")
+    stored = data_shape(upload.dataset.key, upload.dataset) if upload.dataset is not None else None
+    shape, how = input_shape(upload.model_key, stored, model)
+    pre = data.Preprocess(channels=shape[0], height=shape[1], width=shape[2])
+    return (data.MNIST_PREPROCESS if pre == data.MNIST_PREPROCESS else pre), how
+
+
+@st.cache_resource(show_spinner="Reading the uploaded model and data…", max_entries=8)
 def uploaded_model(key: str, _upload: UploadedModel) -> ModelEntry:
-    """Raises ModelLoadError (not cached) for anything the safe loader refuses or that takes other inputs.
+    """The entry of an uploaded model with its data (`uploads.UploadedModel`). Raises ModelLoadError (not cached)
+    for anything the safe loader refuses or that takes other inputs, `uploads.NeedsData` for a model whose inputs
+    the bundled data cannot give when no data set came with it, and ValueError for data or preprocessing that do
+    not fit it (each a one-line message).
 
     The entry is shared by every session that uploads the same bytes, so it carries no file name: each session
     titles it with its own upload's name (`titled`)."""
-    model = read_model(_upload.data, _upload.filename, _upload.arch)
-    check_bundled_input(model)
-    return ModelEntry(key, "uploaded model", model, None, data.MNIST_PREPROCESS, None)
+    model = model_file(_upload.model_key, _upload)
+    pre, how = upload_preprocess(_upload, model)
+    classes = check_model(model, pre.shape)
+    if _upload.dataset is not None:
+        data_key = combined_key(_upload.dataset.key, None, pre, _upload.classes, False)
+        try:
+            user = read_data(_upload.dataset, pre, classes, data_key, CALIBRATION_IMAGES)
+        except ValueError as e:
+            name = _upload.dataset.filename
+            raise ValueError(f"cannot use {name} as its data set: {str(e).removeprefix(name + ': ')}") from None
+        if _upload.classes and not user.dataset.classes:  # names from a saved network's card
+            user = replace(user, dataset=replace(user.dataset, classes=_upload.classes))
+        _UPLOADED_DATA[user.dataset.name] = user
+        n = len(user.calibration)
+        spread = "all" if n == len(user) else f"{n:,} evenly spread over the"
+        value_range = pre.value_range if user.pixels is not None else None  # model inputs: from the calibration
+        entry = ModelEntry(key, "uploaded model", model, None, pre, value_range, user,
+                           f"{spread} {len(user):,} images of {user.dataset.title}", None, how)
+    elif pre.shape == BUNDLED_SHAPE and not _upload.mnist and _upload.preprocess is None:
+        return ModelEntry(key, "uploaded model", model, None, data.MNIST_PREPROCESS, None)  # as always: MNIST
+    elif pre.shape == BUNDLED_SHAPE or _upload.mnist:
+        adapted = None if pre.shape == BUNDLED_SHAPE else (
+            f"MNIST digits resized to {pre.width}×{pre.height}"
+            + (" and replicated to 3 channels" if pre.channels == 3 else "") + " (not the model's own data)")
+        entry = ModelEntry(key, "uploaded model", model, None, pre, pre.value_range, None,
+                           f"the first {CALIBRATION_IMAGES} MNIST training images"
+                           + (f", {adapted.split(' (')[0].removeprefix('MNIST digits ')}" if adapted else ""),
+                           adapted, how)
+    else:
+        raise needs_data(pre.shape, _upload.filename, how)
+    x = images(entry, entry.dataset, "train", 0, CALIBRATION_IMAGES)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"the preprocessing makes inputs that are not finite (NaN or ∞): {describe_preprocess(pre)}; "
+                         "is a std tiny?")
+    return entry
+
+
+def uploaded_entry(upload: UploadedModel) -> ModelEntry:
+    """`uploaded_model` for a session's upload, titled with its file names (`titled`)."""
+    return titled(uploaded_model(upload.key, upload), upload)
 
 
 def titled(entry: ModelEntry, upload: UploadedModel) -> ModelEntry:
@@ -93,16 +195,91 @@ def titled(entry: ModelEntry, upload: UploadedModel) -> ModelEntry:
     return replace(entry, title=upload.title)
 
 
+def bundled(dataset: str | data.Dataset, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+    """A bundled dataset split as read-only uint8 images (N, 28, 28) and labels (N,) (checksum verified). An
+    uploaded data set (its `ttfs_core.data.Dataset` record, any split) gives its images as kept, (N, H, W, C) at the
+    model's size (None for an .npz of model inputs), and its labels (−1 for each when it has none); `labels`,
+    `size` and `images` with the model's entry are the way to read it."""
+    if isinstance(dataset, data.Dataset):
+        user = _UPLOADED_DATA.get(dataset.name)
+        if user is None:
+            raise ValueError(f"the data set {dataset.title} is no longer loaded: upload it again")
+        return user.pixels, user.labels if user.labels is not None else np.full(len(user), -1, dtype=np.int64)
+    return _bundled(dataset, split)
+
+
 @st.cache_resource(show_spinner=False)
-def bundled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A bundled dataset split as read-only uint8 images (N, 28, 28) and labels (N,) (checksum verified)."""
+def _bundled(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     return data.load_uint8(dataset, split)
 
 
-def images(entry: ModelEntry, dataset: str, split: str, start: int, stop: int) -> Tensor:
-    """Bundled images [start, stop) preprocessed for the model. Shape: (stop − start, C, H, W)."""
-    imgs, _ = bundled(dataset, split)
-    return entry.preprocess.batch_from_uint8(np.asarray(imgs[start:stop]))
+def _own(entry: ModelEntry, dataset: str | data.Dataset) -> UserData | None:
+    """The entry's uploaded data set when ``dataset`` names it (None: a bundled dataset)."""
+    user = entry.user_data
+    if user is not None and isinstance(dataset, data.Dataset) and dataset.name == user.dataset.name:
+        return user
+    if isinstance(dataset, data.Dataset):
+        raise ValueError(f"the data set {dataset.title} belongs to another model")
+    return None
+
+
+def dataset_key(dataset: str | data.Dataset) -> str:
+    """How a dataset is named in image keys and caches: a bundled one by its name, an upload by its key."""
+    return dataset.name if isinstance(dataset, data.Dataset) else dataset
+
+
+def size(entry: ModelEntry, dataset: str | data.Dataset, split: str = "test") -> int:
+    """Images of a dataset split (an uploaded data set: its images as kept, whatever the split)."""
+    user = _own(entry, dataset)
+    return len(user) if user is not None else len(bundled(dataset, split)[1])
+
+
+def images(entry: ModelEntry, dataset: str | data.Dataset, split: str, start: int, stop: int) -> Tensor:
+    """Images [start, stop) preprocessed for the model: of a bundled split, or of the entry's uploaded data set,
+    whose "train" split is its calibration images (evenly spread) and "test" split all its images. Stops at the
+    end of the data. Shape: (stop − start, C, H, W)."""
+    user = _own(entry, dataset)
+    if user is None:
+        imgs, _ = bundled(dataset, split)
+        return entry.preprocess.batch_from_uint8(np.asarray(imgs[start:stop]))
+    if split == "train":
+        return user.batch(entry.preprocess, user.calibration[start:stop])
+    return user.batch(entry.preprocess, slice(start, min(stop, len(user))))
+
+
+def labels(entry: ModelEntry, dataset: str | data.Dataset, start: int, stop: int) -> np.ndarray | None:
+    """Labels of the test images [start, stop) (None: an uploaded data set without labels). Shape: (n,) int64."""
+    user = _own(entry, dataset)
+    if user is None:
+        return np.asarray(bundled(dataset, "test")[1][start:stop]).astype(np.int64)
+    return None if user.labels is None else user.labels[start:stop]
+
+
+def picture(entry: ModelEntry, dataset: str | data.Dataset, i: int) -> np.ndarray:
+    """Test image i as shown: (H, W) grey or (H, W, 3) RGB uint8 (an upload's as the model sees it: resized)."""
+    user = _own(entry, dataset)
+    return bundled(dataset, "test")[0][i] if user is None else user.image(entry.preprocess, i)
+
+
+def classes(entry: ModelEntry) -> tuple[str, ...]:
+    """The class names of the model's own data: a bundled model's dataset's, an uploaded data set's (or its card's);
+    empty for an upload run on MNIST, whose classes MNIST's digits need not be."""
+    if entry.card is None and entry.user_data is None:
+        return ()
+    return data.dataset(entry.dataset).classes
+
+
+def network_file(entry: ModelEntry, snn: ttfs_core.SpikingNetwork) -> bytes:
+    """The converted network as a saved file (`ttfs_core.save`) with its card: the preprocessing, class names and
+    calibration data, so that it reopens with them. Written when asked for (the page's save button calls it on a
+    click, outside the page's run: nothing here touches Streamlit)."""
+    card = Card(entry.preprocess, classes(entry) or None,
+                entry.calibration or f"the first {CALIBRATION_IMAGES} {data.dataset(entry.dataset).title} training "
+                                     "images")
+    with tempfile.TemporaryDirectory(prefix="ttfs_save_") as tmp:
+        path = Path(tmp) / "network.safetensors"
+        ttfs_core.save(snn, path, card)
+        return path.read_bytes()
 
 
 @st.cache_resource(show_spinner="Converting the network to spikes…", max_entries=16)
@@ -171,10 +348,13 @@ def evaluate_chunk(net_key: NetKey, dataset: str, start: int, stop: int, _entry:
     """The verification report of the test images [start, stop) of ``dataset`` (`verify.Verifier.check`; merge
     chunks with `verify.Report.merge`), and their early spikes: image, layer, neuron (flat), index, how early
     (τ_c); at most MAX_EARLY_ROWS per layer."""
+    stop = min(stop, size(_entry, dataset))
+    if start >= stop:  # past the end of a small uploaded data set
+        return verify.Report.empty(_snn), []
     x = images(_entry, dataset, "test", start, stop)
-    labels = torch.from_numpy(np.asarray(bundled(dataset, "test")[1][start:stop]).astype(np.int64))
+    y = labels(_entry, dataset, start, stop)
     res = _snn.run(x)
-    report = verifier(net_key, _entry, _snn).check(x, labels, start, result=res)
+    report = verifier(net_key, _entry, _snn).check(x, None if y is None else torch.from_numpy(y), start, result=res)
     early = []
     for layer, lr in zip(_snn.layers, res.layers):
         if lr.early_spikes == 0:
@@ -220,18 +400,20 @@ def sweep_point(net_key: Settings, dataset: str, knob: str, value: float, n: int
     """
     from ttfs_core import robustness
 
+    n = min(n, size(_entry, dataset))
     x = images(_entry, dataset, "test", 0, n)
-    labels = torch.from_numpy(np.asarray(bundled(dataset, "test")[1][:n]).copy())
+    y = labels(_entry, dataset, 0, n)
+    labels_ = None if y is None else torch.from_numpy(y.copy())
     model = _entry.model
     if knob == "time_bits":
-        return robustness.time_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
+        return robustness.time_bits_sweep(_snn, x, labels_, bits=[int(value)], model=model)[0]
     if knob == "jitter":
-        return robustness.jitter_sweep(_snn, x, labels, sigmas=[float(value)], relative=relative, model=model)[0]
+        return robustness.jitter_sweep(_snn, x, labels_, sigmas=[float(value)], relative=relative, model=model)[0]
     if knob == "weight_bits":
-        return robustness.weight_bits_sweep(_snn, x, labels, bits=[int(value)], model=model)[0]
+        return robustness.weight_bits_sweep(_snn, x, labels_, bits=[int(value)], model=model)[0]
     if knob == "margin":
         calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
-        return robustness.margin_sweep(model, calibration, x, labels, margins=[float(value)],
+        return robustness.margin_sweep(model, calibration, x, labels_, margins=[float(value)],
                                        input_range=_entry.input_range, neuron=net_key.neuron,
                                        rescale=net_key.rescale)[0]
     raise ValueError(f"unknown knob {knob!r}; known: {', '.join(KNOBS)}")

@@ -29,7 +29,7 @@ from . import cache
 from .figures import layer_colour
 from .tables import interval
 from .timeline import layer_label
-from .uploads import BUNDLED_SHAPE, read_model, upload_key
+from .uploads import BUNDLED_SHAPE, UploadedModel, exported_shape, read_model
 
 FAILS = "✖ fails here"  # the status of the graph row at which conversion failed
 HIST_BINS = 60
@@ -287,9 +287,9 @@ def scale_figure(snn: ttfs_core.SpikingNetwork, *, height: int = 320) -> go.Figu
 @st.cache_data(show_spinner="Recording the calibration activations…", max_entries=16)
 def calibration_histograms(net_key: cache.Settings, _entry: cache.ModelEntry,
                            _snn: ttfs_core.SpikingNetwork) -> list[dict]:
-    """Per hidden layer, over the calibration images (the first `cache.CALIBRATION_IMAGES` of the model's train
-    subset, what `cache.network` calibrated on): the histogram of its non-zero activations (converted units),
-    the share of zeros and the largest activation (= X_n)."""
+    """Per hidden layer, over the calibration images (what `cache.network` calibrated on: the first
+    `cache.CALIBRATION_IMAGES` of the model's train subset, or those spread over its uploaded data set): the
+    histogram of its non-zero activations (converted units), the share of zeros and the largest activation (= X_n)."""
     x = cache.images(_entry, _entry.dataset, "train", 0, cache.CALIBRATION_IMAGES)
     tops = [max(float(layer.window), float(layer.max_activation), float(layer.peak_drive), 1e-12)
             for layer in _snn.layers]
@@ -425,9 +425,10 @@ def current_graph(net_key: cache.Settings, _entry: cache.ModelEntry, _snn: ttfs_
     return inspect_graph(_entry.model, _x[:1], _snn)
 
 
-def _example(model: nn.Module) -> Tensor:
+def _example(model: nn.Module, shape: tuple[int, ...] | None = None) -> Tensor:
+    """A zero input for the model: of ``shape`` (C, H, W), else the shape its export recorded, else MNIST's."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return torch.zeros(1, *BUNDLED_SHAPE, dtype=dtype)
+    return torch.zeros(1, *(shape or exported_shape(model) or BUNDLED_SHAPE), dtype=dtype)
 
 
 @st.cache_data(show_spinner=False, max_entries=len(DEMOS))
@@ -437,20 +438,29 @@ def demo_graph(title: str) -> Graph:
 
 
 @st.cache_data(show_spinner="Inspecting the model file…", max_entries=8)
-def upload_graph(key: str, filename: str, _data: bytes) -> Graph:
-    """The graph of a model file (the main page's safe loader), where its conversion fails if it does."""
+def upload_graph(key: str, filename: str, _data: bytes, shape: tuple[int, int, int] | None = None,
+                 arch: str | None = None) -> Graph:
+    """The graph of a model file (the main page's safe loader), where its conversion fails if it does, on inputs
+    of ``shape`` (C, H, W; default: the shape its export recorded, else MNIST's)."""
     try:
-        model = read_model(_data, filename, None)
+        model = read_model(_data, filename, arch)
     except (ModelLoadError, ValueError) as exc:
         return Graph([], f"the file cannot be loaded: {exc}", None, "loading")
-    return inspect_graph(model, _example(model))
+    example = _example(model, shape)
+    try:
+        return inspect_graph(model, example)
+    except Exception as exc:  # noqa: BLE001 - an input the model does not take: the message says so
+        return Graph([], f"the model does not run on a {'×'.join(map(str, example.shape[1:]))} input: "
+                         f"{' '.join(str(exc).split())[:300]}", None, "capture")
 
 
-def failing_graph(demo: str, upload) -> tuple[str, Graph] | None:
-    """(title, graph) for an uploaded file if one is given, else for the chosen demo; None for neither."""
+def failing_graph(demo: str, upload: UploadedModel | None) -> tuple[str, Graph] | None:
+    """(title, graph) for a session's upload that failed if one is given (the main page's upload: its file, with
+    the input shape its form gave), else for the chosen demo; None for neither."""
     if upload is not None:
-        data_ = upload.getvalue()
-        return f"uploaded {upload.name}", upload_graph(upload_key(data_), upload.name, data_)
+        shape = upload.preprocess.shape if upload.preprocess is not None else None
+        return f"uploaded {upload.filename}", upload_graph(upload.key, upload.filename, upload.data, shape,
+                                                           upload.arch)
     if demo in DEMOS:
         return demo, demo_graph(demo)
     return None

@@ -19,7 +19,7 @@ from ttfs_core.neurons import ALPHA, NEURON_MODELS, RESCALES, SUM
 PREFIX = "ttfs_"
 MODEL = "ttfs_model"  # "zoo:<name>" or "upload:<full sha256>" (uploads.upload_key; never in a link)
 IMAGE = "ttfs_image"  # "test" (a bundled test image) or "upload:<full sha256>" (never in a link)
-DATASET = "ttfs_dataset"  # bundled dataset the test images come from: "" (the model's own), "mnist" or "fashion"
+DATASET = "ttfs_dataset"  # test images: "" (the model's own: bundled, or its uploaded data), "mnist" or "fashion"
 TEST_INDEX = "ttfs_test_index"  # which bundled test image
 EVAL_IMAGES = "ttfs_eval_images"  # test images the ANN-vs-SNN page evaluates
 MARGIN = "ttfs_margin"  # ζ of B_n = (1 + ζ) X_n
@@ -38,10 +38,12 @@ TRACE_DT = "ttfs_trace_dt"  # longest tick of the stepped trace (τ_c)
 SCATTER_LAYER = "ttfs_scatter_layer"
 ROBUST_IMAGES = "ttfs_robust_images"  # test images per robustness sweep point
 ROBUST_RELATIVE = "ttfs_robust_relative"  # jitter σ relative to each window
-UPLOADED_MODELS = "ttfs_uploaded_models"  # key -> UploadedModel (bytes, name, arch)
+UPLOADED_MODELS = "ttfs_uploaded_models"  # key -> UploadedModel (bytes, name, arch, its data set and preprocessing)
 UPLOADED_IMAGES = "ttfs_uploaded_images"  # key -> UploadedImage (bytes, name)
 NOTICE = "ttfs_notice"  # (level, message) shown once on the next run (a fallback after a failure)
 FAILED_UPLOADS = "ttfs_failed_uploads"  # upload key -> message of uploads that could not be used (not retried)
+FAILED_MODELS = "ttfs_failed_models"  # upload key -> UploadedModel that failed (the inspector shows where), bounded
+UPLOAD_SETTINGS = "ttfs_upload_settings"  # model file key -> {"preprocess", "mnist", "card", "classes"} chosen for it
 
 DEFAULT_MODEL = f"zoo:{zoo.DEFAULT_MODEL}"
 MARGIN_RANGE = (-0.9, 2.0)  # the ζ slider's range
@@ -86,7 +88,7 @@ def init(defaults: dict[str, Any] | None = None, params: dict[str, Param] | None
     for key, value in {**DEFAULTS, **(defaults or {})}.items():
         if key not in st.session_state:
             st.session_state[key] = value
-    for key in (UPLOADED_MODELS, UPLOADED_IMAGES, FAILED_UPLOADS):
+    for key in (UPLOADED_MODELS, UPLOADED_IMAGES, FAILED_UPLOADS, FAILED_MODELS, UPLOAD_SETTINGS):
         if key not in st.session_state:
             st.session_state[key] = {}
     read_url(params)
