@@ -3,55 +3,130 @@
 The cursor runs in the browser (`ttfs_ui.live`): stepping, Play and hovering never rerun this script; it reruns
 when the model, the input, a setting, the axis or the mapped layer changes, when a neuron is clicked, and once
 when the cursor comes to rest (so that the page's link carries it).
+
+A network too large for one dot per spike (layers over `timeline.DENSITY_NEURONS` neurons, e.g. ResNet-50 at
+224×224) draws those layers as heat strips (spikes per channel and time bin). Their maps show the k most active
+channels or one channel: a click on a strip maps that channel, a click on a map cell opens the neuron's trace.
 """
 
+import numpy as np
 import streamlit as st
 
 from ttfs_ui import controls, live, messages, state, timeline
 
+MAP_VIEW = "ttfs_map_view"  # a large layer's maps: "top" (its k most active channels) or "channel" (one)
+MAP_K = "ttfs_map_k"
+MAP_CHANNEL = "ttfs_map_channel"  # the channel of the "channel" view (None: the most active)
+MAP_VIEWS = {"top": "the most active channels", "channel": "one channel"}
+MAP_KS = (4, 9, 16)
+MAP_DEFAULTS = {MAP_VIEW: "top", MAP_K: 16, MAP_CHANNEL: None}
+MAP_PARAMS = {"maps": state.Param(MAP_VIEW, state.one_of(*MAP_VIEWS)),
+              "map_k": state.Param(MAP_K, state.one_of(*MAP_KS)),
+              "channel": state.Param(MAP_CHANNEL, state.integer(0, 10**6))}
+
+state.init(MAP_DEFAULTS, MAP_PARAMS)  # before the page's own start: a link may carry the mapped channel
 cur = controls.page_start("Spike raster", "raster")
 
 tl = cur.timeline
-spikes = timeline.spikes_of(cur.snn, cur.result)
+snn = cur.snn
+layers = list(snn.layers)
+names = [la.name for la in layers]
+sizes = [int(np.prod(snn.input_shape))] + [la.neurons for la in layers]
+dense = timeline.density_layers(sizes)
+strips = {la.name: timeline.channels_of(la.shape)[0] for n, la in enumerate(layers, start=1) if n in dense}
 # what the browser sent since the last run (read before drawing, so the cursor drawn is the one it has): the cursor
-# after it rested (for the link and the membrane page), or a clicked neuron, whose trace opens
+# after it rested (for the link and the membrane page), a clicked neuron, whose trace opens, or a channel picked on
+# a heat strip, which the maps then show
 raw = st.session_state.get("timeline")
 try:
-    event = None if raw is None else messages.timeline_event(raw, tl.steps, {s.name: s.neurons for s in spikes[1:]})
+    event = None if raw is None else messages.timeline_event(raw, tl.steps, {la.name: la.neurons for la in layers},
+                                                             strips)
 except messages.BadMessage as e:  # from a scripted browser: used for nothing
     event = None
     st.warning(f"A message from the timeline was ignored: {e}.")
 if event is not None and event.seq != st.session_state.get("_seen_timeline_click"):
     st.session_state["_seen_timeline_click"] = event.seq
     state.put(state.CURSOR, event.cursor)
-    if event.layer is not None:
+    if event.channel is not None:
+        state.put(state.LAYER, event.layer)
+        state.put(MAP_VIEW, "channel")
+        state.put(MAP_CHANNEL, event.channel)
+    elif event.layer is not None:
         controls.open_trace(event.layer, event.neuron)
 axis_options = {"auto": f"automatic ({tl.default_mode()} for this network)",
                 timeline.STRETCHED: "each window stretched to equal width",
                 timeline.ABSOLUTE: "absolute time (τ_c)"}
-names = [s.name for s in spikes[1:]]
-labels = {s.name: f"{s.label} ({'×'.join(map(str, s.shape))})" for s in spikes[1:]}
+labels = {la.name: f"{timeline.layer_label(la)} ({'×'.join(map(str, la.shape))})" for la in layers}
 if state.get(state.LAYER) not in names:
     state.stale(state.LAYER, state.get(state.LAYER), names[0])
     state.put(state.LAYER, names[0])
-axis, layer = st.columns([3, 2])
+axis, layer_col = st.columns([3, 2])
 axis.radio("Time axis", list(axis_options), format_func=axis_options.get, horizontal=True, **state.bind(state.AXIS))
-layer.selectbox("Feature maps of layer", names, format_func=labels.get, **state.bind(state.LAYER))
+layer_col.selectbox("Feature maps of layer", names, format_func=labels.get, **state.bind(state.LAYER))
 mode = tl.default_mode() if state.get(state.AXIS) == "auto" else state.get(state.AXIS)
 n = names.index(state.get(state.LAYER)) + 1
+layer = layers[n - 1]
 cursor = state.get(state.CURSOR)
 if cursor is not None and not 0 <= cursor <= tl.steps:
     state.stale(state.CURSOR, cursor, tl.steps)
 cursor = tl.steps if cursor is None or not 0 <= cursor <= tl.steps else int(cursor)
 
-# one spec per (network, input, axis, layer) and session: reruns that change none of them (a click) reuse it
-memo_key = (cur.net_key, cur.image_key, mode, n)
+# a layer too large to map whole: its k most active channels, or one channel
+big = layer.neurons > timeline.DENSITY_NEURONS and timeline.has_maps(layer.shape)
+view = None
+if big:
+    count, per = timeline.channels_of(layer.shape)
+    st.caption(f"**{labels[layer.name]}** has {layer.neurons:,} neurons in {count:,} channels of "
+               f"{'×'.join(map(str, layer.shape[1:]))}: too many to send one by one. Its maps show the channels "
+               "below; click a cell of a layer's heat strip on the raster to map that channel, then a cell of the "
+               "map to open that neuron's membrane trace.")
+    pick, detail = st.columns([2, 3])
+    pick.radio("Maps of", list(MAP_VIEWS), format_func=MAP_VIEWS.get, horizontal=True, **state.bind(MAP_VIEW))
+    if state.get(MAP_VIEW) == "top":
+        if state.get(MAP_K) not in MAP_KS:
+            state.put(MAP_K, MAP_DEFAULTS[MAP_K])
+        detail.select_slider("How many (most summed activation first)", options=MAP_KS, **state.bind(MAP_K))
+        view = ("top", timeline.map_k(layer.shape, state.get(MAP_K)))
+        if view[1] < min(int(state.get(MAP_K)), count):
+            detail.caption(f"{view[1]} maps of {per:,} neurons: at most {timeline.MAX_MAP_NEURONS:,} neurons are sent.")
+    else:
+        chosen = state.get(MAP_CHANNEL)
+        if chosen is None or not 0 <= int(chosen) < count:
+            if chosen is not None and MAP_CHANNEL in st.session_state.get(state.FROM_LINK, set()):
+                st.warning(f"This link's channel={chosen!r} does not exist in this layer; showing its most active "
+                           "channel instead.")
+            lsp = timeline.layer_spikes(snn, cur.result, layer.name)
+            state.put(MAP_CHANNEL, timeline.top_channels(lsp, 1)[0])
+        detail.number_input(f"Channel (0–{count - 1})", min_value=0, max_value=count - 1, step=1,
+                            **state.bind(MAP_CHANNEL))
+        view = ("channel", int(state.get(MAP_CHANNEL)))
+
+# one spec per (network, input, axis, layer, channels) and session: reruns that change none of them (a click) reuse
+# it; what the raster costs (counts per step, heat strips) is kept per (network, input, axis) while maps change
+memo_key = (cur.net_key, cur.image_key, mode, n, view)
 memo = st.session_state.get("_ttfs_live_spec")
 if memo is None or memo[0] != memo_key:
-    memo = (memo_key, live.spec(spikes, tl, mode, n, cursor))
+    prep_key = (cur.net_key, cur.image_key, mode)
+    prep = st.session_state.get("_ttfs_live_prepared")
+    if prep is None or prep[0] != prep_key:
+        spikes = timeline.spikes_of(snn, cur.result)
+        prep = (prep_key, live.prepare(spikes, tl, mode))
+        st.session_state["_ttfs_live_prepared"] = prep
+    else:  # the heat strips are kept: only the maps' layers and the dots need spikes
+        spikes = timeline.spikes_of(snn, cur.result, only={0, n} | (set(range(len(sizes))) - set(prep[1].densities)))
+    channels = None
+    if view is not None:
+        channels = timeline.top_channels(spikes[n], view[1]) if view[0] == "top" else [view[1]]
+    pre = getattr(cur.entry, "preprocess", None)
+    known = pre is not None and getattr(pre, "channels", 0) == 3
+    colours = timeline.input_colours(spikes[0], snn.input_range, pre.mean if known else None,
+                                     pre.std if known else None)
+    memo = (memo_key, live.spec(spikes, tl, mode, n, cursor, channels=channels, colours=colours, prepared=prep[1]))
     st.session_state["_ttfs_live_spec"] = memo
 live.timeline({**memo[1], "cursor": cursor}, key="timeline")
 st.caption("Step, drag or **Play** the cursor above the raster: everything is drawn in your browser. Hover a dot or "
-           "a map cell to find the neuron in both views; click it to open its membrane trace.")
+           "a map cell to find the neuron in both views; click it to open its membrane trace."
+           + (" Layers of many neurons are heat strips (spikes per channel and time bin, log colour): hover a cell "
+              "for its count, click it to map that channel." if dense else ""))
 controls.explain("feature_maps")
-controls.page_end()
+state.write_url(MAP_PARAMS, MAP_DEFAULTS)  # the page's end (controls.page_end), with the mapped channel

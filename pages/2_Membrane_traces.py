@@ -6,16 +6,20 @@ from ttfs_ui import cache, controls, figures, state, tables, timeline
 
 cur = controls.page_start("Membrane traces", "membrane")
 
-layers = timeline.spikes_of(cur.snn, cur.result)[1:] + [timeline.readout_of(cur.snn, cur.result)]
-names = [s.name for s in layers]
-labels = {s.name: f"{s.label} ({'×'.join(map(str, s.shape))})" for s in layers}
+# names and shapes from the network; spikes only of the layer shown (a 10^7-neuron network converts one layer)
+shapes = {la.name: (timeline.layer_label(la), tuple(la.shape)) for la in cur.snn.layers}
+shapes[cur.snn.output.name] = (f"readout {cur.snn.output.name}", tuple(cur.snn.output.shape))
+names = list(shapes)
+labels = {name: f"{label} ({'×'.join(map(str, shape))})" for name, (label, shape) in shapes.items()}
 if state.get(state.TRACE_LAYER) not in names:
     state.stale(state.TRACE_LAYER, state.get(state.TRACE_LAYER), names[0])
     state.put(state.TRACE_LAYER, names[0])
 choose, clock = st.columns([3, 2], gap="large")
 with choose:
     st.selectbox("Layer", names, format_func=labels.get, **state.bind(state.TRACE_LAYER))
-    layer = layers[names.index(state.get(state.TRACE_LAYER))]
+    name = state.get(state.TRACE_LAYER)
+    layer = timeline.readout_of(cur.snn, cur.result) if name == cur.snn.output.name else \
+        timeline.layer_spikes(cur.snn, cur.result, name)
     st.radio("Choose neurons", state.TRACE_PICKS, horizontal=True,
              **state.bind(state.TRACE_PICK))
 with clock:

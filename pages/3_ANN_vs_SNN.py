@@ -1,20 +1,43 @@
 """ANN vs SNN: the original ReLU network is the oracle for every spiking layer, on one input and on the test split."""
 
+import numpy as np
 import streamlit as st
 
 from ttfs_core import data
-from ttfs_ui import cache, controls, figures, messages, state, tables
+from ttfs_ui import cache, controls, figures, messages, state, tables, timeline
 
 cur = controls.page_start("ANN vs SNN", "ann_vs_snn")
 
 st.header("This input, layer by layer")
 comparisons = cache.comparison(cur.net_key, cur.image_key, cur.entry.model, cur.snn, cur.x)
-names, ann, snn, errors = tables.comparison_data(cur.snn, comparisons)
-st.plotly_chart(figures.ann_vs_snn(names, ann, snn), key="scatter")
+# a large network (a layer over SCATTER_POINTS neurons): chosen layers, each a stratified sample of its neurons, the
+# histogram binned here; every error, the table and the certificate are still computed on all neurons
+large = any(la.neurons > timeline.SCATTER_POINTS for la in cur.snn.layers)
+if not large:
+    names, ann, snn, errors = tables.comparison_data(cur.snn, comparisons)
+    st.plotly_chart(figures.ann_vs_snn(names, ann, snn), key="scatter")
+else:
+    every = [timeline.layer_label(la) for la in cur.snn.layers]
+    shown = tables.default_layers([float(c.max_abs_error) for c in comparisons])
+    if len(every) > len(shown):
+        chosen = st.multiselect("Layers plotted", every, default=[every[i] for i in shown], key="compare_layers",
+                                help="Each layer's scatter is a sample of its neurons; the errors below are "
+                                     "computed on all of them.")
+        shown = [every.index(label) for label in chosen] or shown
+    names, ann, snn, errors = tables.comparison_data(cur.snn, comparisons, shown)
+    offsets = [cur.result.layers[i].offsets[0].numpy().ravel() for i in shown]
+    samples = [timeline.sample_neurons(a, s, early=off < 0, silent=~np.isfinite(off))  # dynamics.early_mask
+               for a, s, off in zip(ann, snn, offsets)]
+    st.plotly_chart(figures.ann_vs_snn(names, ann, snn, samples=samples), key="scatter")
+    st.caption(" · ".join(f"{name}: {smp.describe()}" for name, smp in zip(names, samples)) + "; errors computed "
+               f"on all. A layer's sample (at most {timeline.SCATTER_POINTS:,} neurons) keeps its largest errors, "
+               "its extreme ANN and SNN values, its early spikes (up to a quarter of the sample) and silent neurons "
+               "(up to an eighth), then takes equal random shares of the neurons whose ANN value is 0 and of each "
+               "eighth of the positive ones. Choose the layers plotted above.")
 left, right = st.columns(2, gap="large")
 with left:
     st.markdown("**Errors SNN − ANN, all neurons** (log scale)")
-    st.plotly_chart(figures.error_histogram(names, errors), key="errors")
+    st.plotly_chart(figures.error_histogram(names, errors, binned=large), key="errors")
 with right:
     st.markdown("**Largest error per layer**")
     st.dataframe(tables.error_rows(cur.snn, comparisons), hide_index=True, width="stretch",

@@ -516,3 +516,59 @@ def test_a_hostile_upload_leaves_the_server_serving(server, browser, tmp_path):
     finally:
         page.screenshot(path=str(SHOTS / "last_hostile.png"), full_page=True)
         context.close()
+
+
+def test_own_rgb_network_and_data_serve_every_page(server, browser, tmp_path):
+    """A researcher's own network on their own data: a batch-1 RGB 32×32 residual `.pt2` and an `.npz` of RGB
+    images with class names, uploaded once on the main page. In the same session the raster, the membrane traces,
+    ANN vs SNN and the inspector then run on them without an exception, and the raster draws."""
+    from tests.test_own_data import residual_pt2, rgb_npz
+
+    model = residual_pt2(batch=1)
+    images = rgb_npz(tmp_path / "cifar.npz", n=64).read_bytes()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = _context(browser, 2400)
+    page = context.new_page()
+    js_errors: list[str] = []
+    _watch(page, js_errors)
+
+    def uploader(label: str):
+        box = page.locator('[data-testid="stFileUploader"]').filter(has_text=label).first
+        return box.locator('[data-testid="stFileUploaderDropzoneInput"]')
+
+    try:
+        page.goto(f"{server}/", wait_until="domcontentloaded")
+        _settle(page)
+        page.get_by_text("Upload a model file and its data").click()
+        uploader("Model file").set_input_files(
+            files=[{"name": "res.pt2", "mimeType": "application/octet-stream", "buffer": model}])
+        _settle(page, expect="Its data set")  # the model loaded: its data set is asked for
+        uploader("Its data set").set_input_files(
+            files=[{"name": "cifar.npz", "mimeType": "application/octet-stream", "buffer": images}])
+        _settle(page, expect="Calibrated on all 64 images of cifar.npz")
+        page.wait_for_selector(".js-plotly-plot")
+        _settle(page)
+        _no_errors(page, "main page with the uploaded RGB model and data")
+        body = page.locator("body").inner_text()
+        assert "cifar.npz image #0" in body and "airplane" in body, body[:2000]
+        page.screenshot(path=str(SHOTS / "own_data_app.png"), full_page=True)
+
+        nav = page.locator('[data-testid="stSidebar"] [data-testid="stPageLink-NavLink"]')
+        for title, url in [("Spike raster", "Spike_raster"), ("Membrane traces", "Membrane_traces"),
+                           ("ANN vs SNN", "ANN_vs_SNN"), ("Conversion inspector", "Conversion_inspector")]:
+            nav.filter(has_text=title).click()
+            page.wait_for_url(f"**/{url}**")
+            _settle(page, expect="res.pt2")  # the uploaded model is the one in use (no fall-back to the default)
+            if url == "Spike_raster":
+                frame = _frame(page)  # the live timeline painted the uploaded network's raster
+                shown = _shown(frame)
+                assert shown["input"] > 0 and "Fired by the cursor" in shown["counts"], shown
+            else:
+                page.wait_for_selector(".js-plotly-plot")
+            _settle(page)
+            _no_errors(page, f"{title} on the uploaded RGB model")
+            page.screenshot(path=str(SHOTS / f"own_data_{url.lower()}.png"), full_page=True)
+        assert not js_errors, f"JavaScript or console errors: {js_errors}"
+    finally:
+        page.screenshot(path=str(SHOTS / "last_own_data.png"), full_page=True)
+        context.close()

@@ -23,12 +23,22 @@ from ttfs_core.untrusted import ModelLoadError
 
 from . import cache, messages, state, text
 from .timeline import Timeline, most_active, timeline_of
-from .uploads import UploadedImage, UploadedModel, light_background, read_image, upload_key
+from .uploads import (
+    UploadedData,
+    UploadedImage,
+    UploadedModel,
+    combined_key,
+    light_background,
+    read_card,
+    read_image,
+    upload_key,
+)
 
 TEST_IMAGES = state.TEST_IMAGES
 EVAL_OPTIONS = (1000, 10_000)  # test images the ANN-vs-SNN page can evaluate
 MAX_SESSION_MODELS = 3  # uploaded model files a session keeps (each up to server.maxUploadSize)
 MAX_SESSION_IMAGES = 10  # uploaded images a session keeps
+MAX_FAILED_MODELS = 2  # uploads that failed kept for the conversion inspector (it shows where they fail)
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,9 @@ class Current:
         return class_label(self.dataset, label)
 
 
-def class_label(dataset: str, label: int) -> str:
-    """Class ``label`` of a bundled dataset as shown: the digit for MNIST, "9 · Ankle boot" for Fashion-MNIST."""
+def class_label(dataset: str | data.Dataset, label: int) -> str:
+    """Class ``label`` as shown: the digit for MNIST, "9 · Ankle boot" for Fashion-MNIST, "3 · cat" for an uploaded
+    data set that names its classes, its number where none is named."""
     name = data.dataset(dataset).class_name(label)
     return name if name == str(int(label)) else f"{int(label)} · {name}"
 
@@ -102,15 +113,37 @@ def image_select(where=st) -> None:
     if state.get(state.IMAGE) == "test":
         if state.get(state.DATASET) not in ("", *data.DATASETS):
             state.put(state.DATASET, "")
-        # the model is resolved after the sidebar is drawn: a bundled one's dataset is known by name
-        own = zoo.DATASET.get(str(state.get(state.MODEL)).removeprefix("zoo:"), data.DEFAULT_DATASET)
-        names = {"": f"the model's own ({data.dataset(own).title})", **{k: d.title for k, d in data.DATASETS.items()}}
+        # the model is resolved after the sidebar is drawn: a bundled one's dataset is known by name, an upload's
+        # data from its cached entry
+        own, count = own_data(str(state.get(state.MODEL)))
+        names = {"": f"the model's own ({own})", **{k: d.title for k, d in data.DATASETS.items()}}
         where.selectbox("Test images", list(names), format_func=names.get, **state.bind(state.DATASET),
-                        help="The bundled test set the images come from: by default the one the model was trained "
-                             "on (MNIST for uploaded models). Conversion always calibrates on the model's own.")
-        where.number_input("Test image #", min_value=0, max_value=TEST_IMAGES - 1, step=1,
+                        help="Where the images come from: by default the model's own data (its bundled test set, or "
+                             "the data set uploaded with it; MNIST for an upload without one). Conversion always "
+                             "calibrates on the model's own.")
+        count = count if state.get(state.DATASET) == "" else TEST_IMAGES
+        state.put(state.TEST_INDEX, int(np.clip(state.get(state.TEST_INDEX), 0, count - 1)))
+        where.number_input("Test image #", min_value=0, max_value=count - 1, step=1,
                            **state.bind(state.TEST_INDEX),
-                           help=f"Index into the whole {TEST_IMAGES:,}-image test set, in its original order.")
+                           help=f"Index into the whole {count:,}-image set, in its original order.")
+
+
+def own_data(model_key: str) -> tuple[str, int]:
+    """The title and size of a model's own test images: a bundled model's test set, an upload's data set (MNIST
+    for an upload without one, said so when it was adapted to the model's shape)."""
+    if model_key.startswith("zoo:"):
+        return data.dataset(zoo.DATASET.get(model_key.removeprefix("zoo:"), data.DEFAULT_DATASET)).title, TEST_IMAGES
+    upload = state.get(state.UPLOADED_MODELS).get(model_key)
+    mnist = data.dataset(data.DEFAULT_DATASET).title
+    try:
+        entry = cache.uploaded_entry(upload) if upload is not None else None
+    except Exception:  # noqa: BLE001 - a broken upload: `current` falls back and says why
+        entry = None
+    if entry is None:
+        return mnist, TEST_IMAGES
+    if entry.user_data is not None:
+        return entry.user_data.dataset.title, len(entry.user_data)
+    return (f"{mnist}, {entry.adapted.removeprefix('MNIST digits ')}" if entry.adapted else mnist), TEST_IMAGES
 
 
 SETTINGS = (state.MARGIN, state.NEURON, state.RESCALE)
@@ -290,11 +323,13 @@ def _image(entry: cache.ModelEntry, dataset: str) -> tuple[Tensor, int | None, s
         except ValueError as e:
             show_error(f"Cannot use the uploaded image: {e} — showing a test image instead.")
             state.put(state.IMAGE, "test")
-    i = int(np.clip(state.get(state.TEST_INDEX), 0, TEST_IMAGES - 1))
+    i = int(np.clip(state.get(state.TEST_INDEX), 0, cache.size(entry, dataset) - 1))
     x = cache.images(entry, dataset, "test", i, i + 1)
-    _, labels = cache.bundled(dataset, "test")
-    title = data.dataset(dataset).title
-    return x, int(labels[i]), f"{dataset}:{i}", f"{title} test image #{i} (label {class_label(dataset, labels[i])})"
+    y = cache.labels(entry, dataset, i, i + 1)
+    label = None if y is None else int(y[0])
+    title = f"{data.dataset(dataset).title} {'test image' if isinstance(dataset, str) else 'image'} #{i}"
+    return (x, label, f"{cache.dataset_key(dataset)}:{i}",
+            title if label is None else f"{title} (label {class_label(dataset, label)})")
 
 
 def caption(cur: Current) -> None:
@@ -407,24 +442,34 @@ def to_numpy(t: Tensor) -> np.ndarray:
 
 
 # --- uploads ------------------------------------------------------------------------------------------------
-def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str | None:
-    """Load, check and convert an uploaded model; on success select it. Returns an error message or None.
+def receive_model_upload(data_: bytes, filename: str, arch: str | None, *, dataset: UploadedData | None = None,
+                         preprocess: data.Preprocess | None = None, classes: tuple[str, ...] | None = None,
+                         mnist: bool = False, card: str | None = None) -> str | None:
+    """Load, check and convert an uploaded model with its data set (None: the bundled MNIST, which only a model
+    taking 1×28×28 can use, unless `mnist` asks for it adapted to the model's shape), its preprocessing (None:
+    from the model and data) and class names (from a saved network's `card`); on success select it. Returns an
+    error message or None.
 
     Nothing about the upload is trusted: the safe loader refuses code, and every failure (loading, input shape,
-    conversion) becomes a message; the previously selected model stays selected.
+    the data set, the preprocessing, conversion) becomes a message; the previously selected model stays selected.
     """
-    key = upload_key(data_, arch)
+    key = combined_key(upload_key(data_, arch), dataset, preprocess, classes, mnist)
     failed = state.get(state.FAILED_UPLOADS)
     if key in failed:
         return failed[key]
     if key in state.get(state.UPLOADED_MODELS):
         return None  # already received (the uploader keeps the file across reruns): do not re-select it
-    upload = UploadedModel(key, filename, data_, arch or None)
+    upload = UploadedModel(key, filename, data_, arch or None, dataset, preprocess, classes, mnist, card)
+    file_error = receive_model_file(data_, filename, arch)  # the file alone, parsed once
+    if file_error:
+        failed[key] = file_error
+        return file_error
     try:
         entry = cache.uploaded_model(key, upload)
         cache.network(settings(key), entry)
     except ttfs_core.ConversionError as e:
         failed[key] = f"The model was loaded but cannot be converted: {e}"
+        remember(state.get(state.FAILED_MODELS), key, upload, MAX_FAILED_MODELS)  # the inspector shows where
     except (ModelLoadError, ValueError) as e:
         failed[key] = f"Cannot use {filename!r}: {e}"
     except Exception as e:  # noqa: BLE001 - an untrusted file must never crash the app
@@ -436,6 +481,46 @@ def receive_model_upload(data_: bytes, filename: str, arch: str | None) -> str |
     return None
 
 
+def receive_model_file(data_: bytes, filename: str, arch: str | None) -> str | None:
+    """Load an uploaded model file alone (the safe loader, cached): None when it loads, else the message (kept, so
+    that the same bytes are not parsed again)."""
+    key = upload_key(data_, arch)
+    failed, mark = state.get(state.FAILED_UPLOADS), f"{key}:file"
+    if mark in failed:
+        return failed[mark]
+    try:
+        cache.model_file(key, UploadedModel(key, filename, data_, arch or None))
+    except (ModelLoadError, ValueError) as e:
+        failed[mark] = f"Cannot use {filename!r}: {e}"
+    except Exception as e:  # noqa: BLE001 - an untrusted file must never crash the app
+        failed[mark] = f"Cannot use {filename!r}: unexpected {type(e).__name__}: {e}"
+    return failed.get(mark)
+
+
+def receive_card_upload(data_: bytes, filename: str, model_key: str) -> tuple[str, str]:
+    """Take the preprocessing and class names of an uploaded saved network's card for the model file `model_key`
+    (`state.UPLOAD_SETTINGS`), once per card. Returns (level, message): what was taken, or why nothing was."""
+    chosen = state.get(state.UPLOAD_SETTINGS).setdefault(model_key, {})
+    card_key = upload_key(data_)
+    try:
+        card = read_card(data_, filename)
+    except ValueError as e:
+        return "error", f"Cannot use {filename!r} as a saved network: {e}"
+    except Exception as e:  # noqa: BLE001
+        return "error", f"Cannot use {filename!r} as a saved network: unexpected {type(e).__name__}: {e}"
+    if card is None or (card.preprocess is None and not card.classes):
+        return "warning", (f"{filename} is a saved network without a card (saved before cards were written): set the "
+                           "preprocessing below")
+    if chosen.get("card_key") != card_key:
+        chosen.update(card_key=card_key, card=filename, classes=card.classes or None)
+        if card.preprocess is not None:
+            chosen["preprocess"] = card.preprocess
+    what = [f"preprocessing {card.preprocess.height}×{card.preprocess.width}×{card.preprocess.channels}"
+            if card.preprocess is not None else "", f"{len(card.classes)} class names" if card.classes else ""]
+    return "info", f"From {filename}'s card: {' and '.join(w for w in what if w)}" + (
+        f" (it was calibrated on {card.data})" if card.data else "") + "."
+
+
 def remember(store: dict, key: str, value, limit: int) -> None:
     """Add an upload to this session's store, forgetting the oldest ones beyond `limit` (memory stays bounded
     however many files a session uploads; the newest is the one selected)."""
@@ -444,12 +529,16 @@ def remember(store: dict, key: str, value, limit: int) -> None:
         del store[next(iter(store))]
 
 
-def receive_image_upload(data_: bytes, filename: str, preprocess) -> tuple[str | None, list[str]]:
-    """Decode and select an uploaded image. Returns (error message or None, notes such as 'resized')."""
+def receive_image_upload(data_: bytes, filename: str, preprocess, auto_invert: bool | None = None
+                         ) -> tuple[str | None, list[str]]:
+    """Decode and select an uploaded image (resized to the model's size, in its colour). Returns (error message or
+    None, notes such as 'resized'). `auto_invert`: invert a dark-on-light image, as MNIST digits are light on dark
+    (default: for grayscale models; a colour photo is never inverted unasked)."""
     key = upload_key(data_)
     known = state.get(state.UPLOADED_IMAGES).get(key)
+    auto_invert = preprocess.channels == 1 if auto_invert is None else auto_invert
     try:
-        invert = known.invert if known is not None else light_background(data_)
+        invert = known.invert if known is not None else auto_invert and light_background(data_)
         _, notes = read_image(data_, preprocess, invert=invert)
     except ValueError as e:
         return f"Cannot use {filename!r} as an image: {e}", []
@@ -523,13 +612,20 @@ def pick_from_map(spikes, key: str) -> list[int]:
     A click adds or removes one neuron (the chart forgets its selection when it is redrawn, so the choice is kept
     here); a box or lasso selection replaces the choice. After each applied event the chart is drawn afresh
     under a new key, so the next click, even on the neuron just added, is a new event.
-    """
-    from . import figures
 
-    flat = figures.mosaic_index(spikes.shape)
+    A layer too large to send whole (over `timeline.DENSITY_NEURONS` neurons, in maps) shows one channel at a
+    time, chosen in a number input: the channel of the first neuron chosen, else the most active one.
+    """
+    from . import figures, timeline
+
+    channels = None
+    if spikes.neurons > timeline.DENSITY_NEURONS and timeline.has_maps(spikes.shape):
+        channels = [_picker_channel(spikes, key)]
+    flat = figures.picker_index(spikes.shape, channels)
     order = flat[flat >= 0]  # point i of the picker is neuron order[i]
     generation = f"_gen_{key}"
-    chart = f"{key}_{st.session_state.get(generation, 0)}"
+    view = "" if channels is None else f"c{channels[0]}_"  # another channel: another chart (its own points)
+    chart = f"{key}_{view}{st.session_state.get(generation, 0)}"
     event = st.session_state.get(chart)
     selection = (event or {}).get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
     try:
@@ -548,14 +644,31 @@ def pick_from_map(spikes, key: str) -> list[int]:
             chosen = [*chosen, picked[0]][-MAX_TRACES:]
         choose_neurons(spikes.name, chosen)
         st.session_state[generation] = st.session_state.get(generation, 0) + 1
-        chart = f"{key}_{st.session_state[generation]}"
+        chart = f"{key}_{view}{st.session_state[generation]}"
     chosen = chosen_neurons(spikes.name) or most_active(spikes.activations, 1)
     with st.container(key=key):
-        st.plotly_chart(figures.neuron_picker(spikes, chosen), key=chart, on_select="rerun",
+        st.plotly_chart(figures.neuron_picker(spikes, chosen, channels=channels), key=chart, on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
     st.caption(f"Click a square to add its neuron (click again to remove it), or drag a box / lasso (tools in the "
                f"chart's toolbar) to pick a group; up to {MAX_TRACES} neurons. Outlined in red: chosen.")
     return chosen
+
+
+def _picker_channel(spikes, key: str) -> int:
+    """The channel a large layer's picker shows (a number input under `key`): kept while valid, else the channel
+    of the first neuron chosen in this layer, else the layer's most active channel (`timeline.top_channels`)."""
+    from . import timeline
+
+    count, per = timeline.channels_of(spikes.shape)
+    widget = f"_w_{key}_channel"
+    current = st.session_state.get(widget)
+    if type(current) is not int or not 0 <= current < count:
+        chosen = chosen_neurons(spikes.name)
+        st.session_state[widget] = int(chosen[0] // per) if chosen else timeline.top_channels(spikes, 1)[0]
+    st.number_input(f"Channel (0–{count - 1}) of {spikes.label}: {spikes.neurons:,} neurons in {count:,} maps of "
+                    f"{'×'.join(map(str, spikes.shape[1:]))}, one shown at a time", min_value=0, max_value=count - 1,
+                    step=1, key=widget)
+    return int(st.session_state[widget])
 
 
 def open_trace(layer: str, neuron: int, image: int | None = None) -> None:

@@ -13,7 +13,20 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .timeline import ABSOLUTE, STRETCHED, LayerSpikes, Timeline, unravel
+from .timeline import (
+    ABSOLUTE,
+    DENSITY_NEURONS,
+    DOTS_PER_LAYER,
+    STRETCHED,
+    Density,
+    LayerSpikes,
+    Sample,
+    Timeline,
+    channels_of,
+    density,
+    density_layers,
+    unravel,
+)
 
 PALETTE = ("#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
            "#FF97FF", "#FECB52")
@@ -21,7 +34,7 @@ NOT_FIRED = "#dfe4ec"  # cells of neurons that have not fired yet
 INPUT_COLOURS = [[0.0, "black"], [1.0, "white"]]  # x̂ = 0 black, x̂ = 1 white: an MNIST digit
 FUTURE = "rgba(120,120,120,0.28)"  # the part of the time axis after the cursor
 WEBGL_SPIKES = 2000  # figures with more points are drawn with WebGL (every trace: mixing SVG and WebGL is slower)
-MAX_POINTS = 40_000  # per layer; more neurons are decimated (stated on the figure)
+MAX_POINTS = DOTS_PER_LAYER  # per layer (40,000); more neurons are decimated (stated on the figure)
 GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
 EARLY = "early spikes"  # name of the raster's overlay traces marking early spikes
 MIN_GROUP = 0.06  # the smallest share of the raster's height a layer gets
@@ -82,8 +95,48 @@ def _band_traces(timeline: Timeline, mode: str, y0: float, y1: float) -> list[go
             for n, (x0, x1) in enumerate(timeline.bands(mode))]
 
 
+DENSITY = "density"  # name suffix of the raster's heat strips (layers drawn as densities)
+TRANSPARENT = "rgba(255,255,255,0)"
+
+
+def density_levels(counts: np.ndarray) -> np.ndarray:
+    """Colour levels of a heat strip: 0 for an empty bin (transparent), else 1–255 on a log scale of the count
+    relative to the layer's fullest bin (a window's last bin holds every forced spike: a linear scale would show
+    nothing else). Shape: counts (rows, bins) -> uint8, same shape."""
+    counts = np.asarray(counts, dtype=np.float64)
+    top = float(counts.max(initial=0.0))
+    if top <= 0:
+        return np.zeros(counts.shape, dtype=np.uint8)
+    level = np.ceil(255 * np.log1p(counts) / np.log1p(top))
+    return np.clip(level, 0, 255).astype(np.uint8)
+
+
+def _tint(colour: str, white: float) -> str:
+    """`colour` (#rrggbb) mixed with `white` parts of white (0: itself, 1: white); a negative share darkens it."""
+    rgb = np.array([int(colour[i: i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    mixed = rgb + (255 - rgb) * white if white >= 0 else rgb * (1 + white)
+    r, g, b = (int(round(v)) for v in np.clip(mixed, 0, 255))
+    return f"rgb({r},{g},{b})"
+
+
+def density_colours(n: int) -> list[list]:
+    """The colour scale of layer n's heat strip: transparent at level 0, then from a light tint of the layer's
+    colour to a dark shade of it (levels are `density_levels`, zmin 0, zmax 255)."""
+    c = layer_colour(n)
+    return [[0.0, TRANSPARENT], [0.5 / 255, TRANSPARENT], [1 / 255, _tint(c, 0.85)], [0.6, c], [1.0, _tint(c, -0.45)]]
+
+
+def _density_trace(d: Density, s: LayerSpikes, group: tuple[float, float]) -> go.Heatmap:
+    return go.Heatmap(
+        x=d.edges, y=np.linspace(group[0], group[1], d.rows + 1), z=density_levels(d.counts), zmin=0, zmax=255,
+        colorscale=density_colours(d.layer), showscale=False, meta=d.layer, name=f"{s.label} ({DENSITY})",
+        hoverinfo="none",  # the page says what a cell holds (timeline.js): counts travel beside the figure
+    )
+
+
 def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor: int, *,
-           max_points: int = MAX_POINTS, height: int = 560) -> go.Figure:
+           max_points: int = MAX_POINTS, height: int | None = None,
+           densities: dict[int, Density] | None = None) -> go.Figure:
     """The whole network on one time axis: one dot per spike, neuron index grouped by layer (input at the
     bottom, see `raster_groups`), one colour per layer, every window shaded. Grey covers what happens after the
     cursor (layout shapes: a rectangle, then the cursor line).
@@ -91,15 +144,32 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
     Traces 0..L are the shaded windows; then per layer n its spikes (x = positions on the `mode` axis, float64;
     y = `raster_y`; customdata = (flat index, activation, forced); meta = n), followed by an overlay named EARLY
     ringing its early spikes (customdata = flat index, meta = n), if it has any.
+
+    Layers that `timeline.density_layers` picks (over DENSITY_NEURONS neurons, or the largest ones when all the
+    dots would be too many) are drawn as a heat strip instead: a heatmap (meta = n, named "... (density)") of their
+    spikes per channel row and time bin (`timeline.density`; `densities` may hold them computed already), filling
+    the layer's band, coloured by `density_levels`. The bundled models have no such layer.
     """
     groups = raster_groups(spikes)
-    gl = sum(int(np.isfinite(s.offsets).sum()) for s in spikes) > WEBGL_SPIKES
+    dense = density_layers([s.neurons for s in spikes], max_points)
+    gl = sum(int(np.isfinite(s.offsets).sum()) for n, s in enumerate(spikes) if n not in dense) > WEBGL_SPIKES
     y_lo, y_hi = -0.02 * groups[-1][1], groups[-1][1] * 1.02
     bands = _band_traces(timeline, mode, y_lo, y_hi)
     fig = go.Figure(bands)
     cls = go.Scattergl if gl else go.Scatter
     notes = []
+    if height is None:  # a deep network gets room for one strip of ~14 px per layer
+        height = max(560, 14 * len(spikes) + 140)
+    if dense:
+        notes.append(f"{len(dense)} layers of many neurons drawn as densities: spikes per channel and time bin "
+                     "(colour: log count); hover a cell for its count, click it to map that channel")
     for n, (s, group) in enumerate(zip(spikes, groups)):
+        if n in dense:
+            d = densities[n] if densities and n in densities else density(s, n, timeline, mode)
+            fig.add_trace(_density_trace(d, s, group))
+            if d.early:
+                notes.append(f"{s.label}: {d.early:,} early spikes (in the bins before its window)")
+            continue
         stride = decimation(s.neurons, max_points)
         idx = np.arange(0, s.neurons, stride)
         idx = idx[np.isfinite(s.offsets[idx])]
@@ -127,8 +197,9 @@ def raster(spikes: Sequence[LayerSpikes], timeline: Timeline, mode: str, cursor:
                     "text": timeline.names[n] if x1 - x0 > 0.06 * (hi - lo) else "", "showarrow": False,
                     "font": {"size": 11, "color": layer_colour(n)}}  # only windows wide enough for a label
                    for n, (x0, x1) in enumerate(timeline.bands(mode))]
-    if notes:
-        annotations.append({"x": 0, "y": -0.14, "xref": "paper", "yref": "paper", "yanchor": "top",
+    if notes:  # below the axis title: 0.14 of the default plot's height, ~60 px
+        below = 0.14 if height == 560 else 60 / max(height - 130, 1)
+        annotations.append({"x": 0, "y": -below, "xref": "paper", "yref": "paper", "yanchor": "top",
                             "xanchor": "left", "showarrow": False, "text": "; ".join(notes), "font": {"size": 11}})
     ticks = [(y0 + y1) / 2 for y0, y1 in groups]
     fig.update_layout(
@@ -166,17 +237,22 @@ def mosaic_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
     return 1, math.ceil(n / w), w, 1, 1
 
 
+def tile(maps: np.ndarray, gc: int) -> np.ndarray:
+    """Maps (k, h, w) side by side, `gc` to a row, one NaN row / column between neighbours (vectorised: one
+    reshape). Shape: (k, h, w) -> (gr·(h+1) − 1, gc·(w+1) − 1), gr = ceil(k / gc)."""
+    k, h, w = maps.shape
+    gr = math.ceil(k / gc)
+    out = np.full((gr * gc, h + 1, w + 1), np.nan, dtype=np.float64)
+    out[:k, :h, :w] = maps
+    return out.reshape(gr, gc, h + 1, w + 1).transpose(0, 2, 1, 3).reshape(gr * (h + 1), gc * (w + 1))[:-1, :-1]
+
+
 def mosaic(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Tile a layer's flat values (C order) into one 2-D image, NaN in the gaps. Shape: (neurons,) -> (R, C)."""
     maps, h, w, gr, gc = mosaic_layout(shape)
-    out = np.full((gr * (h + 1) - 1, gc * (w + 1) - 1), np.nan, dtype=np.float64)
     flat = np.full(maps * h * w, np.nan)
     flat[: values.size] = values
-    tiles = flat.reshape(maps, h, w)
-    for c in range(maps):
-        r, q = divmod(c, gc)
-        out[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = tiles[c]
-    return out
+    return tile(flat.reshape(maps, h, w), gc)
 
 
 def mosaic_index(shape: tuple[int, ...]) -> np.ndarray:
@@ -186,42 +262,149 @@ def mosaic_index(shape: tuple[int, ...]) -> np.ndarray:
     return np.where(np.isnan(m), -1, m).astype(np.int64)
 
 
+def grid_layout(shape: tuple[int, ...], count: int) -> dict:
+    """How `count` channels of a (C, H, W) layer are tiled (as `mosaic_layout` tiles all C): one map each, h×w,
+    gc to a row; rows × cols cells in all. The browser rebuilds the cells from these numbers alone."""
+    _, h, w = (int(d) for d in shape)
+    _, _, _, gr, gc = mosaic_layout((int(count), h, w))
+    return {"kind": "grid", "k": int(count), "h": h, "w": w, "gc": gc, "rows": gr * (h + 1) - 1,
+            "cols": gc * (w + 1) - 1}
+
+
+def grid(values: np.ndarray, shape: tuple[int, ...], channels: Sequence[int]) -> np.ndarray:
+    """Channels `channels` of a layer's flat values (C order), tiled in the given order (see `grid_layout`)."""
+    c, h, w = shape
+    maps = np.asarray(values, dtype=np.float64).reshape(c, h * w)[np.asarray(channels, dtype=np.int64)]
+    return tile(maps.reshape(-1, h, w), grid_layout(shape, len(channels))["gc"])
+
+
+def grid_index(shape: tuple[int, ...], channels: Sequence[int]) -> np.ndarray:
+    """Flat neuron index (in the whole layer) of every cell of `grid` (−1 in gaps)."""
+    c, h, w = shape
+    flat = np.arange(c * h * w, dtype=np.float64)
+    m = grid(flat, shape, channels)
+    return np.where(np.isnan(m), -1, m).astype(np.int64)
+
+
+def picker_index(shape: tuple[int, ...], channels: Sequence[int] | None = None) -> np.ndarray:
+    """Flat neuron index of every cell of a map of the layer (−1 in gaps): all of it, or the given channels."""
+    return mosaic_index(shape) if channels is None else grid_index(shape, channels)
+
+
+def compact(spikes: LayerSpikes, channels: Sequence[int] | None = None, dense: bool = False) -> bool:
+    """Whether a map panel is sent to the browser in the compact form (fire steps in bytes, activations in 16
+    bits, cells rebuilt there, no labels): a subset of channels, a layer over DENSITY_NEURONS neurons, or one the
+    raster draws as a density (`dense`: a 50,176-neuron layer of ResNet-50, 3 MB in the exact form). The bundled
+    models' layers are never compact: their maps carry exact values and labels, as they always did."""
+    return channels is not None or dense or spikes.neurons > DENSITY_NEURONS
+
+
 def fired_values(spikes: LayerSpikes, n: int, timeline: Timeline, k: int) -> np.ndarray:
     """Activations of neurons that have fired by cursor step k, NaN for the others. Shape: (neurons,)."""
     return np.where(timeline.fired_by(n, spikes.offsets, k), spikes.activations, np.nan)
 
 
-def _map_traces(s: LayerSpikes, values: np.ndarray, col: int, colorscale: str, zmax: float, scale: bool):
-    cells = mosaic(np.zeros(s.neurons), s.shape)
-    idx = mosaic_index(s.shape)
+def panel_values(s: LayerSpikes, values: np.ndarray, channels: Sequence[int] | None = None) -> np.ndarray:
+    """A layer's per-neuron values as its map panel shows them: the mosaic of all, or the grid of `channels`."""
+    return mosaic(values, s.shape) if channels is None else grid(values, s.shape, channels)
+
+
+def _placeholder(col: int) -> go.Heatmap:
+    """The static background of a panel the browser paints itself (hidden there: one cell keeps the trace order)."""
+    return go.Heatmap(z=[[0]], colorscale=[[0, NOT_FIRED], [1, NOT_FIRED]], showscale=False, hoverinfo="skip",
+                      xaxis=f"x{col}", yaxis=f"y{col}")
+
+
+def _map_traces(s: LayerSpikes, values: np.ndarray, col: int, colorscale, zmax: float, scale: bool,
+                channels: Sequence[int] | None = None, browser: bool = False, dense: bool = False):
+    z = panel_values(s, values, channels)
+    bar = {"len": 0.9, "thickness": 12, "title": {"text": "activation", "side": "right"}}
+    if browser and compact(s, channels, dense):
+        # the browser paints the cells (timeline.js) and writes the hover text: the figure keeps one byte per cell,
+        # for hover and click events, the axes and the colour bar
+        fg = go.Heatmap(z=np.zeros(z.shape, dtype=np.uint8), zmin=0, zmax=zmax, colorscale=colorscale,
+                        xaxis=f"x{col}", yaxis=f"y{col}", showscale=scale, colorbar=bar, hoverinfo="none")
+        return _placeholder(col), fg
+    blank = np.isnan(panel_values(s, np.zeros(s.neurons), channels))
+    bg = go.Heatmap(z=np.where(blank, np.nan, 0.0), colorscale=[[0, NOT_FIRED], [1, NOT_FIRED]],
+                    showscale=False, hoverinfo="skip", xaxis=f"x{col}", yaxis=f"y{col}")
+    idx = picker_index(s.shape, channels) if len(s.shape) == 3 and channels is not None else mosaic_index(s.shape)
     labels = np.full(idx.shape, "", dtype=object)
     valid = idx >= 0
     labels[valid] = np.array(unravel(s.shape, idx[valid]), dtype=object)
-    bg = go.Heatmap(z=np.where(np.isnan(cells), np.nan, 0.0), colorscale=[[0, NOT_FIRED], [1, NOT_FIRED]],
-                    showscale=False, hoverinfo="skip", xaxis=f"x{col}", yaxis=f"y{col}")
-    fg = go.Heatmap(z=mosaic(values, s.shape).astype(np.float32), customdata=labels, zmin=0, zmax=zmax,
-                    colorscale=colorscale, xaxis=f"x{col}", yaxis=f"y{col}", showscale=scale,
-                    colorbar={"len": 0.9, "thickness": 12, "title": {"text": "activation", "side": "right"}},
+    fg = go.Heatmap(z=z.astype(np.float32), customdata=labels, zmin=0, zmax=zmax,
+                    colorscale=colorscale, xaxis=f"x{col}", yaxis=f"y{col}", showscale=scale, colorbar=bar,
                     hovertemplate=f"{s.label} %{{customdata}}<br>value %{{z:.4g}}<extra></extra>")
     return bg, fg
 
 
+def _rgb_traces(s: LayerSpikes, colours: np.ndarray, fired: np.ndarray, browser: bool):
+    """The input as an RGB image: each colour channel shows once its pixel's spike in that channel has fired; a
+    pixel none of whose channels has fired is light grey. Shape: colours (3, H, W) uint8, fired (3·H·W,) bool."""
+    _, h, w = s.shape
+    if browser:
+        return _placeholder(1), go.Heatmap(z=np.zeros((h, w), dtype=np.uint8), showscale=False, xaxis="x1",
+                                           yaxis="y1", hoverinfo="none")
+    bg = go.Heatmap(z=np.zeros((h, w)), colorscale=[[0, NOT_FIRED], [1, NOT_FIRED]], showscale=False,
+                    hoverinfo="skip", xaxis="x1", yaxis="y1")
+    return bg, go.Image(z=rgb_image(colours, fired), xaxis="x1", yaxis="y1",
+                        hovertemplate="input pixel (%{y}, %{x})<br>RGB %{z}<extra></extra>")
+
+
+def rgb_image(colours: np.ndarray, fired: np.ndarray | None = None) -> np.ndarray:
+    """An RGB input as an image (H, W, 3) of uint8: each channel's level where it has fired (`fired`, flat in C
+    order like the layer; None: all), 0 where not yet; pixels with nothing fired are NOT_FIRED grey."""
+    c = np.asarray(colours, dtype=np.uint8)
+    shown = c if fired is None else np.where(np.asarray(fired).reshape(c.shape), c, 0).astype(np.uint8)
+    img = np.moveaxis(shown, 0, -1).copy()
+    if fired is not None:
+        none = ~np.asarray(fired).reshape(c.shape).any(axis=0)
+        grey = [int(NOT_FIRED[i: i + 2], 16) for i in (1, 3, 5)]
+        img[none] = grey
+    return img
+
+
+def map_title(spikes: LayerSpikes, channels: Sequence[int] | None = None) -> str:
+    """What the layer panel shows: all maps, a square of neurons, one channel or the most active channels."""
+    if channels is None:
+        maps, *_ = mosaic_layout(spikes.shape)
+        return f"{spikes.label}: {'feature maps' if maps > 1 else 'neurons tiled in a square'}"
+    c, _ = channels_of(spikes.shape)
+    h, w = spikes.shape[1:]
+    if len(channels) == 1:
+        return f"{spikes.label}: channel {int(channels[0])} of {c} ({h}×{w})"
+    return f"{spikes.label}: the {len(channels)} most active of {c} channels ({h}×{w} each)"
+
+
 def feature_maps(spikes_in: LayerSpikes, spikes: LayerSpikes, n: int, timeline: Timeline, cursor: int, *,
-                 height: int = 430) -> go.Figure:
+                 height: int = 430, channels: Sequence[int] | None = None, colours: np.ndarray | None = None,
+                 browser: bool = False, dense: frozenset[int] = frozenset()) -> go.Figure:
     """The input image and layer n's maps at the cursor: a cell is coloured once its neuron has fired
     (intensity = decoded activation; the input: x̂, white strokes on black like an MNIST digit), light grey
     before.
 
-    Traces: 0/2 static backgrounds, 1 input, 3 layer n; z in mosaic layout (see `mosaic`).
+    Traces: 0/2 static backgrounds, 1 input, 3 layer n; z in mosaic layout (see `mosaic`). `channels`: show
+    only these channels of a (C, H, W) layer, tiled in that order (`grid`: one channel, or the most active ones
+    of a big layer). `colours` (3, H, W) uint8 (`timeline.input_colours`): a 3-channel input drawn in colour
+    (trace 1 an RGB image, each colour appearing as its channel fires). `browser`: the figure the live timeline
+    draws over its canvases (ttfs_ui.live): compact panels (`compact`; `dense`: the layers the raster draws as
+    densities, the input 0) and the RGB input keep one byte per cell.
     """
-    maps, *_ = mosaic_layout(spikes.shape)
-    kind = "feature maps" if maps > 1 else "neurons tiled in a square"
-    fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.08,
-                        subplot_titles=("input (pixels appear as they fire)", f"{spikes.label}: {kind}"))
+    kind = map_title(spikes, channels)
+    rgb = colours is not None
+    first = "input in colour (each channel appears as it fires)" if rgb else "input (pixels appear as they fire)"
+    fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.08, subplot_titles=(first, kind))
     zmax = max(spikes.max_activation, 1e-30)  # X_n: the calibration maximum, so colours compare across inputs
-    for t in _map_traces(spikes_in, fired_values(spikes_in, 0, timeline, cursor), 1, INPUT_COLOURS, 1.0, False):
+    fired_in = timeline.fired_by(0, spikes_in.offsets, cursor)
+    if rgb:
+        traces = _rgb_traces(spikes_in, colours, fired_in, browser)
+    else:
+        traces = _map_traces(spikes_in, np.where(fired_in, spikes_in.activations, np.nan), 1, INPUT_COLOURS, 1.0,
+                             False, None, browser, 0 in dense)
+    for t in traces:
         fig.add_trace(t)
-    for t in _map_traces(spikes, fired_values(spikes, n, timeline, cursor), 2, "Viridis", zmax, True):
+    for t in _map_traces(spikes, fired_values(spikes, n, timeline, cursor), 2, "Viridis", zmax, True, channels,
+                         browser, n in dense):
         fig.add_trace(t)
     for i in (1, 2):
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i}", showticklabels=False, showgrid=False,
@@ -375,12 +558,14 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
     return fig
 
 
-def neuron_picker(spikes: LayerSpikes, selected: Sequence[int] = (), width: int = 700) -> go.Figure:
+def neuron_picker(spikes: LayerSpikes, selected: Sequence[int] = (), width: int = 700,
+                  channels: Sequence[int] | None = None) -> go.Figure:
     """A layer's neurons as clickable squares in the feature-map layout, coloured by activation.
 
-    One trace; point i is neuron `customdata[i]` (flat index). Selected neurons are outlined.
+    One trace; point i is neuron `customdata[i]` (flat index). Selected neurons are outlined. `channels`: only
+    these channels of a (C, H, W) layer (`picker_index`), so that a 10^6-neuron layer ships one map, not all.
     """
-    idx = mosaic_index(spikes.shape)
+    idx = picker_index(spikes.shape, channels)
     rows, cols = np.nonzero(idx >= 0)
     flat = idx[rows, cols]
     size = float(np.clip(width / max(idx.shape[1], 1) * 0.8, 3, 22))
@@ -436,11 +621,15 @@ def _np(t) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 # ANN vs SNN
 def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np.ndarray], *,
-               max_points: int = MAX_POINTS, cols: int = 4) -> go.Figure:
+               max_points: int = MAX_POINTS, cols: int = 4, samples: Sequence[Sample] | None = None) -> go.Figure:
     """Per layer, SNN decoded activation against ANN activation (original model units) with the identity line.
 
-    Trace 2i: layer i's points (x = ANN, y = SNN); trace 2i + 1: the identity line.
+    Trace 2i: layer i's points (x = ANN, y = SNN); trace 2i + 1: the identity line. `samples`: per layer, the
+    neurons shown (`timeline.sample_neurons`, float32 points; each subplot title says how many of how many);
+    without them, layers over `max_points` neurons show every stride-th neuron.
     """
+    if samples is not None:
+        return _sampled_scatter(names, ann, snn, samples, cols)
     rows = math.ceil(len(names) / cols)
     cols = min(cols, len(names))
     fig = make_subplots(rows, cols, subplot_titles=list(names), horizontal_spacing=0.06,
@@ -465,13 +654,53 @@ def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np
     return fig
 
 
-def error_histogram(names: Sequence[str], errors: Sequence[np.ndarray], bins: int = 60) -> go.Figure:
-    """Signed errors SNN − ANN of every neuron, one histogram per layer, counts on a log scale."""
+def _sampled_scatter(names, ann, snn, samples, cols: int) -> go.Figure:
+    rows = math.ceil(len(names) / cols)
+    cols = min(cols, len(names))
+    fig = make_subplots(rows, cols, horizontal_spacing=0.06, vertical_spacing=0.12 if rows > 1 else 0.1,
+                        subplot_titles=[f"{name} ({smp.describe()})" if smp.shown < smp.total else name
+                                        for name, smp in zip(names, samples)])
+    for i, (name, a, s, smp) in enumerate(zip(names, ann, snn, samples)):
+        r, c = divmod(i, cols)
+        a, s = np.asarray(a, dtype=np.float64).ravel(), np.asarray(s, dtype=np.float64).ravel()
+        fig.add_trace(go.Scattergl(x=a[smp.index].astype(np.float32), y=s[smp.index].astype(np.float32),
+                                   mode="markers", name=name, showlegend=False,
+                                   marker={"size": 4, "color": layer_colour(i + 1), "opacity": 0.6},
+                                   hovertemplate="ANN %{x:.6g}<br>SNN %{y:.6g}<extra></extra>"),
+                      row=r + 1, col=c + 1)
+        hi = float(max(a.max(initial=0), s.max(initial=0), 1e-12))  # the identity line spans every neuron
+        lo = float(min(a.min(initial=0), s.min(initial=0)))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False, hoverinfo="skip",
+                                 line={"color": "black", "width": 1, "dash": "dash"}), row=r + 1, col=c + 1)
+    fig.update_annotations(font={"size": 11})
+    fig.update_xaxes(title_text="ANN activation")
+    fig.update_yaxes(title_text="SNN decoded")
+    fig.update_layout(height=300 * rows + 40, margin={"l": 50, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
+    return fig
+
+
+def error_histogram(names: Sequence[str], errors: Sequence[np.ndarray], bins: int = 60, *,
+                    binned: bool = False) -> go.Figure:
+    """Signed errors SNN − ANN of every neuron, one histogram per layer, counts on a log scale. `binned`: the
+    counts are computed here (`np.histogram` over every neuron, one bar trace per layer) and only they are sent,
+    not one number per neuron (a 10^6-neuron layer); the bins are the same either way."""
     fig = go.Figure()
     errors = [np.asarray(e, dtype=np.float64).ravel() for e in errors]
     lo = min((float(e.min()) for e in errors if e.size), default=0.0)
     hi = max((float(e.max()) for e in errors if e.size), default=0.0)
     size = (hi - lo) / bins if hi > lo else 1e-12
+    if binned:
+        edges = lo - size / 2 + size * np.arange(bins + 2)
+        for i, (name, e) in enumerate(zip(names, errors)):
+            counts, _ = np.histogram(e, bins=edges)
+            fig.add_trace(go.Bar(x=(edges[:-1] + size / 2).astype(np.float64), y=counts, width=size, name=name,
+                                 marker={"color": layer_colour(i + 1)}, opacity=0.6,
+                                 hovertemplate=f"{name}<br>SNN − ANN ≈ %{{x:.3e}}<br>%{{y:,}} neurons<extra></extra>"))
+        fig.update_layout(barmode="overlay", bargap=0, height=340,
+                          yaxis={"type": "log", "title": {"text": "neurons (log)"}},
+                          xaxis={"title": {"text": "SNN − ANN (original model units)"}, "exponentformat": "e"},
+                          margin={"l": 60, "r": 20, "t": 20, "b": 50}, plot_bgcolor="white")
+        return fig
     for i, (name, e) in enumerate(zip(names, errors)):  # one set of bins for every layer
         fig.add_trace(go.Histogram(x=e, name=name, xbins={"start": lo - size / 2, "end": hi + size / 2, "size": size},
                                    marker={"color": layer_colour(i + 1)}, opacity=0.6))
@@ -494,9 +723,25 @@ def logits(classes: Sequence[str], ann: np.ndarray, snn: np.ndarray) -> go.Figur
     return fig
 
 
-def image(pixels: np.ndarray, height: int = 160) -> go.Figure:
-    """A preprocessed input image (C, H, W) as the model sees it."""
+def image(pixels: np.ndarray, height: int = 160, *, mean: Sequence[float] | None = None,
+          std: Sequence[float] | None = None) -> go.Figure:
+    """A preprocessed input image (C, H, W) as the model sees it. Three channels are drawn in colour: the pixels
+    / 255 it came from (x·std + mean) when the preprocessing's `mean` and `std` are given, else scaled from the
+    image's smallest to its largest value."""
     p = np.asarray(pixels, dtype=np.float64)
+    if p.ndim == 3 and p.shape[0] == 3:
+        if mean is not None and std is not None:
+            shown = p * np.broadcast_to(np.asarray(std, float), (3,)).reshape(3, 1, 1) + \
+                np.broadcast_to(np.asarray(mean, float), (3,)).reshape(3, 1, 1)
+        else:
+            lo, hi = float(p.min()), float(p.max())
+            shown = (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
+        rgb = np.round(255 * np.clip(shown, 0, 1)).astype(np.uint8)
+        fig = go.Figure(go.Image(z=np.moveaxis(rgb, 0, -1), hovertemplate="(%{y}, %{x}) RGB %{z}<extra></extra>"))
+        fig.update_yaxes(visible=False)
+        fig.update_xaxes(visible=False)
+        fig.update_layout(height=height, width=height, margin={"l": 0, "r": 0, "t": 0, "b": 0})
+        return fig
     z = p[0] if p.shape[0] == 1 else p.mean(axis=0)
     fig = go.Figure(go.Heatmap(z=z, colorscale="Greys_r", showscale=False,
                                hovertemplate="(%{y}, %{x}) = %{z:.3g}<extra></extra>"))
@@ -506,5 +751,6 @@ def image(pixels: np.ndarray, height: int = 160) -> go.Figure:
     return fig
 
 
-__all__ = ["ABSOLUTE", "STRETCHED", "ann_vs_snn", "error_histogram", "feature_maps", "image", "logits",
-           "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster", "sweep"]
+__all__ = ["ABSOLUTE", "STRETCHED", "ann_vs_snn", "density_levels", "error_histogram", "feature_maps", "grid",
+           "grid_index", "image", "logits", "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster",
+           "rgb_image", "sweep"]

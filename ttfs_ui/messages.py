@@ -1,4 +1,5 @@
-"""Values the browser sends back: the timeline's clicks and cursor, the drawing pad, chart and table selections.
+"""Values the browser sends back: the timeline's clicks, channel picks and cursor, the drawing pad, chart and table
+selections.
 
 They come from the user's browser, which anyone can script, so none is trusted: each is read here against a
 schema, one reader per key, before a page uses it. A bool is not an integer (Python says it is: {"cursor": true}
@@ -86,24 +87,36 @@ def items(value: Any, what: str, most: int, reader: Reader) -> list[Any]:
 @dataclass(frozen=True)
 class TimelineEvent:
     """What the raster's timeline sent: the cursor step it rests on, and a clicked neuron (layer name and flat
-    index) or None."""
+    index), or a channel picked on a layer's heat strip (layer name and channel), or neither."""
 
     seq: str
     cursor: int
     layer: str | None = None
     neuron: int | None = None
+    channel: int | None = None
 
 
-def timeline_event(value: Any, steps: int, neurons: Mapping[str, int]) -> TimelineEvent:
-    """A timeline message ({cursor, seq} when the cursor rests; {layer, neuron, cursor, seq} on a click) for a
-    timeline of `steps` steps whose clickable layers have `neurons[name]` neurons."""
+def timeline_event(value: Any, steps: int, neurons: Mapping[str, int],
+                   channels: Mapping[str, int] | None = None) -> TimelineEvent:
+    """A timeline message ({cursor, seq} when the cursor rests; {layer, neuron, cursor, seq} on a click on a
+    neuron; {layer, channel, cursor, seq} on a click on a heat strip) for a timeline of `steps` steps whose
+    clickable layers have `neurons[name]` neurons, and whose heat strips have `channels[name]` channels (a
+    channel may be picked only on a layer drawn as one)."""
+    channels = channels or {}
     msg = read(value, "timeline", {"cursor": integer(0, steps), "seq": text(SEQ)},
-               {"layer": one_of(list(neurons)), "neuron": integer(0, 2**62)})
-    if ("layer" in msg) != ("neuron" in msg):
+               {"layer": one_of(list(neurons)), "neuron": integer(0, 2**62), "channel": integer(0, 2**62)})
+    if "neuron" in msg and "channel" in msg:
+        raise BadMessage("timeline.channel: not with a neuron (a click is on a neuron or on a heat strip)")
+    picked = "neuron" in msg or "channel" in msg
+    if ("layer" in msg) != picked:
         raise BadMessage(f"timeline.{'neuron' if 'layer' in msg else 'layer'}: missing")
-    if "layer" in msg:
+    if "neuron" in msg:
         integer(0, neurons[msg["layer"]] - 1)(msg["neuron"], "timeline.neuron")
-    return TimelineEvent(msg["seq"], msg["cursor"], msg.get("layer"), msg.get("neuron"))
+    if "channel" in msg:
+        if msg["layer"] not in channels:
+            raise BadMessage(f"timeline.layer: {msg['layer'][:40]!r} is not drawn as a heat strip")
+        integer(0, channels[msg["layer"]] - 1)(msg["channel"], "timeline.channel")
+    return TimelineEvent(msg["seq"], msg["cursor"], msg.get("layer"), msg.get("neuron"), msg.get("channel"))
 
 
 def drawing(value: Any, most_side: int) -> tuple[str, int]:

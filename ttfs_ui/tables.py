@@ -59,13 +59,17 @@ def error_rows(snn, comparisons) -> list[dict]:
     """Per spiking layer: the largest |SNN − ANN| (original units), where it happens, and early spikes."""
     rows = []
     for layer, c in zip(snn.layers, comparisons):
-        err = (c.snn - c.ann).abs().flatten()
-        j = int(err.argmax()) if err.numel() else 0
+        # numpy in the tensors' own dtype (the same numbers as torch's, on one thread: see timeline._layer_spikes)
+        ann = c.ann.detach().cpu().numpy().ravel()
+        err = np.abs(c.snn.detach().cpu().numpy().ravel() - ann)
+        j = int(err.argmax()) if err.size else 0
         idx = np.unravel_index(j, layer.shape)
+        top = float(np.abs(ann).max()) if ann.size else 0.0
         rows.append({
             "layer": layer_label(layer), "neurons": layer.neurons, "max |SNN − ANN|": float(c.max_abs_error),
-            "relative to max |ANN|": float(c.max_rel_error), "at neuron": "(" + ", ".join(map(str, idx)) + ")",
-            "ANN there": float(c.ann.flatten()[j]) if err.numel() else 0.0,
+            "relative to max |ANN|": float(c.max_abs_error) / max(top, 1e-30),  # LayerComparison.max_rel_error
+            "at neuron": "(" + ", ".join(map(str, idx)) + ")",
+            "ANN there": float(ann[j]) if err.size else 0.0,
             "early spikes": int(c.early_spikes),
         })
     return rows
@@ -134,12 +138,30 @@ def early_rows(early, snn) -> list[dict]:
     return [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]} for row in early]
 
 
-def comparison_data(snn, comparisons) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Layer labels and flat float64 arrays of ANN activations, SNN decoded activations and SNN − ANN."""
-    names = [layer_label(layer) for layer in snn.layers]
-    ann = [c.ann.detach().double().numpy().ravel() for c in comparisons]
-    out = [c.snn.detach().double().numpy().ravel() for c in comparisons]
+def comparison_data(snn, comparisons, only: list[int] | None = None
+                    ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Layer labels and flat float64 arrays of ANN activations, SNN decoded activations and SNN − ANN; of the
+    layers at positions `only` (None: all)."""
+    keep = range(len(comparisons)) if only is None else only
+    layers, comparisons = list(snn.layers), list(comparisons)
+    names = [layer_label(layers[i]) for i in keep]
+    ann = [comparisons[i].ann.detach().cpu().numpy().ravel().astype(np.float64) for i in keep]
+    out = [comparisons[i].snn.detach().cpu().numpy().ravel().astype(np.float64) for i in keep]
     return names, ann, out, [s - a for a, s in zip(ann, out)]
+
+
+def default_layers(errors: list[float], most: int = 8) -> list[int]:
+    """Which of a deep network's layers its ANN-vs-SNN page plots first: the first and the last, the one with the
+    largest error, and others evenly spaced, `most` in all, in network order. Shape: errors (layers,)."""
+    n = len(errors)
+    if n <= most:
+        return list(range(n))
+    pick = {0, n - 1, int(np.argmax(errors))}
+    for i in np.linspace(0, n - 1, most).round().astype(int):
+        if len(pick) >= most:
+            break
+        pick.add(int(i))
+    return sorted(pick)[:most]
 
 
 def sweep_rows(points) -> list[dict]:

@@ -4,10 +4,15 @@
 // fired (computed in Python by Timeline.fire_steps). Every cursor step after that is drawn here, with no server
 // round trip: the cursor line on the raster, the "fired by" counts, and the feature maps filling in. Clicking a
 // neuron (a raster dot or a map cell) sends {layer, neuron, cursor} back to the page, which opens its trace.
+// A network too big for one dot per spike (ResNet-50 at 224×224) draws its large layers as heat strips (spikes per
+// channel and time bin, "density" in the spec); clicking a strip sends {layer, channel, cursor}: the page maps that
+// channel, and a click on one of its cells opens a neuron's trace as before. Its map panels may be compact (cells
+// rebuilt here from their layout, steps in a byte) or an RGB input: views.js decodes them.
 // Streamlit's component protocol (v1) is spoken directly: componentReady, render, setFrameHeight, setComponentValue.
 "use strict";
 
-const NEVER = 32767; // fire step of a neuron that never fires (B1's silent neurons)
+const V = window.ttfsViews; // views.js: decoding, cells of a panel, counts, heat-strip cells
+const NEVER = V.NEVER; // fire step of a neuron that never fires (B1's silent neurons)
 const FRAME_MS = 1000 / 30; // Play: one cursor step per frame, at most 30 frames per second
 
 const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null, linked: 0 };
@@ -22,14 +27,6 @@ const el = (id) => document.getElementById(id);
 
 function send(type, data) {
   window.parent.postMessage(Object.assign({ isStreamlitMessage: true, type }, data), "*");
-}
-
-function decode(b) {
-  const bin = atob(b.bdata);
-  const bytes = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-  const Type = { i2: Int16Array, i4: Int32Array, f4: Float32Array }[b.dtype];
-  return new Type(bytes.buffer);
 }
 
 function unravel(shape, flat) {
@@ -98,12 +95,14 @@ function setUpMaps() {
   const gd = el("maps");
   el("cells").replaceChildren();
   spec.panels.forEach((p, i) => {
-    const trace = gd._fullData[p.trace];
-    const lut = colourTable(trace.colorscale);
-    const lo = trace.zmin, span = Math.max(trace.zmax - trace.zmin, 1e-30);
-    p.bin = new Uint8Array(p.neurons);
-    for (let f = 0; f < p.neurons; f++) p.bin[f] = Math.round(255 * Math.min(1, Math.max(0, (p.act[f] - lo) / span)));
-    p.lut = lut;
+    if (p.kind !== "rgb") { // an RGB input's "act" are its colour levels already
+      const trace = gd._fullData[p.trace];
+      const lut = colourTable(trace.colorscale);
+      const lo = trace.zmin, span = Math.max(trace.zmax - trace.zmin, 1e-30);
+      p.bin = new Uint8Array(p.neurons);
+      for (let f = 0; f < p.neurons; f++) p.bin[f] = Math.round(255 * Math.min(1, Math.max(0, (p.act[f] - lo) / span)));
+      p.lut = lut;
+    }
     const back = canvas(p, `cells-bg-${i}`), front = canvas(p, `cells-${i}`);
     const grey = rgba(spec.not_fired), bg = back.getContext("2d").createImageData(p.cols, p.rows);
     p.cells.forEach((f, cell) => { if (f >= 0) bg.data.set([grey[0], grey[1], grey[2], 255], 4 * cell); });
@@ -131,8 +130,30 @@ function placeMaps() {
   }
 }
 
+function fillRGB(p, step) {
+  // an RGB input: each channel of a pixel shows its level once it has fired; pixels with none fired transparent
+  const px = p.pixels.data, { kfire, act } = p, hw = p.layout.h * p.layout.w;
+  let shown = 0;
+  for (let i = 0; i < hw; i++) {
+    const o = 4 * i;
+    let any = false;
+    for (let c = 0; c < 3; c++) {
+      const f = c * hw + i;
+      if (kfire[f] <= step) {
+        px[o + c] = act[f];
+        any = true;
+      } else px[o + c] = 0;
+    }
+    px[o + 3] = any ? 255 : 0;
+    if (any) shown++;
+  }
+  p.ctx.putImageData(p.pixels, 0, 0);
+  p.shown = shown;
+}
+
 function fillMap(p, step) {
   // cells of neurons fired by `step` in their colour, the others transparent (the grey canvas shows through)
+  if (p.kind === "rgb") return fillRGB(p, step);
   const px = p.pixels.data, { cells, kfire, bin, lut } = p;
   let shown = 0;
   for (let i = 0; i < cells.length; i++) {
@@ -151,8 +172,21 @@ function fillMap(p, step) {
 }
 
 function countsText(step) {
-  return "Fired by the cursor: " + spec.count_labels.map((label, n) =>
-    `${label} ${spec.counts[n][step].toLocaleString("en")}/${spec.neurons[n].toLocaleString("en")}`).join(" · ");
+  const num = (v) => v.toLocaleString("en");
+  if (spec.counts) {
+    return "Fired by the cursor: " + spec.count_labels.map((label, n) =>
+      `${label} ${num(spec.counts[n][step])}/${num(spec.neurons[n])}`).join(" · ");
+  }
+  // dozens of layers: the total, then the layers still firing at this step
+  let fired = 0, total = 0;
+  const now = [];
+  spec.count_labels.forEach((label, n) => {
+    const c = V.countAt(spec, n, step), [lo, values] = spec.count_spans[n];
+    fired += c;
+    total += spec.neurons[n];
+    if (step >= lo && step < lo + values.length - 1) now.push(`${label} ${num(c)}/${num(spec.neurons[n])}`);
+  });
+  return `Fired by the cursor: ${num(fired)} of ${num(total)} neurons` + (now.length ? " · firing: " + now.join(" · ") : "");
 }
 
 function paint(step, t0) {
@@ -242,8 +276,41 @@ function neuronAt(source, pt) {
   const panel = spec.panels.find((p) => p.trace === pt.curveNumber);
   if (!panel || !Array.isArray(pt.pointNumber)) return null;
   const [r, c] = pt.pointNumber;
-  const flat = panel.cells[r * panel.cols + c];
-  return flat >= 0 ? [panel.layer, flat] : null;
+  const local = panel.cells[r * panel.cols + c];
+  return local >= 0 ? [panel.layer, V.flatOf(panel, local)] : null;
+}
+
+function densityAt(pt) {
+  // the heat-strip cell under the pointer: {d, n, cell} (views.js densityCell), or null
+  const d = (spec.density || []).find((e) => e.trace === pt.curveNumber);
+  if (!d || !Array.isArray(pt.pointNumber)) return null;
+  const [row, bin] = pt.pointNumber;
+  return { d, n: d.layer, cell: V.densityCell(d, row, bin) };
+}
+
+function densityText(hit) {
+  const { n, cell } = hit, label = spec.count_labels[n];
+  const which = cell.lo === cell.hi ? `channel ${cell.lo}` : `channels ${cell.lo}–${cell.hi}`;
+  const fmt = (t) => Number(t).toPrecision(4);
+  return `${label} ${which} · ${fmt(cell.t0)} ≤ x < ${fmt(cell.t1)}: ${cell.count.toLocaleString("en")} spikes` +
+    (spec.traceable[n] ? ` · click to map channel ${cell.top}` + (cell.lo === cell.hi ? "" : " (the row's most active)") : "");
+}
+
+function channelOf(n, flat) {
+  const shape = spec.shapes[n];
+  const per = shape.length > 1 ? shape.slice(1).reduce((a, b) => a * b, 1) : 1;
+  return Math.floor(flat / per);
+}
+
+function valueText(panel, local) {
+  // what the browser knows of a neuron beyond its index: compact panels their (16- or 8-bit) activation, RGB pixels
+  // their colour; the bundled models' panels say it in the map's own hover label
+  if (!panel || local < 0 || panel.kind === undefined) return "";
+  if (panel.kind === "rgb") {
+    const hw = panel.layout.h * panel.layout.w, i = local % hw;
+    return ` · RGB ${panel.act[i]}, ${panel.act[hw + i]}, ${panel.act[2 * hw + i]}`;
+  }
+  return ` · activation ≈ ${Number(panel.act[local]).toPrecision(4)}` + (panel.kfire[local] >= NEVER ? " (no spike)" : "");
 }
 
 function highlight(target) {
@@ -257,19 +324,25 @@ function highlight(target) {
   const panel = spec.panels.find((p) => p.layer === n);
   const shapes = [];
   let x = null;
-  if (panel) {
-    const cell = panel.cellOf[flat];
+  const local = panel ? V.localOf(panel, flat) : -1;
+  if (local >= 0) {
+    const cell = panel.cellOf[local];
     const r = Math.floor(cell / panel.cols), c = cell % panel.cols;
     shapes.push({ type: "rect", xref: panel.xref, yref: panel.yref, x0: c - 0.5, x1: c + 0.5, y0: r - 0.5,
                   y1: r + 0.5, line: { color: "#ff2b2b", width: 2.5 } });
-    x = panel.xpos[flat];
+    // a compact panel has no raster x: its fire step's x stands for it (within a step)
+    x = panel.xpos ? panel.xpos[local] : (panel.kfire[local] < NEVER ? spec.cursor_x[Math.min(panel.kfire[local], spec.steps)] : NaN);
   }
   if (x === null && target.x !== undefined) x = target.x;
-  const y = spec.y0[n] + flat * spec.y_scale[n];
+  const strip = (spec.density || []).find((e) => e.layer === n); // a heat strip: ring its channel's row
+  const y = strip ? V.densityY(strip, channelOf(n, flat)) : spec.y0[n] + flat * spec.y_scale[n];
   Plotly.restyle(el("raster"), { x: [Number.isFinite(x) ? [x] : []], y: [Number.isFinite(x) ? [y] : []] },
                  [spec.highlight_trace]);
   Plotly.relayout(el("maps"), { shapes });
-  el("hovered").textContent = `${spec.count_labels[n]} neuron ${unravel(spec.shapes[n], flat)}` +
+  const rgb = panel && panel.kind === "rgb";
+  const what = rgb ? `pixel ${unravel(spec.shapes[n].slice(1), flat % (panel.layout.h * panel.layout.w))}`
+    : `neuron ${unravel(spec.shapes[n], flat)}`;
+  el("hovered").textContent = `${spec.count_labels[n]} ${what}` + valueText(panel, local) +
     (spec.traceable[n] ? " · click to open its membrane trace" : "");
 }
 
@@ -277,6 +350,12 @@ function hover(source) {
   return (ev) => {
     const pt = ev.points && ev.points[0];
     if (!pt) return;
+    const hit = source === "raster" ? densityAt(pt) : null;
+    if (hit) {
+      highlight(null);
+      el("hovered").textContent = densityText(hit);
+      return;
+    }
     const target = neuronAt(source, pt);
     if (target && source === "raster") target.x = pt.x;
     if (target) highlight(target);
@@ -286,6 +365,8 @@ function hover(source) {
 function click(source) {
   return (ev) => {
     const pt = ev.points && ev.points[0];
+    const hit = pt && source === "raster" ? densityAt(pt) : null;
+    if (hit) return pickChannel(hit);
     const target = pt && neuronAt(source, pt);
     if (!target) return;
     const [n, flat] = target;
@@ -304,6 +385,21 @@ function click(source) {
   };
 }
 
+function pickChannel(hit) {
+  // a click on a heat strip: the page maps that row's most active channel (a rerun, with a new spec)
+  const { n, cell } = hit, label = spec.count_labels[n];
+  if (!spec.traceable[n]) {
+    el("message").textContent = "The input's channels are all in the input panel below. Click a hidden layer's strip " +
+      "to map one of its channels.";
+    return;
+  }
+  el("message").textContent = `Mapping channel ${cell.top} of ${label}…`;
+  clearTimeout(linkTimer);
+  linked = k;
+  send("streamlit:setComponentValue", { value: { layer: spec.names[n], channel: cell.top, cursor: k,
+                                                 seq: `${Date.now()}-${Math.random()}` }, dataType: "json" });
+}
+
 // --- building ------------------------------------------------------------------------------------------------
 function build(next) {
   const first = spec === null;
@@ -311,9 +407,13 @@ function build(next) {
   stats.builds += 1;
   stats.spec = spec.id;
   for (const p of spec.panels) {
-    for (const key of ["cells", "kfire", "act", "xpos"]) p[key] = decode(p[key]);
-    p.cellOf = new Int32Array(p.neurons);
-    p.cells.forEach((flat, cell) => { if (flat >= 0) p.cellOf[flat] = cell; });
+    for (const key of ["cells", "kfire", "act", "xpos"]) if (p[key]) p[key] = V.decode(p[key]);
+    p.cells = V.panelCells(p);
+    p.cellOf = V.cellOf(p, p.cells);
+  }
+  for (const d of spec.density || []) {
+    d.counts = V.decode(d.counts);
+    d.top = V.decode(d.top);
   }
   const slider = el("slider");
   slider.max = spec.steps;
