@@ -1,170 +1,56 @@
 """Capture a PyTorch model as a list of normalised ops, in data-flow order.
 
 Modules (`nn.Conv2d`...), functionals (`F.relu`, `torch.flatten`...), tensor methods (`x.view`) and the aten ops of
-a `torch.export` program all map to one small vocabulary (`Op.kind`), through the tables below. What is not
-in a table raises `ConversionError` naming the node.
+a `torch.export` program all map to one small vocabulary (`Op.kind`), through the tables of `ttfs_core.vocabulary`.
+What is not in a table raises `ConversionError` naming the node. A model that `torch.fx` cannot trace (Python control
+flow on shapes) is captured with `torch.export` instead, and its ops say so (`Op.note`).
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
-from torch import Tensor
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ConversionError
 from .fold import batchnorm_scale_shift
-from .untrusted.allowlist import InputGuard
-
-SUPPORTED = (
-    "Conv2d (zero padding, stride, dilation, groups), Linear, BatchNorm1d/2d (eval), ReLU (module, F.relu, "
-    "torch.relu, in-place), ReLU6 / hardtanh(0, c), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, mean over space, "
-    "Flatten / torch.flatten / view / reshape / transpose / permute, additions (+, torch.add, in-place), "
-    "torch.cat / chunk / split and channel slices, multiplication by a constant, Dropout, Identity, and a last "
-    "linear map without ReLU (the readout)"
+from .ops import Op, apply_op  # noqa: F401 - apply_op: re-exported (network)
+from .vocabulary import (  # noqa: F401 - FUNCTIONS, METHODS, MODULES: re-exported (the explorer's inspector)
+    FUNCTIONS,
+    METHOD_ARGS,
+    METHODS,
+    MODULES,
+    SUPPORTED,
+    UPSAMPLE_MODES,
 )
-
-
-@dataclass(frozen=True)
-class Op:
-    """One data-path operation. Shapes are per sample (no batch dimension)."""
-
-    name: str  # qualified module name, or the fx node name for functionals
-    node: str  # fx node name whose output is this op's output
-    kind: str  # what the op computes, a key of `_op_fn` ("conv", "linear", "affine", "relu", "maxpool", "add", ...)
-    target: str  # what the user wrote, for messages (e.g. "Conv2d", "torch.flatten")
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    params: dict[str, Any] = field(default_factory=dict)
-    inputs: tuple[str, ...] = ()  # fx node names of the ops whose values this one reads ("" : the model's input)
-
-
-# --- parameter binding for functional and aten ops -------------------------------------------------------
-
-_CONV = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-_CONV_DEF = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-_MAXP = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
-_MAXP_DEF = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
-_AVGP = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-_AVGP_DEF = {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
-_BN_F = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-_BN_A = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
-_BN_NATIVE = ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps")
-_BN_DEF = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
-
-aten = torch.ops.aten
-
-# callable -> (kind, parameter names, defaults). Functions whose result is a tuple take element 0.
-FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {
-    F.relu: ("relu", ("input",), {}),
-    torch.relu: ("relu", ("input",), {}),
-    torch.relu_: ("relu", ("input",), {}),
-    F.relu_: ("relu", ("input",), {}),
-    F.conv2d: ("conv", _CONV, _CONV_DEF),
-    torch.conv2d: ("conv", _CONV, _CONV_DEF),
-    F.linear: ("linear", ("input", "weight", "bias"), {"bias": None}),
-    F.batch_norm: ("batchnorm", _BN_F, _BN_DEF),
-    F.max_pool2d: ("maxpool", _MAXP, _MAXP_DEF),
-    torch.max_pool2d: ("maxpool", _MAXP, _MAXP_DEF),
-    F.avg_pool2d: ("avgpool", _AVGP, _AVGP_DEF),
-    F.adaptive_avg_pool2d: ("adaptive_avgpool", ("input", "output_size"), {}),
-    torch.flatten: ("reshape", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
-    torch.reshape: ("reshape", ("input", "shape"), {}),
-    F.dropout: ("dropout", ("input", "p", "training"), {"training": True}),
-    F.dropout2d: ("dropout", ("input", "p", "training"), {"training": True}),
-    torch.dropout: ("dropout", ("input", "p", "train"), {}),
-    aten.relu.default: ("relu", ("input",), {}),
-    aten.relu_.default: ("relu", ("input",), {}),
-    aten.conv2d.default: ("conv", _CONV, _CONV_DEF),
-    aten.linear.default: ("linear", ("input", "weight", "bias"), {"bias": None}),
-    aten.batch_norm.default: ("batchnorm", _BN_A, _BN_DEF),
-    aten._native_batch_norm_legit_no_training.default: ("batchnorm", _BN_NATIVE, _BN_DEF),
-    aten.max_pool2d.default: ("maxpool", _MAXP, _MAXP_DEF),
-    aten.max_pool2d_with_indices.default: ("maxpool", _MAXP, _MAXP_DEF),
-    aten.avg_pool2d.default: ("avgpool", _AVGP, _AVGP_DEF),
-    aten.adaptive_avg_pool2d.default: ("adaptive_avgpool", ("input", "output_size"), {}),
-    aten.flatten.using_ints: ("reshape", ("input",), {}),
-    aten.view.default: ("reshape", ("input",), {}),
-    aten.reshape.default: ("reshape", ("input",), {}),
-    aten._unsafe_view.default: ("reshape", ("input",), {}),
-    aten.dropout.default: ("dropout", ("input", "p", "train"), {}),
-    aten.clone.default: ("identity", ("input",), {}),
-    aten.contiguous.default: ("identity", ("input",), {}),
-    aten.detach.default: ("identity", ("input",), {}),
-    operator.getitem: ("getitem", ("input", "index"), {}),
-    F.relu6: ("relu6", ("input",), {}),
-    F.hardtanh: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
-    aten.hardtanh.default: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
-    aten.hardtanh_.default: ("hardtanh", ("input", "min_val", "max_val"), {"min_val": -1.0, "max_val": 1.0}),
-    aten.relu6.default: ("relu6", ("input",), {}),
-    operator.add: ("add", ("input", "other"), {}),
-    operator.iadd: ("add", ("input", "other"), {}),
-    torch.add: ("add", ("input", "other", "alpha"), {"alpha": 1}),
-    aten.add.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
-    aten.add_.Tensor: ("add", ("input", "other", "alpha"), {"alpha": 1}),
-    operator.sub: ("sub", ("input", "other"), {}),
-    operator.isub: ("sub", ("input", "other"), {}),
-    torch.sub: ("sub", ("input", "other", "alpha"), {"alpha": 1}),
-    aten.sub.Tensor: ("sub", ("input", "other", "alpha"), {"alpha": 1}),
-    operator.mul: ("mul", ("input", "other"), {}),
-    torch.mul: ("mul", ("input", "other"), {}),
-    aten.mul.Tensor: ("mul", ("input", "other"), {}),
-    operator.truediv: ("div", ("input", "other"), {}),
-    torch.cat: ("cat", ("tensors", "dim"), {"dim": 0}),
-    torch.concat: ("cat", ("tensors", "dim"), {"dim": 0}),
-    aten.cat.default: ("cat", ("tensors", "dim"), {"dim": 0}),
-    torch.chunk: ("chunk", ("input", "chunks", "dim"), {"dim": 0}),
-    aten.chunk.default: ("chunk", ("input", "chunks", "dim"), {"dim": 0}),
-    torch.split: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
-    aten.split.Tensor: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
-    aten.split_with_sizes.default: ("split", ("input", "split_size_or_sections", "dim"), {"dim": 0}),
-    torch.transpose: ("transpose", ("input", "dim0", "dim1"), {}),
-    aten.transpose.int: ("transpose", ("input", "dim0", "dim1"), {}),
-    torch.permute: ("permute", ("input", "dims"), {}),
-    aten.permute.default: ("permute", ("input", "dims"), {}),
-    torch.mean: ("mean", ("input", "dim", "keepdim"), {"keepdim": False}),
-    aten.mean.dim: ("mean", ("input", "dim", "keepdim"), {"keepdim": False}),
-    aten.slice.Tensor: ("narrow", ("input", "dim", "start", "end", "step"), {"dim": 0, "start": None, "end": None,
-                                                                             "step": 1}),
-}
-
-METHODS = {
-    "relu": "relu", "relu_": "relu", "view": "reshape", "reshape": "reshape", "flatten": "reshape",
-    "contiguous": "identity", "clone": "identity", "detach": "identity", "add": "add", "add_": "add",
-    "__add__": "add", "__iadd__": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
-    "chunk": "chunk", "split": "split",
-    "transpose": "transpose", "permute": "permute", "mean": "mean",
-}
-# tensor method -> parameter names (after self) and defaults
-_METHOD_ARGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "add": (("other", "alpha"), {"alpha": 1}), "add_": (("other", "alpha"), {"alpha": 1}),
-    "__add__": (("other",), {}), "__iadd__": (("other",), {}),
-    "sub": (("other", "alpha"), {"alpha": 1}), "sub_": (("other", "alpha"), {"alpha": 1}),
-    "mul": (("other",), {}), "mul_": (("other",), {}),
-    "chunk": (("chunks", "dim"), {"dim": 0}), "split": (("split_size_or_sections", "dim"), {"dim": 0}),
-    "transpose": (("dim0", "dim1"), {}), "permute": (("dims",), {}), "mean": (("dim", "keepdim"), {"keepdim": False}),
-}
-
-MODULES: dict[type, str] = {
-    nn.Conv2d: "conv", nn.Linear: "linear", nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm",
-    nn.ReLU: "relu", nn.MaxPool2d: "maxpool", nn.AvgPool2d: "avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
-    nn.Flatten: "reshape", nn.Dropout: "identity", nn.Dropout1d: "identity", nn.Dropout2d: "identity",
-    nn.Identity: "identity", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh",
-    InputGuard: "identity",  # the shape check at the head of a graph rebuilt from an uploaded file
-}
-
 
 
 def _pair(v: Any) -> tuple[int, int]:
     if isinstance(v, (list, tuple)):
         return (int(v[0]), int(v[-1])) if len(v) in (1, 2) else (int(v[0]), int(v[1]))
     return int(v), int(v)
+
+
+def _pair_float(v: Any) -> tuple[float, float]:
+    if isinstance(v, (list, tuple)):
+        return (float(v[0]), float(v[-1]))
+    return float(v), float(v)
+
+
+def _sliced(in_shape: tuple[int, ...], ranges: dict[int, tuple[int, int]]) -> tuple[str, dict[str, Any]]:
+    """A contiguous slice along per-sample dimensions: of channels (or features), a "slice"; of height and width
+    of a (C, H, W) value, a crop ("pad" by negative amounts)."""
+    if list(ranges) == [0] or len(in_shape) != 3:
+        ((d, (lo, hi)),) = ranges.items()
+        return "slice", {"dim": d, "start": lo, "stop": hi}
+    (top, bottom), (left, right) = (ranges.get(d, (0, in_shape[d])) for d in (1, 2))
+    return "pad", {"pad": (-left, right - in_shape[2], -top, bottom - in_shape[1])}
 
 
 def _pool_stride(stride: Any, kernel: tuple[int, int]) -> tuple[int, int]:
@@ -217,16 +103,14 @@ class Capture:
             for name, t in items:
                 if t.is_floating_point() and t.numel() and not torch.isfinite(t.abs().amax()):
                     raise ConversionError(f"{kind} {name!r} contains NaN or inf values; weights must be finite")
+        self.note = ""  # how the model was captured, when not by torch.fx (`Op.note` of the first op)
         if isinstance(model, fx.GraphModule):
             self.gm = model
         else:
             try:
                 self.gm = fx.symbolic_trace(model)
-            except Exception as exc:  # noqa: BLE001 - re-raised with context
-                raise ConversionError(
-                    f"torch.fx could not trace {type(model).__name__}: {exc}. Supported: a feed-forward forward() "
-                    "without data-dependent control flow, or a torch.export program"
-                ) from None
+            except Exception as exc:  # noqa: BLE001 - captured with torch.export instead, and said so
+                self.gm, self.note = _exported(model, example, exc)
         try:
             ShapeProp(self.gm).propagate(example)
         except Exception as exc:  # noqa: BLE001
@@ -255,6 +139,8 @@ class Capture:
                 if exc.node is None:
                     exc.node = node.name
                 raise
+        if self.note and ops:
+            ops[0] = replace(ops[0], note=self.note)
         return ops
 
     def _visit(self, node: fx.Node, data: dict, parts: dict, ops: list[Op]) -> bool:
@@ -330,7 +216,7 @@ class Capture:
         desc = describe(node, self.gm)
         src = next(a for a in node.all_input_nodes if a in data)
         if node.op == "call_method":
-            names, defaults = _METHOD_ARGS[str(node.target)]
+            names, defaults = METHOD_ARGS[str(node.target)]
             a = _bind(("input", *names), defaults, node)
         else:
             _, names, defaults = FUNCTIONS[node.target]
@@ -369,7 +255,7 @@ class Capture:
             if kind is None:
                 raise ConversionError(f"unsupported tensor method {desc}. Supported: {SUPPORTED}")
             name, target = node.name, f".{node.target}()"
-            names, defaults = _METHOD_ARGS.get(str(node.target), ((), {}))
+            names, defaults = METHOD_ARGS.get(str(node.target), ((), {}))
             p = self._function_params(kind, _bind(("input", *names), defaults, node), desc, node, len(in_shape))
         else:
             entry = FUNCTIONS.get(node.target)
@@ -395,8 +281,10 @@ class Capture:
             kind, p = "relu6", {"max": float(p["max_val"])}
         if kind == "relu6" and "max" not in p:
             p = {"max": 6.0}
+        if kind in ("upsample", "pad"):
+            kind, p = self._spatial(kind, p, desc, in_shape, out_shape)
         if kind in ("add", "sub", "mul", "div"):
-            kind, p, inputs = self._arithmetic(kind, p, desc, node, data, inputs)
+            kind, p, inputs = self._arithmetic(kind, p, desc, node, data, inputs, out_shape)
         if kind == "transpose":
             kind = "permute"
         if kind == "narrow":
@@ -404,7 +292,7 @@ class Capture:
                 kind, p = "identity", {}
             else:
                 lo, hi, _ = slice(p["start"], p["stop"]).indices(in_shape[p["dim"]])
-                kind, p = "slice", {"dim": p["dim"], "start": lo, "stop": max(lo, hi)}
+                kind, p = _sliced(in_shape, {p["dim"]: (lo, max(lo, hi))})
         if kind not in ("add", "cat") and len(inputs) != 1:
             raise ConversionError(f"{desc}: an op with several data inputs is not supported. Supported: {SUPPORTED}")
         return Op(name, node.name, kind, target, in_shape, out_shape, p, inputs)
@@ -416,46 +304,122 @@ class Capture:
                 raise ConversionError(f"{desc}: only element 0 of a tuple-valued op can be used")
             return None
         index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            k = index.index(Ellipsis)
+            index = (*index[:k], *([slice(None)] * (len(in_shape) + 2 - len(index))), *index[k + 1:])
         narrowed = [(d, i) for d, i in enumerate(index) if not (isinstance(i, slice) and i == slice(None))]
-        if (len(narrowed) == 1 and narrowed[0][0] > 0 and isinstance(narrowed[0][1], slice)
-                and narrowed[0][1].step in (None, 1)):
-            d, sl = narrowed[0]
-            size = in_shape[d - 1]
-            lo, hi, _ = sl.indices(size)
-            return Op(node.name, node.name, "slice", "[...]", in_shape, out_shape,
-                      {"dim": d - 1, "start": lo, "stop": max(lo, hi)}, inputs)
-        raise ConversionError(f"{desc}: indexing {index!r} is not supported; one contiguous slice along a "
-                              "per-sample dimension is")
+        ranges = {}
+        for d, sl in narrowed:
+            if d == 0 or not isinstance(sl, slice) or sl.step not in (None, 1):
+                break
+            lo, hi, _ = sl.indices(in_shape[d - 1])
+            ranges[d - 1] = (lo, max(lo, hi))
+        else:
+            if ranges and (len(ranges) == 1 or 0 not in ranges):
+                kind, p = _sliced(in_shape, ranges)
+                return Op(node.name, node.name, kind, "[...]", in_shape, out_shape, p, inputs)
+        raise ConversionError(f"{desc}: indexing {index!r} is not supported; a contiguous slice of channels, or "
+                              "of height and width (a crop), is")
 
-    def _arithmetic(self, kind, p, desc, node, data, inputs):
-        """x + y, x + c, c·x, x / c: linear in the data. Two activations multiplied together are not."""
+    def _arithmetic(self, kind, p, desc, node, data, inputs, shape):
+        """x + y, x + c, c·x, x / c: linear in the data (c a number, or a stored tensor: a per-channel factor or
+        any offset that broadcasts to the value). Two activations multiplied together are not."""
         operands = [p.get("input", node.args[0]), p.get("other")]
         consts = [a for a in operands if not (isinstance(a, fx.Node) and a in data)]
         if kind in ("mul", "div"):
             if len(inputs) != 1:
                 raise ConversionError(f"{desc}: it multiplies two activations, which is not a ReLU-family "
                                       f"operation (gates and attention cannot be converted). Supported: {SUPPORTED}")
-            c = self._scalar(consts[0], desc)
+            c = self._constant(consts[0], desc, shape)
             numerator_is_data = isinstance(operands[0], fx.Node) and operands[0] in data
-            if kind == "div" and (not numerator_is_data or c == 0):
+            if kind == "div" and (not numerator_is_data or bool((torch.as_tensor(c) == 0).any())):
                 raise ConversionError(f"{desc}: only division of an activation by a non-zero constant is supported")
-            return "mul", {"factor": 1.0 / c if kind == "div" else c}, inputs
+            c = 1.0 / c if kind == "div" else c
+            if not isinstance(c, torch.Tensor):
+                return "mul", {"factor": c}, inputs
+            first = c[(slice(None), *([0] * (c.dim() - 1)))].reshape(-1, *([1] * (c.dim() - 1)))
+            if not bool((c == first).all()):
+                raise ConversionError(f"{desc}: it multiplies by a tensor of shape {tuple(c.shape)} whose values "
+                                      "change with the position; a factor per channel (shape "
+                                      f"({shape[0]}, {', '.join('1' * (len(shape) - 1))})) or a number is supported")
+            scale = first.reshape(-1).expand(shape[0]).clone()
+            return "affine", {"scale": scale, "shift": torch.zeros_like(scale)}, inputs
         alpha = float(p.get("alpha", 1)) * (-1.0 if kind == "sub" else 1.0)
         if len(inputs) == 2:
             return "add", {"sign": 1.0, "alpha": alpha, "constant": 0.0}, inputs
         first_is_data = isinstance(operands[0], fx.Node) and operands[0] in data
-        c = self._scalar(consts[0], desc)
+        c = self._constant(consts[0], desc, shape)
         if first_is_data:  # x ± c
             return "add", {"sign": 1.0, "alpha": 1.0, "constant": alpha * c}, inputs
         return "add", {"sign": alpha, "alpha": 1.0, "constant": c}, inputs  # c ± x
 
-    def _scalar(self, value: Any, desc: str) -> float:
+    def _spatial(self, kind: str, a: dict[str, Any], desc: str, in_shape, out_shape) -> tuple[str, dict[str, Any]]:
+        """Upsampling and padding as ops of their own ("upsample", "pad"), or as a channel placement or slice
+        (padding or cropping channels or features), or an adaptive average pooling (interpolation mode 'area')."""
+        if kind == "pad":
+            mode, value = a.get("mode") or "constant", a.get("value")
+            if mode != "constant" or (value is not None and float(value) != 0.0):
+                what = f"{mode} padding" if mode != "constant" else f"padding with the constant {value}"
+                raise ConversionError(f"{desc}: {what} is not supported; zero padding and cropping are "
+                                      "(nn.ZeroPad2d, F.pad with mode='constant' and value 0)")
+            pad = [int(v) for v in a["pad"]]
+            pairs = [(pad[k], pad[k + 1]) for k in range(0, len(pad) - 1, 2)]  # last dimension first
+            if len(pad) % 2 or len(pairs) > len(in_shape) or not pairs:
+                raise ConversionError(f"{desc}: a pad of {pad} does not fit a value of shape {in_shape} per sample")
+            padded = [len(in_shape) - 1 - k for k, pair in enumerate(pairs) if pair != (0, 0)]
+            if len(in_shape) == 3 and 0 not in padded:
+                (wl, wr), (ht, hb) = pairs[0], pairs[1] if len(pairs) > 1 else (0, 0)
+                return "pad", {"pad": (wl, wr, ht, hb)}
+            if padded == [0]:  # channels (or features): a placement among zeros, or a slice
+                lo, hi = pairs[len(in_shape) - 1]
+                if lo >= 0 and hi >= 0:
+                    return "place", {"dim": 0, "offset": lo, "total": in_shape[0] + lo + hi}
+                if lo <= 0 and hi <= 0:
+                    return "slice", {"dim": 0, "start": -lo, "stop": in_shape[0] + hi}
+            raise ConversionError(f"{desc}: a pad of {pad} on a value of shape {in_shape} is not supported; zero "
+                                  "padding or cropping of height and width, or of channels alone, is")
+        if a.get("antialias"):
+            raise ConversionError(f"{desc}: anti-aliased interpolation is not supported; {UPSAMPLE_MODES} are")
+        if len(in_shape) != 3:
+            raise ConversionError(f"{desc}: interpolation of a {len(in_shape) + 1}-d tensor is not supported; 2-d "
+                                  f"upsampling of (N, C, H, W) values ({', '.join(UPSAMPLE_MODES)}) is")
+        mode = a.get("mode", "nearest")
+        if mode == "area":
+            return "adaptive_avgpool", {"output_size": tuple(out_shape[1:])}
+        if mode not in UPSAMPLE_MODES:
+            raise ConversionError(f"{desc}: interpolation mode {mode!r} is not supported; {', '.join(UPSAMPLE_MODES)}"
+                                  " are (and 'area', an adaptive average pooling)")
+        if "scales_h" in a:
+            scales = (a["scales_h"], a["scales_w"])
+        else:
+            factor = a.get("scale_factor", a.get("scale_factors"))
+            scales = None if factor is None or a.get("recompute_scale_factor") else _pair_float(factor)
+        if scales is not None and all(v is None for v in scales):
+            scales = None
+        align = bool(a.get("align_corners")) if mode == "bilinear" else None
+        return "upsample", {"mode": mode, "align_corners": align, "scales": scales}
+
+    def _constant(self, value: Any, desc: str, shape: tuple[int, ...]) -> float | torch.Tensor:
+        """A number, or a stored tensor as a per-sample tensor that broadcasts to `shape` (a leading batch
+        dimension of 1 dropped)."""
         value = self._const_named(value, desc, "constant") if isinstance(value, fx.Node) else value
         if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise ConversionError(f"{desc}: only a scalar constant is supported here, got a tensor of shape "
-                                      f"{tuple(value.shape)}")
-            value = value.item()
+            if value.numel() == 1:
+                value = value.item()
+            else:
+                t = value.detach()
+                if t.dim() == len(shape) + 1 and t.shape[0] == 1:
+                    t = t[0]
+                if t.dim() > len(shape):
+                    raise ConversionError(f"{desc}: a constant of shape {tuple(value.shape)} does not broadcast to "
+                                          f"a value of shape {shape} per sample; constants per sample are supported")
+                t = t.reshape(*([1] * (len(shape) - t.dim())), *t.shape)
+                if any(a not in (1, b) for a, b in zip(t.shape, shape)):
+                    raise ConversionError(f"{desc}: a constant of shape {tuple(value.shape)} does not broadcast to "
+                                          f"{shape}")
+                if not t.is_floating_point():
+                    t = t.to(torch.get_default_dtype())
+                return t
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConversionError(f"{desc}: expected a number, got {value!r}")
         return float(value)
@@ -497,12 +461,18 @@ class Capture:
                     "count_include_pad": bool(mod.count_include_pad), "divisor_override": mod.divisor_override}
         if kind == "adaptive_avgpool":
             return {"output_size": mod.output_size}
+        if kind == "upsample":
+            return {"size": mod.size, "scale_factor": mod.scale_factor, "mode": mod.mode,
+                    "align_corners": mod.align_corners, "recompute_scale_factor": mod.recompute_scale_factor}
+        if kind == "pad":
+            modes = {nn.ReflectionPad2d: "reflect", nn.ReplicationPad2d: "replicate", nn.CircularPad2d: "circular"}
+            return {"pad": mod.padding, "mode": modes.get(type(mod), "constant"), "value": getattr(mod, "value", 0)}
         return {}
 
     def _function_params(self, kind: str, a: dict[str, Any], desc: str, node: fx.Node | None = None,
                          rank: int = 0) -> dict[str, Any]:
-        if kind in ("add", "sub", "mul", "div"):
-            return dict(a)  # operands and alpha, sorted out by `_arithmetic`
+        if kind in ("add", "sub", "mul", "div", "upsample", "pad"):
+            return dict(a)  # sorted out by `_arithmetic` and `_spatial`
         if kind == "cat":
             return {"dim": self._sample_dim(a["dim"], rank, desc)}
         if kind == "transpose":
@@ -571,87 +541,64 @@ class Capture:
 
     def _const_named(self, value: Any, desc: str, what: str) -> Any:
         if isinstance(value, fx.Node):
-            if value.op != "get_attr":
-                raise ConversionError(
-                    f"{desc}: its {what} is computed inside forward(); only stored parameters and buffers are "
-                    "supported"
-                )
-            obj: Any = self.gm
-            for part in str(value.target).split("."):
-                obj = getattr(obj, part)
-            return obj.detach()
+            if value.op == "get_attr":
+                obj: Any = self.gm
+                for part in str(value.target).split("."):
+                    obj = getattr(obj, part)
+                return obj.detach()
+            if _RESHAPING.get(value.op, {}).get(_name(value.target)) is not None:  # e.g. gamma.view(1, -1, 1, 1)
+                fn = _RESHAPING[value.op][_name(value.target)]
+                args = [self._const_named(a, desc, what) for a in value.args]
+                kwargs = {k: self._const_named(v, desc, what) for k, v in value.kwargs.items()}
+                return fn(*args, **kwargs).detach()
+            raise ConversionError(
+                f"{desc}: its {what} is computed inside forward(); only stored parameters and buffers (possibly "
+                "reshaped) are supported"
+            )
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._const_named(v, desc, what) for v in value)
         if isinstance(value, torch.Tensor):
             return value.detach()
         return value
 
 
-# --- what each op computes on activations (folded glue, readout post-processing) ---------------------
-def _op_fn(op: Op):
-    p = op.params
-    if op.kind == "affine":
-        def fn(x, k=p["scale"], s=p["shift"]):
-            shape = (1, -1, *([1] * (x.dim() - 2)))
-            return x * k.to(x.dtype).reshape(shape) + s.to(x.dtype).reshape(shape)
-    elif op.kind == "reshape":
-        def fn(x, shape=op.out_shape):
-            return x.reshape(x.shape[0], *shape)
-    elif op.kind == "avgpool":
-        def fn(x):
-            return F.avg_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"], p["count_include_pad"],
-                                p["divisor_override"])
-    elif op.kind == "adaptive_avgpool":
-        def fn(x, size=op.out_shape[1:]):
-            return adaptive_avg_pool(x, size)
-    elif op.kind == "maxpool":
-        def fn(x):
-            return F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"])
-    elif op.kind == "linear":
-        def fn(x):
-            return F.linear(x, p["weight"].to(x.dtype), p["bias"].to(x.dtype))
-    elif op.kind == "conv":
-        def fn(x):
-            return F.conv2d(x, p["weight"].to(x.dtype), p["bias"].to(x.dtype), p["stride"], p["padding"],
-                            p["dilation"], p["groups"])
-    elif op.kind == "slice":
-        def fn(x, d=p["dim"] + 1, lo=p["start"], hi=p["stop"]):
-            return x.narrow(d, lo, hi - lo)
-    elif op.kind == "place":  # x into channels [offset, offset + C) of a zero tensor with `total` of them (cat)
-        def fn(x, d=p["dim"] + 1, lo=p["offset"], total=p["total"]):
-            shape = list(x.shape)
-            shape[d] = total
-            return torch.cat([x.new_zeros(*shape[:d], lo, *shape[d + 1:]), x,
-                              x.new_zeros(*shape[:d], total - lo - x.shape[d], *shape[d + 1:])], d)
-    elif op.kind == "permute":
-        def fn(x, dims=p["dims"]):
-            return x.permute(0, *(d + 1 for d in dims))
-    elif op.kind == "mean":
-        def fn(x, dims=p["dims"], keep=p["keepdim"]):
-            return x.mean(tuple(d + 1 for d in dims), keepdim=keep)
-    elif op.kind == "mul":
-        def fn(x, k=p["factor"]):
-            return x * k
-    else:
-        def fn(x):
-            return x
-    return fn
+def _name(target: Any) -> str:
+    return target if isinstance(target, str) else str(target)
 
 
-def _pool_matrix(n_in: int, n_out: int, dtype) -> Tensor:
-    """Adaptive average pooling along one axis as an (n_out, n_in) matrix (PyTorch's floor/ceil windows)."""
-    m = torch.zeros(n_out, n_in, dtype=dtype)
-    for i in range(n_out):
-        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-        m[i, lo:hi] = 1.0 / (hi - lo)
-    return m
+_METHOD = {name: (lambda n: lambda t, *a, **k: getattr(t, n)(*a, **k))(name)
+           for name in ("view", "reshape", "unsqueeze", "squeeze", "flatten", "contiguous", "clone", "detach")}
+_RESHAPING: dict[str, dict[str, Any]] = {
+    "call_method": _METHOD,
+    "call_function": {str(f): f for f in (
+        torch.reshape, torch.unsqueeze, torch.squeeze, torch.flatten, torch.ops.aten.view.default,
+        torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.unsqueeze.default,
+        torch.ops.aten.clone.default, torch.ops.aten.detach.default)},
+}
+"""Ops on a stored tensor alone that only reshape or copy it: computed at capture (a parameter viewed per channel)."""
 
 
-def adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """F.adaptive_avg_pool2d as two small matrix products (fast forward and backward when upsampling)."""
-    ph = _pool_matrix(x.shape[-2], size[0], x.dtype)
-    pw = _pool_matrix(x.shape[-1], size[1], x.dtype)
-    return torch.einsum("oh,bchw,pw->bcop", ph, x, pw)
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
-    """Apply a captured op to activations. Shape: (B, *op.in_shape) -> (B, *op.out_shape)."""
-    return _op_fn(op)(x)
+def _exported(model: nn.Module, example: torch.Tensor, failure: Exception) -> tuple[fx.GraphModule, str]:
+    """The aten graph of `torch.export` (batch dimension dynamic) for a model that torch.fx cannot trace, and the
+    note that says so."""
+    name, reason = type(model).__name__, _first_line(failure)
+    batch = example if example.shape[0] > 1 else torch.cat([example, example])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (batch,), dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                          strict=False)
+            gm = program.module()
+    except Exception as exc:  # noqa: BLE001 - re-raised with both reasons
+        raise ConversionError(
+            f"torch.fx could not trace {name} ({reason}), and torch.export could not export it either "
+            f"({_first_line(exc)}). Supported: a feed-forward forward() without data-dependent control flow, or a "
+            "torch.export program"
+        ) from None
+    return gm, (f"captured with torch.export because torch.fx could not trace {name} ({reason}); shape-dependent "
+                f"branches follow inputs of shape {tuple(example.shape[1:])}")

@@ -67,7 +67,16 @@ def record_activations(model: nn.Module, snn: SpikingNetwork, x: Tensor,
     with torch.no_grad():
         logits = rec.run(x)
     logits = first_output(logits)
-    acts = [layer.probe.read(rec.values[layer.probe.node]) * layer.scale for layer in snn.layers]
+    acts = []
+    for layer in snn.layers:
+        value = layer.probe.read(rec.values[layer.probe.node])
+        if tuple(value.shape[1:]) != tuple(layer.shape):
+            # a relay layer (ttfs_core.lower: upsampling, border average pooling) reads the model's value through
+            # ops its probe keeps in memory; a saved file stores the network, not those ops
+            raise ValueError(f"layer {layer.name!r} ({layer.op}) holds {tuple(layer.shape)} values but the model's "
+                             f"{layer.probe.node!r} gives {tuple(value.shape[1:])}: a relay layer of a saved network "
+                             "cannot be read from the model; compare the network as converted in this process")
+        acts.append(value * layer.scale)
     return acts, logits
 
 

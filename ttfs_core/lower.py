@@ -3,8 +3,14 @@
 Every value of the model's data path is kept as a sum of *terms* plus a bias map: a term is (source layer,
 routing by max pooling, a chain of bias-free linear ops). Linear ops act on every term and on the bias:
 
-- BatchNorm, convolution, Linear, average pooling, reshape, transpose, channel slices, a constant factor:
-  appended to each term's chain (a linear node is composed into every layer that reads it, never given neurons);
+- BatchNorm, convolution, Linear, average pooling, zero padding, reshape, transpose, channel slices, constant
+  factors: appended to each term's chain (a linear node is composed into every layer that reads it, never given
+  neurons; `ttfs_core.compose` makes each chain one weighted sum);
+- linear maps that no convolution of the value computes (their weights change with the position) go through relay
+  layers, neurons whose ReLU is the identity and whose weighted sums are convolutions again: average pooling whose
+  divisor changes at the border (count_include_pad=False, ceil_mode) keeps its interior divisor everywhere, and
+  relays hold the window sums of the few border rows and columns, added back with the difference; upsampling
+  (nearest, bilinear) reads a relay that holds every pixel of the value as a channel (`_resampled`);
 - an addition concatenates the term lists, a channel concatenation places each part's terms at its channels;
 - max pooling of spikes routes each term (earliest spike; latest where a negative BatchNorm scale flips it);
   max pooling of anything else waits for the ReLU that follows (ReLU and max pooling commute);
@@ -20,28 +26,25 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .capture import Op, apply_op
+from .compose import Term, compose, error_at
 from .errors import ConversionError
-from .fold import compose_affine, fold_chain_into_linear
+from .fold import compose_affine
 from .mapping import input_folding
+from .ops import Op, apply_op, pool_axes, shifted_kernel, spatial_matrix
 from .records import Layer, Probe, Synapses
 from .sim.dynamics import Pool
 
+MAX_RELAY_WEIGHTS = 1 << 24
+"""The most weights one relay's synapses may hold (upsampling through per-pixel relays grows with the map's area
+squared): larger maps are refused by name."""
+MAX_RELAY_MACS = 1 << 28
+"""The most multiply-adds per input of the convolution that reads an upsampling's per-pixel relay (its kernel is the
+output's size, so it grows with the area squared): larger maps are refused by name."""
+
 _ROUTABLE = ("affine", "place", "identity")  # ops that keep a term one channel per source channel
 _READOUT = ("affine", "reshape", "maxpool", "avgpool", "adaptive_avgpool", "identity")
-
-
-@dataclass(frozen=True, eq=False)
-class Term:
-    """ops(route(activations of layer `source`)); −1 is the encoded input. `in_shape` is the routed shape."""
-
-    source: int
-    route: tuple[Pool, ...]
-    in_shape: tuple[int, ...]
-    ops: tuple[Op, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,13 +69,6 @@ class Value:
     absorbed: tuple[Op, ...] = ()  # the captured ops since the spikes of the layers read (provenance)
 
 
-def _at(op: Op, message: str) -> ConversionError:
-    """A ConversionError about `op`, marked with its fx node (`ConversionError.node`)."""
-    error = ConversionError(message)
-    error.node = op.node
-    return error
-
-
 def _bias_free(op: Op) -> Op:
     p = dict(op.params)
     if op.kind in ("conv", "linear"):
@@ -91,10 +87,15 @@ class Lowering:
 
     def __init__(self, ops: list[Op], output: str, input_shape: tuple[int, ...], input_range, dtype):
         self.ops, self.output_node, self.dtype = ops, output, dtype
+        self.users: dict[str, list[Op]] = {}  # fx node -> the ops that read its value
+        for op in ops:
+            for name in dict.fromkeys(op.inputs):
+                self.users.setdefault(name, []).append(op)
         self.layers: list[Layer] = []
         self.names: set[str] = set()
         self.notes: dict[str, list[str]] = {}  # fx node -> remarks for the provenance (routing flipped by a BN)
         self._absorbing: tuple[Op, ...] = ()  # the ops the layer closed by the op being lowered absorbed
+        self._relays = 0  # relay layers closed by the op being lowered
         channels = input_shape[0] if len(input_shape) >= 2 else 1
         scale, shift = input_folding(*input_range)
         per = (channels,) if len(input_shape) >= 2 else input_shape
@@ -110,7 +111,9 @@ class Lowering:
         for op in self.ops:
             args = [self.values[i] for i in op.inputs]
             self._absorbing = tuple(sorted(_absorbed(args, op), key=lambda o: order[o.node]))
-            closed = len(self.layers)
+            closed, self._relays = len(self.layers), 0
+            if op.note:
+                self._note(op, op.note)
             try:
                 value = getattr(self, f"_on_{op.kind}")(op, *args)
             except ConversionError as exc:
@@ -118,7 +121,8 @@ class Lowering:
                     exc.node = op.node  # the node being lowered (its message names the module at fault)
                 raise
             # provenance: a value carries the ops since the last spikes; a ReLU that closed a layer gave them to it
-            self.values[op.node] = replace(value, absorbed=() if len(self.layers) > closed else self._absorbing)
+            relu_closed = len(self.layers) - self._relays > closed
+            self.values[op.node] = replace(value, absorbed=() if relu_closed else self._absorbing)
         out = self.values[self.output_node]
         self._absorbing = out.absorbed
         try:
@@ -132,7 +136,7 @@ class Lowering:
         if out.pending is not None:
             bad = next((o for o in out.pending.ops if o.kind not in _READOUT), None)
             if bad is not None:
-                raise _at(bad, f"{bad.name} ({bad.target}) after the readout is not supported")
+                raise error_at(bad, f"{bad.name} ({bad.target}) after the readout is not supported")
             self._close(out.pending.pre, output=True, readout=out.pending.ops)
         else:
             weighted = {"conv", "linear", "affine", "avgpool", "adaptive_avgpool", "mean", "mul"}
@@ -155,8 +159,38 @@ class Lowering:
         spikes = v.spikes and op.kind in ("identity",)
         return Value(terms, _apply1(op, v.bias), tuple(op.out_shape), op.node, op.target, None, spikes)
 
-    _on_affine = _on_conv = _on_avgpool = _on_adaptive_avgpool = _on_reshape = _linear
-    _on_slice = _on_permute = _on_mean = _on_mul = _linear
+    _on_affine = _on_conv = _on_reshape = _linear
+    _on_slice = _on_permute = _on_mean = _on_mul = _on_pad = _on_place = _linear
+
+    def _on_avgpool(self, op: Op, v: Value) -> Value:
+        if v.pending is None and len(v.shape) == 3 and self._read_as_conv(op.node):
+            axes = pool_axes(op.params, v.shape)
+            if not all(bool((ax.divisor == ax.divisor[0]).all()) for ax in axes):
+                return self._bordered(op, v, axes)
+        return self._linear(op, v)
+
+    def _on_upsample(self, op: Op, v: Value) -> Value:
+        if v.pending is not None or tuple(v.shape[1:]) == (1, 1) or not self._read_as_conv(op.node):
+            return self._linear(op, v)  # from one position, or read by Linear layers: one weighted sum
+        return self._resampled(op, v)
+
+    def _on_adaptive_avgpool(self, op: Op, v: Value) -> Value:
+        (h, w), (big_h, big_w) = v.shape[1:], op.out_shape[1:]
+        if v.pending is None and (h % big_h or w % big_w) and self._read_as_conv(op.node):
+            return self._resampled(op, v)  # not a plain pooling (e.g. 2×2 to 7×7): a spatial map, as upsampling
+        return self._linear(op, v)
+
+    def _read_as_conv(self, node: str, depth: int = 0) -> bool:
+        """Whether a later op reads the value of `node` as a convolution reads it (its output a (C, H, W) value
+        larger than 1×1), through ops that keep positions apart; not when only Linear layers or ops onto one
+        position read it (their weighted sums take any linear map)."""
+        for user in self.users.get(node, ()):
+            if user.kind in ("identity", "affine", "mul") and depth < 16:
+                if self._read_as_conv(user.node, depth + 1):
+                    return True
+            elif len(user.out_shape) == 3 and tuple(user.out_shape[1:]) != (1, 1):
+                return True
+        return False
 
     def _on_linear(self, op: Op, v: Value) -> Value:
         if len(op.in_shape) != 1:
@@ -170,13 +204,14 @@ class Lowering:
     def _on_add(self, op: Op, a: Value, b: Value | None = None) -> Value:
         for v in (a, b):
             if v is not None and v.pending is not None:
-                raise ConversionError(f"{op.name} ({op.target}) adds a max-pooled value that has no ReLU yet; pool "
-                                      "after the ReLU")
+                raise self._unrouted(op, v, "adds")
         sign = op.params.get("sign", 1.0)
         if sign != 1.0:
             a = self._scaled(op, a, sign)
         if b is None:
-            return Value(a.terms, a.bias + op.params["constant"], a.shape, op.node, "add")
+            constant = op.params["constant"]
+            constant = constant.to(a.bias.dtype) if isinstance(constant, Tensor) else constant
+            return Value(a.terms, a.bias + constant, a.shape, op.node, "add")
         if tuple(a.shape) != tuple(b.shape):
             raise ConversionError(f"{op.name} ({op.target}) adds tensors of shapes {a.shape} and {b.shape}; "
                                   "broadcasting additions are not supported")
@@ -194,8 +229,7 @@ class Lowering:
         terms = []
         for v in parts:
             if v.pending is not None:
-                raise ConversionError(f"{op.name} ({op.target}) concatenates a max-pooled value that has no ReLU "
-                                      "yet; pool after the ReLU")
+                raise self._unrouted(op, v, "concatenates")
             place = Op(op.name, op.node, "place", "cat", v.shape, tuple(op.out_shape),
                        {"dim": dim, "offset": offset, "total": total})
             terms += [replace(t, ops=(*t.ops, place)) for t in v.terms]
@@ -203,6 +237,14 @@ class Lowering:
         bias = torch.cat([v.bias for v in parts], dim)
         spikes = all(v.spikes for v in parts) and dim == 0
         return Value(tuple(terms), bias, tuple(op.out_shape), op.node, "cat", None, spikes)
+
+    def _unrouted(self, op: Op, v: Value, does: str) -> ConversionError:
+        """The refusal of a max pooling of a value no ReLU produced, used before any ReLU (Xception's blocks)."""
+        pool = next(o for o in v.pending.ops if o.kind == "maxpool")
+        return error_at(pool, f"{pool.name} ({pool.target}) max-pools {v.pending.pre.label or v.pending.pre.node}, "
+                              f"a value that no ReLU produced, and {op.name} ({op.target}) {does} it before any "
+                              "ReLU: max pooling is supported on a ReLU layer's output (earliest spike), or when a "
+                              "ReLU follows it (BatchNorm may stand between), not on a linear value")
 
     # --- max pooling -------------------------------------------------------------------------------------
     def _on_maxpool(self, op: Op, v: Value) -> Value:
@@ -295,7 +337,7 @@ class Lowering:
                 probe_affine = pair if probe_affine is None else compose_affine(probe_affine, pair)
                 pre = self._linear(replace(o, in_shape=pre.shape, out_shape=pre.shape), pre)
             elif o.kind != "identity":
-                raise _at(o, f"{o.name} ({o.target}) between {pre.label or pre.node} and its ReLU "
+                raise error_at(o, f"{o.name} ({o.target}) between {pre.label or pre.node} and its ReLU "
                              f"{relu.name} is not supported; only BatchNorm and max pooling can stand there")
         scale, shift = probe_affine if probe_affine else (None, None)
         return pre, Probe(v.pending.pre.node, scale, shift, relu=True), pools
@@ -321,7 +363,9 @@ class Lowering:
 
     # --- closing a layer ---------------------------------------------------------------------------------
     def _close(self, v: Value, *, relu: Op | None = None, probe: Probe | None = None, output: bool = False,
-               readout: tuple[Op, ...] = (), clip: float | None = None) -> int:
+               readout: tuple[Op, ...] = (), clip: float | None = None, relay: Op | None = None) -> int:
+        """A layer of neurons ReLU(v) (v itself for the readout); `relay`: a relay layer for the linear op `relay`
+        (its ReLU is the identity on the values it holds), named after it."""
         shape = tuple(v.shape)
         inputs: list[Synapses] = []
         for t in v.terms:
@@ -336,7 +380,9 @@ class Lowering:
         if len(shape) == 3 and bool((bias == bias[:, :1, :1]).all()):
             bias = bias[:, :1, :1].clone()
         main = _main_op(v)
-        if main is not None and len(v.terms) == 1:
+        if relay is not None:
+            name, label = f"{relay.name}:{v.label}", f"relay ({v.label})"
+        elif main is not None and len(v.terms) == 1:
             name, label = main.name, main.target
         else:
             name = relu.name if relu is not None else v.node
@@ -347,10 +393,132 @@ class Lowering:
         scale = torch.ones((shape[0], 1, 1) if len(shape) == 3 else shape, dtype=self.dtype)
         layer = Layer(name=name, op=label, inputs=tuple(inputs), shape=shape, bias=bias.contiguous(),
                       probe=probe if probe is not None else Probe(v.node), scale=scale, is_output=output,
-                      readout=tuple(readout), absorbed=self._provenance(),
-                      clip=None if clip is None else float(clip))
+                      readout=tuple(readout), clip=None if clip is None else float(clip),
+                      absorbed=self._provenance() if relay is None else ((relay.name, relay.kind, label),))
         self.layers.append(layer)
+        self._relays += relay is not None
         return len(self.layers) - 1
+
+    # --- relays: linear maps whose weights change with the position -------------------------------------------
+    def _relay(self, op: Op, v: Value, then: tuple[Op, ...], what: str, node: str, estimate: int) -> Term:
+        """Close a relay layer ReLU(v) whose neurons hold values ≥ 0 (the ReLU is the identity on them); the model
+        computes them as `then` applied to its value at `node`. Returns the term reading it. `estimate` bounds
+        the weights its synapses will need, checked before they are built."""
+        limit = f"; over the limit of {MAX_RELAY_WEIGHTS:,} weights per relay: supported on smaller maps"
+        if estimate > 4 * MAX_RELAY_WEIGHTS:
+            raise error_at(op, f"{op.name} ({op.target}) on a value of shape {v.shape}: its exact lowering needs "
+                               f"relay neurons with about {estimate:,} weights{limit}")
+        n = self._close(replace(v, label=what), probe=Probe(node, then=then), relay=op)
+        size = sum(syn.weight.numel() for syn in self.layers[n].inputs)
+        if size > MAX_RELAY_WEIGHTS:
+            raise error_at(op, f"{op.name} ({op.target}) on a value of shape {v.shape}: its exact lowering needs "
+                               f"{self.layers[n].neurons:,} relay neurons with {size:,} weights{limit}")
+        return Term(n, (), tuple(v.shape))
+
+    def _conv_op(self, op: Op, node: str, weight: Tensor, stride, padding, groups: int, in_shape,
+                 out_shape, dilation=(1, 1)) -> Op:
+        return Op(op.name, f"{op.node}:{node}", "conv", op.target, tuple(in_shape), tuple(out_shape),
+                  {"weight": weight.to(self.dtype), "bias": torch.zeros(weight.shape[0], dtype=self.dtype),
+                   "stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation), "groups": groups})
+
+    def _bordered(self, op: Op, v: Value, axes) -> Value:
+        """Average pooling whose divisor changes at the border, one axis at a time (width, then height; the
+        divisor is a product of one per axis). The interior's 1/divisor multiplies the window sums everywhere (a
+        convolution); each row or column whose divisor differs gets a relay layer holding its window sums (≥ 0 on
+        spikes; a + and a − relay otherwise), added back with the difference of 1/divisor. Picking row i out of n
+        and placing it back are convolutions of two taps (dilated, strided), not n."""
+        c = v.shape[0]
+        signs = torch.tensor([1.0] if v.spikes else [1.0, -1.0], dtype=self.dtype)
+        s = len(signs)
+        depth = 1 if v.spikes else max((t.in_shape[0] for t in v.terms), default=1)  # inputs per neuron and tap
+        probe_ops: tuple[Op, ...] = ()  # the model's value at v.node -> the current stage
+        cur = v
+        for d in (1, 0):
+            ax, size, other = axes[d], cur.shape[1 + d], cur.shape[2 - d]
+            n = len(ax.divisor)
+            plain = (size + 2 * ax.left - ax.kernel) // ax.stride + 1 == n
+            kernel = torch.ones(c, 1, *_along(d, ax.kernel), dtype=self.dtype)
+            weight, pads = shifted_kernel(kernel, _along(d, ax.left, 0), _along(d, ax.left if plain else ax.right, 0))
+            out_shape = (c, *_along(d, n, other))
+            sums = self._conv_op(op, f"sums{d}", weight, _along(d, ax.stride), pads, c, cur.shape, out_shape)
+            recip = (1.0 / ax.divisor).to(self.dtype)
+            inner = recip[n // 2]
+            nxt = self._linear(self._conv_op(op, f"avg{d}", weight * inner, _along(d, ax.stride), pads, c,
+                                             cur.shape, out_shape), cur)
+            summed = self._linear(sums, cur)
+            for i in (recip != inner).nonzero().flatten().tolist():
+                # row (column) i of the window sums: tap 1 of a kernel dilated by i, one output (stride n)
+                taps = torch.tensor([1.0] if i == 0 else [0.0, 1.0], dtype=self.dtype)
+                pick = (signs[:, None] * taps).reshape(s, 1, *_along(d, len(taps))).repeat(c, 1, 1, 1)
+                relay_shape = (c * s, *_along(d, 1, other))
+                crop = self._conv_op(op, f"border{d}.{i}", pick, _along(d, n), (0, 0), c, out_shape, relay_shape,
+                                     _along(d, max(i, 1)))
+                estimate = c * s * depth * (n + ax.kernel) * cur.shape[2 - d] * len(cur.terms)
+                relay = self._relay(op, self._linear(crop, summed), (*probe_ops, sums, crop),
+                                    f"{'column' if d else 'row'} {i}", v.node, estimate)
+                # back to position i, times (1/divisor − interior's): a 1-long input padded by P, taps dilated so
+                # that one of them reads it at output i (the other reads it at n − 1 − i, with weight 0)
+                if 2 * i + 1 == n:
+                    taps, pad, dil = torch.ones(1, dtype=self.dtype), i, 1
+                elif 2 * i + 1 < n:
+                    taps, pad, dil = torch.tensor([0.0, 1.0], dtype=self.dtype), n - 1 - i, n - 1 - 2 * i
+                else:
+                    taps, pad, dil = torch.tensor([1.0, 0.0], dtype=self.dtype), i, 2 * i + 1 - n
+                back = (signs[:, None] * taps * (recip[i] - inner)).reshape(1, s, *_along(d, len(taps)))
+                place = self._conv_op(op, f"place{d}.{i}", back.repeat(c, 1, 1, 1), (1, 1), _along(d, pad, 0), c,
+                                      relay_shape, out_shape, _along(d, dil))
+                nxt = replace(nxt, terms=(*nxt.terms, replace(relay, ops=(place,))))
+            step = dict(op.params, kernel_size=_along(d, ax.kernel), stride=_along(d, ax.stride),
+                        padding=_along(d, ax.left, 0))
+            probe_ops = (*probe_ops, replace(op, params=step, in_shape=cur.shape, out_shape=out_shape))
+            cur = nxt
+        return Value(cur.terms, cur.bias, tuple(op.out_shape), op.node, op.target)
+
+    def _resampled(self, op: Op, v: Value) -> Value:
+        """Upsampling (any per-channel spatial map with non-negative weights) of a (C, h, w) value: its weights
+        change with the output position, so a first relay holds each pixel of the value as a channel (C·h·w
+        neurons of shape 1×1; ± relays for a signed value), and a second one the upsampled value (C, H, W),
+        reading the first through a convolution whose kernel is the output's size (output p reads its own
+        weights of every pixel; all other taps read zero padding)."""
+        (c, h, w), (big_h, big_w) = v.shape, op.out_shape[1:]
+        m = spatial_matrix(op, (h, w), self.dtype)  # (H·W, h·w)
+        macs = c * 4 * h * w * (big_h * big_w) ** 2  # per sample, of the second relay's convolution
+        if macs > MAX_RELAY_MACS:
+            raise error_at(op, f"{op.name} ({op.target}) from {h}×{w} to {big_h}×{big_w} on {c} channels: its exact "
+                               f"lowering reads a relay through convolutions of {macs:,} multiply-adds per input, "
+                               f"over the limit of {MAX_RELAY_MACS:,}; supported on smaller maps")
+        if bool((m < 0).any()):
+            raise error_at(op, f"{op.name} ({op.target}) has negative interpolation weights; nearest and bilinear "
+                               "upsampling are supported")
+        signs = torch.tensor([1.0] if v.spikes else [1.0, -1.0], dtype=self.dtype)
+        s, hw = len(signs), h * w
+        eye = torch.eye(hw, dtype=self.dtype).reshape(1, hw, 1, h, w) * signs.reshape(s, 1, 1, 1, 1)
+        pix = self._conv_op(op, "pixels", eye.reshape(s * hw, 1, h, w).repeat(c, 1, 1, 1), (1, 1), (0, 0), c,
+                            v.shape, (c * s * hw, 1, 1))
+        depth = hw if v.spikes else hw * max((t.in_shape[0] for t in v.terms), default=1)
+        first = self._relay(op, self._linear(pix, v), (pix,), f"{h}×{w} pixels as channels", v.node,
+                            c * s * hw * depth * len(v.terms))
+        kernel = m.T.reshape(hw, big_h, big_w).flip(1, 2)  # kernel of input pixel q: tap (H−1−i, W−1−j)
+        mix = (signs[:, None] * signs[None, :]).reshape(s, s, 1, 1, 1) * kernel  # (sign out, sign in, q, H, W)
+        spread = self._conv_op(op, "spread", mix.reshape(s, s * hw, big_h, big_w).repeat(c, 1, 1, 1), (1, 1),
+                               (big_h - 1, big_w - 1), c, first.in_shape, (c * s, big_h, big_w))
+        spikes = Value((first,), torch.zeros(first.in_shape, dtype=self.dtype), first.in_shape, "", spikes=True)
+        expand = self._conv_op(op, "signs", signs.reshape(s, 1, 1, 1).repeat(c, 1, 1, 1), (1, 1), (0, 0), c,
+                               op.out_shape, (c * s, big_h, big_w))
+        second = self._relay(op, self._linear(spread, spikes), (expand,), f"upsampled to {big_h}×{big_w}", op.node,
+                             c * s * s * hw * big_h * big_w)
+        if s == 1:
+            return Value((second,), torch.zeros(op.out_shape, dtype=self.dtype), tuple(op.out_shape), op.node,
+                         op.target, spikes=True)
+        combine = self._conv_op(op, "combine", signs.reshape(1, s, 1, 1).repeat(c, 1, 1, 1), (1, 1), (0, 0), c,
+                                second.in_shape, op.out_shape)
+        return Value((replace(second, ops=(combine,)),), torch.zeros(op.out_shape, dtype=self.dtype),
+                     tuple(op.out_shape), op.node, op.target)
+
+
+def _along(d: int, size: int, other: int = 1) -> tuple[int, int]:
+    """(height, width) with `size` along axis d (0: height, 1: width) and `other` along the other one."""
+    return (size, other) if d == 0 else (other, size)
 
 
 def _absorbed(args: list[Value], op: Op) -> tuple[Op, ...]:
@@ -378,292 +546,3 @@ def _merge(inputs: list[Synapses], syn: Synapses) -> list[Synapses]:
             inputs[k] = replace(other, weight=other.weight + syn.weight)
             return inputs
     return [*inputs, syn]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# composing a term's chain of linear ops into one weighted sum
-
-@dataclass
-class _ConvForm:
-    """A term as one convolution so far: weight W with geometry, whose output occupies channels [lo, lo + rows)
-    of a value with `total` channels. The identity is a depthwise 1×1 convolution with weight 1."""
-
-    weight: Tensor
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-    lo: int = 0
-    rows: int = 0
-    total: int = 0
-
-    @property
-    def pointwise(self) -> bool:
-        return tuple(self.weight.shape[2:]) == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
-
-    @property
-    def diagonal(self) -> bool:
-        """A per-channel factor (the identity, or BatchNorm scales on spikes)."""
-        return self.pointwise and self.groups == self.rows and self.weight.shape[1] == 1
-
-    def dense(self, in_channels: int) -> Tensor:
-        """W with groups expanded: (rows, in_channels, kh, kw)."""
-        return _ungroup(self.weight, self.groups, in_channels)
-
-
-def _ungroup(w: Tensor, groups: int, in_channels: int) -> Tensor:
-    if groups == 1:
-        return w
-    out, cin_g = w.shape[0], w.shape[1]
-    full = w.new_zeros(out, in_channels, *w.shape[2:])
-    per = out // groups
-    for g in range(groups):
-        full[g * per:(g + 1) * per, g * cin_g:(g + 1) * cin_g] = w[g * per:(g + 1) * per]
-    return full
-
-
-class NotComposable(Exception):
-    def __init__(self, message: str, node: str | None = None):
-        super().__init__(message)
-        self.node = node  # the fx node of the op that cannot be composed
-
-
-def compose(t: Term, shape: tuple[int, ...], dtype, keep_zero: bool = False) -> Synapses | None:
-    """The term's linear chain as one `Synapses` into a layer of `shape`; None if it is identically zero."""
-    if len(shape) == 3 and len(t.in_shape) == 3:
-        try:
-            syn = _compose_conv(t, shape, dtype)
-        except NotComposable as exc:
-            error = ConversionError(str(exc))
-            error.node = exc.node
-            raise error from None
-        if syn is not None or keep_zero:
-            return syn if syn is not None else _dense(t, shape, dtype)
-        return None
-    if len(shape) == 3:
-        raise ConversionError(f"a {len(t.in_shape)}-d value reshaped into the {shape} input of a spiking layer is not "
-                              "supported")
-    syn = _dense(t, shape, dtype)
-    if not keep_zero and not bool((syn.weight != 0).any()):
-        return None
-    return syn
-
-
-def _dense(t: Term, shape: tuple[int, ...], dtype) -> Synapses:
-    """The term's chain as one dense matrix on the flattened routed source: W_post · W_linear · J_pre, where
-    J_pre is the Jacobian of the glue before the last Linear (pulled back row by row, `fold_chain_into_linear`)
-    and W_post that of the per-neuron ops after it (so the big Linear is never differentiated through)."""
-    ops = list(t.ops)
-    n = 1
-    for s in shape:
-        n *= s
-    last = max((k for k, o in enumerate(ops) if o.kind == "linear"), default=None)
-    if last is None:
-        rows, pre = torch.eye(n, dtype=dtype), ops
-    else:
-        w = ops[last].params["weight"].to(dtype)
-        post = ops[last + 1:]
-        if post:
-            mid = _jacobian(post, tuple(ops[last].out_shape), n, dtype)
-            w = mid @ w
-        rows, pre = w, ops[:last]
-    if not any(o.kind not in ("identity", "reshape") for o in pre):
-        return Synapses(t.source, t.route, t.in_shape, rows.contiguous(), None)  # flatten → Linear: W as it is
-    weight, _ = fold_chain_into_linear(rows, torch.zeros(rows.shape[0], dtype=dtype), _chain(pre), t.in_shape)
-    return Synapses(t.source, t.route, t.in_shape, weight.contiguous(), None)
-
-
-def _chain(ops: list[Op]):
-    def apply(x: Tensor) -> Tensor:
-        for op in ops:
-            x = apply_op(op, x)
-        return x
-
-    return apply
-
-
-def _jacobian(ops: list[Op], in_shape: tuple[int, ...], n: int, dtype) -> Tensor:
-    """The (n, prod(in_shape)) matrix of a short chain of linear ops."""
-    weight, _ = fold_chain_into_linear(torch.eye(n, dtype=dtype), torch.zeros(n, dtype=dtype), _chain(ops), in_shape)
-    return weight
-
-
-def _compose_conv(t: Term, shape: tuple[int, ...], dtype) -> Synapses | None:
-    c_in = t.in_shape[0]
-    form = _ConvForm(torch.ones(c_in, 1, 1, 1, dtype=dtype), groups=c_in, rows=c_in, total=c_in)
-    cur = tuple(t.in_shape)
-    ops = list(t.ops)
-    k = 0
-    while k < len(ops):
-        op = ops[k]
-        if op.kind == "identity" or (op.kind == "reshape" and tuple(op.out_shape) == cur):
-            k += 1
-            continue
-        if op.kind in ("reshape", "permute"):  # a run of reshapes and transposes: a channel permutation?
-            j, probe_shape = k, cur
-            while j < len(ops) and ops[j].kind in ("reshape", "permute", "identity"):
-                probe_shape = tuple(ops[j].out_shape)
-                j += 1
-                if len(probe_shape) == 3 and probe_shape[1:] == cur[1:] and probe_shape[0] == cur[0]:
-                    break
-            perm = _channel_permutation(ops[k:j], cur, dtype)
-            if perm is None:
-                raise _at(op, f"{op.name} ({op.target}) rearranges a value that is not flattened for a "
-                              "Linear layer; only channel permutations (channel shuffle) are supported there")
-            full = _rows_full(form, c_in, dtype)
-            form = _ConvForm(full.weight[perm], full.stride, full.padding, full.dilation, 1, 0, cur[0], cur[0])
-            k = j
-            continue
-        if op.kind == "affine":
-            kappa = op.params["scale"].to(dtype)[form.lo:form.lo + form.rows]
-            form = _scale_rows(form, kappa, dtype)
-        elif op.kind == "mul":
-            form = _scale_rows(form, torch.full((form.rows,), float(op.params["factor"]), dtype=dtype), dtype)
-        elif op.kind == "place":
-            form.lo += op.params["offset"]
-            form.total = op.params["total"]
-        elif op.kind == "slice":
-            if op.params["dim"] != 0:
-                raise _at(op, f"{op.name} ({op.target}): slicing a spatial dimension is not supported")
-            a, b = op.params["start"], op.params["stop"]
-            lo, hi = max(form.lo, a), min(form.lo + form.rows, b)
-            if hi <= lo:
-                return None
-            if (lo, hi) != (form.lo, form.lo + form.rows):
-                dense = form.dense(c_in)
-                form = _ConvForm(dense[lo - form.lo:hi - form.lo], form.stride, form.padding, form.dilation, 1,
-                                 lo, hi - lo, form.total)
-            form.lo -= a
-            form.total = b - a
-        elif op.kind in ("conv", "avgpool", "adaptive_avgpool"):
-            form = _then_conv(form, _as_conv(op, cur, dtype), c_in, op)
-        else:
-            raise _at(op, f"{op.name} ({op.target}) cannot be composed into a convolution; it is supported "
-                          "before a Linear layer")
-        cur = tuple(op.out_shape)
-        k += 1
-    if not bool((form.weight != 0).any()):
-        return None
-    channels = None if (form.lo == 0 and form.rows == shape[0]) else (form.lo, form.lo + form.rows)
-    conv = {"stride": tuple(form.stride), "padding": tuple(form.padding), "dilation": tuple(form.dilation),
-            "groups": int(form.groups)}
-    return Synapses(t.source, t.route, t.in_shape, form.weight.to(dtype).contiguous(), conv, channels)
-
-
-def _rows_full(form: _ConvForm, c_in: int, dtype) -> _ConvForm:
-    """The form with its rows expanded to all `total` output channels (zeros outside [lo, lo + rows))."""
-    dense = form.dense(c_in).to(dtype)
-    full = dense.new_zeros(form.total, *dense.shape[1:])
-    full[form.lo:form.lo + form.rows] = dense
-    return _ConvForm(full, form.stride, form.padding, form.dilation, 1, 0, form.total, form.total)
-
-
-def _scale_rows(form: _ConvForm, kappa: Tensor, dtype) -> _ConvForm:
-    return replace(form, weight=form.weight * kappa.reshape(-1, 1, 1, 1))
-
-
-@dataclass
-class _Conv:
-    weight: Tensor  # (O, I/g, kh, kw)
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    name: str
-
-
-def _as_conv(op: Op, in_shape: tuple[int, ...], dtype) -> _Conv:
-    p = op.params
-    c = in_shape[0]
-    if op.kind == "conv":
-        return _Conv(p["weight"].to(dtype), tuple(p["stride"]), tuple(p["padding"]), tuple(p["dilation"]),
-                     int(p["groups"]), op.name)
-    if op.kind == "adaptive_avgpool":
-        out = op.out_shape[1:]
-        h, w = in_shape[1:]
-        if h % out[0] or w % out[1]:
-            raise _at(op, f"adaptive average pooling {op.name} from {h}×{w} to {out[0]}×{out[1]} is not a "
-                          "plain pooling; supported when Linear layers read it, or when the sizes divide")
-        ks = (h // out[0], w // out[1])
-        return _Conv(torch.full((c, 1, *ks), 1.0 / (ks[0] * ks[1]), dtype=dtype), ks, (0, 0), (1, 1), c, op.name)
-    if p["ceil_mode"] or p["divisor_override"] or (not p["count_include_pad"] and any(p["padding"])):
-        raise _at(op, f"average pooling {op.name}: ceil_mode, divisor_override and count_include_pad=False "
-                      "with padding are not supported before a convolution or a ReLU (they are before a "
-                      "Linear layer)")
-    ks = tuple(p["kernel_size"])
-    return _Conv(torch.full((c, 1, *ks), 1.0 / (ks[0] * ks[1]), dtype=dtype), tuple(p["stride"]),
-                 tuple(p["padding"]), (1, 1), c, op.name)
-
-
-def _then_conv(form: _ConvForm, b: _Conv, c_in: int, op: Op) -> _ConvForm:
-    """Compose `form` (the chain so far) with the convolution `b` that reads it (exact: MATH §5)."""
-    lo, rows, total = form.lo, form.rows, form.total
-    out = b.weight.shape[0]
-    depthwise = b.groups == total and b.weight.shape[1] == 1 and out == total
-    geometry = (b.stride, b.padding, b.dilation)
-    if depthwise:  # per-channel (average pooling): only this term's channels, placement kept
-        wb = b.weight[lo:lo + rows]
-        if form.pointwise:
-            if form.diagonal:  # diagonal × depthwise = depthwise
-                return _ConvForm(wb * form.weight, *geometry, rows, lo, rows, total)
-            a = form.dense(c_in)[:, :, 0, 0]  # (rows, c_in)
-            return _ConvForm(a[:, :, None, None] * wb, *geometry, 1, lo, rows, total)
-        b_full = _ConvForm(wb.clone(), *geometry, rows, 0, rows, rows).dense(rows)
-        return _general(form, b_full, b, c_in, op, lo, rows, total)
-    b_dense = _ungroup(b.weight, b.groups, total)[:, lo:lo + rows]  # (out, rows, kh, kw)
-    if form.pointwise:
-        if form.diagonal:  # a diagonal: scale b's input channels
-            kappa = form.weight[:, 0, 0, 0]
-            if (lo, rows) == (0, total) and b.groups > 1:
-                per = b.weight.shape[1]
-                scaled = b.weight * kappa.reshape(b.groups, per).repeat_interleave(out // b.groups, 0)[:, :, None, None]
-                return _ConvForm(scaled, *geometry, b.groups, 0, out, out)
-            return _ConvForm(b_dense * kappa[None, :, None, None], *geometry, 1, 0, out, out)
-        a = form.dense(c_in)[:, :, 0, 0]  # (rows, c_in)
-        return _ConvForm(torch.einsum("orkl,ri->oikl", b_dense, a), *geometry, 1, 0, out, out)
-    if tuple(b.weight.shape[2:]) == (1, 1) and b.stride == (1, 1) and b.padding == (0, 0):
-        a = form.dense(c_in)  # (rows, c_in, kh, kw)
-        return _ConvForm(torch.einsum("or,rikl->oikl", b_dense[:, :, 0, 0], a), form.stride, form.padding,
-                         form.dilation, 1, 0, out, out)
-    return _general(form, b_dense, b, c_in, op, 0, out, out)
-
-
-def _general(form: _ConvForm, b_dense: Tensor, b: _Conv, c_in: int, op: Op, lo: int, rows: int,
-             total: int) -> _ConvForm:
-    """Two spatial convolutions in a row: one convolution when the second has no zero padding (the first's
-    padding then pads the input) and neither is dilated. Its kernel is found by running both on unit inputs."""
-    if any(b.padding) or form.dilation != (1, 1) or b.dilation != (1, 1):
-        raise NotComposable(
-            f"{op.name} reads a convolution without a ReLU between them with zero padding of its own; two "
-            "convolutions in a row compose exactly only when the second has no padding or one of them is 1×1",
-            op.node)
-    a = form.dense(c_in)  # (rows_a, c_in, ka_h, ka_w)
-    (sa_h, sa_w) = form.stride
-    kh = a.shape[2] + (b_dense.shape[2] - 1) * sa_h
-    kw = a.shape[3] + (b_dense.shape[3] - 1) * sa_w
-    eye = torch.eye(c_in * kh * kw, dtype=a.dtype).reshape(c_in * kh * kw, c_in, kh, kw)
-    mid = F.conv2d(eye, a, None, form.stride)
-    res = F.conv2d(mid, b_dense, None, b.stride)  # (c_in·kh·kw, out, 1, 1)
-    weight = res[:, :, 0, 0].reshape(c_in, kh, kw, -1).permute(3, 0, 1, 2).contiguous()
-    stride = (sa_h * b.stride[0], sa_w * b.stride[1])
-    return _ConvForm(weight, stride, form.padding, (1, 1), 1, lo, weight.shape[0], total)
-
-
-def _channel_permutation(ops: list[Op], shape: tuple[int, ...], dtype) -> Tensor | None:
-    """If the ops (reshapes, transposes) map a (C, H, W) value to one of the same shape by moving whole
-    channels, the source channel of each output channel; else None."""
-    if len(shape) != 3:
-        return None
-    c, h, w = shape
-    idx = torch.arange(c * h * w, dtype=torch.float64).reshape(1, c, h, w)
-    out = idx
-    for op in ops:
-        out = apply_op(op, out)
-    if tuple(out.shape[1:]) != tuple(shape):
-        return None
-    out = out[0].long()
-    src = out[:, 0, 0] // (h * w)
-    expect = src[:, None, None] * (h * w) + torch.arange(h * w).reshape(1, h, w)
-    if not bool((out == expect).all()):
-        return None
-    return src

@@ -13,23 +13,30 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops import apply_op
 from .sim.dynamics import Pool, part_shape, row_sums, weighted_sum
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Where the original model computes a layer's activation: relu(scale·value(node) + shift) or value(node)."""
+    """Where the original model computes a layer's activation: relu(scale·value(node) + shift) or value(node);
+    for a relay layer (`ttfs_core.lower`), relu(then(value(node))), `then` the linear ops (`Op`) from the model's
+    value to what the relay holds."""
 
     node: str
     scale: Tensor | None = None
     shift: Tensor | None = None
     relu: bool = False
+    then: tuple[Any, ...] = ()
 
     def read(self, value: Tensor) -> Tensor:
         if self.scale is not None:
             shape = (1, -1, *([1] * (value.dim() - 2)))
             value = value * self.scale.reshape(shape) + self.shift.reshape(shape)
-        return value.clamp(min=0) if self.relu else value
+        value = value.clamp(min=0) if self.relu else value
+        for op in self.then:
+            value = apply_op(op, value)
+        return value.clamp(min=0) if self.then else value
 
 
 @dataclass(frozen=True, eq=False)

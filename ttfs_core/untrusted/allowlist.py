@@ -118,6 +118,18 @@ def _sizes(a: dict[str, Any]) -> str | None:
     return _ints_at_least({"size": values}, -1, "size")
 
 
+def _resize(a: dict[str, Any]) -> str | None:
+    factors = a.get("scale_factors") or []
+    if any(not f > 0 for f in factors if not isinstance(f, fx.Node)):
+        return f"scale factors {factors} must be > 0"
+    return _ints_at_least(a, 1, "output_size")
+
+
+def _zero_pad(a: dict[str, Any]) -> str | None:
+    mode = a.get("mode", "constant")
+    return None if mode == "constant" else f"{mode!r} padding (only zero padding is lowered)"
+
+
 _MEANING = "only the input's own elements"
 ALLOWED: dict[str, Rule] = {
     "aten.conv2d.default": Rule("convolution: reads its input and stored weight inside their bounds; output size "
@@ -137,6 +149,13 @@ ALLOWED: dict[str, Rule] = {
     "aten.avg_pool2d.default": Rule("average pooling: windows inside the padded input, checked by torch", _pool),
     "aten.adaptive_avg_pool2d.default": Rule("adaptive average pooling to a checked output size",
                                              lambda a: _ints_at_least(a, 1, "output_size")),
+    "aten.upsample_nearest2d.vec": Rule("nearest upsampling: each output element copies one input element; output "
+                                        "size from checked sizes or factors > 0", _resize),
+    "aten.upsample_bilinear2d.vec": Rule("bilinear upsampling: each output element mixes four input elements; "
+                                         "output size from checked sizes or factors > 0", _resize),
+    "aten.pad.default": Rule("zero padding or cropping (mode 'constant' only): output size checked by torch",
+                             _zero_pad),
+    "aten.constant_pad_nd.default": Rule("constant padding or cropping: output size checked by torch"),
     "aten.mean.dim": Rule(f"mean over dimensions: {_MEANING}",
                           lambda a: "a dtype argument is not supported" if a.get("dtype") is not None else None),
     "aten.flatten.using_ints": Rule("reshape: the element count is unchanged (checked by torch)"),
@@ -159,10 +178,12 @@ ALLOWED: dict[str, Rule] = {
     "aten.sub.Tensor": Rule("elementwise difference"),
     "aten.mul.Tensor": Rule("multiplication by a constant (a product of two activations is refused by the "
                             "converter)"),
+    "aten.div.Tensor": Rule("division by a constant (a quotient of two activations is refused by the converter)"),
     "aten.dropout.default": Rule("dropout in eval mode: the identity", _no_training),
     "aten.clone.default": Rule("a copy of the input"),
     "aten.contiguous.default": Rule("a dense copy of the input"),
     "aten.detach.default": Rule("the same tensor without autograd history"),
+    "aten.alias.default": Rule("the same tensor under another name (torch.export's full slices)"),
     "aten.sym_size.int": Rule("reads one size of a tensor (shape arithmetic)"),
     "aten.size.int": Rule("reads one size of a tensor (TorchScript's shape arithmetic)"),
     "aten.eq.int": Rule("compares two integers (torch.export's input guards)"),
@@ -180,7 +201,7 @@ integers only (``getitem`` on a tuple of values), checked while the graph runs o
 _INPLACE = {"aten.relu_.default", "aten.hardtanh_.default", "aten.add_.Tensor"}
 _VIEWS = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.flatten.using_ints",
           "aten.transpose.int", "aten.permute.default", "aten.slice.Tensor", "aten.detach.default",
-          "aten.contiguous.default"}  # fmt: skip
+          "aten.contiguous.default", "aten.alias.default"}  # fmt: skip
 _MEMORY_FORMATS = {torch.contiguous_format, torch.preserve_format, torch.channels_last}
 
 
