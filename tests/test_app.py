@@ -644,27 +644,6 @@ def test_the_cached_network_is_shared_read_only():
         snn.layers.append(snn.layers[0])  # a tuple
 
 
-@pytest.mark.integration
-def test_the_jitter_unit_switch_recomputes_jitter_only(monkeypatch):
-    from ttfs_ui import cache
-
-    calls = []
-    real = cache.sweep_point
-
-    def spy(net_key, dataset, knob, value, n, relative, *rest):
-        calls.append((knob, relative))
-        return real(net_key, dataset, knob, value, n, relative, *rest)
-
-    monkeypatch.setattr(cache, "sweep_point", spy)
-    at = run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
-    assert {k for k, r in calls if r} == set()
-    calls.clear()
-    at.toggle(key=state.widget_key(state.ROBUST_RELATIVE)).set_value(True).run()
-    ok(at)
-    assert {k for k, r in calls if r} == {"jitter"}  # only jitter points ask for σ relative to windows
-    assert all(not r for k, r in calls if k != "jitter")  # the others hit the same cache keys as before
-
-
 def test_a_session_keeps_a_bounded_number_of_uploads():
     from ttfs_ui import controls
 

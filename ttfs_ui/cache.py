@@ -389,31 +389,3 @@ KNOBS = {  # knob -> values swept (MATH §7, §9)
     "weight_bits": tuple(range(2, 13)),
     "margin": (-0.7, -0.5, -0.3, -0.1, 0.0, 0.25, 0.5),
 }
-
-
-@st.cache_data(show_spinner=False, max_entries=1024)
-def sweep_point(net_key: Settings, dataset: str, knob: str, value: float, n: int, relative: bool, _entry: ModelEntry,
-                _snn: ttfs_core.SpikingNetwork):
-    """One point of a robustness sweep over the first n test images of ``dataset`` (`ttfs_core.robustness`).
-
-    Agreement is with the original model's argmax; `relative`: jitter σ in units of each window, not of τ_c.
-    """
-    from ttfs_core import robustness
-
-    n = min(n, size(_entry, dataset))
-    x = images(_entry, dataset, "test", 0, n)
-    y = labels(_entry, dataset, 0, n)
-    labels_ = None if y is None else torch.from_numpy(y.copy())
-    model = _entry.model
-    if knob == "time_bits":
-        return robustness.time_bits_sweep(_snn, x, labels_, bits=[int(value)], model=model)[0]
-    if knob == "jitter":
-        return robustness.jitter_sweep(_snn, x, labels_, sigmas=[float(value)], relative=relative, model=model)[0]
-    if knob == "weight_bits":
-        return robustness.weight_bits_sweep(_snn, x, labels_, bits=[int(value)], model=model)[0]
-    if knob == "margin":
-        calibration = images(_entry, _entry.dataset, "train", 0, CALIBRATION_IMAGES)
-        return robustness.margin_sweep(model, calibration, x, labels_, margins=[float(value)],
-                                       input_range=_entry.input_range, neuron=net_key.neuron,
-                                       rescale=net_key.rescale)[0]
-    raise ValueError(f"unknown knob {knob!r}; known: {', '.join(KNOBS)}")

@@ -121,8 +121,13 @@ predicted class):
   \mathcal N(0, \sigma^2)$, with $\sigma$ in units of $\tau_c$ (the default) or of each window $B_n$. With the
   paper's rescaling windows are a few $\tau_c$ long; with the positive-part fast mode deep windows are far
   shorter, and a fixed $\sigma$ in $\tau_c$ destroys them first.
-- **Weight quantisation**: the synaptic weights $J_{ij}$ of each layer are rounded to $2^{\text{bits}-1}-1$ levels
-  per sign, scaled to the layer's largest $|J_{ij}|$; thresholds and windows are kept.
+- **Weight quantisation** (default: *W per output channel*): the ANN's weights $W_{ij}$ (BatchNorm folded in) are
+  rounded to $2^{\text{bits}-1}-1$ levels per sign with one scale per output channel (its largest $|W_{ij}|$), as
+  quantised hardware does, and the spiking layer is converted from the rounded $W$ as before
+  ($J_{ij} = \alpha W_{ij}/(1 - \sum_k W_{ik})$ and $\vartheta_i$): it computes the quantised ANN exactly; biases
+  and windows are kept. The option *J per layer* rounds the synapses $J_{ij}$ themselves on one scale per layer:
+  $J$ grows with $1/(1 - \sum_k W_{ik})$, so the few neurons with $\sum_k W_{ik}$ near 1 set the scale and most
+  other synapses round to a few levels or to 0 (LeNet-5 stays near chance even at 8 bits).
 - **Margin** $\zeta$: windows $B_n = (1 + \zeta)\,X_n$. A smaller window lowers the latency
   $1 + \sum_n B_n$ but lets strongly driven neurons fire **early** (red bars), which costs accuracy.
 """),
