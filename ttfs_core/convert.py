@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -96,16 +97,17 @@ def convert(
     ]
     reached = passes.Stages()
     stage = "capture"
+    checked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # tensors found finite, by id
     try:
         with torch.no_grad():
             captured = passes.capture(model, batches[0][:1].cpu())
             reached = passes.Stages(tuple(captured.ops), captured.output)
             stage = "lower"
             snn = passes.check_finite(passes.lower(captured.ops, captured.output, input_shape, (p, q), dtype,
-                                                   **settings))
+                                                   **settings), checked)
             reached = replace(reached, networks=((stage, snn),))
             for stage, step in steps:
-                snn = passes.check_finite(step(snn))
+                snn = passes.check_finite(step(snn), checked)
                 if stages:
                     reached = replace(reached, networks=(*reached.networks, (stage, snn)))
     except ConversionError as exc:

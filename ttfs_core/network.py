@@ -4,7 +4,7 @@ encoding, one layer after another (`ttfs_core.sim`), the readout, batches in chu
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,10 +135,14 @@ class SpikingNetwork:
             raise InputError("the input contains NaN or inf values")
         return x
 
-    def _chunks(self, x: Tensor) -> list[Tensor]:
+    @property
+    def chunk_rows(self) -> int:
+        """How many inputs are simulated (or calibrated) at once: BATCH_ELEMENTS over the largest layer's neurons."""
         biggest = max(layer.neurons for layer in self.all_layers)
-        size = max(1, BATCH_ELEMENTS // max(biggest, 1))
-        return list(x.split(size)) if x.shape[0] else [x]
+        return max(1, BATCH_ELEMENTS // max(biggest, 1))
+
+    def _chunks(self, x: Tensor) -> list[Tensor]:
+        return list(x.split(self.chunk_rows)) if x.shape[0] else [x]
 
     def ann_forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """The converted ReLU network on activations (no spikes): hidden activations and logits.
@@ -152,12 +156,29 @@ class SpikingNetwork:
     def activations(self, x: Tensor) -> list[Tensor]:
         """The encoded input (MATH §1) followed by every hidden layer's ReLU activation: `acts[m + 1]` is layer
         m's, the indexing of `Layer.ann`. Shape: x (B, *input_shape) raw input values."""
+        return [a for _, a in self.stream(x, keep=True)]
+
+    def stream(self, x: Tensor, keep: bool = False) -> Iterator[tuple[int, Tensor]]:
+        """`activations` one at a time, as (m, activation of layer m), m = −1 for the encoded input, in time order.
+        Unless `keep`, an activation is let go once the last layer reading it has been computed, so a chain holds
+        two layers' activations at a time instead of all of them (calibration on large batches).
+        Shape: x (B, *input_shape) raw input values -> each (B, *layer shape)."""
         x = self._check_input(x)
         p, q = self.input_range
-        acts = [normalise(x, p, q).clamp(0, 1)]
-        for layer in self.layers:
+        acts: list[Tensor | None] = [normalise(x, p, q).clamp(0, 1)]
+        last = [len(self.layers)] * (len(self.layers) + 1)  # the last layer (or the readout) reading each
+        if not keep:
+            last = [-1] * (len(self.layers) + 1)
+            for n, layer in enumerate(self.all_layers):
+                for m in layer.sources:
+                    last[m + 1] = n
+        yield -1, acts[0]
+        for n, layer in enumerate(self.layers):
             acts.append(layer.ann(acts))
-        return acts
+            for m in layer.sources:
+                if last[m + 1] <= n:
+                    acts[m + 1] = None
+            yield n, acts[-1]
 
     def _readout(self, v: Tensor) -> Tensor:
         for op in self.output.readout:

@@ -18,7 +18,7 @@ new one (`dataclasses.replace`), and `check_finite` runs after each (`ttfs_core.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,7 +36,7 @@ from .neurons import NeuronModel, Rescale
 from .records import Layer, Synapses
 from .sim.certify import certify_layer, peak_drive
 from .sim.dynamics import search_in_chunks
-from .sim.layer import fan_in
+from .sim.fanin import gather_rows, pad_input
 
 PASSES = ("capture", "lower", "rescale", "calibrate", "place in time", "parameterise")
 PEAK_SAMPLE = 64  # calibration inputs whose peak drive is measured, besides those that set some X_n
@@ -131,44 +131,81 @@ def _divide_inputs(syn: Synapses, c: Tensor) -> Synapses:
 
 def calibrate(snn: SpikingNetwork, batches: list[Tensor]) -> SpikingNetwork:
     """X_n over the calibration data and the peak drive P_n (MATH §4, `_peak_drives`) of every hidden layer.
-    Shape: batches[k] (B_k, *input_shape), on the network's device."""
+    Shape: batches[k] (B_k, *input_shape), on the network's device.
+
+    One pass of the converted ReLU network over the calibration data (`SpikingNetwork.stream`: a layer's
+    activations are let go once no later layer reads them). The activations of the first PEAK_SAMPLE inputs are
+    kept from it for the peak drive when they fit in one simulation chunk (`SpikingNetwork._chunks`), so that only
+    the few inputs that set an X_n beyond them are run again."""
     maxima = [0.0] * len(snn.layers)
     setters: list[tuple[int, int] | None] = [None] * len(snn.layers)  # the input that set each X_n: (batch, row)
+    firsts = _firsts(batches)
+    keep = sum(n for _, n in firsts) <= snn.chunk_rows  # the first inputs' activations fit in one chunk
+    head: list[list[Tensor]] = []  # per chunk of the first inputs: every activation (encoded input first)
+    left = PEAK_SAMPLE
     for b, batch in enumerate(batches):
         row = 0
         for chunk in snn._chunks(batch):
-            acts, _ = snn.ann_forward(chunk)
-            for i, a in enumerate(acts):
-                if not bool(torch.isfinite(a).all()):
+            take = min(left, chunk.shape[0]) if keep else 0
+            kept = []
+            for i, a in snn.stream(chunk):
+                if take:
+                    kept.append(a if take == a.shape[0] else a[:take].clone())
+                if i < 0 or not a.numel():
+                    continue
+                per_input = a.flatten(1).amax(1)  # NaN and inf propagate to the maximum
+                if not bool(torch.isfinite(per_input).all()):
                     raise ConversionError(f"layer {snn.layers[i].name}: its activations on the calibration data "
                                           f"overflow {dtype_name(snn.dtype)} (NaN or inf); the weights "
                                           "are too large for this dtype")
-                if not a.numel():
-                    continue
-                top, j = a.flatten(1).amax(1).max(0)
+                top, j = per_input.max(0)
                 if float(top) > maxima[i] or setters[i] is None:
                     maxima[i] = max(maxima[i], float(top))
                     setters[i] = (b, row + int(j))
+            if take:
+                head.append(kept)
+                left -= take
             row += chunk.shape[0]
-    head, left = [], PEAK_SAMPLE
-    for batch in batches:
-        if left > 0:
-            head.append(batch[:left])
-            left -= head[-1].shape[0]
     # each setter once, and not again when it is among the first inputs (one input often sets many layers' X_n)
-    firsts = {(b, r) for b, h in enumerate(head) for r in range(h.shape[0])}
-    extra = sorted({s for s in setters if s is not None} - firsts)
-    sample = torch.cat([*head, *[batches[b][r:r + 1] for b, r in extra]])
+    extra = sorted({s for s in setters if s is not None and s[1] >= firsts[s[0]][1]})
+    rows = [batches[b][r:r + 1] for b, r in extra]
+    if keep:  # only the setters beyond the first inputs are run again
+        sample = head + ([snn.activations(chunk) for chunk in snn._chunks(torch.cat(rows))] if rows else [])
+        if len(sample) > 1 and sum(piece[0].shape[0] for piece in sample) <= snn.chunk_rows:
+            sample = [_joined(sample)]  # one chunk: one certificate per layer
+    else:
+        sample = torch.cat([*[batch[:n] for batch, n in firsts if n], *rows])
     peaks = _peak_drives(snn, sample, maxima)
     layers = tuple(replace(layer, max_activation=x, peak_drive=p) for layer, x, p in zip(snn.layers, maxima, peaks))
     return replace(snn, layers=layers)
 
 
-def _peak_drives(snn: SpikingNetwork, sample: Tensor, maxima: list[float]) -> list[float]:
+def _joined(pieces: list[list[Tensor]]) -> list[Tensor]:
+    """Activation chunks (each as `SpikingNetwork.activations` gives them) joined into one, a layer at a time,
+    letting each piece go once joined."""
+    joined = []
+    for i in range(len(pieces[0])):
+        joined.append(torch.cat([piece[i] for piece in pieces]))
+        for piece in pieces:
+            piece[i] = None
+    return joined
+
+
+def _firsts(batches: list[Tensor]) -> list[tuple[Tensor, int]]:
+    """Each batch with how many of its rows (its first ones) are among the first PEAK_SAMPLE calibration inputs."""
+    out, left = [], PEAK_SAMPLE
+    for batch in batches:
+        out.append((batch, min(left, batch.shape[0])))
+        left -= out[-1][1]
+    return out
+
+
+def _peak_drives(snn: SpikingNetwork, sample: Tensor | list[list[Tensor]], maxima: list[float]) -> list[float]:
     """P_n: the largest drive before the window opens, h_i(s) of `ttfs_core.certify` (a neuron fires early exactly
     when h_i(s) ≥ B_n for some s > 0), over the inputs `sample`, the layer's neurons and s ≥ 0, where it exceeds
     max(1, 1 + ζ)·X_n; X_n otherwise. So B_n = (1 + ζ)·P_n is MATH §4's (1 + ζ)·X_n unless the sample would
-    fire early there, and with ζ ≥ 0 the sample then has no early spike.
+    fire early there, and with ζ ≥ 0 the sample then has no early spike. `sample` is the inputs (B, *input_shape),
+    or their activations already computed, per chunk as `SpikingNetwork.activations` gives them.
 
     h(0) is the pre-activation, and h falls from there whenever Σ_{x_j ≤ s} W_ij < 1, as under the positive-part
     rescaling (P_n = X_n, skipped). Under the paper's rule Σ_j W_ij < 1 the positive weights of a neuron's
@@ -186,16 +223,22 @@ def _peak_drives(snn: SpikingNetwork, sample: Tensor, maxima: list[float]) -> li
     alpha = snn.neuron.start_current(snn.alpha)
     sizes = [1.0, *maxima]  # the largest activation of each source (the input's: 1)
     reach = max(1.0, 1.0 + snn.margin)
-    trials = {}
+    windows = {}  # the layers that can fire early, with their input windows
     for n, layer in enumerate(snn.layers):
         in_window = max(sizes[syn.source + 1] for syn in layer.inputs)
         if layer.clip is None and in_window > 0:
-            trials[n] = (_trial_layer(snn, layer, in_window, reach * maxima[n]), in_window)
+            windows[n] = in_window
+    chunks = sample if isinstance(sample, list) else snn._chunks(sample)
+    trials: dict[int, Layer] = {}  # built on first use, kept while more chunks follow
     peaks = [-math.inf] * len(maxima)
-    for chunk in snn._chunks(sample):
-        acts = snn.activations(chunk)
-        for n, (trial, in_window) in trials.items():
+    for c, chunk in enumerate(chunks):
+        acts = chunk if isinstance(chunk, list) else snn.activations(chunk)
+        last = c == len(chunks) - 1
+        for n, in_window in windows.items():
+            trial = trials.pop(n, None) or _trial_layer(snn, snn.layers[n], in_window, reach * maxima[n])
             peaks[n] = max(peaks[n], _layer_peak(trial, acts, in_window, alpha, snn.neuron))
+            if not last:
+                trials[n] = trial
     return [p if p >= reach * x else x for p, x in zip(peaks, maxima)]
 
 
@@ -218,9 +261,11 @@ def _layer_peak(trial: Layer, acts: list[Tensor], in_window: float, alpha: float
         return -math.inf
     idx = flagged.nonzero(as_tuple=True)
     bias = trial.bias.expand(trial.shape)[idx[1:]]
+    padded = [pad_input(syn, x, 0.0) for syn, x in zip(trial.inputs, xs)]  # a padded tap is x = 0
+    weights = [syn.weight for syn in trial.inputs]
 
     def gather(lo: int, hi: int):
-        x, w, _ = fan_in(trial, xs, tuple(i[lo:hi] for i in idx), 0.0, which="weight")
+        x, w, _ = gather_rows(trial.inputs, trial.shape, padded, weights, tuple(i[lo:hi] for i in idx))
         return x, w, bias[lo:hi]
 
     def solve(x, w, b):
@@ -284,9 +329,11 @@ def parameterise(snn: SpikingNetwork) -> SpikingNetwork:
     return replace(snn, layers=tuple(layers))
 
 
-def check_finite(snn: SpikingNetwork) -> SpikingNetwork:
+def check_finite(snn: SpikingNetwork, checked: MutableMapping[int, Tensor] | None = None) -> SpikingNetwork:
     """The network itself, unless weights so large that folding, rescaling or the neuron parameters overflow the
-    dtype would give NaN or inf spike times: refused here, naming the layer, instead of simulating garbage."""
+    dtype would give NaN or inf spike times: refused here, naming the layer, instead of simulating garbage.
+    `checked` (id → tensor, e.g. a `weakref.WeakValueDictionary` kept across the passes) remembers the tensors found
+    finite, so a pass that leaves a tensor as it was does not have it checked again (records are frozen)."""
     for layer in snn.all_layers:
         if not math.isfinite(layer.window) or not math.isfinite(layer.t_max):
             raise ConversionError(f"layer {layer.name}: its window is not finite (activations overflow "
@@ -294,7 +341,12 @@ def check_finite(snn: SpikingNetwork) -> SpikingNetwork:
         values = [("bias", layer.bias), ("theta", layer.theta), ("slope", layer.slope)]
         values += [(what, getattr(syn, what)) for syn in layer.inputs for what in ("weight", "J")]
         for what, value in values:
-            if value is not None and not bool(torch.isfinite(value).all()):
+            if value is None or (checked is not None and checked.get(id(value)) is value):
+                continue
+            if bool(torch.isfinite(value).all()):
+                if checked is not None:
+                    checked[id(value)] = value
+            else:
                 raise ConversionError(f"layer {layer.name}: its {what} overflows {dtype_name(snn.dtype)}"
                                       " after folding and rescaling (NaN or inf); the weights are too large for this "
                                       "dtype — convert a float64 copy or rescale the model")

@@ -31,7 +31,9 @@ cells) Levels at quantiles of each sample's non-zero inputs (activations crowd n
 the budget: measured on VGG16-BN, uniform cells leave 21–96 % of a layer uncertified with 4 cells where quantile
 cells leave at most 0.2 % with 2 and none with 4); each inner level and each cell's tent is one weighted sum.
 Every stage works only on the samples and output channels that still hold uncertified neurons, and stops when
-(uncertified × fan-in) is small enough that the exact search (`sim.layer.search`) is cheaper. Measured on
+(uncertified × fan-in) is small enough that the exact search (`sim.layer.search`) is cheaper. Where the neurons
+left are a small share of what its weighted sums would cover (GATHER_COST), a stage computes the same bound on
+their gathered fan-ins instead (`_gathered_fails`): the same neurons settle, at a fraction of the cost. Measured on
 VGG16-BN (random BN statistics, batch 64, margin 0.5): stage 0 settles 34 % of the neurons, one cell 49 %, two
 cells 16 %, four cells the rest but ~0.1 ‰, which are searched.
 
@@ -50,17 +52,27 @@ certificate computed in float32 is never wrong by rounding; neurons within the a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from ..records import Synapses
-from .dynamics import row_sums, weighted_sum
+from .dynamics import SEARCH_CHUNK, row_sums, weighted_sum
+from .fanin import gather_rows, pad_input
 
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
 SAMPLE = 1024  # inputs per sample used to place the quantile levels (placement only; the bound holds anyway)
+# a stage gathers the fan-ins of the neurons left (`_gathered_fails`) when they are fewer than one in GATHER_COST of
+# the neurons its weighted sums would cover: an element of a gathered fan-in costs about that many multiply-adds of
+# a float64 convolution on the CPU, FAST_CONVOLUTION times more in other dtypes (oneDNN's convolutions). Measured
+# on the certificates of RepVGG-A0's peak drive (64 inputs of 64×64, CPU seconds on one thread): float64 8.1 s
+# never gathering, 4.7 s at 64; float32 6.4 s never, 3.3 s at 64, 3.2 s at 256; DPN-68 float32 16.5 s never, 15.1 s
+# at 256
+GATHER_COST = 64
+FAST_CONVOLUTION = 4
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,9 @@ class _Block:
     rows: Tensor | None  # None: every sample
     cols: Tensor | None  # None: every channel
     inputs: tuple[Synapses, ...]
-    xs: tuple[Tensor, ...]
+    xs: tuple[Tensor, ...]  # what the weighted sums read (a depthwise input: its channels `cols` only)
     shape: tuple[int, ...]  # the neurons' shape per sample within the block
+    all_xs: tuple[Tensor, ...] | None = None  # the samples' whole inputs (where the levels are placed); None: xs
 
 
 def per_neuron(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
@@ -182,18 +195,38 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     spread = negative_sum * top.reshape(per_sample) / 4
     uncertified = beyond | (torch.maximum(v_end, top_value) + spread >= limit)
     settled = [v_end.numel() - int(torch.count_nonzero(uncertified))]
+    padded = None  # the inputs with their convolutions' padding, once a stage gathers fan-ins
     for cells in CELLS:
         count = int(torch.count_nonzero(uncertified))
         if not count or count * fan_in <= search_budget:
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
         block = _restrict(uncertified, inputs, xs, shape)
-        inner = quantile_levels(torch.cat([x.flatten(1) for x in block.xs], 1), [k / cells for k in range(1, cells)])
+        whole = block.all_xs if block.all_xs is not None else block.xs
+        inner = quantile_levels(torch.cat([x.flatten(1) for x in whole], 1), [k / cells for k in range(1, cells)])
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
+        rows = v_end.shape[0] if block.rows is None else len(block.rows)
+        cost = GATHER_COST * (1 if v_end.dtype == torch.float64 else FAST_CONVOLUTION)
+        if count * cost < rows * math.prod(block.shape):  # few left: the same bound on their fan-ins
+            if padded is None:
+                padded = [pad_input(syn, x, 0.0) for syn, x in zip(inputs, xs)]  # a padded tap is x = 0
+            idx = uncertified.nonzero(as_tuple=True)
+            if block.rows is not None:  # each neuron's row of `levels`
+                row_of = torch.zeros(v_end.shape[0], dtype=torch.long, device=v_end.device)
+                row_of[block.rows] = torch.arange(len(block.rows), device=v_end.device)
+                levels = levels[row_of[idx[0]]]
+            else:
+                levels = levels[idx[0]]
+            fails = _gathered_fails(inputs, shape, padded, idx, levels, v_end[idx], top_value[idx], limit[idx],
+                                    beyond[idx], alpha, base)
+            uncertified = uncertified.clone()
+            uncertified[idx] = fails
+            settled.append(count - int(torch.count_nonzero(uncertified)))
+            continue
         values = [_take(v_end, block), *(level_values(block, g, alpha, base) for g in inner),
                   _take(top_value, block)]
-        neg = negative if block.cols is None else [negative[0][block.cols]]
+        neg = negative if block.cols is None else [n[block.cols] for n in negative]
         deviations = tent_deviations(block, neg, levels)
         fails = _take(beyond, block)
         limit_b = _take(limit, block)
@@ -202,6 +235,38 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
         uncertified = _put(uncertified, block, _take(uncertified, block) & fails)
         settled.append(count - int(torch.count_nonzero(uncertified)))
     return Certificate(uncertified, tuple(settled))
+
+
+def _gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tuple[Tensor, ...], levels: Tensor,
+                    v_end: Tensor, top_value: Tensor, limit: Tensor, beyond: Tensor, alpha: float,
+                    base: float) -> Tensor:
+    """One refinement stage for the listed neurons only, on their gathered fan-ins (`fanin.gather_rows`): the
+    bound of `certify_layer` (level values, then each cell's tents) as sums over each neuron's own inputs, in
+    chunks of at most `dynamics.SEARCH_CHUNK` elements. Where few neurons are left this costs far less than the
+    weighted sums over every neuron of their samples (a stage of K cells is 2K − 1 of them). Returns which still
+    fail. Shape: idx (b, o[, ...]) each (F,); levels (F, K + 1) ascending; v_end … beyond (F,) -> (F,) bool."""
+    ws = [syn.J for syn in inputs]
+    fan = sum(syn.J[0].numel() for syn in inputs)
+    step = max(1, SEARCH_CHUNK // max(fan, 1))
+    tiny = torch.finfo(levels.dtype).tiny
+    parts = []
+    for lo in range(0, len(idx[0]), step):
+        hi = min(lo + step, len(idx[0]))
+        x, J, _ = gather_rows(inputs, shape, padded, ws, tuple(i[lo:hi] for i in idx))
+        neg = (-J).clamp_(min=0)
+        lv = levels[lo:hi]
+        values = [v_end[lo:hi]]
+        for k in range(1, lv.shape[1] - 1):
+            g = lv[:, k:k + 1]
+            values.append(torch.linalg.vecdot(J, (x - g).clamp_(min=0)) + (base - alpha * g[:, 0]))
+        values.append(top_value[lo:hi])
+        fails = beyond[lo:hi].clone()
+        for k in range(1, lv.shape[1]):
+            a, c = lv[:, k - 1:k], lv[:, k:k + 1]
+            tent = torch.linalg.vecdot(neg, (x - a).mul_(c - x).clamp_(min=0)) / (c - a)[:, 0].clamp(min=tiny)
+            fails |= torch.maximum(values[k - 1], values[k]) + tent >= limit[lo:hi]
+        parts.append(fails)
+    return torch.cat(parts)
 
 
 def peak_drive(x: Tensor, w: Tensor, bias: Tensor, kappa: Tensor) -> Tensor:
@@ -223,22 +288,47 @@ def peak_drive(x: Tensor, w: Tensor, bias: Tensor, kappa: Tensor) -> Tensor:
 
 
 def _restrict(mask: Tensor, inputs: tuple[Synapses, ...], xs: tuple[Tensor, ...], shape: tuple[int, ...]) -> _Block:
-    """The samples holding uncertified neurons and, for a layer with one dense or ungrouped-convolution input,
-    their output channels: later stages compute weighted sums only there (leftovers concentrate in a few
-    channels: measured on VGG16-BN, 0.05–7 % of them)."""
+    """The samples holding uncertified neurons and, for a layer whose output channels can be computed apart
+    (`_channels_apart`), their output channels: later stages compute weighted sums only there (leftovers
+    concentrate in a few channels: measured on VGG16-BN, 0.05–7 % of them; on ResNet-50-D's blocks that add a
+    shortcut, 0.1–33 % after the first cell)."""
     per_sample = mask.flatten(1).any(1)
     rows = None if bool(per_sample.all()) else per_sample.nonzero()[:, 0]
     cols = None
-    one = inputs[0]
-    single = len(inputs) == 1 and one.channels is None
-    if single and (one.conv is None and len(shape) == 1 or one.conv is not None and one.conv["groups"] == 1):
+    if _channels_apart(inputs, shape):
         per_channel = (mask if rows is None else mask[rows]).transpose(0, 1).flatten(1).any(1)
         if not bool(per_channel.all()):
             cols = per_channel.nonzero()[:, 0]
-    parts = inputs if cols is None else tuple(replace(syn, J=syn.J[cols]) for syn in inputs)
     block_xs = xs if rows is None else tuple(x[rows] for x in xs)
+    parts, sum_xs = inputs, block_xs
+    if cols is not None:
+        parts = tuple(_channel_part(syn, cols) for syn in inputs)
+        sum_xs = tuple(x if syn.conv is None or syn.conv["groups"] == 1 else x[:, cols]
+                       for syn, x in zip(inputs, block_xs))
     block_shape = shape if cols is None else (len(cols), *shape[1:])
-    return _Block(rows, cols, parts, block_xs, block_shape)
+    return _Block(rows, cols, parts, sum_xs, block_shape, block_xs)
+
+
+def _channels_apart(inputs: tuple[Synapses, ...], shape: tuple[int, ...]) -> bool:
+    """Whether some of a layer's output channels can be computed without the others: every input drives every
+    channel (no concatenation) through a dense map (a flat layer), an ungrouped convolution, or a depthwise one
+    with one output channel per input channel (output channel o reads input channel o)."""
+    for syn in inputs:
+        if syn.channels is not None or (syn.conv is None and len(shape) != 1):
+            return False
+        if syn.conv is not None and syn.conv["groups"] != 1 and not (
+                syn.J.shape[1] == 1 and syn.conv["groups"] == syn.J.shape[0] == syn.in_shape[0]):
+            return False
+    return True
+
+
+def _channel_part(syn: Synapses, cols: Tensor) -> Synapses:
+    """The synapses into output channels `cols` only (`_channels_apart`); a depthwise one reads input channels
+    `cols` too."""
+    if syn.conv is None or syn.conv["groups"] == 1:
+        return replace(syn, J=syn.J[cols])
+    return replace(syn, J=syn.J[cols], conv={**syn.conv, "groups": len(cols)},
+                   in_shape=(len(cols), *syn.in_shape[1:]))
 
 
 def _rows(t: Tensor, block: _Block) -> Tensor:

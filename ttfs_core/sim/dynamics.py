@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SEARCH_CHUNK = 1 << 21  # elements of (flagged neurons × fan-in) processed at once
+FEW_POSITIONS = 64  # a float64 convolution with at most this many output positions per sample: `few_positions`
+UNFOLD_ELEMENTS = 1 << 22  # kernel-window values `few_positions` unfolds at once (32 MiB in float64)
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,94 @@ def weighted_sum(inputs, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, .
     """Σ_k Σ_j w_kij x_kj for every neuron of a layer of `shape` over its inputs k (`Synapses`: geometry and the
     channels each drives), with the weights `ws[k]` in input k's layout (its W, its J, or a part of them), no
     bias. Shape: xs[k] (B, *in_shape k) -> (B, *shape)."""
-    parts = [(syn.channels, syn.apply(x, w, part_shape(syn, shape))) for syn, x, w in zip(inputs, xs, ws)]
+    parts = [(syn.channels, _apply(syn, x, w, part_shape(syn, shape))) for syn, x, w in zip(inputs, xs, ws)]
     return place(parts, shape, xs[0])
+
+
+def _apply(syn, x: Tensor, w: Tensor, part: tuple[int, ...]) -> Tensor:
+    """`Synapses.apply`, except for a convolution of a 1×1 input (`one_position`) and two kinds of convolution
+    PyTorch's CPU kernels run slowly in float64 (they have no oneDNN path there): one input channel per group
+    (`depthwise`), and few output positions (`few_positions`)."""
+    conv = syn.conv
+    if conv is not None and x.shape[2:] == (1, 1) and w.shape[2:] != (1, 1):
+        return one_position(x, w, conv, part)
+    if conv is None or x.device.type != "cpu" or x.dtype != torch.float64:
+        return syn.apply(x, w, part)
+    if conv["groups"] > 1 and w.shape[1] == 1:
+        return depthwise(x, w, conv)
+    if conv["groups"] == 1 and math.prod(part[1:]) <= FEW_POSITIONS:
+        return few_positions(x, w, conv, part)
+    return syn.apply(x, w, part)
+
+
+def one_position(x: Tensor, w: Tensor, conv: dict, part: tuple[int, ...]) -> Tensor:
+    """A convolution of a 1×1 input (zero padding all around it) as the matrix product it is: each output position
+    reads the input through at most one tap of the kernel, the one that lands on it. `ttfs_core.lower` writes an
+    upsampling this way (a kernel as large as the output, the input padded to it: HRNet's fuse layers); a
+    convolution would multiply every padded zero (measured on HRNet-W18-small's 16×16 relays in float64, 4 inputs:
+    2.9 s against a few ms). Shape: x (B, C, 1, 1); w (O, C / groups, kh, kw); part (O, H', W') -> (B, *part)."""
+    out_ch, cin_g, kh, kw = w.shape
+    groups = conv["groups"]
+    _, rows, cols = part
+
+    def tap(count: int, stride: int, padding: int, dilation: int, size: int) -> tuple[Tensor, Tensor]:
+        at = padding - torch.arange(count, device=x.device) * stride  # where the input lies, seen from each output
+        index = torch.div(at, dilation, rounding_mode="floor")
+        return index.clamp(0, size - 1), (at >= 0) & (at % dilation == 0) & (index < size)
+
+    (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
+    ty, vy = tap(rows, sh, ph, dh, kh)
+    tx, vx = tap(cols, sw, pw, dw, kw)
+    taps = w[:, :, ty][:, :, :, tx] * (vy[:, None] & vx[None, :]).to(w.dtype)  # (O, C / groups, H', W')
+    out = torch.einsum("bgc,gocn->bgon", x.reshape(x.shape[0], groups, cin_g),
+                       taps.reshape(groups, out_ch // groups, cin_g, rows * cols))
+    return out.reshape(x.shape[0], out_ch, rows, cols)
+
+
+def few_positions(x: Tensor, w: Tensor, conv: dict, part: tuple[int, ...]) -> Tensor:
+    """An ungrouped convolution as one matrix product over every sample's kernel windows (strided views of the
+    padded input, copied once), in pieces of at most UNFOLD_ELEMENTS window values. PyTorch's float64 CPU
+    convolution takes one product per sample, wasteful when a sample has few output positions: measured on one
+    thread (CPU time), (64, 192, 4, 4) by a 3×3 kernel to 192 channels 62 ms there and 24 ms here, to 1280
+    channels at stride 2 (2×2 positions) 231 ms and 50 ms, (64, 96, 8, 8) to 96 channels 36 ms and 30 ms.
+    Shape: x (B, C, H, W); w (O, C, kh, kw); part (O, H', W') -> (B, *part)."""
+    out_ch, rows, cols = part
+    (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
+    kh, kw = w.shape[2:]
+    taps = w[0].numel()
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    # (B, C, H', W', kh, kw): every kernel window, a view
+    windows = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+    step = max(1, UNFOLD_ELEMENTS // (taps * rows * cols))
+    outs = []
+    for lo in range(0, x.shape[0], step):
+        flat = windows[lo:lo + step].permute(1, 4, 5, 0, 2, 3).reshape(taps, -1)  # (C·kh·kw, samples·positions)
+        outs.append((w.reshape(out_ch, taps) @ flat).reshape(out_ch, -1, rows, cols).transpose(0, 1))
+    return torch.cat(outs) if len(outs) > 1 else outs[0].contiguous()
+
+
+def depthwise(x: Tensor, w: Tensor, conv: dict) -> Tensor:
+    """A convolution with one input channel per group (depthwise; a BatchNorm or an identity shortcut lowered to a
+    1×1 one) as a sum over the kernel's taps of strided slices times one weight per output channel: the same sum
+    as `F.conv2d`, whose float64 CPU path loops over groups and samples (measured on RepVGG-A0's identity
+    branches, (64, 192, 4, 4) float64: ~7 ms a call on one quiet thread, up to 300 ms on two loaded ones, against
+    0.1 ms here). Shape: x (B, G, H, W); w (O, 1, kh, kw), O a multiple of G -> (B, O, H', W')."""
+    (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
+    out_ch, _, kh, kw = w.shape
+    if out_ch != x.shape[1]:  # a channel multiplier: output channel o reads input channel o // multiplier
+        x = x.repeat_interleave(out_ch // x.shape[1], 1)
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    rows = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    cols = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = None
+    for i in range(kh):  # a loop over the kernel's taps (at most kh·kw), each a whole-tensor multiply-add
+        for j in range(kw):
+            tap = x[:, :, i * dh:i * dh + (rows - 1) * sh + 1:sh, j * dw:j * dw + (cols - 1) * sw + 1:sw]
+            weight = w[:, 0, i, j].reshape(1, -1, 1, 1)
+            out = tap * weight if out is None else out.addcmul_(tap, weight)
+    return out
 
 
 def row_sums(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:

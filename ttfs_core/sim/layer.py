@@ -8,7 +8,6 @@ Times are offsets from window starts: the sources' for the inputs, the layer's t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..neurons import NeuronModel, Rescale
@@ -22,6 +21,7 @@ from .dynamics import (
     search_in_chunks,
     settle_spikes,
 )
+from .fanin import gather_rows, pad_input
 
 
 def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
@@ -87,65 +87,15 @@ def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: N
     return off, {**stats, "certificate": certificate, "searched": searched}
 
 
-def pad_input(syn: Synapses, values: Tensor, pad: float) -> Tensor:
-    """The routed input with a conv's zero-padding border filled with `pad`. Shape: (B, *in_shape)."""
-    if syn.conv is None:
-        return values
-    ph, pw = syn.conv["padding"]
-    return F.pad(values, (pw, pw, ph, ph), value=pad)
-
-
-def gather_fan_in(syn: Synapses, padded: Tensor, idx: tuple[Tensor, ...]) -> Tensor:
-    """Each listed neuron's inputs through one `Synapses`, in the order of its weight row: the values under a
-    conv neuron's kernel (from `pad_input`), or the whole flattened input of a dense neuron. Neuron indices are
-    local to the channels the synapses drive.
-
-    Shape: padded (B, ...); idx (b, o[, y, x]) each (F,) -> (F, fan-in).
-    """
-    if syn.conv is None:
-        return padded.flatten(1)[idx[0]]
-    (sh, sw), (dh, dw), groups = syn.conv["stride"], syn.conv["dilation"], syn.conv["groups"]
-    out_ch, cin_g, kh, kw = syn.weight.shape
-    b, o, y, x = idx
-    dev = padded.device
-    ch = (o // (out_ch // groups))[:, None] * cin_g + torch.arange(cin_g, device=dev)[None, :]
-    rows = y[:, None] * sh + torch.arange(kh, device=dev)[None, :] * dh
-    cols = x[:, None] * sw + torch.arange(kw, device=dev)[None, :] * dw
-    taps = padded[b[:, None, None, None], ch[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-    return taps.flatten(1)
-
-
 def fan_in(layer: Layer, values: list[Tensor], idx: tuple[Tensor, ...], pad: float, which: str = "J"):
-    """The listed neurons' inputs over all of the layer's `Synapses`, concatenated: input values (`values[k]` is
-    input k's routed tensor; zero-padded taps take `pad`), weights (`which`: "J" or "weight"; 0 where an input
-    does not drive the neuron's channel) and which input each came from.
+    """The listed neurons' inputs over all of the layer's `Synapses`, concatenated (`fanin.gather_rows`): input
+    values (`values[k]` is input k's routed tensor; zero-padded taps take `pad`), weights (`which`: "J" or
+    "weight"; 0 where an input does not drive the neuron's channel) and which input each came from.
 
     Shape: values[k] (B, *in_shape k); idx (b, o[, ...]) each (F,) -> three (F, total fan-in) tensors.
     """
-    times, weights, which_input = [], [], []
-    for k, (syn, v) in enumerate(zip(layer.inputs, values)):
-        w = getattr(syn, which)
-        o = idx[1]
-        inside = torch.ones_like(o, dtype=torch.bool)
-        if syn.channels is not None:
-            lo, hi = syn.channels
-            inside = (o >= lo) & (o < hi)
-            o = (o - lo).clamp(0, hi - lo - 1)
-        local = (idx[0], o, *idx[2:])
-        t = gather_fan_in(syn, pad_input(syn, v, pad), local)
-        if syn.conv is not None:
-            rows = w.flatten(1)[o]
-        else:  # a dense map: one weight row per neuron of the part, in its flat order
-            part = layer.part_shape(syn)
-            flat = torch.zeros_like(o)
-            for i, size in zip(local[1:], part):
-                flat = flat * size + i
-            rows = w[flat]
-        rows = torch.where(inside[:, None], rows, torch.zeros_like(rows))
-        times.append(t)
-        weights.append(rows)
-        which_input.append(torch.full_like(t, k, dtype=torch.long))
-    return torch.cat(times, 1), torch.cat(weights, 1), torch.cat(which_input, 1)
+    padded = [pad_input(syn, v, pad) for syn, v in zip(layer.inputs, values)]
+    return gather_rows(layer.inputs, layer.shape, padded, [getattr(syn, which) for syn in layer.inputs], idx)
 
 
 def search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: float) -> Tensor:
@@ -156,10 +106,11 @@ def search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: flo
     slope = layer.slope.expand(layer.shape)[neuron_idx]
     end = layer.in_window
     fan = sum(syn.J[0].numel() for syn in layer.inputs)
+    padded = [pad_input(syn, t, end) for syn, t in zip(layer.inputs, t_in)]  # a padded tap is x = 0: at t_min
+    ws = [syn.J for syn in layer.inputs]
 
     def gather(lo: int, hi: int):
-        part = tuple(i[lo:hi] for i in idx)
-        times, weights, _ = fan_in(layer, t_in, part, end)  # a zero-padded tap is x = 0: it fires at t_min
+        times, weights, _ = gather_rows(layer.inputs, layer.shape, padded, ws, tuple(i[lo:hi] for i in idx))
         return times, weights, theta[lo:hi], slope[lo:hi]
 
     def solve(times, weights, theta_, slope_):
