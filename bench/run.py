@@ -2,10 +2,13 @@
 
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
     python bench/run.py core       # one section: core | stepped | convert | memory | app | live | paper |
-                                   # branches | architectures | verify
+                                   # branches | architectures | verify | timm | repvgg | views
     python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
     python bench/run.py architectures  # the torchvision families: exactness, size, decision time, run / ANN
     python bench/run.py verify     # `ttfs verify` images per second on 1 and 2 processes (torchrun)
+    python bench/run.py timm       # timm's ReLU-family architectures: exactness, size, conversion time, run / ANN
+    python bench/run.py repvgg     # conversion time of RepVGG-A0 (float64) and the ANN passes a conversion makes
+    python bench/run.py views      # ResNet-50 at 224×224 in the explorer: spec size, page reruns, conversion, memory
 
 The machine is shared and noisy: every figure is a median over interleaved repeats, and the headline numbers are
 ratios of times taken in the same run.
@@ -14,6 +17,8 @@ ratios of times taken in the same run.
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import resource
 import statistics
@@ -280,6 +285,188 @@ def architecture_table(rows: dict) -> list[str]:
     return lines
 
 
+# --- timm: the ReLU-family architectures in the wild ------------------------------------------------------------
+TIMM = ["resnet18d", "resnet50d", "res2net50_14w_8s", "dla34", "dpn68", "vovnet39a", "selecsls42b", "repvgg_a0",
+        "regnetx_002", "mobilenetv2_100", "spnasnet_100", "resnetv2_50", "hrnet_w18_small", "vgg11", "inception_v4",
+        "inception_resnet_v2", "xception41", "cspresnet50", "legacy_seresnet18"]
+TIMM_SIZE = {"inception_v4": 80, "inception_resnet_v2": 80}  # their stems need more than 64×64
+
+
+def timm_model(name: str, dtype) -> torch.nn.Module:
+    """timm's `name` with num_classes=10, random weights (seed 0) and random BatchNorm statistics, eval mode."""
+    import timm
+
+    torch.manual_seed(0)
+    return randomise_bn(timm.create_model(name, num_classes=10), negative=False).to(dtype).eval()
+
+
+def refusal(exc: Exception) -> str:
+    """The first line of a conversion's refusal, without the list of what is supported."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". Supported")[0]
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+@torch.no_grad()
+def bench_timm(repeats: int = 3, checked: int = 4, calibration: int = 16) -> dict:
+    """timm's ReLU-family architectures (num_classes=10, random weights and BatchNorm statistics) at 64×64 (the
+    Inception stems 80×80): a float64 conversion on `checked` inputs, simulated on them and compared with the
+    model layer by layer (`ttfs_core.compare`: the largest |ANN − SNN| of any spiking layer relative to that layer's
+    largest activation, at least 1) and at the logits; then the default float32 conversion on `calibration` inputs
+    (its wall time), spiking layers, neurons and run / ANN forward on a batch of 16 (median of `repeats`
+    interleaved rounds). Small inputs and few of them keep the section near 10 minutes on two cores.
+    A model that does not convert is a row with the refusal's first line; one that converts but is not exact in
+    float64 (error above 1e-9 or an early spike) says "inexact". Every row records the load average at its end."""
+    out = {}
+    for name in TIMM:
+        size = TIMM_SIZE.get(name, 64)
+        row: dict = {"size": size}
+        try:
+            m64 = timm_model(name, torch.float64)
+            x64 = torch.rand(checked, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+            t = time.perf_counter()
+            s64 = ttfs_core.convert(m64, x64, input_range=(0.0, 1.0))
+            row["convert_f64_s"] = time.perf_counter() - t
+            r64 = s64.run(x64)
+            ref = m64(x64)
+            row["rel_error_f64"] = float((r64.logits - ref).abs().max() / ref.abs().max())
+            try:
+                row["layer_error_f64"] = max(c.max_abs_error / max(float(c.ann.abs().max()), 1.0)
+                                             for c in ttfs_core.compare(m64, s64, x64, r64))
+            except (ValueError, RuntimeError) as exc:  # a layer the model cannot be probed at: logits only
+                row["layer_error_f64"] = None
+                row["compare"] = refusal(exc)
+            row["early_spikes_f64"] = r64.early_spikes
+            error = max(row["rel_error_f64"], row["layer_error_f64"] or 0.0)
+            row.update({"status": "exact" if error <= 1e-9 and not r64.early_spikes else "inexact",
+                        "max_error_f64": error, "spiking_layers": len(s64.layers),
+                        "neurons": sum(la.neurons for la in s64.layers)})
+            del m64, s64, r64
+            model = timm_model(name, torch.float32)
+            calib = torch.rand(calibration, 3, size, size, generator=torch.Generator().manual_seed(2))
+            x = torch.rand(16, 3, size, size, generator=torch.Generator().manual_seed(3))
+            t = time.perf_counter()
+            try:
+                snn = ttfs_core.convert(model, calib)
+            except ttfs_core.ConversionError as exc:  # float64 converts, float32 does not (e.g. an overflow)
+                row["float32"] = f"refused: {refusal(exc)}"
+            else:
+                row["convert_s"] = time.perf_counter() - t
+                tt = side_by_side({"ann": partial(model, x), "snn": partial(snn.run, x)}, repeats)
+                row.update({"spiking_layers": len(snn.layers), "neurons": sum(la.neurons for la in snn.layers),
+                            "ratio": tt["snn"] / tt["ann"]})
+                del snn
+            del model
+        except ttfs_core.ConversionError as exc:
+            row = {"size": size, "status": "refused", "reason": refusal(exc)}
+        except Exception as exc:  # noqa: BLE001 — a model that breaks elsewhere is a row, not the end of the table
+            row = {"size": size, "status": "error", "reason": f"{type(exc).__name__}: {refusal(exc)}"}
+        row["load_average"] = load_average()
+        out[name] = row
+        print(f"  {name}: {row}", flush=True)
+    return out
+
+
+def timm_table(rows: dict) -> list[str]:
+    """The table of timm architectures (the `timm` section), for RESULTS.md and the README."""
+    lines = ["| timm model | input | status | spiking layers | neurons | conversion | run / ANN | float64 error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        size = f"{r.get('size', 64)}×{r.get('size', 64)}"
+        if r["status"] in ("refused", "error"):
+            lines.append(f"| {name} | {size} | {r['status']}: {r['reason']} | | | | | |")
+            continue
+        if "float32" in r:  # float64 converts; the default float32 conversion does not
+            lines.append(f"| {name} | {size} | {r['status']} in float64; float32 {r['float32']} | "
+                         f"{r['spiking_layers']} | {r['neurons']:,} | | | {r['max_error_f64']:.1e} |")
+            continue
+        lines.append(f"| {name} | {size} | {r['status']} | {r['spiking_layers']} | {r['neurons']:,} | "
+                     f"{r['convert_s']:.1f} s | {r['ratio']:.1f}× | {r['max_error_f64']:.1e} |")
+    return lines
+
+
+class WorkCounter:
+    """Counts, while active, the inputs each hidden layer's ReLU map runs on (`Layer.ann`) and the multiply-adds of
+    every weighted sum (`sim.dynamics.weighted_sum`, wherever called): how many passes of the network over the
+    calibration data a conversion makes, and how much weighted-sum work it does in all, in ANN passes."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.macs = {"ann": 0, "all": 0}
+        self.inside_ann = False
+
+    def __enter__(self) -> WorkCounter:
+        from ttfs_core import records
+        from ttfs_core.sim import certify, dynamics
+
+        self.patched = [(records.Layer, "ann"), (dynamics, "weighted_sum"), (records, "weighted_sum"),
+                        (certify, "weighted_sum")]
+        self.saved = [getattr(obj, attr) for obj, attr in self.patched]
+        ann, weighted_sum = records.Layer.ann, dynamics.weighted_sum
+
+        def counted_ann(layer, acts):
+            first = next(a for a in acts if a is not None)
+            self.rows[layer.name] = self.rows.get(layer.name, 0) + first.shape[0]
+            self.inside_ann = True
+            try:
+                return ann(layer, acts)
+            finally:
+                self.inside_ann = False
+
+        def counted_sum(inputs, xs, ws, shape):
+            macs = sum(x.shape[0] * math.prod(dynamics.part_shape(syn, shape)) * w[0].numel()
+                       for syn, x, w in zip(inputs, xs, ws))
+            self.macs["all"] += macs
+            if self.inside_ann:
+                self.macs["ann"] += macs
+            return weighted_sum(inputs, xs, ws, shape)
+
+        records.Layer.ann = counted_ann
+        for obj, attr in self.patched[1:]:
+            setattr(obj, attr, counted_sum)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for (obj, attr), saved in zip(self.patched, self.saved):
+            setattr(obj, attr, saved)
+
+    def passes(self, snn, inputs: int) -> tuple[float, float]:
+        """(largest number of times a hidden layer ran over the calibration inputs, all weighted-sum work in ANN
+        passes over them), for a conversion to `snn` on `inputs` calibration inputs."""
+        hidden = [self.rows.get(layer.name, 0) for layer in snn.layers]
+        per_pass = self.macs["ann"] * inputs / max(sum(hidden) / len(hidden), 1)
+        return max(hidden) / inputs, self.macs["all"] / per_pass
+
+
+def bench_repvgg(repeats: int = 3) -> dict:
+    """Conversion time (median of `repeats`) and ANN passes: timm's RepVGG-A0 in float64 on 64 inputs of 64×64
+    (random weights and BatchNorm statistics), and the default float32 conversions of the `convert` and `branches`
+    sections (VGG16-BN, ResNet-18, 512 inputs of 32×32). "ann_passes": the most times any hidden layer ran over the
+    calibration inputs; "work_in_ann_passes": every weighted sum of the conversion (calibration, peak drive,
+    certificate stages) in multiply-adds, over those of one pass."""
+    cases = [("repvgg_a0_f64_64x64_64_inputs", timm_model("repvgg_a0", torch.float64),
+              torch.rand(64, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))),
+             ("vgg16_bn_f32_32x32_512_inputs", vgg16(), torch.randn(512, 3, 32, 32)),
+             ("resnet18_f32_32x32_512_inputs", torchvision_model("resnet18", torch.float32),
+              torch.rand(512, 3, 32, 32))]
+    out = {}
+    for case, model, calib in cases:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            ttfs_core.convert(model, calib)
+            times.append(time.perf_counter() - t)
+        with WorkCounter() as work:
+            snn = ttfs_core.convert(model, calib)
+        passes, total = work.passes(snn, calib.shape[0])
+        out[case] = {"convert_s": statistics.median(times), "convert_min_s": min(times), "ann_passes": passes,
+                     "work_in_ann_passes": total, "spiking_layers": len(snn.layers),
+                     "load_average": load_average()}
+    return out
+
+
 def bench_verify(models: tuple[str, ...] = ("lenet5", "vgg_fashion"), repeats: int = 3) -> dict:
     """`ttfs verify` over a bundled model's whole 10,000-image test set on 1 process and on 2 (torchrun, gloo):
     images per second of the checking loop (the command's own "speed" line, conversion and start-up excluded),
@@ -317,9 +504,17 @@ def bench_verify(models: tuple[str, ...] = ("lenet5", "vgg_fashion"), repeats: i
     return out
 
 
+def bench_large_views() -> dict:
+    """ResNet-50 at 224×224 in the explorer's views (`bench/views.py`, run on its own as `python -m bench.views`)."""
+    from bench.views import bench_views
+
+    return bench_views()
+
+
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
             "app": bench_app, "live": bench_live, "paper": bench_paper, "branches": bench_branches,
-            "architectures": bench_architectures, "verify": bench_verify}
+            "architectures": bench_architectures, "verify": bench_verify, "timm": bench_timm,
+            "repvgg": bench_repvgg, "views": bench_large_views}
 
 
 def paper_table(rows: dict) -> list[str]:
@@ -360,8 +555,17 @@ def write_markdown(results: dict, path: Path) -> None:
     if "architectures" in results["sections"]:
         lines += ["## torchvision architectures (`python bench/run.py architectures`)", "",
                   *architecture_table(results["sections"]["architectures"]), ""]
+    if "timm" in results["sections"]:
+        rows = results["sections"]["timm"]
+        loads = [r["load_average"] for r in rows.values() if "load_average" in r]
+        lines += ["## timm architectures (`python bench/run.py timm`)", "",
+                  "Random weights and BatchNorm statistics; conversion: the default float32 one on 16 inputs; "
+                  "run / ANN: batch 16, side by side; float64 error: the largest |ANN − SNN| over the spiking "
+                  "layers and the logits, relative. "
+                  + (f"Load average {min(loads):.1f}–{max(loads):.1f} during the run." if loads else ""), "",
+                  *timm_table(rows), ""]
     for section, rows in results["sections"].items():
-        if section == "architectures":
+        if section in ("architectures", "timm"):
             continue
         lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
                   "|---|" + "---|" * len(next(iter(rows.values())))]
@@ -375,13 +579,16 @@ def write_markdown(results: dict, path: Path) -> None:
 def main(argv: list[str]) -> None:
     names = argv or list(SECTIONS)
     path = HERE / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
+    measured = {}
     for name in names:
         print(f"== {name}", flush=True)
-        results["sections"][name] = SECTIONS[name]()
-        for case, vals in results["sections"][name].items():
+        measured[name] = SECTIONS[name]()
+        for case, vals in measured[name].items():
             print(f"  {case}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in vals.items()), flush=True)
+    # read the file only now: a section another run wrote meanwhile is kept
+    results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
+    results["sections"].update(measured)
     results["date"] = time.strftime("%Y-%m-%d")
     results["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     path.write_text(json.dumps(results, indent=1))
