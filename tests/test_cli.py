@@ -191,3 +191,39 @@ def test_nan_errors_are_never_reported_as_zero():
     assert layer_row(layer, str)[3] == "nan"
     report = Report((layer,), LayerCheck("out", "Linear (readout)", 0.0), images=1, agree=1)
     assert any("NaN values in x" in reason for reason in report.failures())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["verify", "--help"], ["verify", "lenet5", "--limit", "0"],
+                                  ["convert", "lenet5"], ["frobnicate"]])
+def test_help_and_usage_errors_answer_before_torch_is_imported(argv):
+    """`ttfs --help`, `--version` and argument errors never import torch (3–6 s of start-up): a fresh interpreter
+    runs the entry point and reports which of the heavy modules it imported."""
+    probe = ("import sys\nfrom ttfs_core.__main__ import main\ntry:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "print('HEAVY', sorted(m for m in ('torch', 'numpy', 'ttfs_core.cli') if m in sys.modules), code)")
+    p = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    line = next(line for line in p.stdout.splitlines() if line.startswith("HEAVY"))
+    assert line.startswith("HEAVY []"), (line, p.stderr)
+    assert line.split()[-1] in ("0", "2")
+
+
+def test_the_light_parser_names_what_the_converter_defines():
+    """`ttfs_core.command` repeats three defaults so as not to import torch; they must stay the converter's."""
+    from ttfs_core import command, mapping, neurons
+
+    assert command.MARGIN_DEFAULT == mapping.DEFAULT_MARGIN
+    assert command.NEURON_NAMES == tuple(neurons.NEURON_MODELS)
+    assert command.RESCALE_NAMES == tuple(neurons.RESCALES)
+
+
+def test_the_package_imports_lazily_and_keeps_its_function_names():
+    """`import ttfs_core` imports no torch; `ttfs_core.convert` and `ttfs_core.compare` stay the functions after
+    their submodules are imported; submodules are reachable as attributes."""
+    probe = ("import sys, ttfs_core\nprint('torch' in sys.modules)\nimport ttfs_core.convert, ttfs_core.compare\n"
+             "print(callable(ttfs_core.convert) and not isinstance(ttfs_core.convert, type(sys)),"
+             " callable(ttfs_core.compare) and not isinstance(ttfs_core.compare, type(sys)))\n"
+             "print(ttfs_core.zoo.__name__, ttfs_core.load.__name__)")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert p.stdout.split() == ["False", "True", "True", "ttfs_core.zoo", "load_network"], p.stderr

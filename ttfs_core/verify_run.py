@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .command import one_line
 from .network import SpikingNetwork
 from .persist import load_network, save_network
 from .verify import Bounds, Report, RunFile, Verifier, check_shard, digest, shard_count
@@ -84,7 +85,7 @@ class Ranks:
             try:
                 payload = ("ok", work())
             except errors as e:
-                payload = ("error", _one_line(e))
+                payload = ("error", one_line(e))
         kind, value = self.broadcast(payload)
         if kind == "error":
             raise RunError(value)
@@ -100,10 +101,6 @@ class Ranks:
 
 class RunError(ValueError):
     """A verification shared by several processes cannot go on: raised with the same message on every rank."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def share_network(ranks: Ranks, make: Callable[[], SpikingNetwork],
@@ -203,7 +200,7 @@ class Run:
                     result = ("ok", mine, check_shard(self.verifier, self.source.batch, mine, n, self.shard_size,
                                                       self.batch_size, step))
                 except (ValueError, OSError, RuntimeError) as e:
-                    result = ("error", mine, f"rank {ranks.rank}, shard {mine}: {_one_line(e)}")
+                    result = ("error", mine, f"rank {ranks.rank}, shard {mine}: {one_line(e)}")
             gathered = [r for r in ranks.gather(result) if r is not None]
             errors = [r[2] for r in gathered if r[0] == "error"]
             if errors:
