@@ -227,3 +227,16 @@ def test_the_package_imports_lazily_and_keeps_its_function_names():
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.stdout.split() == ["False", "True", "True", "ttfs_core.zoo", "load_network"], p.stderr
+
+
+def test_importing_the_package_makes_idle_threads_sleep_unless_told_otherwise():
+    """OpenMP's wait policy is PASSIVE once ttfs_core is imported (before torch), and a policy already in the
+    environment wins. Spinning idle threads made a simulation ~4× slower on two cores shared with busy processes
+    (bench/RESULTS.md, "threads")."""
+    probe = "import os, ttfs_core; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert p.stdout.split() == ["PASSIVE"], p.stderr
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                       env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert p.stdout.split() == ["ACTIVE"], p.stderr

@@ -13,10 +13,17 @@ The names below are imported on first use, so that importing the package (e.g. f
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 
 __version__ = "0.1.0"
+
+# OpenMP's threads sleep when idle instead of spinning. Read once, when torch loads OpenMP: this takes effect for
+# the command line and the explorer's server (both import this package before torch) and for any program that
+# imports ttfs_core first; an OMP_WAIT_POLICY already set wins (set it empty for the OpenMP default). Measured in
+# bench/RESULTS.md ("threads"): on two cores shared with busy processes, spinning made a simulation ~4× slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {  # public name -> (submodule, attribute)
     "ConversionError": ("errors", "ConversionError"), "InputError": ("errors", "InputError"),

@@ -3,16 +3,14 @@ errors answer at once (about 0.1 s against 3–6 s with torch imported): the ``t
 parses here and imports torch and the converter (`ttfs_core.cli`) only to run a command. The package's own
 `__init__` imports lazily for the same reason.
 
-Threads: before torch is imported, `configure_threads` sets OpenMP's wait policy to PASSIVE (threads that wait
-sleep instead of spinning) unless the environment says otherwise, so that a loaded machine's CPU goes to work, not
-to spinning (measured in bench/RESULTS.md, "threads").
+Threads: importing the package (for `__version__`) sets OpenMP's wait policy to PASSIVE before torch loads, unless
+the environment says otherwise (`ttfs_core/__init__.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from typing import NoReturn
 
@@ -201,21 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(run="verify")
     return p
 
-def configure_threads() -> None:
-    """OpenMP's wait policy PASSIVE unless OMP_WAIT_POLICY is set: set before torch is imported (OpenMP reads it
-    once). torch's default spins idle threads for a while, which on a machine shared with other processes takes
-    their cores; the thread count stays torch's default (TTFS_THREADS, if set, overrides it)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    threads = os.environ.get("TTFS_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        os.environ.setdefault("OMP_NUM_THREADS", threads)
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(int(threads))
-
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace | int:
     """The command's arguments, or the exit status where parsing ends it (--help, --version: 0; a usage error: 2,
-    its one-line message printed). Sets the thread policy (`configure_threads`) before any command runs."""
+    its one-line message printed)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -225,5 +212,4 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace | int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     args.preprocess = preprocess_overrides(args)
-    configure_threads()
     return args
