@@ -140,14 +140,16 @@ def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> li
     return deviations
 
 
-def quantile_levels(x: Tensor, fractions: list[float]) -> list[Tensor]:
-    """Per sample: the given quantiles of the non-zero inputs, estimated on at most SAMPLE of the inputs.
-    Shape: x (B, ...) -> [(B,)] * len(fractions)."""
+def quantile_levels(xs: Tensor | tuple[Tensor, ...], fractions: list[float]) -> list[Tensor]:
+    """Per sample: the given quantiles of the non-zero inputs (over every tensor of `xs`), estimated on at most
+    about SAMPLE of them, taken evenly from each tensor (a layer's many sources are never concatenated whole).
+    Shape: xs[k] (B, ...) -> [(B,)] * len(fractions)."""
     if not fractions:
         return []  # one cell: no inner level, so no sort
-    flat = x.flatten(1)
-    step = max(1, -(-flat.shape[1] // SAMPLE))
-    sub = flat[:, ::step].sort(1).values
+    xs = (xs,) if isinstance(xs, Tensor) else xs
+    step = max(1, -(-sum(x[0].numel() for x in xs) // SAMPLE))
+    picked = [x.flatten(1)[:, ::step] for x in xs]
+    sub = (torch.cat(picked, 1) if len(picked) > 1 else picked[0]).sort(1).values
     n = sub.shape[1]
     active = (sub > 0).sum(1)
     levels = []
@@ -185,8 +187,9 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     rounding = 64 * eps * (theta.abs() + per_neuron(inputs, [syn.J.abs() for syn in inputs], shape) * in_window
                            + base)
     limit = (theta - rounding).expand_as(v_end)
-    flat = torch.cat([x.flatten(1) for x in xs], 1)
-    top = flat.max(1).values if flat.shape[1] else v_end.new_zeros(v_end.shape[0])
+    # the sample's largest input, source by source (a layer's sources are never concatenated whole)
+    tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
+    top = torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])
     fan_in = sum(syn.J[0].numel() for syn in inputs)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
@@ -203,7 +206,7 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
             continue
         block = _restrict(uncertified, inputs, xs, shape)
         whole = block.all_xs if block.all_xs is not None else block.xs
-        inner = quantile_levels(torch.cat([x.flatten(1) for x in whole], 1), [k / cells for k in range(1, cells)])
+        inner = quantile_levels(whole, [k / cells for k in range(1, cells)])
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
         rows = v_end.shape[0] if block.rows is None else len(block.rows)
