@@ -4,25 +4,45 @@ The cursor runs in the browser (`ttfs_ui.live`): stepping, Play and hovering nev
 when the model, the input, a setting, the axis or the mapped layer changes, when a neuron is clicked, and once
 when the cursor comes to rest (so that the page's link carries it).
 
+For a lecture: **Reveal** hides the spikes after the cursor, so that Play shows the raster filling in at the chosen
+speed; hovering a dot gives its neuron as (channel, row, col), its spike time t in τ_c and its ANN activation; the
+counts put the α-model and B1 side by side on the same input (B1's silent neurons never fire; its network is
+converted once per model and server and simulated once per input, both cached like the α one); **PNG** / **SVG**
+download the raster with its maps, title, cursor time, counts and legend as one slide, **Animation** the filling-in
+as a self-contained HTML file. All of it runs in the browser (no rerun).
+
+A link can open it revealing at a chosen speed: `?reveal=1&speed=5` (steps per second).
+
 A network too large for one dot per spike (layers over `timeline.DENSITY_NEURONS` neurons, e.g. ResNet-50 at
 224×224) draws those layers as heat strips (spikes per channel and time bin). Their maps show the k most active
 channels or one channel: a click on a strip maps that channel, a click on a map cell opens the neuron's trace.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import streamlit as st
 
-from ttfs_ui import controls, live, messages, state, timeline
+import ttfs_core
+from ttfs_core.neurons import ALPHA, B1
+from ttfs_ui import cache, controls, live, messages, state, timeline
 
 MAP_VIEW = "ttfs_map_view"  # a large layer's maps: "top" (its k most active channels) or "channel" (one)
 MAP_K = "ttfs_map_k"
 MAP_CHANNEL = "ttfs_map_channel"  # the channel of the "channel" view (None: the most active)
 MAP_VIEWS = {"top": "the most active channels", "channel": "one channel"}
 MAP_KS = (4, 9, 16)
-MAP_DEFAULTS = {MAP_VIEW: "top", MAP_K: 16, MAP_CHANNEL: None}
+REVEAL = "ttfs_reveal"  # a link's initial Reveal (1: spikes after the cursor hidden); the browser toggles it after
+SPEED = "ttfs_speed"  # a link's initial Play speed, cursor steps per second
+COMPANION_NEURONS = 100_000  # B1 beside α for networks up to this size (the bundled ones: at most 68,496 neurons);
+# a larger one would pay a second conversion on its first visit
+SPEEDS = (2, 5, 10, 20, 30, 60)  # as the timeline's speed menu offers them (frontend/timeline/index.html)
+MAP_DEFAULTS = {MAP_VIEW: "top", MAP_K: 16, MAP_CHANNEL: None, REVEAL: 0, SPEED: 30}
 MAP_PARAMS = {"maps": state.Param(MAP_VIEW, state.one_of(*MAP_VIEWS)),
               "map_k": state.Param(MAP_K, state.one_of(*MAP_KS)),
-              "channel": state.Param(MAP_CHANNEL, state.integer(0, 10**6))}
+              "channel": state.Param(MAP_CHANNEL, state.integer(0, 10**6)),
+              "reveal": state.Param(REVEAL, state.one_of(0, 1)),
+              "speed": state.Param(SPEED, state.one_of(*SPEEDS))}
 
 state.init(MAP_DEFAULTS, MAP_PARAMS)  # before the page's own start: a link may carry the mapped channel
 cur = controls.page_start("Spike raster", "raster")
@@ -101,6 +121,46 @@ if big:
                             **state.bind(MAP_CHANNEL))
         view = ("channel", int(state.get(MAP_CHANNEL)))
 
+
+def companion() -> live.Compare | None:
+    """This input's fired-by counts under the other neuron model (B1 beside the α-model, or the α-model beside B1),
+    from the cached conversion and simulation of that model (shared by every session; one simulation per input);
+    None where it does not convert or its windows do not line up step for step."""
+    other = B1 if cur.net_key.neuron == ALPHA else ALPHA
+    key = replace(cur.net_key, neuron=other)
+    try:
+        osnn = cache.network(key, cur.entry)
+    except (ttfs_core.ConversionError, ValueError, RuntimeError):  # the page goes on with one model's counts
+        return None
+    otl = timeline.timeline_of(osnn)
+    if otl.steps != tl.steps:
+        return None
+    ores = cache.simulate(key, cur.image_key, osnn, cur.x)
+    return live.compare_with(cur.net_key.neuron, other, timeline.spikes_of(osnn, ores), otl)
+
+
+def hover_values() -> list | None:
+    """Per layer (input first: none), the ANN's and the decoded SNN's activations of every neuron in the model's
+    units (the "ANN vs SNN" page's cached comparison), for the raster's tooltip; None where the model's layers
+    cannot be read beside the network's (`ttfs_core.compare` says why on that page)."""
+    try:
+        comps = cache.comparison(cur.net_key, cur.image_key, cur.entry.model, snn, cur.x)
+    except ValueError:
+        return None
+    return [None] + [(c.ann[0].detach().double().numpy(), c.snn[0].detach().double().numpy()) for c in comps]
+
+
+def export_info() -> dict:
+    """The slide files' stem ("lenet5_img0_raster") and title (model, input, conversion, mapped layer)."""
+    test = state.get(state.IMAGE) == "test"
+    image = int(cur.image_key.rsplit(":", 1)[1]) if test else cur.image_title.removeprefix("uploaded ")
+    if test and cur.dataset != cur.entry.dataset:  # a test image of the other bundled data set says which
+        image = f"{cur.image_key.rsplit(':', 1)[0]}-img{image}"
+    return {"stem": live.export_stem(state.get(state.MODEL), image),
+            "title": f"{cur.entry.title} · {cur.image_title} · ζ = {cur.net_key.margin:g}, "
+                     f"{cur.net_key.neuron.label} · feature maps of {labels[layer.name]}"}
+
+
 # one spec per (network, input, axis, layer, channels) and session: reruns that change none of them (a click) reuse
 # it; what the raster costs (counts per step, heat strips) is kept per (network, input, axis) while maps change
 memo_key = (cur.net_key, cur.image_key, mode, n, view)
@@ -121,11 +181,20 @@ if memo is None or memo[0] != memo_key:
     known = pre is not None and getattr(pre, "channels", 0) == 3
     colours = timeline.input_colours(spikes[0], snn.input_range, pre.mean if known else None,
                                      pre.std if known else None)
-    memo = (memo_key, live.spec(spikes, tl, mode, n, cursor, channels=channels, colours=colours, prepared=prep[1]))
+    # the teaching extras of a network drawn dot by dot (the bundled models): a second model's counts, hover values
+    small = sum(sizes) <= COMPANION_NEURONS
+    extras = {} if dense else {"compare": companion() if small else None, "ann": hover_values()}
+    memo = (memo_key, live.spec(spikes, tl, mode, n, cursor, channels=channels, colours=colours, prepared=prep[1],
+                                export=export_info(), **extras))
     st.session_state["_ttfs_live_spec"] = memo
-live.timeline({**memo[1], "cursor": cursor}, key="timeline")
-st.caption("Step, drag or **Play** the cursor above the raster: everything is drawn in your browser. Hover a dot or "
-           "a map cell to find the neuron in both views; click it to open its membrane trace."
+# a link may open the raster revealing at a chosen speed (the tour's "the raster fills in"); like the cursor, they are
+# the browser's own once drawn (not part of the spec's id)
+live.timeline({**memo[1], "cursor": cursor, "reveal": bool(state.get(REVEAL)), "speed": int(state.get(SPEED))},
+              key="timeline")
+st.caption("Step, drag or **Play** the cursor above the raster (**Reveal** hides what comes after it; pick the speed "
+           "beside Play): everything is drawn in your browser. Hover a dot or a map cell to find the neuron in both "
+           "views (a dot's tooltip gives its spike time and ANN activation); click it to open its membrane trace. "
+           "**PNG**, **SVG** and **Animation** download this view for slides."
            + (" Layers of many neurons are heat strips (spikes per channel and time bin, log colour): hover a cell "
               "for its count, click it to map that channel." if dense else ""))
 controls.explain("feature_maps")

@@ -10,6 +10,15 @@ chosen channels in a compact form, and a 3-channel input is one RGB image (see `
 never reaches the server; a click on a neuron comes back as {layer, neuron, cursor}, a click on a heat strip as
 {layer, channel, cursor} (the channel to map).
 
+For teaching and slides the spec also carries: the absolute time of every cursor step (`cursor_t`); the ANN's
+activation and the decoded SNN activation of every neuron of the layers drawn as dots (`activations`), which the
+raster's own tooltip shows beside the spike time t in τ_c and a readable index (channel, row, col); the same input's
+fired-by counts under the other neuron model (`Compare`: α beside B1, whose silent neurons never fire); and what a
+slide export is called and titled (`export`: `export_stem`). The browser plays the cursor with the raster filling
+in (reveal: spikes after the cursor hidden) at a chosen speed, and exports the raster with its maps as one PNG or
+SVG, and the filling-in as a self-contained HTML animation (`frontend/timeline/export.js`); the figures' own mode
+bars offer no image download (the maps' cells are canvases Plotly cannot see) and no cloud upload.
+
 `timeline` is the Streamlit component. Its static files are those in `frontend/timeline/` and a copy of the
 installed plotly package's own plotly.min.js, assembled once per version in a per-user cache folder (nothing is
 fetched from the internet, and nothing is written into the installed package).
@@ -22,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -101,6 +111,48 @@ def prepare(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, max_points: 
                     {n: density(spikes[n], n, tl, mode) for n in sorted(dense)})
 
 
+@dataclass(frozen=True)
+class Compare:
+    """The same input under the other neuron model, for the counts line: `this` and `other` name the two models
+    ("α", "B1"); `counts` are the other network's fired-by counts per layer and step (`Timeline.fired_counts` on
+    its own timeline: its windows differ, so step k is the same position in each window, not the same instant)."""
+
+    this: str
+    other: str
+    counts: tuple[np.ndarray, ...]
+
+
+def short_label(neuron) -> str:
+    """"α" for the α-model, else the model's own label ("B1")."""
+    return "α" if getattr(neuron, "name", "") == "alpha" else str(getattr(neuron, "label", neuron))
+
+
+def compare_with(neuron, other_neuron, other_spikes: Sequence[LayerSpikes], other_tl: Timeline) -> Compare:
+    """A `Compare` from the other network's spikes of the same input (`timeline.spikes_of`) and its timeline."""
+    return Compare(short_label(neuron), short_label(other_neuron),
+                   tuple(other_tl.fired_counts(n, s.offsets) for n, s in enumerate(other_spikes)))
+
+
+def slug(text: str) -> str:
+    """A file-name part: lower case, runs of anything but letters, digits and dots as one "-" (no leading or
+    trailing "-"; "x" if nothing is left)."""
+    out = re.sub(r"[^a-z0-9.]+", "-", str(text).lower()).strip("-.")
+    return out or "x"
+
+
+def export_stem(model_key: str, image: str | int) -> str:
+    """The stem of the raster's slide files: model and input, e.g. "lenet5_img0_raster" (the browser appends the
+    cursor time, "_t2.41", and the extension). `model_key`: "zoo:lenet5" or an upload's key; `image`: a test image's
+    index, or an uploaded image's file name."""
+    kind, _, name = str(model_key).partition(":")
+    if kind == "upload":  # an upload's key is its digest: its first 8 digits say which
+        model = f"upload-{slug(name)[:8]}"
+    else:
+        model = slug(name if kind == "zoo" else model_key)[:40]
+    img = f"img{image}" if isinstance(image, int) else slug(Path(str(image)).stem)[:40]
+    return f"{model}_{img}_raster"
+
+
 def _density_entry(d: Density, trace: int, group: tuple[float, float]) -> dict:
     big = int(d.counts.max(initial=0)) >= 2**16
     return {"layer": d.layer, "trace": trace, "rows": d.rows, "bins": d.bins, "group": d.group,
@@ -142,16 +194,26 @@ def _panel(s: LayerSpikes, n: int, tl: Timeline, mode: str, trace: int, axes: tu
             "act": scaled(act, s.max_activation, "u2" if local.size <= FINE_ACTIVATIONS else "u1")}
 
 
+MAX_HOVER_VALUES = 200_000  # most neurons (all dotted layers together) whose activations the raster's tooltip gets
+
+
 def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cursor: int, *,
          max_points: int = figures.MAX_POINTS, channels: Sequence[int] | None = None,
-         colours: np.ndarray | None = None, prepared: Prepared | None = None) -> dict:
+         colours: np.ndarray | None = None, prepared: Prepared | None = None,
+         ann: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None, compare: Compare | None = None,
+         export: dict | None = None) -> dict:
     """Everything the browser needs to draw the raster and layer `n_map`'s feature maps at any cursor step.
 
     `channels`: the channels of layer `n_map` its panel shows (None: all); `colours`: the input's RGB levels
     (`timeline.input_colours`), drawn in colour; `prepared`: `prepare(spikes, tl, mode)` computed already. A
     network with layers drawn as densities gets, per such layer, its counts per channel row and time bin
     ("density"), and its fired-by counts as spans ("count_spans", `timeline.count_span`) instead of one number
-    per step and layer ("counts")."""
+    per step and layer ("counts").
+
+    `ann`: per layer (the input first, None where not known), (ANN activation, decoded SNN activation) of every
+    neuron in the original model's units (`ttfs_core.compare`), sent for the layers drawn as dots when they hold at
+    most MAX_HOVER_VALUES neurons together; `compare`: the other neuron model's counts (`Compare`); `export`:
+    {"stem", "title"} of the slide files (default: from the layer names)."""
     prepared = prepared if prepared is not None else prepare(spikes, tl, mode, max_points)
     raster = figures.raster(spikes, tl, mode, cursor, max_points=max_points, densities=prepared.densities)
     gl = any(isinstance(t, go.Scattergl) for t in raster.data)
@@ -173,6 +235,12 @@ def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cur
     raster_json, maps_json = _figure(raster), _figure(maps)
     dense_traces = {int(t["meta"]): i for i, t in enumerate(raster_json["data"])
                     if str(t.get("name", "")).endswith(f"({figures.DENSITY})")}
+    trace_layer = [-1 if t.get("meta") is None or t.get("name") == HIGHLIGHT or i in dense_traces.values()
+                   else int(t["meta"]) for i, t in enumerate(raster_json["data"])]
+    for i, n in enumerate(trace_layer):  # the dots' tooltip is the page's own (timeline.js): t in τ_c, not "x ="
+        if n >= 0:
+            raster_json["data"][i].pop("hovertemplate", None)
+            raster_json["data"][i]["hoverinfo"] = "none"
     shapes = figures.cursor_shapes(tl, mode, 0)
     out = {
         "steps": tl.steps, "steps_per_window": tl.steps_per_window, "cursor": int(cursor),
@@ -184,11 +252,21 @@ def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cur
         "shapes": [list(s.shape) for s in spikes], "neurons": [s.neurons for s in spikes],
         "traceable": [n > 0 for n in range(len(spikes))],
         "y0": [g[0] for g in groups], "y_scale": [(g[1] - g[0]) / max(s.neurons, 1) for g, s in zip(groups, spikes)],
-        "trace_layer": [-1 if t.get("meta") is None or t.get("name") == HIGHLIGHT or i in dense_traces.values()
-                        else int(t["meta"]) for i, t in enumerate(raster_json["data"])],
+        "trace_layer": trace_layer,
         "highlight_trace": len(raster_json["data"]) - 1,
         "raster": raster_json, "maps": maps_json, "panels": panels,
     }
+    out["cursor_t"] = [float(tl.cursor_t(k)) for k in range(tl.steps + 1)]
+    out["starts"], out["windows"] = [float(v) for v in tl.starts], [float(v) for v in tl.windows]
+    out["colours"] = [figures.layer_colour(n) for n in range(len(spikes))]
+    out["mode"] = mode
+    out["map_layer"] = n_map
+    out["export"] = {"stem": "raster", "title": f"Spike raster · feature maps of {spikes[n_map].label}",
+                     **(export or {})}
+    out["activations"] = _hover_values(spikes, ann, frozenset(prepared.densities))
+    if compare is not None and len(compare.counts) == len(spikes):
+        out["compare"] = {"this": compare.this, "other": compare.other,
+                          "count_spans": [count_span(c) for c in compare.counts]}
     if prepared.densities:  # a deep or wide network: a thousand steps × dozens of layers would be most of the spec
         out["counts"] = None
         out["count_spans"] = [count_span(c) for c in prepared.counts]
@@ -198,6 +276,22 @@ def spec(spikes: Sequence[LayerSpikes], tl: Timeline, mode: str, n_map: int, cur
     # the cursor is the browser's own once drawn: two specs that differ only in it are the same drawing
     body = json.dumps({k: v for k, v in out.items() if k != "cursor"}, sort_keys=True)
     out["id"] = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return out
+
+
+def _hover_values(spikes: Sequence[LayerSpikes], ann, dense: frozenset[int]) -> list | None:
+    """Per layer, {"ann", "snn"} (float32, every neuron) for the raster's tooltip, or None (not known, a heat strip,
+    or too many neurons in all)."""
+    if ann is None:
+        return None
+    keep = [n for n, a in enumerate(ann) if a is not None and n not in dense and n < len(spikes)]
+    if sum(spikes[n].neurons for n in keep) > MAX_HOVER_VALUES:
+        return None
+    out: list = [None] * len(spikes)
+    for n in keep:
+        a, d = (np.asarray(v, dtype=np.float64).ravel() for v in ann[n])
+        if a.size == spikes[n].neurons == d.size:
+            out[n] = {"ann": typed(a, "f4"), "snn": typed(d, "f4")}
     return out
 
 

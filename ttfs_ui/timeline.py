@@ -10,6 +10,12 @@ Two coordinates for the same instant:
   never from absolute times, so windows of 1e-15 τ_c still resolve.
 
 The time cursor is an integer step k: u = k / steps_per_window, the same instant in both coordinates.
+
+"Fired by the cursor" has one definition, `Timeline.fire_steps`: the first step k whose position k / steps_per_window
+is at or after the spike's position, less `Timeline.slack`, a tolerance in the simulated network's own precision
+(FIRE_ULPS of its dtype's eps, relative to the window: a float32 network stores a forced spike at float32(B_n),
+up to 6e-8 of B_n past the float64 window it is drawn on). Every count and map reads it, on the server and, through
+the fire steps the spec carries, in the browser.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ttfs_core.sim.dynamics import early_mask
 STEPS_PER_WINDOW = 20
 NEVER = 32767  # the fire step of a neuron that does not fire (fits an int16, as the browser receives it)
 STRETCH_RATIO = 10.0  # stretch by default when the widest window is more than this times the narrowest
+FIRE_ULPS = 16  # "fired by" tolerates this many eps of the network's dtype, relative to the window (`Timeline.slack`)
+FLOAT64_EPS = float(np.finfo(np.float64).eps)
 
 ABSOLUTE = "absolute"
 STRETCHED = "stretched"
@@ -38,6 +46,16 @@ class Timeline:
     starts: tuple[float, ...]  # t_min of each window (τ_c); the input window starts at 0
     windows: tuple[float, ...]  # B of each window (τ_c); the input window is 1
     steps_per_window: int = STEPS_PER_WINDOW
+    precision: float = FLOAT64_EPS  # eps of the simulated network's dtype (float32: 1.19e-7), see `slack`
+
+    @property
+    def slack(self) -> float:
+        """How far past a step's instant a spike may lie and still count as fired by that step, in units of its
+        window (the stretched axis): FIRE_ULPS · eps of the simulated network's dtype. A spike time is stored as
+        an offset in that dtype, so it is known to a few eps of its window (forced spikes sit at the window's end
+        rounded to the dtype: float32's B_n passes the float64 B_n by up to 6e-8 of it); a float32 network gets
+        1.9e-6 of a window (4e-5 of a cursor step), a float64 one 3.6e-15."""
+        return FIRE_ULPS * float(self.precision)
 
     @property
     def count(self) -> int:
@@ -100,12 +118,15 @@ class Timeline:
         return np.where(early_mask(offsets), early, own)
 
     def fire_steps(self, n: int, offsets: np.ndarray) -> np.ndarray:
-        """The first cursor step at which each neuron of window n's layer has fired (compared on the stretched
-        axis, with 1e-12 of slack), NEVER for neurons that do not fire. This is the one definition of "fired by":
-        the raster's counts and the feature maps, on the server and in the browser, all read it. Shape: (N,)."""
+        """The first cursor step at which each neuron of window n's layer has fired, NEVER for neurons that do not
+        fire. This is the one definition of "fired by t": a spike at stretched position u (`positions`; an early
+        spike in the window before) has fired by step k when u − `slack` ≤ k / steps_per_window, the slack being a
+        few eps of the simulated network's dtype relative to the window (a forced spike, stored at its window's end
+        rounded to float32, counts in its own window's last step, not one later). The raster's counts, the feature
+        maps and the browser (which receives these steps) all read it. Shape: (N,)."""
         u = self.positions(n, offsets, STRETCHED)
         with np.errstate(invalid="ignore"):
-            k = np.ceil((u - 1e-12) * self.steps_per_window)
+            k = np.ceil((u - self.slack) * self.steps_per_window)
         return np.where(np.isfinite(k), np.clip(k, 0, NEVER - 1), NEVER).astype(np.int64)
 
     def fired_by(self, n: int, offsets: np.ndarray, k: int) -> np.ndarray:
@@ -162,7 +183,16 @@ def timeline_of(snn, steps_per_window: int = STEPS_PER_WINDOW) -> Timeline:
     names = ("input", *(layer_label(layer) for layer in snn.layers))
     starts = (0.0, *(float(layer.t_min) for layer in snn.layers))
     windows = (1.0, *(float(layer.window) for layer in snn.layers))
-    return Timeline(names, starts, windows, steps_per_window)
+    return Timeline(names, starts, windows, steps_per_window, precision_of(snn))
+
+
+def precision_of(snn) -> float:
+    """eps of the dtype a network simulates in (float32: 1.19e-7; float64 when it does not say)."""
+    import torch
+
+    dtype = getattr(snn, "dtype", None)
+    return float(torch.finfo(dtype).eps) if isinstance(dtype, torch.dtype) and dtype.is_floating_point \
+        else FLOAT64_EPS
 
 
 def layer_label(layer) -> str:

@@ -8,14 +8,22 @@
 // channel and time bin, "density" in the spec); clicking a strip sends {layer, channel, cursor}: the page maps that
 // channel, and a click on one of its cells opens a neuron's trace as before. Its map panels may be compact (cells
 // rebuilt here from their layout, steps in a byte) or an RGB input: views.js decodes them.
+// For a lecture: Reveal hides every spike after the cursor (the rectangle after it turns opaque), so that Play, at the
+// speed picked beside it, shows the raster filling in; a dot's tooltip (#tip, the page's own: Plotly's would say
+// "x =" on a stretched axis) gives its neuron as (channel, row, col), its spike time t in τ_c and its ANN activation;
+// a second counts line (#compare) puts the α-model and B1 side by side on the same input; PNG, SVG and Animation
+// download the view for slides (export.js). No button uploads anything (Plotly's cloud buttons are removed).
 // Streamlit's component protocol (v1) is spoken directly: componentReady, render, setFrameHeight, setComponentValue.
 "use strict";
 
 const V = window.ttfsViews; // views.js: decoding, cells of a panel, counts, heat-strip cells
 const NEVER = V.NEVER; // fire step of a neuron that never fires (B1's silent neurons)
-const FRAME_MS = 1000 / 30; // Play: one cursor step per frame, at most 30 frames per second
+const FRAME_MS = 1000 / 30; // Play: at most 30 frames per second
+const DEFAULT_SPEED = 30; // Play's steps per second by default: one step a frame
+const REVEAL_FILL = "rgba(255,255,255,1)"; // Reveal: the rectangle after the cursor hides what it covers
 
-const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null, linked: 0 };
+const stats = { paints: [], frames: 0, playStart: null, playStop: null, renders: 0, builds: 0, spec: null, linked: 0,
+                exports: [] };
 window.ttfsTimeline = stats;
 
 let spec = null;
@@ -23,6 +31,8 @@ let k = 0;
 let playing = false;
 let painting = false;
 let wanted = null; // a step requested while a paint was in flight: painted right after it
+let reveal = false; // spikes after the cursor hidden
+let speed = DEFAULT_SPEED; // Play: cursor steps per second
 const el = (id) => document.getElementById(id);
 
 function send(type, data) {
@@ -43,7 +53,7 @@ function cursorShapes(step) {
   const x = spec.cursor_x[step];
   const [rect, line] = spec.cursor_shapes;
   const out = [];
-  if (x < spec.x_end) out.push(Object.assign({}, rect, { x0: x }));
+  if (x < spec.x_end) out.push(Object.assign({}, rect, { x0: x }, reveal ? { fillcolor: REVEAL_FILL, opacity: 1 } : {}));
   out.push(Object.assign({}, line, { x0: x, x1: x }));
   return out;
 }
@@ -189,11 +199,28 @@ function countsText(step) {
   return `Fired by the cursor: ${num(fired)} of ${num(total)} neurons` + (now.length ? " · firing: " + now.join(" · ") : "");
 }
 
+// The same input under the other neuron model (spec.compare: B1 beside the α-model, on its own windows, at the same
+// point of each window): "conv 0 α 4,704/4,704 · B1 1,897/4,704 (2,807 silent)"; B1's silent neurons never fire.
+function compareText(step) {
+  const c = spec.compare;
+  if (!c) return "";
+  const num = (v) => v.toLocaleString("en"), other = { counts: null, count_spans: c.count_spans };
+  const last = spec.steps;
+  const part = (name, src, n) => {
+    const total = spec.neurons[n], now = V.countAt(src, n, step), silent = total - V.countAt(src, n, last);
+    return `${name} ${num(now)}/${num(total)}` + (name === "B1" && silent > 0 ? ` (${num(silent)} silent)` : "");
+  };
+  const layers = spec.count_labels.map((label, n) => (n === 0 ? null
+    : `${label} ${part(c.this, spec, n)} · ${part(c.other, other, n)}`)).filter((t) => t);
+  return `${c.this} beside ${c.other} on this input: ` + layers.join(" | ");
+}
+
 function paint(step, t0) {
   k = Math.max(0, Math.min(spec.steps, step));
   el("slider").value = k;
   el("label").textContent = spec.labels[k];
   el("counts").textContent = countsText(k);
+  el("compare").textContent = compareText(k);
   painting = true;
   for (const p of spec.panels) fillMap(p, k);
   return Plotly.relayout(el("raster"), { shapes: cursorShapes(k) }).then(() => new Promise((resolve) => {
@@ -253,11 +280,12 @@ function play() {
   let last = -Infinity;
   const loop = (now) => {
     if (!playing) return;
-    if (now - last >= FRAME_MS - 1 && !painting) {
+    const every = Math.max(FRAME_MS, 1000 / speed), by = Math.max(1, Math.round(speed * FRAME_MS / 1000));
+    if (now - last >= every - 1 && !painting) {
       last = now;
       if (k >= spec.steps) return stop();
       stats.frames += 1;
-      paint(k + 1, now);
+      paint(Math.min(spec.steps, k + by), now);
     }
     requestAnimationFrame(loop);
   };
@@ -313,8 +341,63 @@ function valueText(panel, local) {
   return ` · activation ≈ ${Number(panel.act[local]).toPrecision(4)}` + (panel.kfire[local] >= NEVER ? " (no spike)" : "");
 }
 
+// --- the raster's tooltip: a readable index, the spike time in τ_c, the ANN activation -------------------------------
+function readable(n, flat) {
+  // "channel 2, row 10, col 11" for a map, "pixel (row 3, col 4)" for a one-channel input, "neuron 17" for a vector
+  const shape = spec.shapes[n];
+  if (shape.length === 3) {
+    const [, h, w] = shape, c = Math.floor(flat / (h * w)), r = Math.floor(flat / w) % h, x = flat % w;
+    if (n === 0) return shape[0] === 1 ? `pixel (row ${r}, col ${x})` : `channel ${c}, pixel (row ${r}, col ${x})`;
+    return `neuron (channel ${c}, row ${r}, col ${x})`;
+  }
+  return shape.length === 1 ? `neuron ${flat}` : `neuron ${unravel(shape, flat)}`;
+}
+
+function timeOf(n, x) {
+  // the absolute time (τ_c) of a dot of layer n at x: on the stretched axis a position inside window n (or n − 1,
+  // an early spike) is mapped back through that window's start and length
+  if (spec.mode !== "stretched") return x;
+  const w = n > 0 && x < n ? n - 1 : n;
+  return spec.starts[w] + (x - w) * spec.windows[w];
+}
+
+function tipText(n, flat, pt) {
+  const fmt = (v) => {
+    const t = Number(v).toPrecision(5);
+    return t.includes("e") ? t.replace(/\.?0+e/, "e") : t.includes(".") ? t.replace(/\.?0+$/, "") : t;
+  };
+  const c = pt.customdata, row = c !== null && typeof c === "object" ? c : null;
+  const lines = [`${spec.count_labels[n]} ${readable(n, flat)}`, `spike at t = ${fmt(timeOf(n, pt.x))} τ_c`];
+  const vals = spec.activations && spec.activations[n];
+  if (n === 0 && row) lines.push(`pixel value x̂ = ${fmt(row[1])} (its spike: t = 1 − x̂)`);
+  else if (vals) lines.push(`ANN activation ${fmt(vals.ann[flat])} · decoded from the spike ${fmt(vals.snn[flat])}`);
+  else if (row) lines.push(`activation t_max − t = ${fmt(row[1])} τ_c`);
+  if (row && row[2]) lines.push("forced spike at t_max: activation 0");
+  if (!row) lines.push("EARLY spike: before all its inputs had arrived");
+  return lines.join("\n");
+}
+
+function showTip(text, event) {
+  const tip = el("tip");
+  if (!text) { tip.style.display = "none"; tip.textContent = ""; return; }
+  tip.textContent = text;
+  tip.style.display = "block";
+  if (event && Number.isFinite(event.clientX)) {
+    const x = event.clientX + 14, y = event.clientY + 14;
+    const width = (document.documentElement && document.documentElement.clientWidth) || 1e9;
+    tip.style.left = `${Math.max(0, Math.min(x, width - 320))}px`;
+    tip.style.top = `${y + ((window.scrollY) || 0)}px`;
+  }
+}
+
+function hidden(pt) {
+  // Reveal: a dot after the cursor is hidden, and tells nothing on hover
+  return reveal && Number.isFinite(pt.x) && pt.x > spec.cursor_x[k] + 1e-12;
+}
+
 function highlight(target) {
   if (!target) {
+    showTip(null);
     Plotly.restyle(el("raster"), { x: [[]], y: [[]] }, [spec.highlight_trace]);
     Plotly.relayout(el("maps"), { shapes: [] });
     el("hovered").textContent = "";
@@ -356,9 +439,11 @@ function hover(source) {
       el("hovered").textContent = densityText(hit);
       return;
     }
+    if (source === "raster" && hidden(pt)) return highlight(null);
     const target = neuronAt(source, pt);
     if (target && source === "raster") target.x = pt.x;
     if (target) highlight(target);
+    if (target && source === "raster") showTip(tipText(target[0], target[1], pt), ev.event);
   };
 }
 
@@ -367,6 +452,7 @@ function click(source) {
     const pt = ev.points && ev.points[0];
     const hit = pt && source === "raster" ? densityAt(pt) : null;
     if (hit) return pickChannel(hit);
+    if (pt && source === "raster" && hidden(pt)) return;
     const target = pt && neuronAt(source, pt);
     if (!target) return;
     const [n, flat] = target;
@@ -411,6 +497,9 @@ function build(next) {
     p.cells = V.panelCells(p);
     p.cellOf = V.cellOf(p, p.cells);
   }
+  for (const a of spec.activations || []) {
+    if (a) for (const key of ["ann", "snn"]) a[key] = V.decode(a[key]);
+  }
   for (const d of spec.density || []) {
     d.counts = V.decode(d.counts);
     d.top = V.decode(d.top);
@@ -418,7 +507,16 @@ function build(next) {
   const slider = el("slider");
   slider.max = spec.steps;
   if (first || k > spec.steps) k = spec.cursor;
-  const config = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
+  if (first) { // a link's Reveal and speed; the page's own controls after that
+    reveal = Boolean(spec.reveal);
+    el("reveal").checked = reveal;
+    if (spec.speed) { speed = Number(spec.speed); el("speed").value = String(spec.speed); }
+  }
+  // no image button (the maps' cells are canvases it cannot see: PNG, SVG and Animation above export them) and no
+  // cloud upload
+  const config = { responsive: true, displaylogo: false, showSendToCloud: false, showEditInChartStudio: false,
+                   modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage", "sendDataToCloud", "editInChartStudio"] };
+  el("speed").title = `Play's speed: ${spec.steps_per_window} steps make one layer's window`;
   el("message").textContent = "";
   return Promise.all([
     Plotly.react(el("raster"), spec.raster.data, spec.raster.layout, config),
@@ -437,6 +535,41 @@ function build(next) {
   }).then(() => send("streamlit:setFrameHeight", { height: document.body.scrollHeight + 8 }));
 }
 
+// --- slide export (export.js) -----------------------------------------------------------------------------------
+let exporting = false;
+async function exportSlide(format) {
+  const X = window.ttfsExport;
+  if (!spec || !X || exporting) return;
+  exporting = true;
+  if (playing) stop();
+  highlight(null);
+  const at = k, stem = spec.export.stem;
+  el("message").textContent = `Preparing the ${format === "html" ? "animation" : format.toUpperCase()}…`;
+  try {
+    let name, href;
+    if (format === "html") {
+      name = `${stem}_filling-in.html`;
+      const counts = (s) => [countsText(s), compareText(s)].filter((t) => t).join("  |  ");
+      const page = await X.animation(Plotly, spec, counts, fillMap);
+      for (const p of spec.panels) fillMap(p, at); // the maps were painted at the end to read their colours
+      href = URL.createObjectURL(new Blob([page], { type: "text/html" }));
+    } else {
+      name = X.fileName(stem, spec.cursor_t[at], format);
+      const out = await X.compose(Plotly, spec, at, [countsText(at), compareText(at)], reveal, format);
+      href = format === "svg" ? URL.createObjectURL(new Blob([out], { type: "image/svg+xml" })) : out;
+    }
+    X.download(name, href);
+    stats.exports.push(name);
+    if (format === "png") stats.lastExport = X.last;
+    el("message").textContent = `Downloaded ${name}.`;
+  } catch (e) {
+    el("message").textContent = `Could not export: ${e}`;
+    throw e;
+  } finally {
+    exporting = false;
+  }
+}
+
 function wire() {
   const s = () => spec.steps_per_window;
   const on = (id, f) => el(id).addEventListener("click", (ev) => { if (playing) stop(); go(f(), ev.timeStamp); });
@@ -447,6 +580,11 @@ function wire() {
   on("next_window", () => Math.min(spec.steps, (Math.floor(k / s()) + 1) * s()));
   on("end", () => spec.steps);
   el("play").addEventListener("click", play);
+  el("speed").addEventListener("change", (ev) => { speed = Number(ev.target.value) || DEFAULT_SPEED; });
+  el("reveal").addEventListener("change", (ev) => { reveal = Boolean(ev.target.checked); if (spec) go(k, ev.timeStamp); });
+  for (const [id, format] of [["png", "png"], ["svg", "svg"], ["anim", "html"]]) {
+    el(id).addEventListener("click", () => { exportSlide(format); });
+  }
   el("slider").addEventListener("input", (ev) => { if (playing) stop(); go(Number(ev.target.value), ev.timeStamp); });
 }
 
