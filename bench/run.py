@@ -2,7 +2,8 @@
 
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
     python bench/run.py core       # one section: core | stepped | convert | memory | app | live | paper |
-                                   # branches | architectures | verify | timm | repvgg | views
+                                   # branches | architectures | verify | timm | repvgg | views |
+                                   # threads
     python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
     python bench/run.py architectures  # the torchvision families: exactness, size, decision time, run / ANN
     python bench/run.py verify     # `ttfs verify` images per second on 1 and 2 processes (torchrun)
@@ -356,7 +357,8 @@ def bench_timm(repeats: int = 3, checked: int = 4, calibration: int = 16) -> dic
                 row["convert_s"] = time.perf_counter() - t
                 tt = side_by_side({"ann": partial(model, x), "snn": partial(snn.run, x)}, repeats)
                 row.update({"spiking_layers": len(snn.layers), "neurons": sum(la.neurons for la in snn.layers),
-                            "ratio": tt["snn"] / tt["ann"]})
+                            "ratio": tt["snn"] / tt["ann"], "smallest_window_tau": snn.smallest_window,
+                            "decision_time_tau": snn.decision_time})
                 del snn
             del model
         except ttfs_core.ConversionError as exc:
@@ -369,22 +371,100 @@ def bench_timm(repeats: int = 3, checked: int = 4, calibration: int = 16) -> dic
     return out
 
 
-def timm_table(rows: dict) -> list[str]:
+@torch.no_grad()
+def bench_timm_scale(calibration: int = 16) -> dict:
+    """The time scale (smallest window, decision time, in τ_c) of the `timm` section's default float32 conversions:
+    the same models, seeds and calibration inputs, conversion only (a few seconds each), so that the timm table
+    states it beside rows recorded before it did. Models the `timm` section refused are skipped."""
+    out = {}
+    for name in TIMM:
+        size = TIMM_SIZE.get(name, 64)
+        model = timm_model(name, torch.float32)
+        calib = torch.rand(calibration, 3, size, size, generator=torch.Generator().manual_seed(2))
+        try:
+            snn = ttfs_core.convert(model, calib)
+        except ttfs_core.ConversionError as exc:
+            out[name] = {"refused": refusal(exc)}
+        else:
+            out[name] = {"smallest_window_tau": snn.smallest_window, "decision_time_tau": snn.decision_time,
+                         "load_average": load_average()}
+        print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
+def timm_table(rows: dict, scale: dict | None = None) -> list[str]:
     """The table of timm architectures (the `timm` section), for RESULTS.md and the README."""
-    lines = ["| timm model | input | status | spiking layers | neurons | conversion | run / ANN | float64 error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| timm model | input | status | spiking layers | neurons | smallest window | decision time | "
+             "conversion | run / ANN | float64 error |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        r = {**(scale or {}).get(name, {}), **r}  # the time scale measured apart (`timm_scale`), if any
         size = f"{r.get('size', 64)}×{r.get('size', 64)}"
         if r["status"] in ("refused", "error"):
-            lines.append(f"| {name} | {size} | {r['status']}: {r['reason']} | | | | | |")
+            lines.append(f"| {name} | {size} | {r['status']}: {r['reason']} | | | | | | | |")
             continue
         if "float32" in r:  # float64 converts; the default float32 conversion does not
             lines.append(f"| {name} | {size} | {r['status']} in float64; float32 {r['float32']} | "
-                         f"{r['spiking_layers']} | {r['neurons']:,} | | | {r['max_error_f64']:.1e} |")
+                         f"{r['spiking_layers']} | {r['neurons']:,} | | | | | {r['max_error_f64']:.1e} |")
             continue
-        lines.append(f"| {name} | {size} | {r['status']} | {r['spiking_layers']} | {r['neurons']:,} | "
+        time_scale = (f"{r['smallest_window_tau']:.3g} τ_c | {r['decision_time_tau']:.3g} τ_c"
+                      if "decision_time_tau" in r else "| ")  # rows recorded before the time scale was
+        lines.append(f"| {name} | {size} | {r['status']} | {r['spiking_layers']} | {r['neurons']:,} | {time_scale} | "
                      f"{r['convert_s']:.1f} s | {r['ratio']:.1f}× | {r['max_error_f64']:.1e} |")
     return lines
+
+
+# --- threads: the wait policy and thread count under a shared load ------------------------------------------------
+THREAD_CONFIGS = {"OpenMP default wait, 2 threads": (None, 2),
+                  "PASSIVE wait, 2 threads (the default now)": ("PASSIVE", 2), "PASSIVE wait, 1 thread": ("PASSIVE", 1)}
+
+
+def _busy(n: int) -> list[subprocess.Popen]:
+    """n processes that keep one core each busy (a second user's work), until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def bench_threads(repeats: int = 3, images: int = 2000) -> dict:
+    """`ttfs verify lenet5 --limit N` (conversion on 512 calibration images, then N test images simulated) in a
+    fresh process, per wait policy and thread count, quiet and beside two busy processes that keep both cores
+    busy: wall and CPU seconds (medians). "OpenMP default" is the environment without OMP_WAIT_POLICY (torch's
+    libgomp spins idle threads for a while before sleeping); PASSIVE is what importing ttfs_core now sets."""
+    out = {}
+    for busy in (0, 2):
+        for label, (policy, threads) in THREAD_CONFIGS.items():
+            code = ("import os, sys\nimport ttfs_core\n"
+                    + ("os.environ.pop('OMP_WAIT_POLICY', None)\n" if policy is None else "")
+                    + f"import torch\ntorch.set_num_threads({threads})\n"
+                    "from ttfs_core.__main__ import main\n"
+                    f"sys.exit(main(['verify', 'lenet5', '--limit', '{images}', '-q']))")
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+            if policy is not None:
+                env["OMP_WAIT_POLICY"] = policy
+            walls, cpus, loads = [], [], []
+            workers = _busy(busy)
+            try:
+                time.sleep(1.0 if busy else 0.0)
+                for _ in range(repeats):
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    t = time.perf_counter()
+                    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                       cwd=HERE.parent, timeout=1800)
+                    walls.append(time.perf_counter() - t)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                    loads.append(load_average())
+                    if p.returncode != 0:
+                        raise RuntimeError(f"ttfs verify failed ({label}): {p.stderr[-500:]}")
+            finally:
+                for w in workers:
+                    w.kill()
+                    w.wait()
+            out[f"{label}, {'beside 2 busy processes' if busy else 'no added load'}"] = {
+                "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "images": images,
+                "busy_processes": busy, "load_average": statistics.median(loads)}
+    for label in THREAD_CONFIGS:
+        quiet, loaded = (out[f"{label}, {w}"] for w in ("no added load", "beside 2 busy processes"))
+        loaded["slowdown"] = loaded["wall_s"] / quiet["wall_s"]
+    return out
 
 
 class WorkCounter:
@@ -514,7 +594,8 @@ def bench_large_views() -> dict:
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
             "app": bench_app, "live": bench_live, "paper": bench_paper, "branches": bench_branches,
             "architectures": bench_architectures, "verify": bench_verify, "timm": bench_timm,
-            "repvgg": bench_repvgg, "views": bench_large_views}
+            "repvgg": bench_repvgg, "views": bench_large_views,
+            "threads": bench_threads, "timm_scale": bench_timm_scale}
 
 
 def paper_table(rows: dict) -> list[str]:
@@ -561,11 +642,12 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += ["## timm architectures (`python bench/run.py timm`)", "",
                   "Random weights and BatchNorm statistics; conversion: the default float32 one on 16 inputs; "
                   "run / ANN: batch 16, side by side; float64 error: the largest |ANN − SNN| over the spiking "
-                  "layers and the logits, relative. "
+                  "layers and the logits, relative; smallest window and decision time of the float32 conversion "
+                  "(`python bench/run.py timm_scale`, where recorded apart). "
                   + (f"Load average {min(loads):.1f}–{max(loads):.1f} during the run." if loads else ""), "",
-                  *timm_table(rows), ""]
+                  *timm_table(rows, results["sections"].get("timm_scale")), ""]
     for section, rows in results["sections"].items():
-        if section in ("architectures", "timm"):
+        if section in ("architectures", "timm", "timm_scale"):
             continue
         lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
                   "|---|" + "---|" * len(next(iter(rows.values())))]
