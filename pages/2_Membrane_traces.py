@@ -1,10 +1,13 @@
 """Membrane traces: the exact potential V(t) of chosen neurons, their inputs, threshold and spike."""
 
+import numpy as np
 import streamlit as st
 
 from ttfs_ui import cache, controls, figures, state, tables, timeline
+from ttfs_ui.text import T_MIN_PREV
 
 cur = controls.page_start("Membrane traces", "membrane")
+fmt = figures.export_format(st)
 
 # names and shapes from the network; spikes only of the layer shown (a 10^7-neuron network converts one layer)
 shapes = {la.name: (timeline.layer_label(la), tuple(la.shape)) for la in cur.snn.layers}
@@ -36,9 +39,15 @@ with clock:
 pick = state.get(state.TRACE_PICK)
 if pick == "k most active":
     st.number_input("k", min_value=1, max_value=controls.MAX_TRACES, step=1, **state.bind(state.TRACE_K))
-    neurons = timeline.most_active(layer.activations, state.get(state.TRACE_K), distinct=True)
-    st.caption("The k most active neurons with different activations (neurons seeing the same inputs share "
-               "one trace, so one of them stands for all).")
+    k = state.get(state.TRACE_K)
+    if layer.kind == "readout":
+        neurons = timeline.most_active(layer.activations, k, distinct=True)
+        st.caption("The classes with the k largest logits.")
+    else:
+        neurons = figures.spread_neurons(layer.activations, layer.shape, k)
+        st.caption("The most active neuron, then active neurons at evenly spaced ranks down to the 10th percentile, "
+                   "each from another channel: their spikes spread over the window, and no two traces are "
+                   "near-copies (neighbours in one channel see almost the same inputs).")
 elif pick == "by index":
     neurons = [controls.neuron_index(layer.name, layer.shape)]
 else:
@@ -56,7 +65,20 @@ at = None if at is None or not 0 <= at < cur.timeline.steps else cur.timeline.cu
 if at is not None and not 0 <= at <= float(traces[0].t_max):
     st.caption(f"The raster's time cursor, t = {at + traces[0].origin:.6g} τ_c, is outside this layer's windows.")
     at = None
-st.plotly_chart(figures.membrane(traces, index_labels, cursor=at), key="membrane")
+tick = None if clock == "off" else (f"{steps} ticks per window" if steps else f"dt = {dt:g} τ_c")
+fig = figures.membrane(traces, index_labels, cursor=at, clock=tick)
+shown = traces if readout else [tr for tr in traces if tr.theta is not None]
+fired = sum(np.isfinite(float(tr.spike_time)) and not tr.forced for tr in shown)
+counts = (f"{len(traces)} classes" if readout else
+          f"{len(traces)} neuron{'s' * (len(traces) > 1)}: {fired} fired, {sum(bool(tr.forced) for tr in shown)} "
+          f"forced, {sum(bool(tr.early) for tr in shown)} early")
+cursor_text = "" if at is None else f" · cursor t = {at + traces[0].origin:.4g} τ_c"
+figures.slide_title(fig, f"Membrane potential V(t) · {timeline.layer_label(layer)}",
+                    f"{cur.entry.title} · {cur.image_title} · {counts}{cursor_text}"
+                    + (f" · clock: {tick}" if tick else ""))
+stem = figures.slide_stem(cur, "membrane", timeline.layer_label(layer), "n" + "+".join(map(str, neurons)),
+                          None if at is None else f"t{at + traces[0].origin:.4g}")
+st.plotly_chart(fig, key="membrane", config=figures.export_config(stem, fmt))
 core = next(la for la in cur.snn.all_layers if la.name == layer.name)
 if len(core.inputs) > 1:  # a residual sum or a concatenation (MATH §5): inputs from several layers, delayed
     def _drives(syn) -> str:
@@ -73,8 +95,8 @@ if traces[0].gated:
     st.caption(f"ReLU6 (gated) layer: the threshold is switched on only at t_min, so a neuron whose V has reached θ "
                f"by then fires at t_min and saturates at the clip value B_n = {core.window:.4g} (square marker). "
                f"{hit} of the {len(traces)} neurons shown saturated.")
-st.caption(f"Times are relative to the moment the layer's neurons start integrating, t_min − (the longest window "
-           f"they read; t_min^(n−1) in a chain) = {traces[0].origin:.6g} τ_c (absolute).")
+st.caption(f"Times are relative to the moment the layer's neurons start integrating, tₘᵢₙ − (the longest window "
+           f"they read; {T_MIN_PREV} in a chain) = {traces[0].origin:.6g} τ_c (absolute).")
 rows = tables.trace_rows(traces, index_labels)
 for row, tr in zip(rows, traces):
     if tr.multi_input:
@@ -84,5 +106,5 @@ for row, tr in zip(rows, traces):
         row["inputs by layer"] = ", ".join(f"{name}: {k}" for name, k in counts.items())
     if tr.gated:
         row["saturated"] = bool(tr.saturated)
-st.dataframe(rows, hide_index=True, width="stretch")
+st.dataframe(rows, hide_index=True, width="stretch", column_config=tables.number_config(rows, st.column_config))
 controls.page_end()

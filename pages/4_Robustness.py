@@ -9,6 +9,7 @@ from ttfs_ui import cache, controls, figures, state, sweeps, tables
 
 state.init(sweeps.DEFAULTS, sweeps.PARAMS)  # a link may set the weight target (`sweeps.PARAMS`)
 cur = controls.page_start("Robustness", "robustness")
+fmt = figures.export_format(st)
 
 left, middle, right = st.columns(3, gap="large")
 left.select_slider("Test images per point", options=state.ROBUST_IMAGE_OPTIONS, **state.bind(state.ROBUST_IMAGES),
@@ -59,11 +60,22 @@ def draw(points: dict, final: bool) -> None:
     for s, (_, x_title, x_type, early) in charts.items():
         with places[s].container():
             fig = figures.sweep(points[s], x_title, x_type=x_type, show_early=early, ann_accuracy=ann.accuracy)
+            knob = s.partition(":")[0]
+            plain = "" if ann.accuracy is None else (f"ANN {100 * ann.accuracy:.1f} %, SNN "
+                                                     f"{100 * exact.accuracy:.1f} %, ")
+            figures.slide_title(fig, f"{charts[s][0]} · {cur.entry.title}",  # short: a half-width chart
+                                f"{plain}agreement {100 * exact.agreement:.1f} % unperturbed · {ann.images:,} "
+                                f"images · ζ = {cur.net_key.margin:g}" + ("" if final else " (computing…)"))
+            stem = figures.export_name(figures.slide_model(cur.entry), "robustness", s.replace(":", "-"),
+                                       f"z{cur.net_key.margin:g}", f"n{ann.images}")
             # a chart drawn while the chunks come has a key of its own: only the final one is `sweep_<knob>`
-            st.plotly_chart(fig, key=f"sweep_{s.partition(':')[0]}" + ("" if final else f"_{ann.images}"))
+            st.plotly_chart(fig, key=f"sweep_{knob}" + ("" if final else f"_{ann.images}"),
+                            config=figures.export_config(stem, fmt))
             if final:
                 with st.expander("as a table"):
-                    st.dataframe(tables.sweep_rows(points[s]), hide_index=True, width="stretch")
+                    rows = tables.sweep_rows(points[s])
+                    st.dataframe(rows, hide_index=True, width="stretch",
+                                 column_config=tables.number_config(rows, st.column_config))
 
 
 points = sweeps.precomputed(cur.entry, cur.net_key, cur.dataset, n, series)

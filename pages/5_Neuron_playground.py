@@ -4,20 +4,22 @@
 import streamlit as st
 
 from ttfs_core.neurons import NEURON_MODELS, RESCALES
-from ttfs_ui import controls, state
+from ttfs_ui import controls, figures, state, tables
 from ttfs_ui import playground as pg
+from ttfs_ui.text import pretty
 
 st.set_page_config(page_title="Neuron playground · TTFS explorer", page_icon="⚡", layout="wide")
 state.init(pg.DEFAULTS, pg.PARAMS)  # a link may set the playground's numbers (`pg.PARAMS`)
 pg.init()
 controls.navigation()  # links to the other pages only: the playground needs no model
 controls.show_notice()
+fmt = figures.export_format(st)
 
 st.title("Neuron playground")
-st.caption("One hidden neuron of the exact ReLU → spike mapping. Its inputs are the spikes of a previous layer with "
-           "window B_in: input j with activation x_j fires at t_j = t_min^(n) − x_j. The neuron fires at "
-           "t = t_max^(n) − ReLU(Σ W x + b) when the mapping is exact. Every number below comes from ttfs_core "
-           "(a real one-neuron spiking network, simulated exactly).")
+st.caption(pretty("One hidden neuron of the exact ReLU → spike mapping. Its inputs are the spikes of a previous layer "
+                  "with window B_in: input j with activation x_j fires at t_j = t_min^(n) − x_j. The neuron fires at "
+                  "t = t_max^(n) − ReLU(Σ W x + b) when the mapping is exact. Every number below comes from "
+                  "ttfs_core (a real one-neuron spiking network, simulated exactly)."))
 
 st.markdown("**Presets** — each shows one lesson")
 buttons = st.columns(len(pg.PRESETS))
@@ -45,7 +47,7 @@ with knobs:
     for j in range(state.get(pg.COUNT)):
         a, b = st.columns(2)
         a.number_input(f"x_{j + 1}", step=0.05, format="%.4f", **state.bind(pg.X[j]),
-                       help=f"activation of input {j + 1}, in [0, B_in]: it fires at t_min^(n) − x_{j + 1}")
+                       help=pretty(f"activation of input {j + 1}, in [0, B_in]: it fires at t_min^(n) − x_{j + 1}"))
         b.number_input(f"W_{j + 1}", step=0.05, format="%.4f", **state.bind(pg.W[j]))
     st.checkbox("clock-driven trace (MATH §6)", **state.bind(pg.CLOCK))
     if state.get(pg.CLOCK):
@@ -61,24 +63,29 @@ with view:
         st.stop()
     level, message = pg.verdict(outcome)
     getattr(st, level)(message)
-    st.plotly_chart(pg.figure(outcome), key="playground_v")
+    st.plotly_chart(pg.figure(outcome), key="playground_v",
+                    config=figures.export_config(pg.export_stem(st.session_state), fmt))
     st.latex(pg.exactness_latex(outcome))
     if outcome.stepped_spike is not None:
         st.caption(f"Clock-driven spike at t = {outcome.stepped_spike:.17g} (tick dt = {settings.dt:g}); exact "
                    f"t = {outcome.spike:.17g}; error {outcome.stepped_spike - outcome.spike:.3g} τ_c.")
 
-eq, tables = st.columns([1.4, 1], gap="large")
+eq, inputs_col = st.columns([1.1, 1], gap="large")
 with eq:
     st.subheader("The equations, with your numbers")
     for line in pg.equations(outcome):
         st.latex(line)
-with tables:
+with inputs_col:
     st.subheader("Inputs")
-    st.dataframe(pg.inputs_table(outcome), hide_index=True, width="stretch")
-    st.subheader("Numbers")
-    rows = pg.numbers(outcome)
-    st.dataframe(rows, hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3,
-                 column_config={"value": st.column_config.NumberColumn(format="%.6g")})
+    inputs = pg.inputs_table(outcome)
+    st.dataframe(inputs, hide_index=True, width="stretch", column_config=tables.number_config(inputs, st.column_config))
+st.subheader("Numbers")  # the page's whole width: every value and its 17 digits show uncut
+rows = pg.numbers(outcome)
+st.dataframe(rows, hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3,
+             column_config={"quantity": st.column_config.TextColumn("quantity", width="medium"),
+                            "value": st.column_config.NumberColumn("value", format=tables.NUMBER_FORMAT,
+                                                                   width="medium"),
+                            "digits": st.column_config.TextColumn("all 17 digits", width="large")})
 
 if settings.neuron.rescaled:
     st.subheader("Why Σ W < 1: the blow-up as Σ W → 1")
@@ -87,7 +94,8 @@ if settings.neuron.rescaled:
                "Scaling the same weights towards Σ W = 1 makes the slope and every J diverge (at Σ W ≥ 1 the slope "
                "would be infinite or negative and V would never reach θ after t_min): this is why the weights are "
                "rescaled to Σ W ≤ 0.99 before the mapping.")
-    st.dataframe(pg.blowup(outcome), hide_index=True, width="stretch")
+    blowup = pg.blowup(outcome)
+    st.dataframe(blowup, hide_index=True, width="stretch", column_config=tables.number_config(blowup, st.column_config))
 else:
-    st.caption(f"{settings.neuron.label} uses J = W without any transform or rescaling, and slope "
-               f"{settings.neuron.constant_slope:g} from t_min^(n) on: there is no Σ W < 1 requirement.")
+    st.caption(pretty(f"{settings.neuron.label} uses J = W without any transform or rescaling, and slope "
+                      f"{settings.neuron.constant_slope:g} from t_min^(n) on: there is no Σ W < 1 requirement."))

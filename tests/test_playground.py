@@ -28,7 +28,8 @@ def numbers(at: AppTest) -> dict[str, float]:
     """The page's table of numbers: quantity -> float64 value."""
     [df] = [d.value for d in at.dataframe if "quantity" in d.value.columns]
     assert (df["digits"] == [f"{v:.17g}" for v in df["value"]]).all()
-    return dict(zip(df["quantity"], df["value"].astype(float)))
+    raw = {shown: name for name, shown in pg.QUANTITIES.items()}  # the table shows the quantities' pretty names
+    return dict(zip(df["quantity"].map(lambda q: raw.get(q, q)), df["value"].astype(float)))
 
 
 def spike_marker_x(at: AppTest) -> float:

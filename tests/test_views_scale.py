@@ -541,7 +541,7 @@ def test_the_membrane_page_picks_neurons_of_a_large_layer(wide_session):
     x = cache.images(entry, "mnist", "test", 0, 1)
     res = snn.run(x)
     s = timeline.layer_spikes(snn, res, layer)
-    top = timeline.most_active(s.activations, len(traces), distinct=True)
+    top = figures.spread_neurons(s.activations, s.shape, len(traces))
     assert [t["name"] for t in traces] == [f"neuron {i}" for i in timeline.unravel(s.shape, top)]
     # from the map: one channel (784 squares), that of the first neuron chosen
     at.radio(key=state.widget_key(state.TRACE_PICK)).set_value("from the feature map").run()

@@ -7,12 +7,14 @@ check a figure's data against the core's results.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .text import T_MIN_PREV
 from .timeline import (
     ABSOLUTE,
     DENSITY_NEURONS,
@@ -25,6 +27,7 @@ from .timeline import (
     channels_of,
     density,
     density_layers,
+    most_active,
     unravel,
 )
 
@@ -38,6 +41,108 @@ MAX_POINTS = DOTS_PER_LAYER  # per layer (40,000); more neurons are decimated (s
 GAP = 0.04  # vertical gap between layer groups, as a fraction of all neurons
 EARLY = "early spikes"  # name of the raster's overlay traces marking early spikes
 MIN_GROUP = 0.06  # the smallest share of the raster's height a layer gets
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Slides: every chart's download (the camera button of its mode bar), its title and file name, in one place
+SLIDE_FORMATS = ("png", "svg")  # what the mode bar's camera button downloads (plotly.js draws both in the browser)
+FORMAT_KEY = "slide_format"  # the widget key of the page's format choice (`export_format`)
+CLOUD_BUTTONS = ("sendDataToCloud", "editInChartStudio")  # uploads to Plotly's cloud: never offered
+# a font the system has: the exported image is drawn without the page's web font (Source Sans), and text measured
+# in one font but drawn in another overflows (a legend cut at the image's edge)
+SLIDE_FONT = "Arial, 'Liberation Sans', Helvetica, sans-serif"
+LABEL_CHARS = 28  # a layer name longer than this is abbreviated in titles and legends (the full name on hover)
+
+
+def export_name(*parts) -> str:
+    """A file name stem from its parts (model, input, view, cursor...): each part's runs of characters other than
+    letters, digits, '.' and '+' become one '-', parts are joined by '_', empty parts are left out.
+    ("lenet5", "img0", "membrane", "conv 2·17") -> "lenet5_img0_membrane_conv-2-17"."""
+    words = [re.sub(r"[^A-Za-z0-9.+]+", "-", str(p)).strip("-") for p in parts if p is not None]
+    return "_".join(w for w in words if w)[:120] or "figure"
+
+
+def export_config(name: str, fmt: str = "png") -> dict:
+    """The Plotly config of every chart of the explorer: the camera button downloads the figure as `fmt` (PNG at
+    twice the screen's resolution, or SVG) under `name` (`export_name`), never as plot-image.png; no Plotly logo,
+    no button that sends the figure to Plotly's cloud. The title, cursor time, counts and legend are in the figure
+    itself (`slide_title`), so the file needs no caption around it."""
+    fmt = fmt if fmt in SLIDE_FORMATS else SLIDE_FORMATS[0]
+    return {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False, "showLink": False,
+            "modeBarButtonsToRemove": list(CLOUD_BUTTONS),
+            "toImageButtonOptions": {"format": fmt, "scale": 2 if fmt == "png" else 1,
+                                     "filename": re.sub(r"[^A-Za-z0-9._+-]+", "-", str(name))[:120] or "figure"}}
+
+
+def export_format(st_module, where=None) -> str:
+    """Draw the choice of the camera button's format (PNG or SVG) in `where` (default: the sidebar of `st_module`,
+    the streamlit module: figures never imports Streamlit) and return it. The choice is kept for the session
+    (copied to a canonical key, as `ttfs_ui.state.bind` does), so every page downloads in the format last chosen."""
+    state = st_module.session_state
+    canonical, widget = f"_{FORMAT_KEY}", FORMAT_KEY
+    if state.get(canonical) not in SLIDE_FORMATS:
+        state[canonical] = SLIDE_FORMATS[0]
+    state[widget] = state[canonical]
+
+    def copy_back() -> None:
+        state[canonical] = state[widget]
+
+    (where if where is not None else st_module.sidebar).radio(
+        "Charts download as", SLIDE_FORMATS, key=widget, on_change=copy_back, horizontal=True, format_func=str.upper,
+        help="The camera button in each chart's toolbar (top right, on hover) downloads it for slides, with its "
+             "title, time cursor, counts and legend, under a file name saying model, input, view and cursor.")
+    return state[canonical]
+
+
+def slide_model(entry) -> str:
+    """A model's name in file names: a bundled one's zoo name ("lenet5"), an upload's file name without suffix."""
+    key = str(entry.key)
+    if key.startswith("zoo:"):
+        return key.removeprefix("zoo:")
+    name = re.split(r" \+ | \(", str(entry.title))[0].strip()  # "net.pt2 + data.npz (uploaded)" -> "net.pt2"
+    return name.rsplit(".", 1)[0] if "." in name else name or "upload"
+
+
+def slide_stem(cur, *view) -> str:
+    """The file name stem of a chart of the page's model and input (`ttfs_ui.controls.Current`, duck-typed):
+    model ("lenet5", an upload's file name), input ("img0"; "fashion-img3" from another dataset than the model's;
+    "upload-1a2b3c4d" for an uploaded or drawn image), then the view's parts ("membrane", "conv-2", "n17", "t40")."""
+    model = slide_model(cur.entry)
+    head, _, tail = str(cur.image_key).rpartition(":")
+    dataset = getattr(cur, "dataset", "")
+    if head == str(dataset if isinstance(dataset, str) else getattr(dataset, "name", "")):  # a test image
+        own = getattr(cur.entry, "dataset", None) == dataset
+        image = f"img{tail}" if own else f"{head}-img{tail}"
+    else:  # an uploaded or drawn image
+        image = "upload-" + head.rpartition(":")[2][:8]
+    return export_name(model, image, *view)
+
+
+def slide_title(fig: go.Figure, title: str, detail: str = "") -> go.Figure:
+    """Write the figure's title (bold) and a line of detail (input, cursor, counts) into the figure itself, above
+    the plot (the top margin and the height grow by the room it takes, so the plot keeps its size); its text in
+    SLIDE_FONT, which the downloaded image draws as the page does."""
+    extra = 58 if detail else 36
+    margin = fig.layout.margin
+    top = (margin.t if margin is not None and margin.t is not None else 40) + extra
+    height = fig.layout.height
+    fig.update_layout(title={"text": f"<b>{title}</b>", "x": 0.01, "xanchor": "left", "xref": "container",
+                             "y": 1, "yanchor": "top", "yref": "container", "pad": {"t": 10},
+                             "font": {"size": 16}, "subtitle": {"text": detail, "font": {"size": 12}}},
+                      margin={"t": top}, font={"family": SLIDE_FONT})
+    if height is not None:
+        fig.update_layout(height=height + extra)
+    return fig
+
+
+def short_label(label: str, limit: int = LABEL_CHARS) -> str:
+    """`label` cut in its middle to at most `limit` characters ("features.denseblock4…layer16.conv2"), so that an
+    uploaded model's long layer names fit a subplot title or a legend; figures keep the full name in the hover."""
+    label = str(label)
+    if len(label) <= limit:
+        return label
+    head = (limit - 1) // 2
+    return label[:head] + "…" + label[len(label) - (limit - 1 - head):]
 
 
 def layer_colour(n: int) -> str:
@@ -451,7 +556,17 @@ def input_hover(group: dict, times: np.ndarray, weights: np.ndarray, several: bo
     return [f"{source}<br>arrives t = {t:.6g}<br>J = {w:.4g}" for t, w in zip(times, weights)]
 
 
-def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, cursor: float | None = None) -> go.Figure:
+AFTER_SPIKE = "after its spike"  # name suffix of the dotted continuation of V once a neuron has fired
+
+
+def _until(times: np.ndarray, potential: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """The polyline (times, potential) cut at time t (V there interpolated: θ at a spike)."""
+    keep = times < t
+    return np.append(times[keep], t), np.append(potential[keep], np.interp(t, times, potential))
+
+
+def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, cursor: float | None = None,
+             clock: str | None = None) -> go.Figure:
     """Exact V(t) of one or more neurons of one layer (`ttfs_core` NeuronTrace records; times relative to the
     neurons' start), their thresholds, the input and own windows, the spike (star), forced spike (cross),
     saturated spike of a ReLU6 (gated) neuron at t_min (square) or readout (diamond), and the clock-driven trace
@@ -459,9 +574,15 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
     height ∝ |J|; for a layer reading several layers (a residual sum, a concatenation: MATH §5) the ticks are
     coloured by the layer they come from, and their hover says which and by how much its spikes are delayed.
 
-    Per neuron, in order: V (exact polyline through `times`/`potential`), [θ], [stepped V], spike or readout
-    marker; then the tick traces, one per neuron (one per neuron and input of a layer with several inputs). Only
-    the V traces are in the legend (one entry per neuron), and the source layers of a layer with several inputs.
+    A neuron's V is solid until its spike and dotted after it: once it has fired the neuron is done, and the
+    model's V is no longer read (it would rise past θ as if it went on). The clock-driven trace (`clock` names
+    its tick, e.g. "dt = 0.01 τ_c") is a dark dashed staircase, V held between ticks, with its own legend entry
+    and an open star at its spike, so that both stay visible where it lies on the exact trace.
+
+    Per neuron, in order: V (the exact polyline through `times`/`potential`, whole: dotted where the neuron has
+    fired), [V until the spike, solid], [θ], [stepped V, stepped spike], spike or readout marker; then the tick
+    traces, one per neuron (one per neuron and input of a layer with several inputs). In the legend: the exact V
+    of each neuron, the clock-driven traces, and the source layers of a layer with several inputs.
     `cursor`: the raster's time cursor (same time axis as the traces), drawn as a vertical line when given.
     """
     fig = make_subplots(2, 1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.05)
@@ -469,14 +590,26 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
     t_min, t_max = float(first.t_min), float(first.t_max)
     readout = first.theta is None
     gated = bool(getattr(first, "gated", False))
+    cut_any = False
     for i, (tr, label) in enumerate(zip(traces, labels)):
         c = PALETTE[(i + 2) % len(PALETTE)]
         saturated = bool(getattr(tr, "saturated", False))
         name = (label if label.startswith("class ") else f"neuron {label}") + (" · saturated" if saturated else "")
-        fig.add_trace(go.Scatter(x=_np(tr.times), y=_np(tr.potential), mode="lines", name=name,
-                                 line={"color": c, "width": 2}, legendgroup=label,
-                                 hovertemplate=f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}<extra></extra>"),
-                      row=1, col=1)
+        times, potential = _np(tr.times), _np(tr.potential)
+        spike = float(tr.spike_time)
+        cut = not readout and math.isfinite(spike) and times.size > 0 and spike < float(times[-1])
+        cut_any |= cut
+        fig.add_trace(go.Scatter(x=times, y=potential, mode="lines", name=name, legendgroup=label,
+                                 line={"color": c, "width": 1.5 if cut else 2, "dash": "dot" if cut else "solid"},
+                                 hovertemplate=(f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}" +
+                                                ("<br>(after the spike: no longer read)" if cut else "") +
+                                                "<extra></extra>")), row=1, col=1)
+        if cut:
+            x_until, v_until = _until(times, potential, spike)
+            fig.add_trace(go.Scatter(x=x_until, y=v_until, mode="lines", name=f"{label} until its spike",
+                                     showlegend=False, legendgroup=label, line={"color": c, "width": 2.5},
+                                     hovertemplate=f"{label}<br>t = %{{x:.6g}}<br>V = %{{y:.6g}}<extra></extra>"),
+                          row=1, col=1)
         if not readout:
             # a gated (ReLU6) neuron's threshold is switched on at t_min: before that it cannot fire
             x0, note = (t_min, " (switched on at t_min: ReLU6)") if gated else (0, "")
@@ -485,11 +618,24 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
                                      hovertemplate=f"threshold θ of {label}{note} = %{{y:.6g}}<extra></extra>"),
                           row=1, col=1)
         if tr.stepped_times is not None:
-            fig.add_trace(go.Scatter(x=_np(tr.stepped_times), y=_np(tr.stepped_potential), mode="lines+markers",
-                                     line={"color": c, "width": 1, "dash": "dot"}, marker={"size": 3, "color": c},
-                                     showlegend=False, legendgroup=label,
-                                     hovertemplate=f"{label} with a clock<br>tick t = %{{x:.6g}}<br>"
+            dark = _tint(c, -0.5)
+            ticks = int(_np(tr.stepped_times).size)
+            tick = f" ({clock})" if clock else ""
+            fig.add_trace(go.Scatter(x=_np(tr.stepped_times), y=_np(tr.stepped_potential),
+                                     mode="lines+markers" if ticks <= 300 else "lines",
+                                     # dashed on top: the exact trace's colour shows between its dashes
+                                     line={"color": dark, "width": 1.5, "shape": "hv", "dash": "dash"},
+                                     marker={"size": 4, "color": dark, "symbol": "circle-open"},
+                                     name=f"clock-driven{tick}: {label}", legendgroup=label,
+                                     hovertemplate=f"{label} with a clock{tick}<br>tick t = %{{x:.6g}}<br>"
                                                    "V = %{y:.6g}<extra></extra>"), row=1, col=1)
+            stepped = tr.stepped_spike_time
+            if not readout and stepped is not None and math.isfinite(float(stepped)):
+                fig.add_trace(go.Scatter(x=[float(stepped)], y=[float(tr.theta)], mode="markers", showlegend=False,
+                                         legendgroup=label, marker={"symbol": "star-open", "size": 15, "color": dark,
+                                                                    "line": {"width": 1.5}},
+                                         hovertemplate=f"{label}: clock-driven spike{tick}<br>t = %{{x:.6g}}"
+                                                       "<extra></extra>"), row=1, col=1)
         if readout:
             v = float(tr.potential_at(np.array([t_min]))[0])
             fig.add_trace(go.Scatter(x=[t_min], y=[v], mode="markers", showlegend=False, legendgroup=label,
@@ -525,7 +671,7 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
                           1).ravel()
             hover = np.repeat(np.array(input_hover(group, t, wg, several), dtype=object), 3).tolist()
             colour = SOURCE_COLOURS[group["synapse"] % len(SOURCE_COLOURS)] if several else c
-            key = f"from {group['label']}"
+            key = f"from {short_label(group['label'])}"
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "width": 1},
                                      legendgroup=key if several else label, name=key,
                                      showlegend=several and key not in in_legend, text=hover,
@@ -547,14 +693,18 @@ def membrane(traces: Sequence, labels: Sequence[str], *, height: int = 520, curs
                            text="readout", font={"color": PALETTE[1]})
     if cursor is not None:
         fig.add_vline(x=cursor, line={"color": "#444", "width": 1.5}, row="all", col=1)
-        fig.add_annotation(x=cursor, y=0.0, xref="x", yref="paper", yanchor="top", showarrow=False, xanchor="left",
-                           text=f" cursor t = {cursor:.4g}", font={"color": "#444"}, name="cursor")
+        # inside the top of the V panel, on a white ground: clear of the time axis' tick labels below the plot
+        fig.add_annotation(x=cursor, y=1.0, xref="x", yref="y domain", yanchor="top", showarrow=False,
+                           xanchor="left", text=f" cursor t = {cursor:.4g}", font={"color": "#444"}, name="cursor",
+                           bgcolor="rgba(255,255,255,0.85)")
     fig.update_yaxes(title_text="membrane potential V", row=1, col=1)
     fig.update_yaxes(title_text="input spikes ±|J|", showticklabels=False, zeroline=False, row=2, col=1)
-    fig.update_xaxes(title_text="time since the neuron started integrating (t_min^(n−1) in a chain)  (τ_c)",
+    fig.update_xaxes(title_text=f"time since the neuron started integrating ({T_MIN_PREV} in a chain), τ_c",
                      row=2, col=1)
+    legend = "solid: V until the spike<br>dotted: after it (not read)<br>click to hide" if cut_any else \
+        "click to hide"
     fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 40, "b": 50}, plot_bgcolor="white",
-                      hovermode="closest", legend={"title": {"text": "click to hide"}})
+                      hovermode="closest", legend={"title": {"text": legend}})
     return fig
 
 
@@ -632,7 +782,7 @@ def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np
         return _sampled_scatter(names, ann, snn, samples, cols)
     rows = math.ceil(len(names) / cols)
     cols = min(cols, len(names))
-    fig = make_subplots(rows, cols, subplot_titles=list(names), horizontal_spacing=0.06,
+    fig = make_subplots(rows, cols, subplot_titles=[short_label(n) for n in names], horizontal_spacing=0.06,
                         vertical_spacing=0.12 if rows > 1 else 0.1)
     cls = go.Scattergl if sum(np.size(a) for a in ann) > WEBGL_SPIKES else go.Scatter
     for i, (name, a, s) in enumerate(zip(names, ann, snn)):
@@ -641,13 +791,14 @@ def ann_vs_snn(names: Sequence[str], ann: Sequence[np.ndarray], snn: Sequence[np
         stride = decimation(a.size, max_points)
         fig.add_trace(cls(x=a[::stride], y=s[::stride], mode="markers", name=name, showlegend=False,
                           marker={"size": 4, "color": layer_colour(i + 1), "opacity": 0.6},
-                          hovertemplate="ANN %{x:.6g}<br>SNN %{y:.6g}<extra></extra>"), row=r + 1, col=c + 1)
+                          hovertemplate=f"{name}<br>ANN %{{x:.6g}}<br>SNN %{{y:.6g}}<extra></extra>"),
+                      row=r + 1, col=c + 1)
         hi = float(max(a.max(initial=0), s.max(initial=0), 1e-12))
         lo = float(min(a.min(initial=0), s.min(initial=0)))
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", showlegend=False, hoverinfo="skip",
                                  line={"color": "black", "width": 1, "dash": "dash"}), row=r + 1, col=c + 1)
         if stride > 1:
-            fig.layout.annotations[i].text = f"{name} (every {stride}th neuron)"
+            fig.layout.annotations[i].text = f"{short_label(name)} (every {stride}th neuron)"
     fig.update_xaxes(title_text="ANN activation")
     fig.update_yaxes(title_text="SNN decoded")
     fig.update_layout(height=300 * rows + 40, margin={"l": 50, "r": 20, "t": 40, "b": 40}, plot_bgcolor="white")
@@ -658,15 +809,15 @@ def _sampled_scatter(names, ann, snn, samples, cols: int) -> go.Figure:
     rows = math.ceil(len(names) / cols)
     cols = min(cols, len(names))
     fig = make_subplots(rows, cols, horizontal_spacing=0.06, vertical_spacing=0.12 if rows > 1 else 0.1,
-                        subplot_titles=[f"{name} ({smp.describe()})" if smp.shown < smp.total else name
-                                        for name, smp in zip(names, samples)])
+                        subplot_titles=[f"{short_label(name)} ({smp.describe()})" if smp.shown < smp.total else
+                                        short_label(name) for name, smp in zip(names, samples)])
     for i, (name, a, s, smp) in enumerate(zip(names, ann, snn, samples)):
         r, c = divmod(i, cols)
         a, s = np.asarray(a, dtype=np.float64).ravel(), np.asarray(s, dtype=np.float64).ravel()
         fig.add_trace(go.Scattergl(x=a[smp.index].astype(np.float32), y=s[smp.index].astype(np.float32),
                                    mode="markers", name=name, showlegend=False,
                                    marker={"size": 4, "color": layer_colour(i + 1), "opacity": 0.6},
-                                   hovertemplate="ANN %{x:.6g}<br>SNN %{y:.6g}<extra></extra>"),
+                                   hovertemplate=f"{name}<br>ANN %{{x:.6g}}<br>SNN %{{y:.6g}}<extra></extra>"),
                       row=r + 1, col=c + 1)
         hi = float(max(a.max(initial=0), s.max(initial=0), 1e-12))  # the identity line spans every neuron
         lo = float(min(a.min(initial=0), s.min(initial=0)))
@@ -693,7 +844,8 @@ def error_histogram(names: Sequence[str], errors: Sequence[np.ndarray], bins: in
         edges = lo - size / 2 + size * np.arange(bins + 2)
         for i, (name, e) in enumerate(zip(names, errors)):
             counts, _ = np.histogram(e, bins=edges)
-            fig.add_trace(go.Bar(x=(edges[:-1] + size / 2).astype(np.float64), y=counts, width=size, name=name,
+            fig.add_trace(go.Bar(x=(edges[:-1] + size / 2).astype(np.float64), y=counts, width=size,
+                                 name=short_label(name),
                                  marker={"color": layer_colour(i + 1)}, opacity=0.6,
                                  hovertemplate=f"{name}<br>SNN − ANN ≈ %{{x:.3e}}<br>%{{y:,}} neurons<extra></extra>"))
         fig.update_layout(barmode="overlay", bargap=0, height=340,
@@ -702,8 +854,9 @@ def error_histogram(names: Sequence[str], errors: Sequence[np.ndarray], bins: in
                           margin={"l": 60, "r": 20, "t": 20, "b": 50}, plot_bgcolor="white")
         return fig
     for i, (name, e) in enumerate(zip(names, errors)):  # one set of bins for every layer
-        fig.add_trace(go.Histogram(x=e, name=name, xbins={"start": lo - size / 2, "end": hi + size / 2, "size": size},
-                                   marker={"color": layer_colour(i + 1)}, opacity=0.6))
+        fig.add_trace(go.Histogram(x=e, name=short_label(name), marker={"color": layer_colour(i + 1)}, opacity=0.6,
+                                   xbins={"start": lo - size / 2, "end": hi + size / 2, "size": size},
+                                   hovertemplate=f"{name}<br>SNN − ANN in %{{x}}<br>%{{y:,}} neurons<extra></extra>"))
     fig.update_layout(barmode="overlay", height=340, yaxis={"type": "log", "title": {"text": "neurons (log)"}},
                       xaxis={"title": {"text": "SNN − ANN (original model units)"}, "exponentformat": "e"},
                       margin={"l": 60, "r": 20, "t": 20, "b": 50}, plot_bgcolor="white")
@@ -751,6 +904,85 @@ def image(pixels: np.ndarray, height: int = 160, *, mean: Sequence[float] | None
     return fig
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Teaching views
+def spread_neurons(values: np.ndarray, shape: Sequence[int], k: int) -> list[int]:
+    """k neurons of a layer whose membrane traces differ, for "k most active": the most active neuron, then active
+    neurons at evenly spaced ranks down to the 10th percentile of the active ones (so their spikes spread over the
+    window: large activations fire early), each from a channel not picked yet while there are such (neurons of one
+    channel at neighbouring positions see almost the same inputs and draw near-identical traces). Largest first.
+    A layer with at most k active neurons: its k largest distinct values (`timeline.most_active`).
+    Shape: values (neurons,) flat in C order -> k flat indices."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    k = max(0, int(k))
+    active = np.flatnonzero(v > 0)
+    if active.size <= k:
+        return most_active(v, k, distinct=True)
+    order = active[np.argsort(-v[active], kind="stable")]
+    n = order.size
+    targets = np.round(np.linspace(0, 0.9 * (n - 1), k)).astype(np.int64)
+    channels, per = channels_of(shape)
+    ch = order // max(per, 1)
+    used = np.zeros(max(channels, int(ch.max()) + 1), dtype=bool)
+    taken = np.zeros(n, dtype=bool)
+    rank = np.arange(n)
+    far = np.iinfo(np.int64).max
+    picks = []
+    for t in targets:  # k ≤ MAX_TRACES picks, each one vectorised pass over the active neurons
+        free = ~taken & ~used[ch]
+        if not free.any():
+            free = ~taken
+        j = int(np.argmin(np.where(free, np.abs(rank - t), far)))
+        taken[j], used[ch[j]] = True, True
+        picks.append(int(order[j]))
+    return sorted(picks, key=lambda i: (-v[i], i))
+
+
+def early_spikes(rows: Sequence[dict], *, most: int = 40, height: int | None = None) -> go.Figure:
+    """Each early spike of one input on the time axis (τ_c, absolute), the earliest first (top): its layer's window
+    [t_min, t_max] (grey bar), where it fired (red ×) and where the right spike would be, t_max − x with x the
+    ANN's value in the SNN's units (open circle; before t_min when x exceeds the window), joined by a line.
+    `rows`: `tables.early_spikes_here` (sorted by how early); the first `most` are drawn.
+
+    Traces: 0 windows, 1 joins, 2 simulated (early) spikes, 3 right spikes; y = "layer (index)" labels."""
+    rows = list(rows)[:most]
+    y = [f"{short_label(r['layer'])} {r['index']}" for r in rows]
+    full = [f"{r['layer']} neuron {r['index']}" for r in rows]
+
+    def segments(a: str, b: str) -> tuple[list, list]:
+        xs, ys = [], []
+        for r, label in zip(rows, y):
+            xs += [r[a], r[b], None]
+            ys += [label, label, None]
+        return xs, ys
+
+    wx, wy = segments("t_min", "t_max")
+    jx, jy = segments("spike", "right")
+    fig = go.Figure([
+        go.Scatter(x=wx, y=wy, mode="lines", name="its layer's window [tₘᵢₙ, tₘₐₓ]", hoverinfo="skip",
+                   line={"color": "rgba(120,120,120,0.35)", "width": 9}),
+        go.Scatter(x=jx, y=jy, mode="lines", showlegend=False, hoverinfo="skip",
+                   line={"color": "#999", "width": 1, "dash": "dot"}),
+        go.Scatter(x=[r["spike"] for r in rows], y=y, mode="markers", name="early spike (simulated)", text=full,
+                   marker={"symbol": "x", "size": 11, "color": "red", "line": {"width": 1, "color": "darkred"}},
+                   customdata=[[r["early by"], r["t_min"]] for r in rows],
+                   hovertemplate="%{text}<br>fired at t = %{x:.6g} τ_c, %{customdata[0]:.4g} τ_c before its window "
+                                 "opened (tₘᵢₙ = %{customdata[1]:.6g})<extra></extra>"),
+        go.Scatter(x=[r["right"] for r in rows], y=y, mode="markers", name="right spike tₘₐₓ − x (x: the ANN's value)",
+                   text=full, customdata=[[r["ann"]] for r in rows],
+                   marker={"symbol": "circle-open", "size": 11, "color": PALETTE[2], "line": {"width": 2}},
+                   hovertemplate="%{text}<br>the right spike would be at t = %{x:.6g} τ_c<br>ANN activation "
+                                 "%{customdata[0]:.6g} (original units)<extra></extra>"),
+    ])
+    fig.update_yaxes(type="category", autorange="reversed", title_text="early spikes, the earliest first")
+    fig.update_xaxes(title_text="time t (τ_c)", zeroline=False)
+    fig.update_layout(height=height or int(np.clip(22 * len(rows) + 150, 260, 900)), plot_bgcolor="white",
+                      margin={"l": 60, "r": 20, "t": 30, "b": 50}, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.18, "yanchor": "top"})
+    return fig
+
+
 __all__ = ["ABSOLUTE", "STRETCHED", "ann_vs_snn", "density_levels", "error_histogram", "feature_maps", "grid",
            "grid_index", "image", "logits", "membrane", "mosaic", "mosaic_index", "neuron_picker", "raster",
-           "rgb_image", "sweep"]
+           "rgb_image", "sweep", "early_spikes", "export_config", "export_name", "slide_title", "short_label",
+           "spread_neurons"]

@@ -49,6 +49,22 @@ def models(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows if r["metric"] in METRICS))
 
 
+def measured_model(model_key: str, names: list[str]) -> str | None:
+    """The benchmark's name of the session's model (the sidebar's: "zoo:lenet5" -> "lenet5") when the benchmark
+    measured it, else None (an upload, or a bundled model it did not measure)."""
+    key = str(model_key)
+    name = key.removeprefix("zoo:") if key.startswith("zoo:") else None
+    return name if name in names else None
+
+
+def images_measured(rows: list[dict], model: str) -> str:
+    """What the benchmark ran a model on, from its rows' notes ("200 test images of mnist"), or ""."""
+    for r in rows:
+        if r.get("model") == model and r.get("notes"):
+            return str(r["notes"]).split(";")[0].split(", batches")[0]
+    return ""
+
+
 def _series(rows: list[dict], model: str) -> dict[str, dict]:
     """method -> {steps -> {metric -> value}} for one model."""
     out: dict[str, dict] = {}

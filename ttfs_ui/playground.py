@@ -26,6 +26,8 @@ from ttfs_core.neurons import ALPHA, B1, NEURON_MODELS, RESCALES, SUM, NeuronMod
 from ttfs_core.sim.trace import NeuronTrace
 
 from . import figures, state
+from .tables import sig
+from .text import pretty
 
 MIN_INPUTS, MAX_INPUTS = 2, 6
 DT_OPTIONS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
@@ -52,6 +54,9 @@ class Preset:
     label: str
     lesson: str
     values: dict[str, Any]
+
+    def __post_init__(self) -> None:  # the lesson as a student reads it (tₘᵢₙ⁽ⁿ⁾, not t_min^(n))
+        object.__setattr__(self, "lesson", pretty(self.lesson))
 
 
 def _values(x, w, bias, in_window=1.0, window=1.0, neuron=ALPHA, rescale=SUM, clock=False, dt=0.1):
@@ -182,6 +187,10 @@ def settings(values: Mapping[str, Any]) -> Settings:
 
 def problems(s: Settings) -> list[str]:
     """Why these settings cannot be simulated (empty: they can). Plain messages for st.error."""
+    return [pretty(m) for m in _problems(s)]
+
+
+def _problems(s: Settings) -> list[str]:
     out = []
     if not all(math.isfinite(v) for v in (*s.x, *s.w, s.bias, s.in_window, s.window)):
         out.append("Every number must be finite.")
@@ -281,6 +290,11 @@ def margin_window(s: Settings) -> float:
 # --- presentation ----------------------------------------------------------------------------------------------
 def verdict(o: Outcome) -> tuple[str, str]:
     """(level, message): "success", "error" or "info", and what happened to the spike."""
+    level, message = _verdict(o)
+    return level, pretty(message)
+
+
+def _verdict(o: Outcome) -> tuple[str, str]:
     if o.early:
         return "error", (f"EARLY spike at t = {o.spike:.6g} < t_min^(n) = {o.t_min:.6g}: V reached θ before its window "
                          f"opened (inputs may still be arriving). The spike is wrong: t_max − t = {o.decoded:.6g} vs "
@@ -299,7 +313,8 @@ def verdict(o: Outcome) -> tuple[str, str]:
 
 
 def numbers(o: Outcome) -> list[dict[str, Any]]:
-    """The page's table of numbers (floats at full precision, and their 17-digit text)."""
+    """The page's table of numbers (floats at full precision, and their 17-digit text). Quantities are written as
+    a student reads them (`text.pretty`: "tₘₐₓ⁽ⁿ⁾"; `QUANTITIES` maps the raw names to them)."""
     rows = [
         ("spike time t", o.spike), ("t_max − t", o.decoded), ("ReLU(Σ W x + b)", o.relu),
         ("difference (t_max − t) − ReLU", o.difference), ("pre-activation Σ W x + b", o.pre_activation),
@@ -310,7 +325,14 @@ def numbers(o: Outcome) -> list[dict[str, Any]]:
     ]
     if o.stepped_spike is not None:
         rows += [("clock-driven spike time", o.stepped_spike), ("clock − exact", o.stepped_spike - o.spike)]
-    return [{"quantity": q, "value": float(v), "digits": f"{float(v):.17g}"} for q, v in rows]
+    return [{"quantity": pretty(q), "value": float(v), "digits": f"{float(v):.17g}"} for q, v in rows]
+
+
+QUANTITIES = {raw: pretty(raw) for raw in (
+    "spike time t", "t_max − t", "ReLU(Σ W x + b)", "difference (t_max − t) − ReLU", "pre-activation Σ W x + b",
+    "t_min^(n−1)", "t_min^(n)", "t_max^(n)", "θ", "final slope α + ΣJ", "Σ W (after rescaling)", "rescaling factor c",
+    "peak drive P", "early spike", "forced at t_max", "readout (original units)", "clock-driven spike time",
+    "clock − exact")}  # raw name -> the name the Numbers table shows
 
 
 def inputs_table(o: Outcome) -> list[dict[str, Any]]:
@@ -408,7 +430,9 @@ def exactness_latex(o: Outcome) -> str:
 def figure(o: Outcome) -> go.Figure:
     """The exact V(t) (and the clock-driven one), θ, the input spikes and the output spike
     (`figures.membrane`), on absolute time, with the clock-driven spike marked."""
-    fig = figures.membrane([o.trace], ["playground"], height=480)
+    s = o.settings
+    clock = f"dt = {s.dt:g} τ_c" if s.clock else None
+    fig = figures.membrane([o.trace], ["playground"], height=480, clock=clock)
     origin = o.start
     for tr in fig.data:  # the membrane figure's times are relative to the neuron's start: shift to absolute
         if tr.x is not None:
@@ -417,12 +441,20 @@ def figure(o: Outcome) -> go.Figure:
         shape.x0, shape.x1 = shape.x0 + origin, shape.x1 + origin
     for ann in fig.layout.annotations:
         ann.x = ann.x + origin
-    if o.stepped_spike is not None:
-        fig.add_trace(go.Scatter(x=[o.stepped_spike], y=[o.theta], mode="markers", name="clock-driven spike",
-                                 marker={"symbol": "star-open", "size": 15, "color": "black"},
-                                 hovertemplate="clock-driven spike<br>t = %{x:.6g}<extra></extra>"), row=1, col=1)
-    fig.update_xaxes(title_text="time t (τ_c; the input window is [t_min^(n−1), t_min^(n)])", row=2, col=1)
-    return fig
+    fig.update_xaxes(title_text=pretty("time t (τ_c; the input window is [t_min^(n−1), t_min^(n)])"), row=2, col=1)
+    what = ("EARLY spike" if o.early else "forced spike" if o.forced else "spike" if o.fired else "no spike")
+    detail = (f"{len(s.x)} inputs, {s.neuron.label} · {what}" + (f" at t = {sig(o.spike)}" if o.fired else "")
+              + f" · tₘₐₓ − t = {sig(o.decoded)}, ReLU(Σ W x + b) = {sig(o.relu)}"
+              + (f" · clock dt = {s.dt:g}: spike at {sig(o.stepped_spike)}" if o.stepped_spike is not None else ""))
+    return figures.slide_title(fig, "One neuron: V(t), threshold θ and its spike", detail)
+
+
+def export_stem(values: Mapping[str, Any]) -> str:
+    """The file name of the playground's figure: the preset it shows (or "custom"), neuron model and clock."""
+    s = settings(values)
+    preset = values.get(PRESET) or "custom"
+    return figures.export_name("playground", preset, s.neuron.name, f"{len(s.x)}-inputs",
+                               f"dt{s.dt:g}" if s.clock else None)
 
 
 def run(s: Settings) -> tuple[Outcome | None, list[str]]:

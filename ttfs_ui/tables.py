@@ -6,7 +6,43 @@ import numpy as np
 
 from ttfs_core.sim.result import merge_counts
 
+from .text import T_MAX_SHORT, T_MIN_PREV
 from .timeline import layer_label
+
+# --- numbers as a student reads them: one formatter for every table and caption ---------------------------------
+DIGITS = 6  # significant digits shown (the values keep every digit: sorting, copying and the tests read them)
+NUMBER_FORMAT = f"%.{DIGITS}g"  # the same, for Streamlit's NumberColumn (sprintf syntax)
+
+
+def sig(value, digits: int = DIGITS) -> str:
+    """A number with `digits` significant digits, as every table shows it: 0.666667, 1.5e-07, 0 (never "-0"),
+    "—" for a missing value; integers in full with thousands separators."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    v = float(value)
+    if v == 0:
+        return "0"
+    return f"{v:.{digits}g}"
+
+
+def float_columns(rows: list[dict]) -> list[str]:
+    """The columns of `rows` that hold floats (None allowed), in order: those `number_config` formats."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return [c for c in cols if any(isinstance(r.get(c), float) for r in rows)
+            and all(r.get(c) is None or isinstance(r.get(c), (float, int)) and not isinstance(r.get(c), bool)
+                    for r in rows)]
+
+
+def number_config(rows: list[dict], column_config, **extra) -> dict:
+    """Streamlit column configs that show every float column of `rows` with DIGITS significant digits
+    (`column_config`: `st.column_config`; tables stay free of Streamlit). `extra`: other columns' configs."""
+    out = {c: column_config.NumberColumn(format=NUMBER_FORMAT) for c in float_columns(rows)}
+    out.update(extra)
+    return out
 
 
 def summary_rows(snn, result=None) -> list[dict]:
@@ -87,9 +123,11 @@ def trace_rows(traces, labels) -> list[dict]:
             row["logit (V at readout)"] = float(tr.potential_at(np.array([float(tr.t_min)]))[0])
         else:
             row.update({
-                "spike t − t_min^(n−1)": spike if np.isfinite(spike) else None,
+                f"spike t − {T_MIN_PREV}": spike if np.isfinite(spike) else None,
                 "spike t (absolute)": float(tr.origin) + spike if np.isfinite(spike) else None,
-                "activation t_max − t": float(tr.t_max) - spike if np.isfinite(spike) else 0.0,
+                # a forced spike's value is the ReLU's 0 by definition; t_max − t in float32 would read 2e-07
+                f"activation {T_MAX_SHORT} − t": 0.0 if tr.forced or not np.isfinite(spike) else
+                float(tr.t_max) - spike,
                 "forced": bool(tr.forced), "early": bool(tr.early),
             })
             if tr.stepped_spike_time is not None:
@@ -121,21 +159,48 @@ def evaluation_summary(report) -> dict:
 
 def certificate_rows(snn, result) -> list[dict]:
     """Per spiking layer: its window, and how its neurons were proved free of early spikes for this input:
-    the neurons each certificate stage settled (MATH §2), those searched exactly, and the early spikes found."""
+    the neurons each certificate stage settled (MATH §2), those searched exactly, and the early spikes found.
+
+    Stages that settled no neuron of any layer are left out (`CERTIFICATE_HELP` says what each stage is), so the
+    table fits the page without scrolling sideways."""
     rows = []
+    used = {name for lr in result.layers for name, count in lr.certificate if count}
     for layer, lr in zip(snn.layers, result.layers):
         row = {"layer": layer_label(layer), "B_n (τ_c)": float(layer.window), "neurons": int(lr.neurons)}
-        row.update({f"settled by {name}": int(count) for name, count in lr.certificate})
+        row.update({f"settled by {name}": int(count) for name, count in lr.certificate if name in used})
         row.update({"searched exactly": int(lr.searched), "early spikes": int(lr.early_spikes)})
         rows.append(row)
     return rows
 
 
+CERTIFICATE_HELP = {
+    "settled by no weighted sum": "Proved free of early spikes by a bound that needs no weighted sum (MATH §2).",
+    "searched exactly": "Not settled by the certificate: the first threshold crossing was searched exactly over "
+                        "the neuron's input segments. On one image the search takes over as soon as the neurons "
+                        "left × their fan-in fall below a size budget, so its share can be large here.",
+    "early spikes": "Neurons that fired before their window opened (wrong spikes).",
+}
+
+
+def certificate_help(column: str) -> str:
+    """The help of a certificate table column (a stage of k cells: what a cell is)."""
+    if column in CERTIFICATE_HELP:
+        return CERTIFICATE_HELP[column]
+    if column.startswith("settled by "):
+        return (f"Proved free of early spikes on {column.removeprefix('settled by ')} of the input window: on each "
+                "cell V − θ lies below its chord plus the most the inhibitory inputs can lift it.")
+    return ""
+
+
 def early_rows(early, snn) -> list[dict]:
     """Every recorded early spike (`ttfs_ui.cache.evaluate_chunk`): test image, layer, neuron index and how early
-    it fired."""
+    it fired.
+
+    Sorted by how early, the earliest first (the most negative offset from the window's start; ties in image, then
+    layer order)."""
     labels = {layer.name: layer_label(layer) for layer in snn.layers}
-    return [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]} for row in early]
+    rows = [{**row, "layer": labels.get(row["layer"], row["layer"]), "layer name": row["layer"]} for row in early]
+    return sorted(rows, key=lambda r: -float(r["early by (τ_c)"]))  # stable: equal ones keep image order
 
 
 def comparison_data(snn, comparisons, only: list[int] | None = None
@@ -168,3 +233,35 @@ def sweep_rows(points) -> list[dict]:
     """One row per setting of a robustness sweep (`ttfs_core.robustness.SweepPoint`)."""
     return [{"setting": p.value, "SNN accuracy": p.accuracy, "agreement with the ANN": p.agreement,
              "early spikes": p.early_spikes, "spikes per neuron": p.spikes_per_neuron} for p in points]
+
+
+def early_spikes_here(snn, result, comparisons, sample: int = 0, limit: int = 200) -> tuple[list[dict], int]:
+    """The early spikes of one input (`result`, `comparisons` = `ttfs_core.compare` of it), the earliest first (the
+    most negative offset t − t_min), at most `limit` of them, and how many there are in all. Each: layer label,
+    neuron index, its window (absolute τ_c), the simulated spike time, how early it was, the ANN's activation
+    (original units) and the right spike time t_max − c·x (c: the neuron's rescaling factor, so c·x is the value in
+    the SNN's units; before t_min when it exceeds the window). Ranked with arrays; rows are built for the kept."""
+    parts = []
+    for n, (layer, lr, c) in enumerate(zip(snn.layers, result.layers, comparisons)):
+        if not int(lr.early_spikes):
+            continue
+        off = lr.offsets[sample].detach().cpu().double().numpy().ravel()
+        idx = np.flatnonzero(off < 0)  # dynamics.early_mask: fired before the window opened
+        if idx.size:
+            scale = np.broadcast_to(layer.scale.detach().cpu().double().numpy(), tuple(layer.shape)).ravel()[idx]
+            ann = c.ann[sample].detach().cpu().double().numpy().ravel()[idx]
+            parts.append((np.full(idx.size, n), idx, off[idx], ann, scale))
+    if not parts:
+        return [], 0
+    layer_n, idx, off, ann, scale = (np.concatenate(p) for p in zip(*parts))
+    keep = np.lexsort((idx, layer_n, off))[:limit]  # the most negative offset first; ties in layer, index order
+    layers, results = list(snn.layers), list(result.layers)
+    rows = []
+    for n, j, o, a, s in zip(layer_n[keep].tolist(), idx[keep].tolist(), off[keep].tolist(), ann[keep].tolist(),
+                             scale[keep].tolist()):
+        layer, lr = layers[n], results[n]
+        t_min, t_max = float(lr.t_min), float(lr.t_max)
+        rows.append({"layer": layer_label(layer), "index": "(" + ", ".join(map(str, np.unravel_index(j, layer.shape)))
+                     + ")", "neuron": j, "t_min": t_min, "t_max": t_max, "spike": t_min + o, "early by": -o,
+                     "ann": a, "right": t_max - a * s})
+    return rows, int(off.size)

@@ -173,3 +173,21 @@ accuracy, agreement with the ANN, spikes per neuron and compute time (against th
 at $T$ = 8, 32, 128 and 512. The results ship with the app: no peer is needed to see them.
 """),
 }
+
+
+# --- notation in plain text (labels, tables, captions, figure text): never raw "t_min^(n−1)" -------------------
+T_MIN_PREV = "tₘᵢₙ⁽ⁿ⁻¹⁾"  # when the neuron's input window opens (it starts integrating)
+T_MIN = "tₘᵢₙ⁽ⁿ⁾"  # when its own window opens
+T_MAX = "tₘₐₓ⁽ⁿ⁾"  # when its own window closes (activation 0 fires here)
+T_MIN_SHORT, T_MAX_SHORT = "tₘᵢₙ", "tₘₐₓ"
+_RAW = (("t_min^(n−1)", T_MIN_PREV), ("t_min^(n-1)", T_MIN_PREV), ("t_min^(n)", T_MIN), ("t_max^(n)", T_MAX),
+        ("t_min", T_MIN_SHORT), ("t_max", T_MAX_SHORT))
+
+
+def pretty(label: str) -> str:
+    """`label` with raw notation written as a student reads it: t_min^(n−1) -> tₘᵢₙ⁽ⁿ⁻¹⁾, t_max^(n) -> tₘₐₓ⁽ⁿ⁾,
+    t_min -> tₘᵢₙ (Unicode sub- and superscripts: they show the same in Streamlit's text, tables and Plotly's
+    figures and in an exported SVG)."""
+    for raw, nice in _RAW:
+        label = label.replace(raw, nice)
+    return label
