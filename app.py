@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from ttfs_core import data, zoo
-from ttfs_ui import cache, controls, draw, figures, state, tables, uploads
+from ttfs_ui import cache, controls, draw, figures, state, tables, tour, uploads
 
 FORM = "_upload_form_basis"  # what the preprocessing form's widgets were last set from
 CUSTOM = "custom (mean and std below)"
@@ -105,6 +105,13 @@ def own_upload(file, arch: str | None) -> None:
                                           card=chosen.get("card"))
     if error:
         controls.show_error(error)
+        failed = controls.failed_upload_key(data_, arch, dataset=dataset, preprocess=chosen.get("preprocess"),
+                                            classes=chosen.get("classes"), mnist=bool(chosen.get("mnist")))
+        if failed is not None:  # it loaded but cannot be converted: the inspector shows the node where it stops
+            st.button("Show where it fails in the conversion inspector", key="upload_inspect", type="primary",
+                      icon=":material/account_tree:", on_click=controls.open_in_inspector, args=(failed,),
+                      help="Opens the inspector on this upload (the file is not asked for again): its graph, with "
+                           "the node where conversion stops first.")
         if dataset is None and uploads.NEEDS_DATA in error:
             st.button(f"Try it on MNIST resized to {pre.width}×{pre.height}"
                       + (", replicated to 3 channels" if pre.channels == 3 else "") + " (not its own data)",
@@ -121,8 +128,10 @@ controls.sidebar(pick_model=False)
 st.title("⚡ Exact TTFS explorer")
 st.markdown("Convert a trained ReLU network into a spiking network where every neuron fires once, "
             "then step through its spikes on the pages in the sidebar.")
-controls.explain("overview")
+if tour.current() is None:
+    tour.start_button()
 controls.show_notice()
+controls.explain("overview")
 
 # --- 1. the network -----------------------------------------------------------------------------------------
 st.header("1 · Network")
@@ -247,7 +256,7 @@ with mine:
         if isinstance(drawn, dict) and drawn.get("seq") != st.session_state.get("_seen_drawing"):
             st.session_state["_seen_drawing"] = drawn.get("seq")
             try:
-                error, _ = controls.receive_image_upload(draw.drawn_png(drawn), "your drawing", cur.entry.preprocess)
+                error, _ = controls.receive_drawing(draw.drawn_png(drawn), cur.entry.preprocess)
             except ValueError as e:
                 error = f"Cannot use the drawing: {e}"
             if error:
@@ -262,8 +271,7 @@ ann = cache.ann_logits(cur.entry.key, cur.image_key, cur.entry.model, cur.x)[0]
 snn = result.logits[0].double().numpy()
 left, right = st.columns([1, 4], gap="large")
 with left:
-    st.plotly_chart(figures.image(cur.x[0].numpy(), mean=cur.entry.preprocess.mean, std=cur.entry.preprocess.std),
-                    width="content", key="input_image")
+    st.plotly_chart(controls.input_figure(cur.x, cur.entry.preprocess), width="content", key="input_image")
     st.caption(cur.image_title)
 with right:
     a, s, d, t = st.columns(4)

@@ -19,8 +19,11 @@ def _styled(rows: list[dict]):
         return frame
 
     def colour(row):
-        bad = row.get("status") == inspector.FAILS
-        return ["background-color: #ffd6d6; color: #8b0000; font-weight: bold" if bad else ""] * len(row)
+        if row.get("status") == inspector.FAILS:
+            return ["background-color: #ffd6d6; color: #8b0000; font-weight: bold"] * len(row)
+        if row.get("kind") == inspector.SHAPE_PLUMBING:  # sizes and guards: nothing to convert
+            return ["color: #8a8f98"] * len(row)
+        return [""] * len(row)
 
     return frame.style.apply(colour, axis=1)
 
@@ -97,14 +100,18 @@ st.caption("**B_n − P_n (calibration)**: how far the largest drive before the 
 st.subheader("A model that cannot be converted")
 uploads_failed = state.get(state.FAILED_MODELS)  # the main page's uploads that loaded but could not be used
 choices = ["(none)", *inspector.DEMOS, *uploads_failed]
-if st.session_state.get("inspector_demo") not in choices:
+asked = st.session_state.pop(controls.INSPECT, None)  # the main page's "open it in the inspector"
+if asked in uploads_failed:
+    st.session_state["inspector_demo"] = asked
+elif st.session_state.get("inspector_demo") not in choices:
     st.session_state["inspector_demo"] = next(iter(reversed(uploads_failed)), "(none)")
 demo = st.selectbox("Show a model that cannot be converted", choices, key="inspector_demo",
                     format_func=lambda k: f"your upload: {uploads_failed[k].title}" if k in uploads_failed else k,
                     help="Small untrained models with an op the exact mapping does not support, and this session's "
                          "uploads that could not be used.")
-st.caption("Upload your model on the main page (**Upload a model file and its data**): it serves every page, this one "
-           "included, and if it cannot be converted it is listed here with the node where conversion stops.")
+st.caption("Your uploads come from the main page (**Upload a model file and its data**): they serve every page, this "
+           "one included, and one that cannot be converted is listed here with the node where conversion stops "
+           "(no need to upload it again).")
 failed = inspector.failing_graph(demo, uploads_failed.get(demo))
 for message in dict.fromkeys(state.get(state.FAILED_UPLOADS).values()):
     st.warning(f"An upload of this session failed: {controls.plain(message)}")
@@ -119,4 +126,11 @@ if failed is not None:
         st.error(f"{title}: cannot be converted ({bad.stage}){where}: {bad.error}", icon=":material/block:")
     if bad.rows:
         st.plotly_chart(inspector.graph_figure(bad), key="inspector_failed_graph")
-        st.dataframe(_styled(bad.rows), hide_index=True, width="stretch", key="inspector_failed_table")
+        plumbing = sum(r["kind"] == inspector.SHAPE_PLUMBING for r in bad.rows)
+        st.caption("The failing node's row comes first (its place in the graph is its **#**), then every node in "
+                   "graph order."
+                   + (f" {plumbing} node{'s' if plumbing > 1 else ''} in grey only read or check sizes "
+                      "(torch.export's shape guards, e.g. `sym_size`, `_assert_scalar`): shape plumbing, which "
+                      "needs no conversion." if plumbing else ""))
+        st.dataframe(_styled(inspector.failing_first(bad.rows)), hide_index=True, width="stretch",
+                     key="inspector_failed_table")

@@ -54,12 +54,13 @@ def server():
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],  # edits elsewhere in the tree must not reload modules mid-test
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 300  # a server starting on a loaded 2-core machine (CI at a load of 10)
             while True:
                 try:
                     with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:

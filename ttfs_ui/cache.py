@@ -6,6 +6,8 @@ passed as `_name` arguments next to the key that identifies them.
 
 from __future__ import annotations
 
+import gzip
+import json
 import tempfile
 import threading
 import weakref
@@ -342,29 +344,172 @@ def check(net_key: NetKey, image_key: str, _entry: ModelEntry, _snn: ttfs_core.S
     return verifier(net_key, _entry, _snn).check(_x, None, 0, result=simulate(net_key, image_key, _snn, _x))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def evaluate_chunk(net_key: NetKey, dataset: str, start: int, stop: int, _entry: ModelEntry,
                    _snn: ttfs_core.SpikingNetwork) -> tuple[verify.Report, list[dict]]:
     """The verification report of the test images [start, stop) of ``dataset`` (`verify.Verifier.check`; merge
     chunks with `verify.Report.merge`), and their early spikes: image, layer, neuron (flat), index, how early
-    (τ_c); at most MAX_EARLY_ROWS per layer."""
+    (τ_c); at most MAX_EARLY_ROWS per layer.
+
+    A bundled model's chunk at a preset's settings comes from the shipped file (`shipped_evaluation`, checked
+    against the weights' digest); any other is computed once per server: every session shares the cached result,
+    and Streamlit's lock per cache key makes sessions that ask at the same time wait for one computation."""
+    shipped = shipped_evaluation(_entry, net_key, dataset, start, stop, _snn)
+    if shipped is not None:
+        return shipped
+    return _evaluate_chunk(net_key, dataset, start, stop, _entry, _snn)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _evaluate_chunk(net_key: NetKey, dataset: str, start: int, stop: int, _entry: ModelEntry,
+                    _snn: ttfs_core.SpikingNetwork) -> tuple[verify.Report, list[dict]]:
     stop = min(stop, size(_entry, dataset))
     if start >= stop:  # past the end of a small uploaded data set
         return verify.Report.empty(_snn), []
     x = images(_entry, dataset, "test", start, stop)
     y = labels(_entry, dataset, start, stop)
-    res = _snn.run(x)
-    report = verifier(net_key, _entry, _snn).check(x, None if y is None else torch.from_numpy(y), start, result=res)
+    return evaluate(_snn, verifier(net_key, _entry, _snn), x, y, start)
+
+
+def evaluate(snn: ttfs_core.SpikingNetwork, checker: verify.Verifier, x: Tensor, y: np.ndarray | None,
+             start: int) -> tuple[verify.Report, list[dict]]:
+    """`evaluate_chunk`'s computation on test images x (the first is image `start`) with labels y (no Streamlit:
+    the precomputation calls it too)."""
+    res = snn.run(x)
+    report = checker.check(x, None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64)), start,
+                           result=res)
     early = []
-    for layer, lr in zip(_snn.layers, res.layers):
+    for layer, lr in zip(snn.layers, res.layers):
         if lr.early_spikes == 0:
             continue
         off = lr.offsets.flatten(1)
         for b, j in lr.early_mask.flatten(1).nonzero().tolist()[:MAX_EARLY_ROWS]:
-            idx = np.unravel_index(j, layer.shape)
-            early.append({"image": start + b, "layer": layer.name, "neuron": j,
-                          "index": "(" + ", ".join(str(int(i)) for i in idx) + ")",
-                          "early by (τ_c)": -float(off[b, j])})
+            early.append(_early_row(layer, start + b, j, -float(off[b, j])))
+    return report, early
+
+
+def _early_row(layer, image: int, neuron: int, by: float) -> dict:
+    idx = np.unravel_index(neuron, layer.shape)
+    return {"image": image, "layer": layer.name, "neuron": neuron,
+            "index": "(" + ", ".join(str(int(i)) for i in idx) + ")", "early by (τ_c)": by}
+
+
+# --- the bundled models' test-set evaluations, shipped ---------------------------------------------------------
+# The ANN-vs-SNN page's evaluation of the first EVAL_IMAGES test images of a bundled model at each preset's settings
+# ships in assets/evaluations.json.gz, per chunk of EVAL_CHUNK images: the verification report (`Report.to_json`) and
+# the early spikes as [image, layer position, neuron, how early]. Written by `write_evaluations` (`python -m
+# ttfs_ui.cache`), read once per server; a model's record is used only while its weights are those it was computed
+# from (sha256) and the chunking, the number of calibration images and the presets' settings are the same, and
+# tests/test_tour.py recomputes chunks of it, so the file cannot go stale silently.
+EVALUATIONS = Path(__file__).resolve().parent.parent / "assets" / "evaluations.json.gz"  # gzip: 1.9 MB, not 5.2
+EVAL_FORMAT = 1
+EVAL_IMAGES = 1000  # the page's default (state.EVAL_IMAGES); the 10,000 option computes its further chunks
+
+
+def evaluation_header() -> dict:
+    return {"format": EVAL_FORMAT, "chunk": EVAL_CHUNK, "images": EVAL_IMAGES,
+            "calibration_images": CALIBRATION_IMAGES, "max_early_rows": MAX_EARLY_ROWS}
+
+
+def _settings_key(margin: float, neuron, rescale) -> str:
+    from .sweeps import settings_key
+
+    return settings_key(margin, neuron, rescale)
+
+
+def compute_evaluations(name: str, settings: list[tuple[float, str, str]], images: int = EVAL_IMAGES,
+                        log=print) -> dict:
+    """The shipped record of one bundled model: for each (ζ, neuron, rescaling) the chunks of its own test set's
+    first `images` images, computed exactly as the page computes them (`evaluate`)."""
+    from ttfs_core.neurons import neuron_model, rescale_rule
+
+    from .sweeps import weights_digest
+
+    model, card = zoo.load(name)
+    train, _ = data.load_uint8(card.dataset, "train")
+    test, test_labels = data.load_uint8(card.dataset, "test")
+    calibration = card.preprocess.batch_from_uint8(np.asarray(train[:CALIBRATION_IMAGES]))
+    out = {}
+    for margin, neuron, rescale in settings:
+        snn = ttfs_core.convert(model, calibration, margin=float(margin), input_range=tuple(card.input_range),
+                                neuron=neuron_model(neuron), rescale=rescale_rule(rescale))
+        checker = verify.Verifier(model, snn, calibration[:1])
+        positions = {layer.name: n for n, layer in enumerate(snn.layers)}
+        chunks = []
+        for start in range(0, images, EVAL_CHUNK):
+            x = card.preprocess.batch_from_uint8(np.asarray(test[start:start + EVAL_CHUNK]))
+            y = np.asarray(test_labels[start:start + EVAL_CHUNK]).astype(np.int64)
+            report, early = evaluate(snn, checker, x, y, start)
+            chunks.append({"report": report.to_json(),
+                           "early": [[r["image"], positions[r["layer"]], r["neuron"], r["early by (τ_c)"]]
+                                     for r in early]})
+            log(f"{name} {_settings_key(margin, neuron, rescale)}: {start + EVAL_CHUNK} of {images} test images")
+        out[_settings_key(margin, neuron, rescale)] = chunks
+    return {"dataset": card.dataset, "weights_sha256": weights_digest(name), "settings": out}
+
+
+def write_evaluations(models: list[str] | None = None, path: Path = EVALUATIONS, log=print) -> None:
+    """Compute and write the shipped evaluations of the bundled models (all by default; others already in the file
+    are kept) at every preset's settings."""
+    from .sweeps import preset_settings
+
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        kept = doc.get("models", {}) if all(doc.get(k) == v for k, v in evaluation_header().items()) else {}
+    except (OSError, ValueError, EOFError):
+        kept = {}
+    for name in models or list(zoo.ARCHITECTURES):
+        kept[name] = compute_evaluations(name, preset_settings(), log=log)
+        doc = {"about": "The ANN-vs-SNN page's test-set evaluations of the bundled models at the presets' settings, "
+                        "per chunk of test images; written by `python -m ttfs_ui.cache`, read by ttfs_ui/cache.py.",
+               **evaluation_header(), "models": kept}
+        part = path.with_name(path.name + ".part")  # readers never see half a file
+        part.write_bytes(gzip.compress((json.dumps(doc, separators=(",", ":")) + "\n").encode(), mtime=0))
+        part.replace(path)
+
+
+def read_evaluations(path: Path = EVALUATIONS) -> dict:
+    """The shipped file's models whose header matches this code and whose weights are the bundled ones (name ->
+    record); {} when there is no usable file."""
+    from .sweeps import weights_digest
+
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, ValueError, EOFError):
+        return {}
+    if any(doc.get(k) != v for k, v in evaluation_header().items()):
+        return {}
+    return {name: record for name, record in doc.get("models", {}).items()
+            if name in zoo.ARCHITECTURES and zoo.weights_path(name).is_file()
+            and record.get("weights_sha256") == weights_digest(name)}
+
+
+@st.cache_resource(show_spinner=False)
+def shipped_evaluations() -> dict:
+    """The usable shipped evaluations, read once per server (`read_evaluations`)."""
+    return read_evaluations()
+
+
+def shipped_evaluation(entry: ModelEntry, net_key: Settings, dataset, start: int, stop: int,
+                       snn: ttfs_core.SpikingNetwork) -> tuple[verify.Report, list[dict]] | None:
+    """The shipped chunk [start, stop) of a bundled model's own test set at these settings, or None."""
+    if entry.card is None or not isinstance(dataset, str) or dataset != entry.dataset or start % EVAL_CHUNK \
+            or stop - start != EVAL_CHUNK:
+        return None
+    record = shipped_evaluations().get(entry.card.name)
+    if record is None or record.get("dataset") != dataset:
+        return None
+    chunks = record["settings"].get(_settings_key(net_key.margin, net_key.neuron, net_key.rescale))
+    k = start // EVAL_CHUNK
+    if chunks is None or k >= len(chunks):
+        return None
+    try:
+        report = verify.Report.from_json(chunks[k]["report"])
+        if len(report.layers) != len(snn.layers) or report.images != EVAL_CHUNK:
+            return None
+        layers = list(snn.layers)
+        early = [_early_row(layers[int(n)], int(image), int(j), float(by)) for image, n, j, by in chunks[k]["early"]]
+    except (ValueError, KeyError, TypeError, IndexError):  # a file that does not fit: computed instead
+        return None
     return report, early
 
 
@@ -389,3 +534,9 @@ KNOBS = {  # knob -> values swept (MATH §7, §9)
     "weight_bits": tuple(range(2, 13)),
     "margin": (-0.7, -0.5, -0.3, -0.1, 0.0, 0.25, 0.5),
 }
+
+
+if __name__ == "__main__":  # python -m ttfs_ui.cache [model ...]: write assets/evaluations.json.gz
+    import sys
+
+    write_evaluations(sys.argv[1:] or None)

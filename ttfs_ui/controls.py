@@ -7,7 +7,9 @@ that no longer decodes makes the app fall back to the default model / first test
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import streamlit as st
@@ -21,13 +23,15 @@ from ttfs_core.mapping import DEFAULT_MARGIN
 from ttfs_core.neurons import ALPHA, B1, NEURON_MODELS, RESCALES, SUM, NeuronModel, neuron_model, rescale_rule
 from ttfs_core.untrusted import ModelLoadError
 
-from . import cache, messages, state, text
+from . import cache, messages, state, text, tour
 from .timeline import Timeline, most_active, timeline_of
 from .uploads import (
     UploadedData,
     UploadedImage,
     UploadedModel,
+    blank_colour,
     combined_key,
+    decode_image,
     light_background,
     read_card,
     read_image,
@@ -244,6 +248,10 @@ def sidebar(pick_model: bool = True) -> None:
 
 
 def show_notice() -> None:
+    """What the page says first: the guided tour's banner while the session is on the tour (`tour.banner`), then
+    a message kept from the last run (a fallback, a link's bad parameters)."""
+    tour.follow()
+    tour.banner()
     notice = state.pop_notice()
     if notice:
         level, message = notice
@@ -387,13 +395,27 @@ def evaluate_test_set(cur: Current, n: int) -> tuple[verify.Report, list[dict]]:
     their early spikes (`cache.evaluate_chunk`), with a progress bar while the chunks are simulated."""
     progress = st.progress(0.0, text="Simulating the test set…")
     report, early = verify.Report.empty(cur.snn), []
+    began, computed = time.perf_counter(), 0  # images simulated in this run (not shipped or cached): the pace
     for start in range(0, n, cache.EVAL_CHUNK):
         stop = min(start + cache.EVAL_CHUNK, n)
+        t = time.perf_counter()
         chunk, rows = cache.evaluate_chunk(cur.net_key, cur.dataset, start, stop, cur.entry, cur.snn)
+        if time.perf_counter() - t > 0.05:  # a chunk that was computed, not read
+            computed += stop - start
         report, early = report.merge(chunk), early + rows
-        progress.progress(stop / n, text=f"Simulated {stop:,} of {n:,} test images")
+        progress.progress(stop / n, text=progress_text(stop, n, computed, time.perf_counter() - began))
     progress.empty()
     return report, early
+
+
+def progress_text(done: int, total: int, computed: int, elapsed: float) -> str:
+    """"Simulated 300 of 1,000 test images, about 40 s left": the time left at the pace of the images computed so
+    far in this run (none computed yet, or all done: no estimate)."""
+    text = f"Simulated {done:,} of {total:,} test images"
+    if computed and done < total:
+        left = elapsed / computed * (total - done)
+        text += f", about {left:.0f} s left" if left < 90 else f", about {left / 60:.0f} min left"
+    return text
 
 
 def exactness_banner(cur: Current) -> dict:
@@ -408,6 +430,8 @@ def exactness_banner(cur: Current) -> dict:
                  f"{ex['logit_difference']:.3g}" + ("" if ex["same_class"] else ", and it predicts another class")
                  + "): an input outside the network's input range, or a saturated neuron. The conversion inspector "
                  "shows where.", icon=":material/error:")
+        st.button("Open the conversion inspector", key="banner_inspector", icon=":material/account_tree:",
+                  on_click=open_in_inspector, help="where the SNN and the ANN part, layer by layer")
         return ex
     count = sum(n for _, n in ex["early"])
     where = ", ".join(f"{name}: {n:,}" for name, n in ex["early"][:4]) + (" …" if len(ex["early"]) > 4 else "")
@@ -429,11 +453,36 @@ def _open_worst(layer: str, neuron: int) -> None:
 
 
 TRACES_PAGE = "pages/2_Membrane_traces.py"
+INSPECTOR_PAGE = "pages/6_Conversion_inspector.py"
+INSPECT = "_ttfs_inspect"  # the failed upload (its key in state.FAILED_MODELS) the inspector is asked to show
+
+
+def open_in_inspector(key: str | None = None) -> None:
+    """on_click: the conversion inspector on the next run, showing this session's failed upload `key` (None: the
+    session's model, e.g. one that is not exact)."""
+    if key is not None:
+        st.session_state[INSPECT] = key
+    st.session_state[PENDING_PAGE] = INSPECTOR_PAGE
+
+
+def failed_upload_key(data_: bytes, arch: str | None, *, dataset: UploadedData | None = None,
+                      preprocess: data.Preprocess | None = None, classes: tuple[str, ...] | None = None,
+                      mnist: bool = False) -> str | None:
+    """The key of an upload that loaded but could not be converted (kept for the inspector), as
+    `receive_model_upload` files it; None for any other upload."""
+    key = combined_key(upload_key(data_, arch), dataset, preprocess, classes, mnist)
+    return key if key in state.get(state.FAILED_MODELS) else None
 PENDING_PAGE = "_ttfs_pending_page"  # a page to switch to, set in a callback (switch_page cannot run there)
 
 
 def follow_pending_page() -> None:
-    if st.session_state.pop(PENDING_PAGE, None):
+    """Switch to the page a callback chose: the membrane traces of a neuron, or the tour's next step."""
+    tour.follow()
+    page = st.session_state.pop(PENDING_PAGE, None)
+    if page == INSPECTOR_PAGE:
+        _switch_to(INSPECTOR_PAGE, "The upload is selected in the inspector: open **Conversion inspector** in the "
+                                   "sidebar.")
+    elif page:
         _switch_to_traces()
 
 
@@ -540,6 +589,10 @@ def receive_image_upload(data_: bytes, filename: str, preprocess, auto_invert: b
     try:
         invert = known.invert if known is not None else auto_invert and light_background(data_)
         _, notes = read_image(data_, preprocess, invert=invert)
+        blank = blank_colour(decode_image(data_))
+        if blank is not None:
+            notes.append(f"The image is blank: every pixel is {blank}, so the model sees a uniform input"
+                         + (" (black, once inverted)." if invert and blank != "black" else "."))
     except ValueError as e:
         return f"Cannot use {filename!r} as an image: {e}", []
     except Exception as e:  # noqa: BLE001
@@ -549,6 +602,38 @@ def receive_image_upload(data_: bytes, filename: str, preprocess, auto_invert: b
         remember(uploads, key, UploadedImage(key, filename, data_, invert), MAX_SESSION_IMAGES)
         state.put(state.IMAGE, key)
     return None, notes
+
+
+def receive_drawing(png: bytes, preprocess, now: datetime | None = None) -> tuple[str | None, list[str]]:
+    """Select a drawing from the pad as an uploaded image named by its number in this session and the time it was
+    drawn ("your drawing 3 (19:42)"), so that several drawings can be told apart in the image choice. The same
+    drawing sent again keeps its name and number."""
+    known = state.get(state.UPLOADED_IMAGES).get(upload_key(png))
+    if known is not None:
+        return receive_image_upload(png, known.filename, preprocess)
+    n = int(state.get(state.DRAWINGS)) + 1
+    name = f"your drawing {n} ({(now or datetime.now()).strftime('%H:%M')})"
+    error, notes = receive_image_upload(png, name, preprocess)
+    if error is None:
+        state.put(state.DRAWINGS, n)
+    return error, notes
+
+
+def input_figure(x: Tensor, preprocess: data.Preprocess):
+    """The input as the model sees it, drawn on a fixed scale: pixels / 255 (x·std + mean) from black at 0 to white
+    at 1, so an all-white image is white and an all-black one black (a scale fitted to the image's own range drew
+    any blank image mid-grey). Shape: x (1, C, H, W), preprocessed."""
+    from . import figures
+
+    p = x[0].detach().double().numpy()
+    if p.shape[0] == 3:
+        return figures.image(p, mean=preprocess.mean, std=preprocess.std)
+    shown = p * np.broadcast_to(np.asarray(preprocess.std, float), (p.shape[0],)).reshape(-1, 1, 1) + \
+        np.broadcast_to(np.asarray(preprocess.mean, float), (p.shape[0],)).reshape(-1, 1, 1)
+    fig = figures.image(np.clip(shown, 0.0, 1.0))
+    fig.update_traces(zmin=0.0, zmax=1.0, zauto=False, selector={"type": "heatmap"},
+                      hovertemplate="(%{y}, %{x}) pixel / 255 = %{z:.3g}<extra></extra>")
+    return fig
 
 
 def invert_checkbox() -> None:
@@ -688,7 +773,11 @@ def select_trace(layer: str, neuron: int) -> None:
 
 
 def _switch_to_traces() -> None:
+    _switch_to(TRACES_PAGE, "The neuron is selected: open **Membrane traces** in the sidebar.")
+
+
+def _switch_to(page: str, otherwise: str) -> None:
     try:
-        st.switch_page(TRACES_PAGE)
+        st.switch_page(page)
     except StreamlitPageNotFoundError:  # a page run as the entry point (tests) has no pages folder beside it
-        st.info("The neuron is selected: open **Membrane traces** in the sidebar.")
+        st.info(otherwise)

@@ -23,7 +23,7 @@ import ttfs_core
 from ttfs_core import passes, verify
 from ttfs_core.capture import FUNCTIONS, METHODS, MODULES, describe
 from ttfs_core.errors import ConversionError
-from ttfs_core.untrusted import ModelLoadError
+from ttfs_core.untrusted import ModelLoadError, allowlist
 
 from . import cache
 from .figures import layer_colour
@@ -32,6 +32,16 @@ from .timeline import layer_label
 from .uploads import BUNDLED_SHAPE, UploadedModel, exported_shape, read_model
 
 FAILS = "✖ fails here"  # the status of the graph row at which conversion failed
+SHAPE_PLUMBING = "shape plumbing"  # the kind of a node that only computes or checks sizes (torch.export's guards)
+SHAPE_STATUS = "shape plumbing: sizes and guards, no tensor (not converted, not needed)"
+# aten operators that read or check sizes, never a tensor's values: the allow-list's scalar plumbing
+# (`ttfs_core.untrusted.allowlist.ALLOWED`, "shape arithmetic" and guards) and the guards torch.export may also write
+SHAPE_OPERATORS = frozenset({
+    "aten.sym_size.int", "aten.size.int", "aten.eq.int", "aten._assert_scalar.default", "aten.sym_numel.default",
+    "aten.sym_stride.int", "aten.sym_storage_offset.default", "aten.sym_constrain_range.default",
+    "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg", "aten._assert_async.default",
+    "aten.sym_not.default",
+})
 HIST_BINS = 60
 MAX_LABELS = 20  # ops in a graph figure whose kinds are written under their markers (more: hover only)
 CHUNK = 64  # calibration images per forward pass of the histogram (bounds memory on wide layers)
@@ -93,11 +103,35 @@ def _shape(t) -> str:
     return "×".join(map(str, tuple(shape)[1:])) if shape is not None else ""
 
 
+def is_shape_plumbing(node: fx.Node) -> bool:
+    """Whether a node only reads or checks sizes (torch.export's ``sym_size``, ``_assert_scalar``,
+    ``sym_constrain_range`` and the Python integer arithmetic between them): nothing to convert, nothing that fails
+    conversion. A Python operator counts when it reads no tensor-valued node (integers only)."""
+    if node.op != "call_function":
+        return False
+    name = allowlist.target_name(node.target)
+    if name in SHAPE_OPERATORS:
+        return True
+    if name.startswith("operator.") and name.removeprefix("operator.") in allowlist.OPERATORS:
+        return all(_is_size(a) for a in node.all_input_nodes)
+    return False
+
+
+def _is_size(node: fx.Node) -> bool:
+    """A node whose value is an integer (a size), not a tensor."""
+    val = node.meta.get("val", node.meta.get("example_value"))
+    if val is not None:
+        return not isinstance(val, torch.Tensor)
+    return is_shape_plumbing(node)
+
+
 def _fx_kind(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
         return MODULES.get(type(gm.get_submodule(node.target)), "unsupported")
     if node.op == "call_method":
         return METHODS.get(str(node.target), "unsupported")
+    if is_shape_plumbing(node):  # before the capture's vocabulary: `n * 16` on sizes is no multiplication to convert
+        return SHAPE_PLUMBING
     entry = FUNCTIONS.get(node.target)
     return entry[0] if entry else "unsupported"
 
@@ -122,12 +156,20 @@ def fx_rows(model: nn.Module, example: Tensor) -> tuple[list[dict], list[tuple[i
         ins = [a.name for a in node.all_input_nodes]
         index[node.name] = len(rows)
         edges += [(index[i], len(rows)) for i in ins if index.get(i, -1) >= 0]
+        kind = _fx_kind(node, gm)
         rows.append({"#": len(rows), "node": node.name,
                      "name": str(node.target) if node.op == "call_module" else node.name,
-                     "kind": _fx_kind(node, gm), "target": describe(node, gm),
+                     "kind": kind, "target": describe(node, gm),
                      "inputs": ", ".join("input" if index.get(i) == -1 else i for i in ins),
-                     "shape": _shape(node), "spiking layer": "", "status": ""})
+                     "shape": _shape(node), "spiking layer": "",
+                     "status": SHAPE_STATUS if kind == SHAPE_PLUMBING else ""})
     return rows, edges
+
+
+def failing_first(rows: list[dict]) -> list[dict]:
+    """The graph's rows with the failing node's first (then the rest in graph order; "#" keeps each row's place in
+    the graph), so the table opens on it however long the graph is."""
+    return [r for r in rows if r["status"] == FAILS] + [r for r in rows if r["status"] != FAILS]
 
 
 def op_rows(ops) -> tuple[list[dict], list[tuple[int, int]]]:

@@ -44,6 +44,8 @@ NOTICE = "ttfs_notice"  # (level, message) shown once on the next run (a fallbac
 FAILED_UPLOADS = "ttfs_failed_uploads"  # upload key -> message of uploads that could not be used (not retried)
 FAILED_MODELS = "ttfs_failed_models"  # upload key -> UploadedModel that failed (the inspector shows where), bounded
 UPLOAD_SETTINGS = "ttfs_upload_settings"  # model file key -> {"preprocess", "mnist", "card", "classes"} chosen for it
+TOUR = "ttfs_tour"  # the guided tour's step (1-based, `ttfs_ui.tour`), None outside the tour
+DRAWINGS = "ttfs_drawings"  # drawings this session used so far (they are named "your drawing 3 (19:42)")
 
 DEFAULT_MODEL = f"zoo:{zoo.DEFAULT_MODEL}"
 MARGIN_RANGE = (-0.9, 2.0)  # the ζ slider's range
@@ -54,6 +56,7 @@ TRACE_DT_OPTIONS = (0.1, 0.03, 0.01, 0.003, 0.001)
 ROBUST_IMAGE_OPTIONS = (100, 200, 500, 1000)
 MAX_TRACES = 6
 TEST_IMAGES = 10_000  # each bundled dataset ships its whole test set
+TOUR_STEPS = 8  # steps of the guided tour (`ttfs_ui.tour.STEPS`)
 
 DEFAULTS: dict[str, Any] = {
     MODEL: DEFAULT_MODEL,
@@ -78,6 +81,8 @@ DEFAULTS: dict[str, Any] = {
     ROBUST_IMAGES: 200,
     ROBUST_RELATIVE: False,
     NOTICE: None,
+    TOUR: None,
+    DRAWINGS: 0,
 }
 
 
@@ -226,6 +231,7 @@ PARAMS: dict[str, Param] = {
     "eval": Param(EVAL_IMAGES, one_of(1000, 10_000)),
     "robust_n": Param(ROBUST_IMAGES, one_of(*ROBUST_IMAGE_OPTIONS)),
     "relative": Param(ROBUST_RELATIVE, _flag, lambda v: str(int(bool(v)))),
+    "tour": Param(TOUR, integer(1, TOUR_STEPS)),
 }
 WRITTEN = "_ttfs_url_written"  # the parameters this page last wrote (None before the session's first run)
 FROM_LINK = "_ttfs_from_link"  # state keys whose value came from a link: a page that cannot use one says so
@@ -258,10 +264,10 @@ def read_url(extra: dict[str, Param] | None = None) -> None:
             continue
         if first or written.get(name) != text:
             _put_param(params[name], name, text, notes)
+    chosen = st.session_state.get(TRACE_NEURONS)
+    if chosen and chosen[0] is None:  # neurons from the link (on a first run or later): of the link's trace layer
+        st.session_state[TRACE_NEURONS] = (st.session_state[TRACE_LAYER], chosen[1])
     if first:
-        chosen = st.session_state.get(TRACE_NEURONS)
-        if chosen and chosen[0] is None:
-            st.session_state[TRACE_NEURONS] = (st.session_state[TRACE_LAYER], chosen[1])
         if MODEL in st.session_state.get(FROM_LINK, ()) or TEST_INDEX in st.session_state.get(FROM_LINK, ()):
             st.session_state[IMAGE] = "test"  # a link shows a bundled test image
         st.session_state[WRITTEN] = dict(query)

@@ -472,6 +472,19 @@ def read_image(data_: bytes, preprocess: data.Preprocess, invert: bool | None = 
     return x.unsqueeze(0), notes
 
 
+def blank_colour(img: Image.Image) -> str | None:
+    """The colour of an image whose every pixel is the same ("white", "black", "grey 128", "RGB (255, 0, 0)"), None
+    for an image with any contrast."""
+    arr = np.asarray(img.convert("RGB"))
+    first = arr[0, 0]
+    if not (arr == first).all():
+        return None
+    r, g, b = (int(v) for v in first)
+    if r == g == b:
+        return {255: "white", 0: "black"}.get(r, f"grey {r}")
+    return f"RGB ({r}, {g}, {b})"
+
+
 def light_background(data_: bytes) -> bool:
     """Whether an image's border is mostly light (a dark digit on white paper)."""
     return _is_light(decode_image(data_))
