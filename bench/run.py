@@ -3,7 +3,7 @@
     python bench/run.py            # all sections, writes bench/results.json and bench/RESULTS.md
     python bench/run.py core       # one section: core | stepped | convert | memory | app | live | paper |
                                    # branches | architectures | verify | timm | repvgg | views |
-                                   # threads
+                                   # threads | timm_scale | first_visit
     python bench/run.py paper      # the paper's table: every zoo model on its whole 10,000-image test set
     python bench/run.py architectures  # the torchvision families: exactness, size, decision time, run / ANN
     python bench/run.py verify     # `ttfs verify` images per second on 1 and 2 processes (torchrun)
@@ -423,7 +423,7 @@ def _busy(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def bench_threads(repeats: int = 3, images: int = 2000) -> dict:
+def bench_threads(repeats: int = 3, images: int = 1000) -> dict:
     """`ttfs verify lenet5 --limit N` (conversion on 512 calibration images, then N test images simulated) in a
     fresh process, per wait policy and thread count, quiet and beside two busy processes that keep both cores
     busy: wall and CPU seconds (medians). "OpenMP default" is the environment without OMP_WAIT_POLICY (torch's
@@ -591,11 +591,20 @@ def bench_large_views() -> dict:
     return bench_views()
 
 
+def bench_first_visit() -> dict:
+    """A fresh explorer server's first visits in Chromium (`bench/first_visit.py`, run alone as
+    `python -m bench.first_visit`)."""
+    from bench.first_visit import measure
+
+    return measure()
+
+
 SECTIONS = {"core": bench_core, "convert": bench_convert, "memory": bench_memory, "stepped": bench_stepped,
             "app": bench_app, "live": bench_live, "paper": bench_paper, "branches": bench_branches,
             "architectures": bench_architectures, "verify": bench_verify, "timm": bench_timm,
             "repvgg": bench_repvgg, "views": bench_large_views,
-            "threads": bench_threads, "timm_scale": bench_timm_scale}
+            "threads": bench_threads, "timm_scale": bench_timm_scale,
+            "first_visit": bench_first_visit}
 
 
 def paper_table(rows: dict) -> list[str]:
