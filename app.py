@@ -271,7 +271,9 @@ ann = cache.ann_logits(cur.entry.key, cur.image_key, cur.entry.model, cur.x)[0]
 snn = result.logits[0].double().numpy()
 left, right = st.columns([1, 4], gap="large")
 with left:
-    st.plotly_chart(controls.input_figure(cur.x, cur.entry.preprocess), width="content", key="input_image")
+    fmt = figures.export_format(st)
+    st.plotly_chart(controls.input_figure(cur.x, cur.entry.preprocess), width="content", key="input_image",
+                    config=figures.export_config(figures.slide_stem(cur, "input"), fmt))
     st.caption(cur.image_title)
 with right:
     a, s, d, t = st.columns(4)
@@ -281,7 +283,9 @@ with right:
              else "DIFFERS", delta_color="normal" if exact["exact"] else "inverse")
     d.metric("max |logit difference|", f"{np.abs(ann - snn).max():.2e}")
     t.metric("True label", "—" if cur.label is None else cur.class_name(cur.label))
-    st.plotly_chart(figures.logits([cur.class_name(c) for c in range(ann.size)], ann, snn), key="logits")
+    logits = figures.slide_title(figures.logits([cur.class_name(c) for c in range(ann.size)], ann, snn),
+                                 "Logits: ANN and SNN", f"{cur.entry.title} · {cur.image_title}")
+    st.plotly_chart(logits, key="logits", config=figures.export_config(figures.slide_stem(cur, "logits"), fmt))
 with st.expander("Logits as a table"):
     st.dataframe(tables.logit_rows(ann, snn), hide_index=True, width="stretch")
 st.info("Next: open **Spike raster** in the sidebar to watch these spikes happen in time.",

@@ -5,11 +5,17 @@ ANN part, and where a model that cannot be converted fails."""
 import pandas as pd
 import streamlit as st
 
-from ttfs_ui import cache, controls, inspector, state
+from ttfs_ui import cache, controls, figures, inspector, state
 from ttfs_ui.timeline import layer_label
 
 cur = controls.page_start("Conversion inspector", "inspector")
 snn = cur.snn
+fmt = figures.export_format(st)
+
+
+def _config(view: str) -> dict:
+    """The camera button's download (`figures.export_config`): model, input and view in the file name."""
+    return figures.export_config(figures.slide_stem(cur, "inspector", view), fmt)
 
 
 def _styled(rows: list[dict]):
@@ -50,7 +56,7 @@ else:
 # --- 2. the captured graph and the provenance of every spiking layer -----------------------------------------
 st.subheader("Captured graph")
 graph = inspector.current_graph(cur.net_key, cur.entry, snn, cur.x)
-st.plotly_chart(inspector.graph_figure(graph), key="inspector_graph")
+st.plotly_chart(inspector.graph_figure(graph), key="inspector_graph", config=_config("graph"))
 st.caption("Every op the converter captured from the model, in graph order, coloured by the spiking layer that "
            "absorbed it (arcs: an edge that skips ops, as in a residual branch). A layer absorbs the ops between "
            "the spikes it reads and the ReLU that closes it.")
@@ -67,7 +73,7 @@ st.caption("BatchNorm before a ReLU is folded into the layer's own weights; afte
 st.subheader("Rescaling, calibration activations and windows")
 left, right = st.columns(2, gap="large")
 with left:
-    st.plotly_chart(inspector.scale_figure(snn), key="inspector_scales")
+    st.plotly_chart(inspector.scale_figure(snn), key="inspector_scales", config=_config("scales"))
     st.caption("Rescaling factor c per neuron (log axis): the converted activation is c × the original one.")
 with right:
     names = [layer.name for layer in snn.layers]
@@ -77,7 +83,8 @@ with right:
     chosen = st.selectbox("Layer", names, format_func=labels.get, key="inspector_hist_layer")
     hists = inspector.calibration_histograms(cur.net_key, cur.entry, snn)
     n = names.index(chosen)
-    st.plotly_chart(inspector.activation_figure(hists[n], snn.layers[n]), key="inspector_hist")
+    st.plotly_chart(inspector.activation_figure(hists[n], snn.layers[n]), key="inspector_hist",
+                    config=_config(f"activations-{snn.layers[n].name}"))
     calibration = cur.entry.calibration or f"the first {cache.CALIBRATION_IMAGES} training images of its dataset"
     st.caption(f"Activations of {labels[chosen]} on the calibration images: {controls.plain(calibration)} "
                f"(converted units; {100 * hists[n]['zero share']:.1f} % are 0 and not drawn). X_n = their largest, P_n "
@@ -88,7 +95,7 @@ st.subheader("Early-spike certificate and distance to an early spike")
 peaks = inspector.pre_activation_peaks(cur.net_key, cur.image_key, snn, cur.x)
 rows = inspector.window_rows(snn, cur.result, peaks)
 st.dataframe(rows, hide_index=True, width="stretch", key="inspector_windows")
-st.plotly_chart(inspector.certificate_figure(rows), key="inspector_certificate")
+st.plotly_chart(inspector.certificate_figure(rows), key="inspector_certificate", config=_config("certificate"))
 st.caption("**B_n − P_n (calibration)**: how far the largest drive before the window opens, P_n = max over neurons "
            "and calibration inputs of max_s f_i(s), stays below the window (negative: an early spike on the "
            "calibration data). **B_n − max z (this input)**: the window minus the largest pre-activation "
@@ -125,7 +132,7 @@ if failed is not None:
         where = f" at node **{bad.error_node}**{module}" if bad.error_node else ""
         st.error(f"{title}: cannot be converted ({bad.stage}){where}: {bad.error}", icon=":material/block:")
     if bad.rows:
-        st.plotly_chart(inspector.graph_figure(bad), key="inspector_failed_graph")
+        st.plotly_chart(inspector.graph_figure(bad), key="inspector_failed_graph", config=_config("failed-graph"))
         plumbing = sum(r["kind"] == inspector.SHAPE_PLUMBING for r in bad.rows)
         st.caption("The failing node's row comes first (its place in the graph is its **#**), then every node in "
                    "graph order."

@@ -140,3 +140,34 @@ def test_the_format_chosen_on_one_page_is_kept_on_the_next():
     assert not at.exception
     for key, value in _charts(at).items():
         _check(key, *value, fmt="svg")
+
+
+def _check_config(key: str, config: dict) -> str:
+    """The download part of `_check` (the inspector's and the input's charts carry their own headings)."""
+    assert config.get("displaylogo") is False and config.get("showSendToCloud") is False, key
+    assert {"sendDataToCloud", "editInChartStudio"} <= set(config.get("modeBarButtonsToRemove", ())), key
+    name = config.get("toImageButtonOptions", {}).get("filename", "")
+    assert name and not GENERIC.match(name) and re.fullmatch(r"[A-Za-z0-9._+-]+", name), (key, name)
+    return name
+
+
+def test_the_main_page_and_the_inspector_charts_export_for_slides():
+    """The main page's input and logits, the inspector's graph, scales, activations and certificate, and the
+    membrane page's neuron picker (drawn by controls) download under names saying model, input and view, with no
+    cloud button; the logits carry their title."""
+    from .helpers import APP
+
+    at = _run(APP)
+    charts = _charts(at)
+    assert {"input_image", "logits"} <= set(charts)
+    for key, (config, _) in charts.items():
+        assert _check_config(key, config).startswith("lenet5_img0_"), key
+    _check("logits", *charts["logits"])
+    at = _run(str(ROOT / "pages" / "6_Conversion_inspector.py"))
+    charts = _charts(at)
+    assert {"inspector_graph", "inspector_scales", "inspector_certificate"} <= set(charts), set(charts)
+    for key, (config, _) in charts.items():
+        assert _check_config(key, config).startswith("lenet5_img0_inspector_"), key
+    at = _run(TRACES, **{state.TRACE_PICK: "from the feature map"})
+    pickers = {k: c for k, (c, _) in _charts(at).items() if k != "membrane"}
+    assert pickers and all(_check_config(k, c).startswith("neuron-picker_") for k, c in pickers.items()), pickers

@@ -732,8 +732,10 @@ def pick_from_map(spikes, key: str) -> list[int]:
         chart = f"{key}_{view}{st.session_state[generation]}"
     chosen = chosen_neurons(spikes.name) or most_active(spikes.activations, 1)
     with st.container(key=key):
+        name = figures.export_name("neuron-picker", spikes.name, None if channels is None else f"c{channels[0]}")
         st.plotly_chart(figures.neuron_picker(spikes, chosen, channels=channels), key=chart, on_select="rerun",
-                        selection_mode=("points", "box", "lasso"))
+                        selection_mode=("points", "box", "lasso"),
+                        config=figures.export_config(name, figures.chosen_format(st.session_state)))
     st.caption(f"Click a square to add its neuron (click again to remove it), or drag a box / lasso (tools in the "
                f"chart's toolbar) to pick a group; up to {MAX_TRACES} neurons. Outlined in red: chosen.")
     return chosen

@@ -74,6 +74,12 @@ def export_config(name: str, fmt: str = "png") -> dict:
                                      "filename": re.sub(r"[^A-Za-z0-9._+-]+", "-", str(name))[:120] or "figure"}}
 
 
+def chosen_format(session_state) -> str:
+    """The format last chosen in `export_format` (for a chart drawn where the choice is not drawn)."""
+    fmt = session_state.get(f"_{FORMAT_KEY}")
+    return fmt if fmt in SLIDE_FORMATS else SLIDE_FORMATS[0]
+
+
 def export_format(st_module, where=None) -> str:
     """Draw the choice of the camera button's format (PNG or SVG) in `where` (default: the sidebar of `st_module`,
     the streamlit module: figures never imports Streamlit) and return it. The choice is kept for the session
