@@ -658,10 +658,11 @@ def write_markdown(results: dict, path: Path) -> None:
     for section, rows in results["sections"].items():
         if section in ("architectures", "timm", "timm_scale"):
             continue
-        lines += [f"## {section}", "", "| case | " + " | ".join(next(iter(rows.values())).keys()) + " |",
-                  "|---|" + "---|" * len(next(iter(rows.values())))]
+        keys = list(dict.fromkeys(k for vals in rows.values() for k in vals))  # every row's columns, in order
+        lines += [f"## {section}", "", "| case | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for case, vals in rows.items():
-            cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in vals.values()]
+            cells = [(f"{v:.3g}" if isinstance(v, float) else str(v)) if k in vals else ""
+                     for k, v in ((k, vals.get(k)) for k in keys)]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         lines.append("")
     path.write_text("\n".join(lines))
