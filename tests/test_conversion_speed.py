@@ -298,3 +298,37 @@ def test_check_finite_remembers_only_finite_tensors_and_still_catches_a_new_one(
     with pytest.raises(ttfs_core.ConversionError, match="theta overflows"):
         passes.check_finite(replace(snn, layers=(bad, *snn.layers[1:])), checked)
     assert all(torch.isfinite(t).all() for t in checked.values())
+
+
+def _syn(source, in_shape, weight, conv=None, channels=None):
+    return Synapses(source, (), in_shape, weight, conv, channels=channels, J=weight)
+
+
+def test_merged_products_give_the_sum_of_each_inputs_product():
+    """`dynamics.merged`: inputs of one geometry driving the same channels share one product (their inputs and
+    weights concatenated); others stay apart. The weighted sum equals the sum of each input's own product."""
+    g = torch.Generator().manual_seed(0)
+    conv = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}
+    other = {**conv, "padding": (0, 0)}
+    shape = (6, 8, 8)
+    xs = [torch.rand(3, c, 8, 8, generator=g, dtype=torch.float64) for c in (4, 2, 5, 3)]
+    ws = [torch.randn(*s, generator=g, dtype=torch.float64) for s in ((6, 4, 3, 3), (6, 2, 3, 3), (3, 5, 1, 1),
+                                                                       (6, 3, 1, 1))]
+    inputs = [_syn(0, (4, 8, 8), ws[0], conv), _syn(1, (2, 8, 8), ws[1], conv),
+              _syn(2, (5, 8, 8), ws[2], other, channels=(3, 6)), _syn(3, (3, 8, 8), ws[3], other)]
+    products = dynamics.merged(inputs, xs, ws)
+    assert len(products) == 3 and products[0][1].shape[1] == 6  # the two 3x3 convolutions share one product
+    expected = torch.zeros(3, *shape, dtype=torch.float64)
+    for syn, x, w in zip(inputs, xs, ws):
+        part = F.conv2d(x, w, None, **syn.conv)
+        if syn.channels is None:
+            expected += part
+        else:
+            expected[:, syn.channels[0]:syn.channels[1]] += part
+    torch.testing.assert_close(dynamics.weighted_sum(inputs, xs, ws, shape), expected, rtol=0, atol=1e-12)
+    dense_x = [torch.rand(3, *s, generator=g, dtype=torch.float64) for s in ((7,), (1, 2, 2))]
+    dense_w = [torch.randn(5, n, generator=g, dtype=torch.float64) for n in (7, 4)]
+    dense = [_syn(0, (7,), dense_w[0]), _syn(1, (1, 2, 2), dense_w[1])]
+    assert len(dynamics.merged(dense, dense_x, dense_w)) == 1
+    torch.testing.assert_close(dynamics.weighted_sum(dense, dense_x, dense_w, (5,)),
+                               dense_x[0] @ dense_w[0].T + dense_x[1].flatten(1) @ dense_w[1].T, rtol=0, atol=1e-12)

@@ -186,8 +186,45 @@ def weighted_sum(inputs, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, .
     """Σ_k Σ_j w_kij x_kj for every neuron of a layer of `shape` over its inputs k (`Synapses`: geometry and the
     channels each drives), with the weights `ws[k]` in input k's layout (its W, its J, or a part of them), no
     bias. Shape: xs[k] (B, *in_shape k) -> (B, *shape)."""
-    parts = [(syn.channels, _apply(syn, x, w, part_shape(syn, shape))) for syn, x, w in zip(inputs, xs, ws)]
+    parts = [(syn.channels, _apply(syn, x, w, part_shape(syn, shape))) for syn, x, w in merged(inputs, xs, ws)]
     return place(parts, shape, xs[0])
+
+
+def _geometry(conv: dict) -> tuple:
+    """A convolution's stride, padding and dilation (not its groups), hashable."""
+    return tuple(sorted((key, tuple(v) if isinstance(v, (list, tuple)) else v) for key, v in conv.items()
+                        if key != "groups"))
+
+
+def merged(inputs, xs: list[Tensor], ws: list[Tensor]) -> list[tuple]:
+    """(synapses, input, weights) per product `weighted_sum` computes: inputs that one product can serve are merged,
+    their inputs and weights concatenated along the input channels, as the ANN's own `torch.cat` before its
+    convolution does. Mergeable: ungrouped convolutions of one geometry (kernel, stride, padding, dilation) on inputs
+    of one spatial size, or dense maps, that drive the same output channels (Inception's branches read by one
+    layer). Measured on Inception-v3 at 80×80, batch 16, float32: run / ANN 42–43× -> 26–30×. The sum is the same
+    up to the order of its terms.
+    Shape: xs[k] (B, *in_shape k), ws[k] in input k's layout -> [(Synapses, (B, C, ...), weights)]."""
+    if len(inputs) < 2:
+        return list(zip(inputs, xs, ws))
+    groups: dict[tuple, list[int]] = {}
+    for k, (syn, x, w) in enumerate(zip(inputs, xs, ws)):
+        if syn.conv is not None and syn.conv["groups"] == 1:
+            key = ("conv", syn.channels, _geometry(syn.conv), tuple(w.shape[2:]), tuple(x.shape[2:]))
+        elif syn.conv is None and w.dim() == 2:
+            key = ("dense", syn.channels)
+        else:
+            key = ("alone", k)
+        groups.setdefault(key, []).append(k)
+    out = []
+    for key, ks in groups.items():
+        if len(ks) == 1:
+            out.append((inputs[ks[0]], xs[ks[0]], ws[ks[0]]))
+        elif key[0] == "conv":
+            out.append((inputs[ks[0]], torch.cat([xs[k] for k in ks], 1), torch.cat([ws[k] for k in ks], 1)))
+        else:
+            out.append((inputs[ks[0]], torch.cat([xs[k].flatten(1) for k in ks], 1),
+                        torch.cat([ws[k] for k in ks], 1)))
+    return out
 
 
 def _apply(syn, x: Tensor, w: Tensor, part: tuple[int, ...]) -> Tensor:
