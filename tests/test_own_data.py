@@ -333,6 +333,13 @@ def test_cli_verifies_an_rgb_export_on_an_npz_and_on_a_zip(tmp_path, capsys):
     card = persist.load_card(tmp_path / "net.safetensors")
     assert card.preprocess == data.Preprocess(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     assert card.classes == CLASSES and "rgb.npz" in card.data
+    # verify --snn reads the card's preprocessing: no flags needed (it used to prepare the data as MNIST)
+    capsys.readouterr()
+    code = main(["verify", str(tmp_path / "model.pt2"), "--data", str(tmp_path / "rgb.npz"), "--snn",
+                 str(tmp_path / "net.safetensors"), "-q"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip().endswith("PASS"), (out, err)
+    assert "net.safetensors's card: 3×32×32, mean (0.5, 0.5, 0.5)" in out
     # a damaged zip is one line, exit 2
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04" + bytes(100))
     code = main(["verify", str(tmp_path / "model.pt2"), "--data", str(tmp_path / "bad.zip"), *flags])

@@ -41,7 +41,7 @@ from .compare import compare
 from .convert import convert
 from .errors import InputError
 from .network import SpikingNetwork, usable_device
-from .persist import Card, load_network, save_network
+from .persist import Card, load_card, load_network, save_network
 from .sim.result import merge_counts
 from .verify import LayerCheck, Verifier, digest, percent
 from .verify_run import Ranks
@@ -340,10 +340,29 @@ def _run_config(args: argparse.Namespace, model: Model, source: data.Source, n: 
             "settings_sha256": verify.settings_digest(settings)}
 
 
+def _card_of(path: Path) -> Card | None:
+    """The card of a saved network, or None where it has none or cannot be read (`load_network` then says why)."""
+    try:
+        return load_card(path)
+    except (ValueError, OSError):
+        return None
+
+
 def _verify_to(args: argparse.Namespace, ranks: Ranks, out: TextIO) -> int:
     device = args.device_
-    model = load_model(args.model, args.arch, args.preprocess)
+    overrides, card_note = args.preprocess, None
+    if args.snn is not None and not overrides and args.model not in zoo.ARCHITECTURES:
+        card = _card_of(Path(args.snn).expanduser())  # a saved network's card says how its inputs were prepared
+        if card is not None and card.preprocess is not None:
+            pre = card.preprocess
+            overrides = {"height": pre.height, "width": pre.width, "channels": pre.channels, "mean": pre.mean,
+                         "std": pre.std}
+            card_note = (f"from {args.snn}'s card: {pre.channels}×{pre.height}×{pre.width}, mean {pre.mean}, "
+                         f"std {pre.std} (--size/--channels/--mean/--std override it)")
+    model = load_model(args.model, args.arch, overrides)
     kv("model", model.label, out)
+    if card_note is not None:
+        kv("preprocessing", card_note, out)
     for note in model.notes:
         kv("note", note, out)
     args.data = args.data or f"{model.dataset}-test"
