@@ -12,20 +12,11 @@ from streamlit.testing.v1 import AppTest
 
 from ttfs_ui import figures, state
 
-from .helpers import COMPARE, ROBUSTNESS, ROOT, TIMEOUT, TRACES
+from .helpers import COMPARE, ROBUSTNESS, ROOT, TRACES, run_page
 
 PLAYGROUND = str(ROOT / "pages" / "5_Neuron_playground.py")
 PEERS = str(ROOT / "pages" / "7_vs_rate_coding.py")
 GENERIC = re.compile(r"^(plot-image|newplot|figure)$")
-
-
-def _run(path: str, **session) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def _charts(at: AppTest) -> dict[str, tuple[dict, dict]]:
@@ -87,7 +78,7 @@ def test_slide_title_goes_into_the_figure_and_keeps_the_plot_size():
 # --- every page -------------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_every_chart_of_the_membrane_page_exports_for_slides():
-    at = _run(TRACES, **{state.CURSOR: 40})
+    at = run_page(TRACES, **{state.CURSOR: 40})
     charts = _charts(at)
     assert set(charts) == {"membrane"}
     name = _check("membrane", *charts["membrane"])
@@ -100,7 +91,7 @@ def test_every_chart_of_the_membrane_page_exports_for_slides():
 
 @pytest.mark.integration
 def test_every_chart_of_the_ann_vs_snn_page_exports_for_slides():
-    at = _run(COMPARE, **{state.MARGIN: -0.7})  # early spikes on image 0: the early-spike chart is drawn too
+    at = run_page(COMPARE, **{state.MARGIN: -0.7})  # early spikes on image 0: the early-spike chart is drawn too
     charts = _charts(at)
     assert {"scatter", "errors", "early_here"} <= set(charts)
     names = {key: _check(key, *value) for key, value in charts.items()}
@@ -111,7 +102,7 @@ def test_every_chart_of_the_ann_vs_snn_page_exports_for_slides():
 
 @pytest.mark.integration
 def test_every_chart_of_the_robustness_page_exports_for_slides():
-    at = _run(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
+    at = run_page(ROBUSTNESS, **{state.ROBUST_IMAGES: 100})
     charts = _charts(at)
     assert {"sweep_time_bits", "sweep_jitter", "sweep_weight_bits", "sweep_margin"} <= set(charts)
     names = {_check(key, *value) for key, value in charts.items()}
@@ -121,11 +112,11 @@ def test_every_chart_of_the_robustness_page_exports_for_slides():
 
 @pytest.mark.integration
 def test_the_playground_and_rate_coding_charts_export_for_slides():
-    at = _run(PLAYGROUND)
+    at = run_page(PLAYGROUND)
     [(key, (config, spec))] = _charts(at).items()
     assert _check(key, config, spec) == "playground_custom_alpha_3-inputs"
     assert "ReLU" in _title(spec)
-    at = _run(PEERS)
+    at = run_page(PEERS)
     charts = _charts(at)
     assert "peers_curves" in charts
     assert _check("peers_curves", *charts["peers_curves"]).startswith("lenet5_vs-rate-coding_")
@@ -133,7 +124,7 @@ def test_the_playground_and_rate_coding_charts_export_for_slides():
 
 @pytest.mark.integration
 def test_the_format_chosen_on_one_page_is_kept_on_the_next():
-    at = _run(TRACES)
+    at = run_page(TRACES)
     at.sidebar.radio(key=figures.FORMAT_KEY).set_value("svg").run()
     _check("membrane", *_charts(at)["membrane"], fmt="svg")
     at.switch_page("3_ANN_vs_SNN.py").run()  # relative to the page it was opened at
@@ -157,17 +148,17 @@ def test_the_main_page_and_the_inspector_charts_export_for_slides():
     cloud button; the logits carry their title."""
     from .helpers import APP
 
-    at = _run(APP)
+    at = run_page(APP)
     charts = _charts(at)
     assert {"input_image", "logits"} <= set(charts)
     for key, (config, _) in charts.items():
         assert _check_config(key, config).startswith("lenet5_img0_"), key
     _check("logits", *charts["logits"])
-    at = _run(str(ROOT / "pages" / "6_Conversion_inspector.py"))
+    at = run_page(str(ROOT / "pages" / "6_Conversion_inspector.py"))
     charts = _charts(at)
     assert {"inspector_graph", "inspector_scales", "inspector_certificate"} <= set(charts), set(charts)
     for key, (config, _) in charts.items():
         assert _check_config(key, config).startswith("lenet5_img0_inspector_"), key
-    at = _run(TRACES, **{state.TRACE_PICK: "from the feature map"})
+    at = run_page(TRACES, **{state.TRACE_PICK: "from the feature map"})
     pickers = {k: c for k, (c, _) in _charts(at).items() if k != "membrane"}
     assert pickers and all(_check_config(k, c).startswith("neuron-picker_") for k, c in pickers.items()), pickers
