@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .server import streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -35,12 +33,6 @@ ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 WAIT_MS = 600_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     if not CHROMIUM.exists():
@@ -48,37 +40,9 @@ def server():
             pytest.fail(f"{CHROMIUM} is missing (install Debian's chromium package)")
         pytest.skip(f"{CHROMIUM} is missing")
     pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    log = (ROOT / "artifacts").joinpath("streamlit.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],  # edits elsewhere in the tree must not reload modules mid-test
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300  # a server starting on a loaded 2-core machine (CI at a load of 10)
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                        if r.read().strip() == b"ok":
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start (see {log}):\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    # a server starting on a loaded 2-core machine (CI at a load of 10) may take minutes
+    with streamlit_server(ROOT / "artifacts" / "streamlit.log", startup_s=300) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
