@@ -209,3 +209,25 @@ def test_tent_deviations_match_the_cell_by_cell_sum():
                 if a < xj < c:
                     want[b] += neg[:, j] * (xj - a) * (c - xj) / (c - a)
         torch.testing.assert_close(got[k - 1], want, rtol=1e-12, atol=1e-15)
+
+
+def test_cached_weight_sums_follow_the_record():
+    """The certificate's J-derived constants (`Synapses.J_negative`, `J_row_sums`) equal their definitions, are
+    computed once per record, and a record made with other J (weight quantisation does this) has its own; pickling
+    drops them."""
+    import pickle
+    from dataclasses import replace
+
+    from ttfs_core.records import Synapses
+
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    syn = Synapses(-1, (), (3, 8, 8), J, {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}, J=J)
+    torch.testing.assert_close(syn.J_negative, (-J).clamp(min=0), rtol=0, atol=0)
+    neg, total = syn.J_row_sums
+    torch.testing.assert_close(neg, (-J).clamp(min=0).sum((1, 2, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(total, J.abs().sum((1, 2, 3)), rtol=0, atol=0)
+    assert syn.J_negative is syn.J_negative  # once per record
+    other = replace(syn, J=2 * J)
+    torch.testing.assert_close(other.J_row_sums[1], 2 * total, rtol=0, atol=0)
+    assert "J_negative" not in vars(pickle.loads(pickle.dumps(syn)))

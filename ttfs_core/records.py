@@ -8,6 +8,7 @@ layer it implements) and sums of its weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch.nn.functional as F
@@ -78,9 +79,30 @@ class Synapses:
             return F.conv2d(x, w, None, **self.conv)
         return F.linear(x.flatten(1), w).reshape(x.shape[0], *part_shape)
 
+    @cached_property
+    def J_negative(self) -> Tensor:
+        """max(−J, 0), the sizes of the inhibitory synaptic weights: the early-spike certificate's tents weigh the
+        inputs with them (MATH §2). Computed once per record (records are never changed), not once per run."""
+        return (-self.J).clamp(min=0)
+
+    @cached_property
+    def J_row_sums(self) -> tuple[Tensor, Tensor]:
+        """Σ_j max(−J_ij, 0) and Σ_j |J_ij| per weight row (an output channel of a convolution, a neuron of a dense
+        map): the certificate's widest tent and its rounding allowance (`sim.certify`), computed once per record.
+        Shape: -> two (rows,)."""
+        dims = tuple(range(1, self.J.dim()))
+        return self.J_negative.sum(dims), self.J.abs().sum(dims)
+
+    def __getstate__(self) -> dict:
+        """The fields only: what `cached_property` keeps is recomputed where the record is unpickled or copied."""
+        return {k: v for k, v in self.__dict__.items() if k not in _CACHED}
+
     def tensors(self) -> list[Tensor]:
         out = [t for t in (self.weight, self.J) if t is not None]
         return out + [p.sign for p in self.route if p.sign is not None]
+
+
+_CACHED = ("J_negative", "J_row_sums")  # Synapses' cached properties
 
 
 @dataclass(frozen=True, eq=False)

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from ..records import Synapses
-from .dynamics import SEARCH_CHUNK, row_sums, weighted_sum
+from .dynamics import SEARCH_CHUNK, place_row_sums, weighted_sum
 from .fanin import gather_rows, pad_input
 
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
@@ -104,14 +104,13 @@ class _Block:
     inputs: tuple[Synapses, ...]
     xs: tuple[Tensor, ...]  # what the weighted sums read (a depthwise input: its channels `cols` only)
     shape: tuple[int, ...]  # the neurons' shape per sample within the block
-    all_xs: tuple[Tensor, ...] | None = None  # the samples' whole inputs (where the levels are placed); None: xs
 
 
-def per_neuron(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
-    """`dynamics.row_sums` in the layer's shape (a conv input's sum is the same at every position).
-    Shape: -> (*shape)."""
-    sums = row_sums(inputs, ws, shape)
-    return sums.reshape(-1, 1, 1).expand(shape) if len(shape) == 3 else sums.reshape(shape)
+def per_neuron(inputs, sums: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Per-input row sums (`sums[k]`, one per weight row of input k) per neuron of the layer, broadcastable to its
+    shape (a conv input's sum is the same at every position: one per channel). Shape: -> (C, 1, 1) or (*shape)."""
+    total = place_row_sums(inputs, sums, shape)
+    return total.reshape(-1, 1, 1) if len(shape) == 3 else total.reshape(shape)
 
 
 def level_values(block: _Block, g: Tensor, alpha: float, base: float) -> Tensor:
@@ -140,22 +139,24 @@ def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> li
     return deviations
 
 
-def quantile_levels(xs: Tensor | tuple[Tensor, ...], fractions: list[float]) -> list[Tensor]:
-    """Per sample: the given quantiles of the non-zero inputs (over every tensor of `xs`), estimated on at most
-    about SAMPLE of them, taken evenly from each tensor (a layer's many sources are never concatenated whole).
-    Shape: xs[k] (B, ...) -> [(B,)] * len(fractions)."""
-    if not fractions:
-        return []  # one cell: no inner level, so no sort
-    xs = (xs,) if isinstance(xs, Tensor) else xs
+def sorted_sample(xs: tuple[Tensor, ...]) -> Tensor:
+    """Per sample, at most about SAMPLE of its inputs (over every tensor of `xs`), taken evenly from each tensor (a
+    layer's many sources are never concatenated whole), sorted ascending: where `quantile_levels` places the levels
+    of every stage. Shape: xs[k] (B, ...) -> (B, n)."""
     step = max(1, -(-sum(x[0].numel() for x in xs) // SAMPLE))
     picked = [x.flatten(1)[:, ::step] for x in xs]
-    sub = (torch.cat(picked, 1) if len(picked) > 1 else picked[0]).sort(1).values
-    n = sub.shape[1]
-    active = (sub > 0).sum(1)
+    return (torch.cat(picked, 1) if len(picked) > 1 else picked[0].contiguous()).sort(1).values
+
+
+def quantile_levels(sample: Tensor, fractions: list[float]) -> list[Tensor]:
+    """Per sample: the given quantiles of its non-zero inputs, read from its `sorted_sample`.
+    Shape: sample (B, n) -> [(B,)] * len(fractions)."""
+    n = sample.shape[1]
+    active = (sample > 0).sum(1)
     levels = []
     for f in fractions:
         k = (n - active) + (f * (active - 1).clamp(min=0)).long()
-        levels.append(sub.gather(1, k.clamp(0, n - 1)[:, None])[:, 0])
+        levels.append(sample.gather(1, k.clamp(0, n - 1)[:, None])[:, 0])
     return levels
 
 
@@ -181,32 +182,40 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     per_sample = (-1, *([1] * (v_end.dim() - 1)))
     base = alpha * in_window
     eps = torch.finfo(v_end.dtype).eps
-    negative = [(-syn.J).clamp(min=0) for syn in inputs]
-    negative_sum = per_neuron(inputs, negative, shape)
+    negative = [syn.J_negative for syn in inputs]  # computed once per record (`Synapses.J_row_sums` too)
+    negative_sum = per_neuron(inputs, [syn.J_row_sums[0] for syn in inputs], shape)
     # rounding allowance: a few ulps of the largest terms that enter a level value
-    rounding = 64 * eps * (theta.abs() + per_neuron(inputs, [syn.J.abs() for syn in inputs], shape) * in_window
+    rounding = 64 * eps * (theta.abs() + per_neuron(inputs, [syn.J_row_sums[1] for syn in inputs], shape) * in_window
                            + base)
-    limit = (theta - rounding).expand_as(v_end)
+    # what does not depend on the neuron's own v_end is computed per sample and per weight row (a conv channel),
+    # broadcast to the layer's shape only where v_end enters: the stage costs two passes over the layer
+    limit = theta - rounding
     # the sample's largest input, source by source (a layer's sources are never concatenated whole)
     tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
-    top = torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])
+    top = (torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])).reshape(per_sample)
     fan_in = sum(syn.J[0].numel() for syn in inputs)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
-    top_value = (base - alpha * top).reshape(per_sample).expand_as(v_end)
+    top_value = base - alpha * top
     beyond = (limit <= 0) | (top_value >= limit)
-    # one cell [0, m] with every tent at its highest, m/4: no weighted sum at all (Σ|J⁻| is per neuron)
-    spread = negative_sum * top.reshape(per_sample) / 4
-    uncertified = beyond | (torch.maximum(v_end, top_value) + spread >= limit)
-    settled = [v_end.numel() - int(torch.count_nonzero(uncertified))]
+    # one cell [0, m] with every tent at its highest, m/4: no weighted sum at all (Σ|J⁻| is per neuron), so
+    # max(v(0), v(m)) + m/4 · Σ|J⁻| < limit, with v(0) = v_end
+    below = limit - negative_sum * top / 4
+    uncertified = (v_end >= below) | (beyond | (top_value >= below))
+    limit, top_value, beyond = (t.expand_as(v_end) for t in (limit, top_value, beyond))
+    top = top.reshape(-1)
+    left = int(torch.count_nonzero(uncertified))
+    settled = [v_end.numel() - left]
     padded = None  # the inputs with their convolutions' padding, once a stage gathers fan-ins
+    sample = None  # each sample's inputs, sorted, once a stage places levels
     for cells in CELLS:
-        count = int(torch.count_nonzero(uncertified))
+        count = left
         if not count or count * fan_in <= search_budget:
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
         block = _restrict(uncertified, inputs, xs, shape)
-        whole = block.all_xs if block.all_xs is not None else block.xs
-        inner = quantile_levels(whole, [k / cells for k in range(1, cells)])
+        if cells > 1 and sample is None:  # sorted once per layer, for every stage
+            sample = sorted_sample(xs)
+        inner = quantile_levels(_rows(sample, block), [k / cells for k in range(1, cells)]) if cells > 1 else []
         top_b = _rows(top, block)
         levels = torch.stack([torch.zeros_like(top_b), *inner, top_b], 1)
         rows = v_end.shape[0] if block.rows is None else len(block.rows)
@@ -225,7 +234,8 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
                                     beyond[idx], alpha, base)
             uncertified = uncertified.clone()
             uncertified[idx] = fails
-            settled.append(count - int(torch.count_nonzero(uncertified)))
+            left = int(torch.count_nonzero(fails))
+            settled.append(count - left)
             continue
         values = [_take(v_end, block), *(level_values(block, g, alpha, base) for g in inner),
                   _take(top_value, block)]
@@ -235,8 +245,10 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
         limit_b = _take(limit, block)
         for k, dev in enumerate(deviations):
             fails = fails | (torch.maximum(values[k], values[k + 1]) + dev >= limit_b)
-        uncertified = _put(uncertified, block, _take(uncertified, block) & fails)
-        settled.append(count - int(torch.count_nonzero(uncertified)))
+        fails &= _take(uncertified, block)
+        uncertified = _put(uncertified, block, fails)
+        left = int(torch.count_nonzero(fails))  # the neurons outside the block were all settled before
+        settled.append(count - left)
     return Certificate(uncertified, tuple(settled))
 
 
@@ -309,7 +321,7 @@ def _restrict(mask: Tensor, inputs: tuple[Synapses, ...], xs: tuple[Tensor, ...]
         sum_xs = tuple(x if syn.conv is None or syn.conv["groups"] == 1 else x[:, cols]
                        for syn, x in zip(inputs, block_xs))
     block_shape = shape if cols is None else (len(cols), *shape[1:])
-    return _Block(rows, cols, parts, sum_xs, block_shape, block_xs)
+    return _Block(rows, cols, parts, sum_xs, block_shape)
 
 
 def _channels_apart(inputs: tuple[Synapses, ...], shape: tuple[int, ...]) -> bool:

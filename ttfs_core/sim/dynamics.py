@@ -139,8 +139,8 @@ def settle_spikes(offsets: Tensor, window: float, silent_at_zero: bool,
         late = offsets >= window
         offsets = torch.where(late, torch.full_like(offsets, torch.inf), offsets)
         return offsets, {**stats, "forced": 0, "spikes": offsets.numel() - int(torch.count_nonzero(late))}
-    offsets = offsets.clamp(max=window)
-    return offsets, {**stats, "forced": int(torch.count_nonzero(forced_mask(offsets, window))),
+    offsets = offsets.clamp(max=window)  # finite now: `forced_mask` without its test for silent neurons
+    return offsets, {**stats, "forced": int(torch.count_nonzero(offsets >= _as(window, offsets))),
                      "spikes": offsets.numel()}
 
 
@@ -154,8 +154,12 @@ def forced_mask(offsets: Tensor, window: float) -> Tensor:
     """Which neurons were forced to fire at t_max (activation 0; a silent B1 neuron, offset +inf, is not),
     compared in the offsets' own precision: a float32 forced offset is the window rounded to float32, which can
     lie just below the float64 window. Shape: settled offsets any -> same, bool."""
-    end = torch.tensor(window, dtype=offsets.dtype, device=offsets.device)
-    return torch.isfinite(offsets) & (offsets >= end)
+    return torch.isfinite(offsets) & (offsets >= _as(window, offsets))
+
+
+def _as(value: float, like: Tensor) -> Tensor:
+    """A number in a tensor's dtype and device (compared in that precision)."""
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
 def membrane_potential(
@@ -261,6 +265,10 @@ def one_position(x: Tensor, w: Tensor, conv: dict, part: tuple[int, ...]) -> Ten
     (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
     ty, vy = tap(rows, sh, ph, dh, kh)
     tx, vx = tap(cols, sw, pw, dw, kw)
+    if rows == cols == 1 and groups == 1:  # one output position (a deep layer of a small input): one tap
+        if not bool(vy[0] & vx[0]):
+            return x.new_zeros(x.shape[0], out_ch, 1, 1)
+        return F.linear(x.flatten(1), w[:, :, int(ty[0]), int(tx[0])]).reshape(x.shape[0], out_ch, 1, 1)
     taps = w[:, :, ty][:, :, :, tx] * (vy[:, None] & vx[None, :]).to(w.dtype)  # (O, C / groups, H', W')
     out = torch.einsum("bgc,gocn->bgon", x.reshape(x.shape[0], groups, cin_g),
                        taps.reshape(groups, out_ch // groups, cin_g, rows * cols))
@@ -316,13 +324,18 @@ def depthwise(x: Tensor, w: Tensor, conv: dict) -> Tensor:
 def row_sums(inputs, ws: list[Tensor], shape: tuple[int, ...]) -> Tensor:
     """Σ_j w_ij per neuron over all inputs (zero-padded taps included), per output channel of a convolutional
     layer (the same at every position) or per neuron of a dense one. Shape: -> (C,) or (N,)."""
+    return place_row_sums(inputs, [w.sum(tuple(range(1, w.dim()))) for w in ws], shape)
+
+
+def place_row_sums(inputs, sums: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Per-input row sums (`sums[k]`: one per weight row of input k) added into the rows of the layer's output
+    channels each input drives: `row_sums` from sums already at hand. Shape: -> (C,) or (N,)."""
     out = None
-    for syn, w in zip(inputs, ws):
-        sums = w.sum(tuple(range(1, w.dim())))
+    for syn, part in zip(inputs, sums):
         if out is None:
-            out = sums.new_zeros(shape[0] if len(shape) == 3 else math.prod(shape))
+            out = part.new_zeros(shape[0] if len(shape) == 3 else math.prod(shape))
         lo, hi = syn.channels if syn.channels is not None else (0, out.shape[0])
-        out[lo:hi] += sums
+        out[lo:hi] += part
     return out
 
 
