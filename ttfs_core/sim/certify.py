@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -145,7 +146,10 @@ def sorted_sample(xs: tuple[Tensor, ...]) -> Tensor:
     of every stage. Shape: xs[k] (B, ...) -> (B, n)."""
     step = max(1, -(-sum(x[0].numel() for x in xs) // SAMPLE))
     picked = [x.flatten(1)[:, ::step] for x in xs]
-    return (torch.cat(picked, 1) if len(picked) > 1 else picked[0].contiguous()).sort(1).values
+    sample = torch.cat(picked, 1) if len(picked) > 1 else picked[0].contiguous()
+    if sample.device.type == "cpu":  # NumPy's sort: measured 0.19 ms for 64 × 1024 float32, torch's 2.3 ms
+        return torch.from_numpy(np.sort(sample.detach().numpy(), 1))
+    return sample.sort(1).values
 
 
 def quantile_levels(sample: Tensor, fractions: list[float]) -> list[Tensor]:
@@ -311,7 +315,7 @@ def _restrict(mask: Tensor, inputs: tuple[Synapses, ...], xs: tuple[Tensor, ...]
     rows = None if bool(per_sample.all()) else per_sample.nonzero()[:, 0]
     cols = None
     if _channels_apart(inputs, shape):
-        per_channel = (mask if rows is None else mask[rows]).transpose(0, 1).flatten(1).any(1)
+        per_channel = (mask if rows is None else mask[rows]).any(0).reshape(shape[0], -1).any(1)
         if not bool(per_channel.all()):
             cols = per_channel.nonzero()[:, 0]
     block_xs = xs if rows is None else tuple(x[rows] for x in xs)
