@@ -60,13 +60,16 @@ strips = {la.name: timeline.channels_of(la.shape)[0] for n, la in enumerate(laye
 raw = st.session_state.get("timeline")
 try:
     event = None if raw is None else messages.timeline_event(raw, tl.steps, {la.name: la.neurons for la in layers},
-                                                             strips)
+                                                             strips, SPEEDS)
 except messages.BadMessage as e:  # from a scripted browser: used for nothing
     event = None
     st.warning(f"A message from the timeline was ignored: {e}.")
 if event is not None and event.seq != st.session_state.get("_seen_timeline_click"):
     st.session_state["_seen_timeline_click"] = event.seq
     state.put(state.CURSOR, event.cursor)
+    for key, value in ((REVEAL, event.reveal), (SPEED, event.speed)):  # the browser's, into the link
+        if value is not None:
+            state.put(key, value)
     if event.channel is not None:
         state.put(state.LAYER, event.layer)
         state.put(MAP_VIEW, "channel")

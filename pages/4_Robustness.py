@@ -3,6 +3,8 @@
 Bundled models at the presets' settings show shipped numbers at once (`ttfs_ui.sweeps`); anything else is computed
 on the server in chunks of test images, shared by every session, the charts filling in as the chunks come."""
 
+import time
+
 import streamlit as st
 
 from ttfs_ui import cache, controls, figures, state, sweeps, tables
@@ -84,10 +86,17 @@ if points is not None:
                    f"against the model's weights) on the first {n:,} test images.")
 else:
     progress = status.progress(0.0, text="Sweeping…")
+    began = last = time.perf_counter()
+    computed = before = 0  # images swept in this run (not shipped or cached): the pace of the time left
     for done, points in sweeps.live(cur.net_key, cur.dataset, n, series, cur.entry, cur.snn):
-        progress.progress(done / n, text=f"Swept every setting on {done:,} of {n:,} test images")
+        now = time.perf_counter()
+        if now - last > 0.05:  # a chunk that was computed, not read
+            computed += done - before
+        before, last = done, now
+        progress.progress(done / n, text=controls.progress_text(done, n, computed, now - began,
+                                                                "Swept every setting on"))
         if done < n:
-            draw(points, final=False)
+            draw(points, final=False)  # the curves over the images swept so far
     status.empty()
 draw(points, final=True)
 state.write_url(sweeps.PARAMS, sweeps.DEFAULTS)

@@ -149,8 +149,13 @@ def test_teaching_views_and_slide_exports(server, browser, tmp_path):  # noqa: F
                 assert seconds >= 0.9 * tl.steps / 20, seconds
             else:
                 assert st["frames"] == -(-tl.steps // 2), st["frames"]
+        # Reveal and the speed go into the page's link once the cursor rests, as the cursor does ("t=")
+        page.wait_for_function("() => { const q = new URLSearchParams(location.search); "
+                               "return q.get('reveal') === '1' && q.get('speed') === '60'; }")
         frame.select_option("#speed", "30")
         frame.uncheck("#reveal")
+        page.wait_for_function("() => { const q = new URLSearchParams(location.search); "
+                               "return q.get('speed') !== '60' && q.get('reveal') !== '1'; }")
 
         # the slide exports, at step 50 (in conv 4's window)
         _step(frame, "#start", 0)

@@ -15,6 +15,8 @@ def test_good_timeline_messages_are_read():
     assert messages.timeline_event({"cursor": 12, "seq": "c1"}, 40, LAYERS) == TimelineEvent("c1", 12)
     click = {"layer": "fc", "neuron": 9, "cursor": 40, "seq": "1-0.5"}
     assert messages.timeline_event(click, 40, LAYERS) == TimelineEvent("1-0.5", 40, "fc", 9)
+    rest = {"cursor": 7, "reveal": 1, "speed": 20, "seq": "c2"}  # Reveal and Play's speed, for the page's link
+    assert messages.timeline_event(rest, 40, LAYERS, speeds=(2, 20)) == TimelineEvent("c2", 7, reveal=1, speed=20)
 
 
 @pytest.mark.parametrize("value, needle", [
@@ -34,10 +36,14 @@ def test_good_timeline_messages_are_read():
     ({"cursor": 1, "seq": "c1", "layer": "fc", "neuron": False}, "timeline.neuron: expected an integer, got bool"),
     ([1, 2], "timeline: expected an object, got list"),
     ("cursor", "timeline: expected an object, got str"),
+    ({"cursor": 1, "seq": "c1", "reveal": 2}, "timeline.reveal: 2 is not between 0 and 1"),
+    ({"cursor": 1, "seq": "c1", "reveal": True}, "timeline.reveal: expected an integer, got bool"),
+    ({"cursor": 1, "seq": "c1", "speed": 7}, "timeline.speed: 7 is not one of the speeds offered [2, 20]"),
+    ({"cursor": 1, "seq": "c1", "speed": "fast"}, "timeline.speed: expected an integer, got str"),
 ])
 def test_bad_timeline_messages_are_refused_naming_the_field(value, needle):
     with pytest.raises(BadMessage) as e:
-        messages.timeline_event(value, 40, LAYERS)
+        messages.timeline_event(value, 40, LAYERS, speeds=(2, 20))
     assert needle in str(e.value)
 
 

@@ -268,3 +268,19 @@ def test_the_rate_coding_page_follows_the_sidebar_and_shows_human_names(monkeypa
     assert titles["fc"] in title
     select.set_value("vgg_fashion").run()  # choosing another here chooses it in the sidebar too
     assert not at.exception and at.session_state[state.MODEL] == "zoo:vgg_fashion"
+
+
+def test_the_components_use_the_themes_colour_not_red():
+    """The timeline's and the drawing pad's buttons and slider take the theme's primary colour: in a theme chosen so
+    that red means an error, Streamlit's default red (#ff4b4b) inside the components read as one."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    primary = tomllib.loads((root / ".streamlit" / "config.toml").read_text())["theme"]["primaryColor"].lower()
+    for page in ("timeline", "draw"):
+        html = (root / "ttfs_ui" / "frontend" / page / "index.html").read_text().lower()
+        colours = set(re.findall(r"(?:color|background|accent-color):\s*(#[0-9a-f]{6})", html))
+        assert "#ff4b4b" not in html, page
+        assert primary in colours, (page, colours)

@@ -221,6 +221,34 @@ def test_the_progress_of_a_computed_evaluation_says_the_time_left():
                                                                "about 49 min left")
     assert controls.progress_text(500, 1000, 0, 0.01) == "Simulated 500 of 1,000 test images"  # all read: no guess
     assert controls.progress_text(1000, 1000, 1000, 40.0) == "Simulated 1,000 of 1,000 test images"
+    assert controls.progress_text(100, 1000, 100, 5.0, "Swept every setting on") == (  # the Robustness page's
+        "Swept every setting on 100 of 1,000 test images, about 45 s left")
+
+
+@pytest.mark.parametrize("margin", [0.5, -0.7])
+def test_a_computed_evaluation_shows_its_results_so_far(margin):
+    """While the test set is simulated chunk by chunk (an uploaded model's, or unshipped settings), the page shows
+    the results over the images done so far: the verification report's counts of those images, as the final
+    metrics will show them."""
+    from ttfs_core import verify
+    from ttfs_ui import cache, controls
+
+    entry = cache.zoo_model(zoo.DEFAULT_MODEL)
+    snn = ttfs_core.convert(entry.model, cache.images(entry, entry.dataset, "train", 0, 256), margin=margin,
+                            input_range=entry.input_range)
+    x = cache.images(entry, entry.dataset, "test", 0, 200)
+    y = cache.labels(entry, entry.dataset, 0, 200)
+    checker = verify.Verifier(entry.model, snn, x[:1])
+    first, _ = cache.evaluate(snn, checker, x[:100], y[:100], 0)
+    second, _ = cache.evaluate(snn, checker, x[100:], y[100:], 100)
+    report = verify.Report.empty(snn).merge(first).merge(second)
+    text = controls.partial_text(report)
+    assert text.startswith("So far, on the first 200 images: ")
+    assert f"ANN {100 * report.ann_correct / 200:.1f} %, SNN {100 * report.snn_correct / 200:.1f} %" in text
+    assert f"agreement {100 * report.agree / 200:.1f} %" in text
+    assert text.endswith("no early spike" if report.early == 0 else
+                         f"{report.early:,} early spike" + ("s" if report.early > 1 else ""))
+    assert (margin < 0) == (report.early > 0)
 
 
 def test_sessions_asking_for_one_chunk_at_once_share_one_computation(monkeypatch):

@@ -705,8 +705,13 @@ def test_timeline_js_draws_a_large_network_from_its_spec(big):
         f"RGB {colours[0].ravel()[p]}, {colours[1].ravel()[p]}, {colours[2].ravel()[p]}")
     pick, cell = got["clicks"]
     assert pick["sent"][0]["layer"] == spikes[1].name and pick["sent"][0]["channel"] == 2
-    assert set(pick["sent"][0]) == {"layer", "channel", "cursor", "seq"}  # what messages.timeline_event reads
-    assert cell["sent"][0]["neuron"] == 25_600 + 161 and set(cell["sent"][0]) == {"layer", "neuron", "cursor", "seq"}
+    # what messages.timeline_event reads, Reveal and Play's speed included (they go into the page's link)
+    assert set(pick["sent"][0]) == {"layer", "channel", "cursor", "reveal", "speed", "seq"}
+    assert cell["sent"][0]["neuron"] == 25_600 + 161
+    assert set(cell["sent"][0]) == {"layer", "neuron", "cursor", "reveal", "speed", "seq"}
+    for sent in (pick["sent"][0], cell["sent"][0]):
+        assert messages.timeline_event(sent, spec["steps"], {s.name: s.neurons for s in spikes[1:]},
+                                       {spikes[1].name: spikes[1].shape[0]}, (2, 5, 10, 20, 30, 60)).reveal in (0, 1)
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")

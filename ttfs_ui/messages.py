@@ -94,17 +94,23 @@ class TimelineEvent:
     layer: str | None = None
     neuron: int | None = None
     channel: int | None = None
+    reveal: int | None = None  # the browser's Reveal (1: spikes after the cursor hidden), for the link
+    speed: int | None = None  # Play's speed, cursor steps per second, for the link
 
 
 def timeline_event(value: Any, steps: int, neurons: Mapping[str, int],
-                   channels: Mapping[str, int] | None = None) -> TimelineEvent:
+                   channels: Mapping[str, int] | None = None, speeds: tuple[int, ...] = ()) -> TimelineEvent:
     """A timeline message ({cursor, seq} when the cursor rests; {layer, neuron, cursor, seq} on a click on a
-    neuron; {layer, channel, cursor, seq} on a click on a heat strip) for a timeline of `steps` steps whose
-    clickable layers have `neurons[name]` neurons, and whose heat strips have `channels[name]` channels (a
-    channel may be picked only on a layer drawn as one)."""
+    neuron; {layer, channel, cursor, seq} on a click on a heat strip; each may carry the browser's Reveal (0 or 1)
+    and Play speed (`speeds`)) for a timeline of `steps` steps whose clickable layers have `neurons[name]`
+    neurons, and whose heat strips have `channels[name]` channels (a channel may be picked only on a layer drawn
+    as one)."""
     channels = channels or {}
     msg = read(value, "timeline", {"cursor": integer(0, steps), "seq": text(SEQ)},
-               {"layer": one_of(list(neurons)), "neuron": integer(0, 2**62), "channel": integer(0, 2**62)})
+               {"layer": one_of(list(neurons)), "neuron": integer(0, 2**62), "channel": integer(0, 2**62),
+                "reveal": integer(0, 1), "speed": integer(1, 10**4)})
+    if "speed" in msg and msg["speed"] not in speeds:
+        raise BadMessage(f"timeline.speed: {msg['speed']} is not one of the speeds offered {list(speeds)}")
     if "neuron" in msg and "channel" in msg:
         raise BadMessage("timeline.channel: not with a neuron (a click is on a neuron or on a heat strip)")
     picked = "neuron" in msg or "channel" in msg
@@ -116,7 +122,8 @@ def timeline_event(value: Any, steps: int, neurons: Mapping[str, int],
         if msg["layer"] not in channels:
             raise BadMessage(f"timeline.layer: {msg['layer'][:40]!r} is not drawn as a heat strip")
         integer(0, channels[msg["layer"]] - 1)(msg["channel"], "timeline.channel")
-    return TimelineEvent(msg["seq"], msg["cursor"], msg.get("layer"), msg.get("neuron"), msg.get("channel"))
+    return TimelineEvent(msg["seq"], msg["cursor"], msg.get("layer"), msg.get("neuron"), msg.get("channel"),
+                         msg.get("reveal"), msg.get("speed"))
 
 
 def drawing(value: Any, most_side: int) -> tuple[str, int]:

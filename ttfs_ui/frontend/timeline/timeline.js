@@ -245,17 +245,21 @@ function go(step, t0) {
 
 // --- the cursor in the page's link ---------------------------------------------------------------------------
 // Once the cursor has rested for LINK_MS (never during Play), its step goes to the page once, so that the page's
-// URL ("t=") and the membrane page show the same instant. Steps and Play themselves never reach the server.
+// URL ("t=") and the membrane page show the same instant; Reveal and Play's speed go with it ("reveal=", "speed="),
+// so that a link copied for a lecture opens the raster as it was shown. Steps and Play themselves never reach the
+// server.
 const LINK_MS = 1000;
 let linkTimer = null;
-let linked = null;
+let linked = null; // what the page's link holds: "cursor/reveal/speed"
+const view = () => `${k}/${reveal ? 1 : 0}/${speed}`;
 function remember() {
   clearTimeout(linkTimer);
   linkTimer = setTimeout(() => {
-    if (playing || k === linked) return;
-    linked = k;
+    if (playing || view() === linked) return;
+    linked = view();
     stats.linked += 1;
-    send("streamlit:setComponentValue", { value: { cursor: k, seq: `c${Date.now()}-${Math.random()}` }, dataType: "json" });
+    send("streamlit:setComponentValue", { value: { cursor: k, reveal: reveal ? 1 : 0, speed: speed,
+                                                   seq: `c${Date.now()}-${Math.random()}` }, dataType: "json" });
   }, LINK_MS);
 }
 
@@ -465,8 +469,9 @@ function click(source) {
     // the click carries the cursor: a pending "cursor at rest" message would follow it, make the page rerun the
     // raster again and lose the switch to the trace page
     clearTimeout(linkTimer);
-    linked = k;
-    send("streamlit:setComponentValue", { value: { layer: spec.names[n], neuron: flat, cursor: k, seq: `${Date.now()}-${Math.random()}` },
+    linked = view();
+    send("streamlit:setComponentValue", { value: { layer: spec.names[n], neuron: flat, cursor: k, reveal: reveal ? 1 : 0,
+                                                   speed: speed, seq: `${Date.now()}-${Math.random()}` },
                                            dataType: "json" });
   };
 }
@@ -481,8 +486,9 @@ function pickChannel(hit) {
   }
   el("message").textContent = `Mapping channel ${cell.top} of ${label}…`;
   clearTimeout(linkTimer);
-  linked = k;
+  linked = view();
   send("streamlit:setComponentValue", { value: { layer: spec.names[n], channel: cell.top, cursor: k,
+                                                 reveal: reveal ? 1 : 0, speed: speed,
                                                  seq: `${Date.now()}-${Math.random()}` }, dataType: "json" });
 }
 
@@ -580,8 +586,11 @@ function wire() {
   on("next_window", () => Math.min(spec.steps, (Math.floor(k / s()) + 1) * s()));
   on("end", () => spec.steps);
   el("play").addEventListener("click", play);
-  el("speed").addEventListener("change", (ev) => { speed = Number(ev.target.value) || DEFAULT_SPEED; });
-  el("reveal").addEventListener("change", (ev) => { reveal = Boolean(ev.target.checked); if (spec) go(k, ev.timeStamp); });
+  el("speed").addEventListener("change", (ev) => { speed = Number(ev.target.value) || DEFAULT_SPEED; remember(); });
+  el("reveal").addEventListener("change", (ev) => {
+    reveal = Boolean(ev.target.checked);
+    if (spec) go(k, ev.timeStamp); // go() remembers the view
+  });
   for (const [id, format] of [["png", "png"], ["svg", "svg"], ["anim", "html"]]) {
     el(id).addEventListener("click", () => { exportSlide(format); });
   }
@@ -593,8 +602,8 @@ window.addEventListener("message", (ev) => {
   if (!msg || msg.type !== "streamlit:render") return;
   stats.renders += 1;
   const next = JSON.parse(msg.args.spec);
-  linked = next.cursor; // the step the page knows
-  if (spec && k !== linked) remember();
+  linked = `${next.cursor}/${next.reveal ? 1 : 0}/${next.speed}`; // what the page knows
+  if (spec && view() !== linked) remember();
   if (spec && next.id === spec.id) return; // a rerun that changed nothing here: keep the cursor where it is
   if (playing) stop();
   build(next).catch((e) => { el("message").textContent = "Could not draw the timeline: " + e; throw e; });
