@@ -194,6 +194,7 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     # what does not depend on the neuron's own v_end is computed per sample and per weight row (a conv channel),
     # broadcast to the layer's shape only where v_end enters: the stage costs two passes over the layer
     limit = theta - rounding
+    limit = limit.reshape((1,) * (v_end.dim() - limit.dim()) + tuple(limit.shape))  # a sample dimension of 1
     # the sample's largest input, source by source (a layer's sources are never concatenated whole)
     tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
     top = (torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])).reshape(per_sample)
@@ -205,7 +206,7 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     # max(v(0), v(m)) + m/4 · Σ|J⁻| < limit, with v(0) = v_end
     below = limit - negative_sum * top / 4
     uncertified = (v_end >= below) | (beyond | (top_value >= below))
-    limit, top_value, beyond = (t.expand_as(v_end) for t in (limit, top_value, beyond))
+    # limit, top_value and beyond stay broadcastable (sizes 1 where they do not vary): blocks take them cheaply
     top = top.reshape(-1)
     left = int(torch.count_nonzero(uncertified))
     settled = [v_end.numel() - left]
@@ -234,8 +235,8 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
                 levels = levels[row_of[idx[0]]]
             else:
                 levels = levels[idx[0]]
-            fails = _gathered_fails(inputs, shape, padded, idx, levels, v_end[idx], top_value[idx], limit[idx],
-                                    beyond[idx], alpha, base)
+            fails = _gathered_fails(inputs, shape, padded, idx, levels, v_end[idx],
+                                    *(t.expand_as(v_end)[idx] for t in (top_value, limit, beyond)), alpha, base)
             uncertified = uncertified.clone()
             uncertified[idx] = fails
             left = int(torch.count_nonzero(fails))
@@ -355,10 +356,12 @@ def _rows(t: Tensor, block: _Block) -> Tensor:
 
 
 def _take(t: Tensor, block: _Block) -> Tensor:
-    """The block's part of a layer-shaped tensor. Shape: (B, C, ...) -> (rows, cols, ...)."""
-    if block.rows is not None:
+    """The block's part of a layer-shaped tensor, or of one broadcastable to the layer's shape (a dimension of size
+    1, which does not vary, is kept: the block never restricts one of size 1, since it holds every sample or channel
+    that way). Shape: (B, C, ...) -> (rows, cols, ...)."""
+    if block.rows is not None and t.shape[0] > 1:
         t = t[block.rows]
-    return t if block.cols is None else t[:, block.cols]
+    return t if block.cols is None or t.shape[1] == 1 else t[:, block.cols]
 
 
 def _put(full: Tensor, block: _Block, part: Tensor) -> Tensor:
