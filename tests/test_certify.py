@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,3 +232,34 @@ def test_cached_weight_sums_follow_the_record():
     other = replace(syn, J=2 * J)
     torch.testing.assert_close(other.J_row_sums[1], 2 * total, rtol=0, atol=0)
     assert "J_negative" not in vars(pickle.loads(pickle.dumps(syn)))
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,dilation", [
+    (1, 3, 1, 1, 1), (1, 3, 2, 1, 1), (2, 5, 1, 2, 1), (3, 3, 1, 1, 1), (4, 3, 2, 2, 2), (5, 7, 1, 3, 1)])
+def test_taps_on_the_padding_are_left_out_exactly(size, kernel, stride, padding, dilation):
+    """`fanin.reachable_taps` leaves out only kernel taps that fall on the zero padding for every listed neuron (a
+    3×3 kernel on a 1×1 map keeps its centre only): each neuron's sum over its kept inputs is its sum over the whole
+    fan-in."""
+    from ttfs_core.records import Synapses
+    from ttfs_core.sim.fanin import gather_rows, inside_taps, pad_input
+
+    g = torch.Generator().manual_seed(size * 100 + kernel)
+    x = torch.rand(2, 3, size, size, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, kernel, kernel, generator=g, dtype=torch.float64)
+    conv = {"stride": (stride, stride), "padding": (padding, padding), "dilation": (dilation, dilation), "groups": 1}
+    out = F.conv2d(x, w, None, **conv)
+    syn = Synapses(-1, (), tuple(x.shape[1:]), w, conv, J=w)
+    shape = tuple(out.shape[1:])
+    padded = [pad_input(syn, x, 0.0)]
+    for picked in (torch.arange(out.numel()), torch.tensor([0, out.numel() - 1])):  # all neurons, two corners
+        idx = torch.unravel_index(picked, out.shape)
+        keeps, fan = inside_taps([syn], padded, idx)
+        values, weights, _ = gather_rows([syn], shape, padded, [w], idx, keeps)
+        assert values.shape[1] == weights.shape[1] == fan <= w[0].numel()
+        torch.testing.assert_close((values * weights).sum(1), out[idx], rtol=1e-12, atol=1e-12)
+        # every tap left out reads the padding for every listed neuron
+        whole, _, _ = gather_rows([syn], shape, [pad_input(syn, x, float("nan"))], [w], idx)
+        if keeps[0] is not None:
+            assert bool(torch.isnan(whole[:, ~keeps[0]]).all())
+    if size == 1 and kernel == 3 and padding == 1:
+        assert fan == 3  # the centre tap of each input channel

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from ..records import Synapses
 from .dynamics import SEARCH_CHUNK, place_row_sums, weighted_sum
-from .fanin import gather_rows, pad_input
+from .fanin import drop_silent, gather_rows, inside_taps, pad_input
 
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
@@ -266,13 +266,14 @@ def _gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: t
     weighted sums over every neuron of their samples (a stage of K cells is 2K − 1 of them). Returns which still
     fail. Shape: idx (b, o[, ...]) each (F,); levels (F, K + 1) ascending; v_end … beyond (F,) -> (F,) bool."""
     ws = [syn.J for syn in inputs]
-    fan = sum(syn.J[0].numel() for syn in inputs)
+    keeps, fan = inside_taps(inputs, padded, idx)  # a padded tap (x = 0) adds 0 to every level value and tent
     step = max(1, SEARCH_CHUNK // max(fan, 1))
     tiny = torch.finfo(levels.dtype).tiny
     parts = []
     for lo in range(0, len(idx[0]), step):
         hi = min(lo + step, len(idx[0]))
-        x, J, _ = gather_rows(inputs, shape, padded, ws, tuple(i[lo:hi] for i in idx))
+        x, J, _ = gather_rows(inputs, shape, padded, ws, tuple(i[lo:hi] for i in idx), keeps)
+        x, J = drop_silent(x, J, x > 0)  # an input at x = 0 adds exactly 0 to every level value and tent
         neg = (-J).clamp_(min=0)
         lv = levels[lo:hi]
         values = [v_end[lo:hi]]

@@ -21,7 +21,7 @@ from .dynamics import (
     search_in_chunks,
     settle_spikes,
 )
-from .fanin import gather_rows, pad_input
+from .fanin import drop_silent, gather_rows, inside_taps, pad_input
 
 
 def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
@@ -105,12 +105,13 @@ def search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: flo
     theta = layer.theta.expand(layer.shape)[neuron_idx]
     slope = layer.slope.expand(layer.shape)[neuron_idx]
     end = layer.in_window
-    fan = sum(syn.J[0].numel() for syn in layer.inputs)
     padded = [pad_input(syn, t, end) for syn, t in zip(layer.inputs, t_in)]  # a padded tap is x = 0: at t_min
     ws = [syn.J for syn in layer.inputs]
+    keeps, fan = inside_taps(layer.inputs, padded, idx)  # a padded tap drives nothing before t_min
 
     def gather(lo: int, hi: int):
-        times, weights, _ = gather_rows(layer.inputs, layer.shape, padded, ws, tuple(i[lo:hi] for i in idx))
+        times, weights, _ = gather_rows(layer.inputs, layer.shape, padded, ws, tuple(i[lo:hi] for i in idx), keeps)
+        times, weights = drop_silent(times, weights, times < end)
         return times, weights, theta[lo:hi], slope[lo:hi]
 
     def solve(times, weights, theta_, slope_):
