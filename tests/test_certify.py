@@ -263,3 +263,31 @@ def test_taps_on_the_padding_are_left_out_exactly(size, kernel, stride, padding,
             assert bool(torch.isnan(whole[:, ~keeps[0]]).all())
     if size == 1 and kernel == 3 and padding == 1:
         assert fan == 3  # the centre tap of each input channel
+
+
+def test_neurons_are_gathered_over_the_inputs_that_drive_their_channel():
+    """A concatenation's inputs each drive their own channels: `fanin.driving_groups` puts each listed neuron with
+    the inputs of its channel, `largest_fan_in` counts one neuron's inputs, and a neuron's sum over its group's
+    gathered inputs is its sum over the whole layer's (where the other inputs weigh 0)."""
+    from ttfs_core.records import Synapses
+    from ttfs_core.sim.dynamics import weighted_sum
+    from ttfs_core.sim.fanin import driving_groups, gather_rows, largest_fan_in, pad_input
+
+    g = torch.Generator().manual_seed(3)
+    conv = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}
+    xs = [torch.rand(2, c, 4, 4, generator=g, dtype=torch.float64) for c in (3, 5, 2)]
+    ws = [torch.randn(o, x.shape[1], 3, 3, generator=g, dtype=torch.float64) for o, x in zip((4, 2, 6), xs)]
+    channels = [(0, 4), (4, 6), None]  # two slices and one input that drives every channel
+    inputs = [Synapses(-1, (), tuple(x.shape[1:]), w, conv, channels=ch, J=w) for x, w, ch in zip(xs, ws, channels)]
+    shape = (6, 4, 4)
+    whole = weighted_sum(inputs, xs, ws, shape)
+    assert largest_fan_in(inputs, shape) == 9 * (5 + 2)  # channels 4, 5: input 1 (5 channels) and input 2 (2)
+    idx = torch.unravel_index(torch.arange(whole.numel()), whole.shape)
+    padded = [pad_input(syn, x, 0.0) for syn, x in zip(inputs, xs)]
+    groups = driving_groups(inputs, idx)
+    assert sorted(ks for _, ks in groups) == [[0, 2], [1, 2]]
+    for rows, ks in groups:
+        part = tuple(i[rows] for i in idx)
+        values, weights, _ = gather_rows([inputs[k] for k in ks], shape, [padded[k] for k in ks],
+                                         [ws[k] for k in ks], part)
+        torch.testing.assert_close((values * weights).sum(1), whole[part], rtol=1e-12, atol=1e-12)

@@ -61,7 +61,7 @@ from torch import Tensor
 
 from ..records import Synapses
 from .dynamics import SEARCH_CHUNK, place_row_sums, weighted_sum
-from .fanin import drop_silent, gather_rows, inside_taps, pad_input
+from .fanin import driving_groups, drop_silent, gather_rows, inside_taps, largest_fan_in, pad_input
 
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
@@ -198,7 +198,7 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     # the sample's largest input, source by source (a layer's sources are never concatenated whole)
     tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
     top = (torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])).reshape(per_sample)
-    fan_in = sum(syn.J[0].numel() for syn in inputs)
+    fan_in = largest_fan_in(inputs, shape)
     # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
     top_value = base - alpha * top
     beyond = (limit <= 0) | (top_value >= limit)
@@ -265,6 +265,14 @@ def _gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: t
     chunks of at most `dynamics.SEARCH_CHUNK` elements. Where few neurons are left this costs far less than the
     weighted sums over every neuron of their samples (a stage of K cells is 2K − 1 of them). Returns which still
     fail. Shape: idx (b, o[, ...]) each (F,); levels (F, K + 1) ascending; v_end … beyond (F,) -> (F,) bool."""
+    groups = driving_groups(inputs, idx)  # each neuron over the inputs that drive its channel
+    if len(groups) > 1:
+        fails = torch.empty(len(idx[0]), dtype=torch.bool, device=levels.device)
+        for rows, ks in groups:
+            fails[rows] = _gathered_fails([inputs[k] for k in ks], shape, [padded[k] for k in ks],
+                                          tuple(i[rows] for i in idx), levels[rows], v_end[rows], top_value[rows],
+                                          limit[rows], beyond[rows], alpha, base)
+        return fails
     ws = [syn.J for syn in inputs]
     keeps, fan = inside_taps(inputs, padded, idx)  # a padded tap (x = 0) adds 0 to every level value and tent
     step = max(1, SEARCH_CHUNK // max(fan, 1))

@@ -131,3 +131,38 @@ def drop_silent(values: Tensor, weights: Tensor, live: Tensor) -> tuple[Tensor, 
         return values, weights
     return values[:, keep], weights[:, keep]
 
+
+
+def driving_groups(inputs, idx: tuple[Tensor, ...]) -> list[tuple[Tensor | None, list[int]]]:
+    """The listed neurons grouped by the inputs that drive their channel: [(positions in idx, None for all; the
+    inputs' indices)]. Each input of a concatenation drives its own channels only, so a neuron's fan-in is its own
+    inputs', not the whole layer's: DenseNet's `relu1` layers read up to 25 inputs, one per channel slice (gathered
+    whole, 24 of every 25 columns were zero weights). One group when every input drives every channel."""
+    if all(syn.channels is None for syn in inputs) or len(inputs) > 62:
+        return [(None, list(range(len(inputs))))]
+    o = idx[1]
+    signature = torch.zeros_like(o)
+    for k, syn in enumerate(inputs):
+        drives = torch.ones_like(o, dtype=torch.bool) if syn.channels is None else \
+            (o >= syn.channels[0]) & (o < syn.channels[1])
+        signature |= drives.long() << k
+    if not bool(signature.all()):  # a channel no input drives: one group, as without channels
+        return [(None, list(range(len(inputs))))]
+    groups = []
+    for sig in signature.unique().tolist():
+        rows = (signature == sig).nonzero()[:, 0]
+        groups.append((rows, [k for k in range(len(inputs)) if sig >> k & 1]))
+    return groups
+
+
+def largest_fan_in(inputs, shape: tuple[int, ...]) -> int:
+    """The largest number of inputs one neuron of the layer sums over: the inputs that drive its channel (each
+    input of a concatenation drives its own channels only, `driving_groups`)."""
+    if all(syn.channels is None for syn in inputs):
+        return sum(syn.J[0].numel() for syn in inputs)
+    per_channel = [0] * shape[0]
+    for syn in inputs:
+        lo, hi = syn.channels if syn.channels is not None else (0, shape[0])
+        for c in range(lo, hi):
+            per_channel[c] += syn.J[0].numel()
+    return max(per_channel)

@@ -21,7 +21,7 @@ from .dynamics import (
     search_in_chunks,
     settle_spikes,
 )
-from .fanin import drop_silent, gather_rows, inside_taps, pad_input
+from .fanin import driving_groups, drop_silent, gather_rows, inside_taps, pad_input
 
 
 def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
@@ -106,18 +106,28 @@ def search(layer: Layer, t_in: list[Tensor], idx: tuple[Tensor, ...], alpha: flo
     slope = layer.slope.expand(layer.shape)[neuron_idx]
     end = layer.in_window
     padded = [pad_input(syn, t, end) for syn, t in zip(layer.inputs, t_in)]  # a padded tap is x = 0: at t_min
-    ws = [syn.J for syn in layer.inputs]
-    keeps, fan = inside_taps(layer.inputs, padded, idx)  # a padded tap drives nothing before t_min
-
-    def gather(lo: int, hi: int):
-        times, weights, _ = gather_rows(layer.inputs, layer.shape, padded, ws, tuple(i[lo:hi] for i in idx), keeps)
-        times, weights = drop_silent(times, weights, times < end)
-        return times, weights, theta[lo:hi], slope[lo:hi]
 
     def solve(times, weights, theta_, slope_):
         return first_crossing(times, weights, theta_, alpha, 0.0, end, slope_)
 
-    return search_in_chunks(gather, len(idx[0]), fan, solve, t_in[0])
+    out = t_in[0].new_empty(len(idx[0]))
+    for rows, ks in driving_groups(layer.inputs, idx):  # each neuron over the inputs that drive its channel
+        part = idx if rows is None else tuple(i[rows] for i in idx)
+        inputs, part_padded = [layer.inputs[k] for k in ks], [padded[k] for k in ks]
+        keeps, fan = inside_taps(inputs, part_padded, part)  # a padded tap drives nothing before t_min
+        th, sl = (theta, slope) if rows is None else (theta[rows], slope[rows])
+
+        def gather(lo: int, hi: int, part=part, inputs=inputs, part_padded=part_padded, keeps=keeps, th=th, sl=sl):
+            times, weights, _ = gather_rows(inputs, layer.shape, part_padded, [syn.J for syn in inputs],
+                                            tuple(i[lo:hi] for i in part), keeps)
+            times, weights = drop_silent(times, weights, times < end)
+            return times, weights, th[lo:hi], sl[lo:hi]
+
+        found = search_in_chunks(gather, len(part[0]), fan, solve, t_in[0])
+        if rows is None:
+            return found
+        out[rows] = found
+    return out
 
 
 def bias_current(layer: Layer) -> Tensor:
