@@ -34,8 +34,9 @@ MAP_VIEWS = {"top": "the most active channels", "channel": "one channel"}
 MAP_KS = (4, 9, 16)
 REVEAL = "ttfs_reveal"  # a link's initial Reveal (1: spikes after the cursor hidden); the browser toggles it after
 SPEED = "ttfs_speed"  # a link's initial Play speed, cursor steps per second
-COMPANION_NEURONS = 100_000  # B1 beside α for networks up to this size (the bundled ones: at most 68,496 neurons);
-# a larger one would pay a second conversion on its first visit
+COMPANION_NEURONS = 100_000  # B1 beside α at once for networks up to this size (the bundled ones: at most 68,496
+# neurons); a larger one, or one drawn as heat strips, offers it (OTHER_COUNTS): a second conversion on a first visit
+OTHER_COUNTS = "_ttfs_raster_other_counts"  # the toggle that asks for the other model's counts
 SPEEDS = (2, 5, 10, 20, 30, 60)  # as the timeline's speed menu offers them (frontend/timeline/index.html)
 MAP_DEFAULTS = {MAP_VIEW: "top", MAP_K: 16, MAP_CHANNEL: None, REVEAL: 0, SPEED: 30}
 MAP_PARAMS = {"maps": state.Param(MAP_VIEW, state.one_of(*MAP_VIEWS)),
@@ -164,9 +165,21 @@ def export_info() -> dict:
                      f"{cur.net_key.neuron.label} · feature maps of {labels[layer.name]}"}
 
 
+# the other neuron model's counts beside this one's: at once for a network drawn dot by dot up to COMPANION_NEURONS,
+# on request for a larger one (its first request converts the network a second time, once per server)
+other_neuron = B1 if cur.net_key.neuron == ALPHA else ALPHA
+this_label, other_label = live.short_label(cur.net_key.neuron), live.short_label(other_neuron)
+beside = not dense and sum(sizes) <= COMPANION_NEURONS
+if not beside:
+    silent = "its silent neurons never fire" if other_neuron == B1 else "every neuron fires by its window"
+    beside = st.toggle(f"Count {other_label} beside {this_label} on this input", key=OTHER_COUNTS,
+                       help=f"A second counts line under the raster: how many neurons of each layer have fired by the "
+                            f"cursor under {other_label} too ({silent}). The first request converts this network a "
+                            "second time, once per server.")
+
 # one spec per (network, input, axis, layer, channels) and session: reruns that change none of them (a click) reuse
 # it; what the raster costs (counts per step, heat strips) is kept per (network, input, axis) while maps change
-memo_key = (cur.net_key, cur.image_key, mode, n, view)
+memo_key = (cur.net_key, cur.image_key, mode, n, view, beside)
 memo = st.session_state.get("_ttfs_live_spec")
 if memo is None or memo[0] != memo_key:
     prep_key = (cur.net_key, cur.image_key, mode)
@@ -184,12 +197,19 @@ if memo is None or memo[0] != memo_key:
     known = pre is not None and getattr(pre, "channels", 0) == 3
     colours = timeline.input_colours(spikes[0], snn.input_range, pre.mean if known else None,
                                      pre.std if known else None)
-    # the teaching extras of a network drawn dot by dot (the bundled models): a second model's counts, hover values
-    small = sum(sizes) <= COMPANION_NEURONS
-    extras = {} if dense else {"compare": companion() if small else None, "ann": hover_values()}
+    # the teaching extras: the other model's counts, and hover values on a network drawn dot by dot
+    extras = {"compare": None}
+    if beside:
+        with st.spinner(f"Converting the network under {other_label} (once per server) and simulating this input…"):
+            extras["compare"] = companion()
+    if not dense:
+        extras["ann"] = hover_values()
     memo = (memo_key, live.spec(spikes, tl, mode, n, cursor, channels=channels, colours=colours, prepared=prep[1],
                                 export=export_info(), **extras))
     st.session_state["_ttfs_live_spec"] = memo
+if beside and "compare" not in memo[1]:
+    st.caption(f"{other_label} cannot be counted beside {this_label} here: the network does not convert under "
+               f"{other_label}, or its windows do not line up step for step with these.")
 # a link may open the raster revealing at a chosen speed (the tour's "the raster fills in"); like the cursor, they are
 # the browser's own once drawn (not part of the spec's id)
 live.timeline({**memo[1], "cursor": cursor, "reveal": bool(state.get(REVEAL)), "speed": int(state.get(SPEED))},

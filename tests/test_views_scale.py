@@ -745,3 +745,20 @@ def spec_dot(spec: dict, trace: int) -> int:
     """The flat index of the 6th dot of a raster trace (its customdata's first column: a float32 (N, 3) array)."""
     custom = spec["raster"]["data"][trace]["customdata"]
     return int(np.frombuffer(base64.b64decode(custom["bdata"]), dtype=np.dtype(custom["dtype"])).reshape(-1, 3)[5, 0])
+
+
+@pytest.mark.integration
+def test_a_large_network_counts_b1_beside_alpha_on_request(wide_session):
+    """A network drawn as heat strips does not convert a second time on its own; the toggle asks for B1's counts,
+    and the spec then carries them for every layer, as the bundled models' do."""
+    from .helpers import RASTER
+
+    at = _page(RASTER, wide_session)
+    assert "compare" not in _spec(at)
+    [toggle] = [t for t in at.toggle if t.key == "_ttfs_raster_other_counts"]
+    assert toggle.label == "Count B1 beside α on this input" and toggle.value is False
+    toggle.set_value(True).run()
+    spec = _spec(ok(at))
+    assert spec["compare"]["this"] == "α" and spec["compare"]["other"] == "B1"
+    assert len(spec["compare"]["count_spans"]) == len(spec["neurons"])
+    assert not [c for c in at.caption if "cannot be counted" in c.value]
