@@ -21,27 +21,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.server import streamlit_server  # noqa: E402  (one way to start a fresh explorer)
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 STEP_TIMEOUT_MS = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -61,25 +57,6 @@ def rss_mib(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("streamlit did not start within 90 s")
 
 
 LIVE = 'iframe[title="ttfs_ui.live.timeline"]'
@@ -188,9 +165,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("sessions", nargs="*", type=int, default=[1, 4, 8])
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args(argv)
-    proc, url = start_server()
     rows = {}
-    try:
+    with streamlit_server(ROOT / "artifacts" / "load_streamlit.log", startup_s=180) as (url, proc):
         # warm the caches once (model load, conversion) so every row measures stepping, not the first conversion
         asyncio.run(run_load(url, proc.pid, 1, 1))
         reference = asyncio.run(run_load(url, proc.pid, 1, args.steps))["final_cursor"]  # one session alone
@@ -200,12 +176,6 @@ def main(argv: list[str]) -> None:
             rows[f"{n} sessions"] = {k: v for k, v in row.items() if k not in ("failures", "final_cursor")}
             if row["failures"]:
                 print("  failures:", row["failures"], flush=True)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     sys.path.insert(0, str(ROOT / "bench"))
     from run import HERE, write_markdown  # the shared results file and its Markdown table
 
