@@ -5,6 +5,8 @@ read neurons' inputs this way instead of whole weighted sums.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -160,9 +162,9 @@ def largest_fan_in(inputs, shape: tuple[int, ...]) -> int:
     input of a concatenation drives its own channels only, `driving_groups`)."""
     if all(syn.channels is None for syn in inputs):
         return sum(syn.J[0].numel() for syn in inputs)
-    per_channel = [0] * shape[0]
+    change = [0] * (shape[0] + 1)  # each input's fan-in added at its first channel, taken off after its last
     for syn in inputs:
         lo, hi = syn.channels if syn.channels is not None else (0, shape[0])
-        for c in range(lo, hi):
-            per_channel[c] += syn.J[0].numel()
-    return max(per_channel)
+        change[lo] += syn.J[0].numel()
+        change[hi] -= syn.J[0].numel()
+    return max(itertools.accumulate(change[:-1]))
