@@ -18,6 +18,7 @@ from .neurons import ALPHA, SUM, NeuronModel, Rescale
 from .records import Layer
 from .sim.layer import hidden_layer_exact, readout_potential
 from .sim.result import LayerResult, SimResult, concat
+from .sim.shared import Shared
 from .sim.stepped import hidden_layer_loop, hidden_layer_ticks, quantise_input, ticks_per_window
 from .sim.trace import membrane, neuron_trace
 
@@ -196,12 +197,22 @@ class SpikingNetwork:
         if device is not None and torch.device(device) != self.device:
             return self._on(device).run(x, perturb=perturb)
         x = self._check_input(x)
+        last_reader: dict[int, int] = {}  # the last layer reading each layer: when its shared sums can go
+        for n, layer in enumerate(self.layers):
+            for m in layer.sources:
+                last_reader[m] = n
 
-        def hidden(layer: Layer, n: int, srcs: list[Tensor]):
-            return hidden_layer_exact(layer, srcs, self.alpha, self.neuron, self.rescale)
+        def simulate(chunk: Tensor) -> SimResult:
+            shared = Shared(last_reader)  # sums the readers of one source share (`sim.shared`), per chunk
 
-        parts = [self._simulate(chunk, hidden, None, perturb) for chunk in self._chunks(x)]
-        return concat(parts)
+            def hidden(layer: Layer, n: int, srcs: list[Tensor]):
+                out = hidden_layer_exact(layer, srcs, self.alpha, self.neuron, self.rescale, shared=shared)
+                shared.release(n)
+                return out
+
+            return self._simulate(chunk, hidden, None, perturb)
+
+        return concat([simulate(chunk) for chunk in self._chunks(x)])
 
     @torch.no_grad()
     def run_stepped(self, x: Tensor, dt: float | None = None, *, steps: int | None = None,

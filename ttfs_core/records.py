@@ -93,6 +93,12 @@ class Synapses:
         dims = tuple(range(1, self.J.dim()))
         return self.J_negative.sum(dims), self.J.abs().sum(dims)
 
+    @cached_property
+    def factors(self) -> dict[int, tuple[Synapses, Tensor | None]]:
+        """Per other record K (by id, with K itself): the per-row factor d with J = d · K.J, or None where there is
+        none (`sim.shared`). Filled there, once per pair of records, not once per run."""
+        return {}
+
     def __getstate__(self) -> dict:
         """The fields only: what `cached_property` keeps is recomputed where the record is unpickled or copied."""
         return {k: v for k, v in self.__dict__.items() if k not in _CACHED}
@@ -102,7 +108,7 @@ class Synapses:
         return out + [p.sign for p in self.route if p.sign is not None]
 
 
-_CACHED = ("J_negative", "J_row_sums")  # Synapses' cached properties
+_CACHED = ("J_negative", "J_row_sums", "factors")  # Synapses' cached properties
 
 
 @dataclass(frozen=True, eq=False)

@@ -33,7 +33,7 @@ cells leave at most 0.2 % with 2 and none with 4); each inner level and each cel
 Every stage works only on the samples and output channels that still hold uncertified neurons, and stops when
 (uncertified × fan-in) is small enough that the exact search (`sim.layer.search`) is cheaper. Where the neurons
 left are a small share of what its weighted sums would cover (GATHER_COST), a stage computes the same bound on
-their gathered fan-ins instead (`_gathered_fails`): the same neurons settle, at a fraction of the cost. Measured on
+their gathered fan-ins instead (`gathered_fails`): the same neurons settle, at a fraction of the cost. Measured on
 VGG16-BN (random BN statistics, batch 64, margin 0.5): stage 0 settles 34 % of the neurons, one cell 49 %, two
 cells 16 %, four cells the rest but ~0.1 ‰, which are searched.
 
@@ -66,7 +66,7 @@ from .fanin import driving_groups, drop_silent, gather_rows, inside_taps, larges
 CELLS = (1, 2, 4, 8, 16)  # cells per refinement stage; each stage runs only where the previous one left neurons
 SEARCH_BUDGET = 1 << 16  # (uncertified neurons × fan-in) below which the exact search beats another stage
 SAMPLE = 1024  # inputs per sample used to place the quantile levels (placement only; the bound holds anyway)
-# a stage gathers the fan-ins of the neurons left (`_gathered_fails`) when they are fewer than one in GATHER_COST of
+# a stage gathers the fan-ins of the neurons left (`gathered_fails`) when they are fewer than one in GATHER_COST of
 # the neurons its weighted sums would cover: an element of a gathered fan-in costs about that many multiply-adds of
 # a float64 convolution on the CPU, FAST_CONVOLUTION times more in other dtypes (oneDNN's convolutions). Measured
 # on the certificates of RepVGG-A0's peak drive (64 inputs of 64×64, CPU seconds on one thread): float64 8.1 s
@@ -185,28 +185,17 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     shape = tuple(v_end.shape[1:])
     per_sample = (-1, *([1] * (v_end.dim() - 1)))
     base = alpha * in_window
-    eps = torch.finfo(v_end.dtype).eps
     negative = [syn.J_negative for syn in inputs]  # computed once per record (`Synapses.J_row_sums` too)
     negative_sum = per_neuron(inputs, [syn.J_row_sums[0] for syn in inputs], shape)
-    # rounding allowance: a few ulps of the largest terms that enter a level value
-    rounding = 64 * eps * (theta.abs() + per_neuron(inputs, [syn.J_row_sums[1] for syn in inputs], shape) * in_window
-                           + base)
+    rounding = rounding_allowance(theta, per_neuron(inputs, [syn.J_row_sums[1] for syn in inputs], shape),
+                                  in_window, base)
     # what does not depend on the neuron's own v_end is computed per sample and per weight row (a conv channel),
-    # broadcast to the layer's shape only where v_end enters: the stage costs two passes over the layer
-    limit = theta - rounding
-    limit = limit.reshape((1,) * (v_end.dim() - limit.dim()) + tuple(limit.shape))  # a sample dimension of 1
-    # the sample's largest input, source by source (a layer's sources are never concatenated whole)
+    # broadcast to the layer's shape only where v_end enters: stage 0 costs two passes over the layer.
+    # The sample's largest input, source by source (a layer's sources are never concatenated whole)
     tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
     top = (torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])).reshape(per_sample)
     fan_in = largest_fan_in(inputs, shape)
-    # above the sample's largest input m no kink is left: v is linear on [m, B_(n−1)], from v(m) down to V = 0
-    top_value = base - alpha * top
-    beyond = (limit <= 0) | (top_value >= limit)
-    # one cell [0, m] with every tent at its highest, m/4: no weighted sum at all (Σ|J⁻| is per neuron), so
-    # max(v(0), v(m)) + m/4 · Σ|J⁻| < limit, with v(0) = v_end
-    below = limit - negative_sum * top / 4
-    uncertified = (v_end >= below) | (beyond | (top_value >= below))
-    # limit, top_value and beyond stay broadcastable (sizes 1 where they do not vary): blocks take them cheaply
+    limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
     top = top.reshape(-1)
     left = int(torch.count_nonzero(uncertified))
     settled = [v_end.numel() - left]
@@ -235,7 +224,7 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
                 levels = levels[row_of[idx[0]]]
             else:
                 levels = levels[idx[0]]
-            fails = _gathered_fails(inputs, shape, padded, idx, levels, v_end[idx],
+            fails = gathered_fails(inputs, shape, padded, idx, levels, v_end[idx],
                                     *(t.expand_as(v_end)[idx] for t in (top_value, limit, beyond)), alpha, base)
             uncertified = uncertified.clone()
             uncertified[idx] = fails
@@ -257,7 +246,30 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     return Certificate(uncertified, tuple(settled))
 
 
-def _gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tuple[Tensor, ...], levels: Tensor,
+def rounding_allowance(theta: Tensor, abs_sum: Tensor, in_window: float, base: float) -> Tensor:
+    """A neuron is certified only below θ − this: a few ulps of the largest terms that enter a level value
+    (|θ|, Σ_j |J_ij| · B_(n−1), α B_(n−1)), so a certificate computed in float32 is never wrong by rounding."""
+    return 64 * torch.finfo(abs_sum.dtype).eps * (theta.abs() + abs_sum * in_window + base)
+
+
+def no_sum_stage(limit: Tensor, top: Tensor, negative_sum: Tensor, v_end: Tensor, alpha: float,
+                 base: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stage 0 of the certificate: one cell [0, m] with every tent at its highest, m/4, needs no weighted sum at all
+    (Σ|J⁻| is per neuron): max(v(0), v(m)) + m/4 · Σ|J⁻| < limit, with v(0) = v_end. `limit` = θ − the rounding
+    allowance; `top` = m, the largest input a neuron reads (per sample, or per sample and channel). Above m no kink
+    is left: v is linear on [m, B_(n−1)], from v(m) = α (B_(n−1) − m) down to V = 0, so a neuron whose v(m) reaches
+    its limit is never certified (`beyond`). Returns limit, v(m) and beyond, broadcastable to the layer's shape
+    (sizes 1 where they do not vary: blocks take them cheaply), and the neurons left uncertified.
+    Shape: top (B, 1, ...) or (B, C, 1, ...); v_end (B, *shape) -> four tensors broadcastable to (B, *shape)."""
+    limit = limit.reshape((1,) * (v_end.dim() - limit.dim()) + tuple(limit.shape))  # a sample dimension of 1
+    top_value = base - alpha * top
+    beyond = (limit <= 0) | (top_value >= limit)
+    below = limit - negative_sum * top / 4
+    uncertified = (v_end >= below) | (beyond | (top_value >= below))
+    return limit, top_value, beyond, uncertified
+
+
+def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tuple[Tensor, ...], levels: Tensor,
                     v_end: Tensor, top_value: Tensor, limit: Tensor, beyond: Tensor, alpha: float,
                     base: float) -> Tensor:
     """One refinement stage for the listed neurons only, on their gathered fan-ins (`fanin.gather_rows`): the
@@ -269,7 +281,7 @@ def _gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: t
     if len(groups) > 1:
         fails = torch.empty(len(idx[0]), dtype=torch.bool, device=levels.device)
         for rows, ks in groups:
-            fails[rows] = _gathered_fails([inputs[k] for k in ks], shape, [padded[k] for k in ks],
+            fails[rows] = gathered_fails([inputs[k] for k in ks], shape, [padded[k] for k in ks],
                                           tuple(i[rows] for i in idx), levels[rows], v_end[rows], top_value[rows],
                                           limit[rows], beyond[rows], alpha, base)
         return fails

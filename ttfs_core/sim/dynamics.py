@@ -190,11 +190,11 @@ def weighted_sum(inputs, xs: list[Tensor], ws: list[Tensor], shape: tuple[int, .
     """Σ_k Σ_j w_kij x_kj for every neuron of a layer of `shape` over its inputs k (`Synapses`: geometry and the
     channels each drives), with the weights `ws[k]` in input k's layout (its W, its J, or a part of them), no
     bias. Shape: xs[k] (B, *in_shape k) -> (B, *shape)."""
-    parts = [(syn.channels, _apply(syn, x, w, part_shape(syn, shape))) for syn, x, w in merged(inputs, xs, ws)]
+    parts = [(syn.channels, product(syn, x, w, part_shape(syn, shape))) for syn, x, w in merged(inputs, xs, ws)]
     return place(parts, shape, xs[0])
 
 
-def _geometry(conv: dict) -> tuple:
+def geometry(conv: dict) -> tuple:
     """A convolution's stride, padding and dilation (not its groups), hashable."""
     return tuple(sorted((key, tuple(v) if isinstance(v, (list, tuple)) else v) for key, v in conv.items()
                         if key != "groups"))
@@ -213,7 +213,7 @@ def merged(inputs, xs: list[Tensor], ws: list[Tensor]) -> list[tuple]:
     groups: dict[tuple, list[int]] = {}
     for k, (syn, x, w) in enumerate(zip(inputs, xs, ws)):
         if syn.conv is not None and syn.conv["groups"] == 1:
-            key = ("conv", syn.channels, _geometry(syn.conv), tuple(w.shape[2:]), tuple(x.shape[2:]))
+            key = ("conv", syn.channels, geometry(syn.conv), tuple(w.shape[2:]), tuple(x.shape[2:]))
         elif syn.conv is None and w.dim() == 2:
             key = ("dense", syn.channels)
         else:
@@ -231,7 +231,7 @@ def merged(inputs, xs: list[Tensor], ws: list[Tensor]) -> list[tuple]:
     return out
 
 
-def _apply(syn, x: Tensor, w: Tensor, part: tuple[int, ...]) -> Tensor:
+def product(syn, x: Tensor, w: Tensor, part: tuple[int, ...]) -> Tensor:
     """`Synapses.apply`, except for a convolution of a 1×1 input (`one_position`) and two kinds of convolution
     PyTorch's CPU kernels run slowly in float64 (they have no oneDNN path there): one input channel per group
     (`depthwise`), and few output positions (`few_positions`)."""

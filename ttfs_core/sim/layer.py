@@ -7,6 +7,8 @@ Times are offsets from window starts: the sources' for the inputs, the layer's t
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -22,6 +24,7 @@ from .dynamics import (
     settle_spikes,
 )
 from .fanin import driving_groups, drop_silent, gather_rows, inside_taps, pad_input
+from .shared import Shared, certify_parts, potential
 
 
 def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
@@ -50,7 +53,7 @@ def arrivals(layer: Layer, srcs: list[Tensor]) -> tuple[list[Tensor], int]:
 
 
 def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: NeuronModel, rescale: Rescale,
-                       arrive=None):
+                       arrive=None, shared: Shared | None = None):
     """Spike times of one hidden layer from the spike times of its sources (MATH §2, §5, §6, §7).
 
     Every neuron's potential at the end of its input window, V(t_min), is one weighted sum of input spike
@@ -59,20 +62,26 @@ def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: N
     otherwise the fast certificate (`sim.certify`, MATH §2) proves it impossible for almost every neuron.
     The rest are searched exactly over their input segments. Times are offsets from window starts (sources'
     for the inputs, this layer's t_min for the output). `arrive` may move the elapsed times onto a clock.
+    `shared`: the run's sums shared between the readers of one source (`sim.shared`), used by a layer of parts.
     Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
     """
     elapsed_times, early_arrivals = arrivals(layer, srcs)
     if arrive is not None:
         elapsed_times = arrive(elapsed_times)
+    parts = shared.parts(layer, srcs, elapsed_times) if shared is not None and arrive is None else None
     current = neuron.start_current(alpha)
-    v_end = current * layer.in_window + layer.weighted_sum(elapsed_times, "J")
+    if parts is None:
+        v_end = current * layer.in_window + layer.weighted_sum(elapsed_times, "J")
+    else:  # the parts' shared sums, each scaled by its reader's factor
+        v_end = potential(parts, current * layer.in_window)
     off = crossing_after_inputs(v_end, layer.theta, layer.slope, 0.0)
     if layer.clip is not None:  # gated (ReLU6): no early spike is possible
         off, saturated = gate_at_window_start(off)
         off, stats = settle_spikes(off, layer.window, neuron.silent_at_zero, early_arrivals)
         return off, {**stats, "certificate": (("gated", off.numel()),), "searched": 0, "saturated": saturated}
     if neuron.needs_certificate(rescale):
-        cert = certify_layer(layer.inputs, elapsed_times, layer.theta, v_end, layer.in_window, current)
+        certify = certify_layer if parts is None else partial(certify_parts, parts)
+        cert = certify(layer.inputs, elapsed_times, layer.theta, v_end, layer.in_window, current)
         flagged, certificate = cert.uncertified, tuple(zip(STAGES, cert.settled))
     else:  # Σ max(W,0) < 1: V(t_min) > θ exactly when the neuron crossed before t_min (MATH §2)
         flagged = v_end > layer.theta
