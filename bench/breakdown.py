@@ -4,8 +4,9 @@
 
 For each network: the ANN forward and the SNN run on the same batch (medians of interleaved repeats, one thread and
 the default threads), and the SNN run's time split by stage (torch.profiler's record_function ranges: arrivals,
-weighted sums, certificate stages, exact search, settling, readout) over one profiled run. Sizes follow
-`bench/run.py architectures` (64×64, Inception-v3 80×80, batch 16) unless --size/--batch say otherwise.
+weighted sums, certificate stages, exact search, settling, the sums shared between readers of one source) over one
+profiled run. Sizes follow `bench/run.py architectures` (64×64, Inception-v3 80×80, batch 16) unless --size/--batch
+say otherwise.
 """
 
 from __future__ import annotations
@@ -39,11 +40,14 @@ def main(argv=None) -> None:
     from tests.nets import randomise_bn
     from ttfs_core.sim import certify
     from ttfs_core.sim import layer as sim_layer
+    from ttfs_core.sim import shared
 
     ranges = {(sim_layer, "arrivals"): "arrivals", (sim_layer, "certify_layer"): "certificate",
               (sim_layer, "search"): "exact search", (sim_layer, "settle_spikes"): "settle",
               (sim_layer, "crossing_after_inputs"): "crossing", (certify, "weighted_sum"): "certificate sums",
-              (certify, "_gathered_fails"): "certificate gathered"}
+              (certify, "gathered_fails"): "certificate gathered", (sim_layer, "certify_parts"): "certificate of parts",
+              (shared.Source, "values"): "shared level values", (shared.Source, "tents"): "shared tents",
+              (sim_layer, "potential"): "shared V(t_min)"}
 
     def labelled(fn, label):
         def wrapper(*a, **k):

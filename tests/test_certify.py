@@ -299,3 +299,26 @@ def test_neurons_are_gathered_over_the_inputs_that_drive_their_channel():
         values, weights, _ = gather_rows([inputs[k] for k in ks], shape, [padded[k] for k in ks],
                                          [ws[k] for k in ks], part)
         torch.testing.assert_close((values * weights).sum(1), whole[part], rtol=1e-12, atol=1e-12)
+
+
+def test_neurons_at_their_threshold_at_t_min_go_straight_to_the_search(monkeypatch):
+    """Every cell bound includes v(0) = V(t_min): a neuron whose V(t_min) is within the rounding allowance of θ (a
+    layer whose window is short beside it) can never be certified, so no stage computes a weighted sum for it."""
+    from ttfs_core.sim import certify as certify_module
+
+    g = torch.Generator().manual_seed(4)
+    out, fan_in, batch, in_window = 6, 30, 4, 1.0
+    W = torch.randn(out, fan_in, generator=g, dtype=torch.float64) * 0.2
+    x = torch.rand(batch, fan_in, generator=g, dtype=torch.float64) * in_window
+    J = W * (1 / (1 - W.sum(1).clamp(max=0.99)))[:, None]
+    v_end = in_window + x @ J.T
+    _, highest = exact_early(J, torch.zeros(out, dtype=torch.float64), x, 1.0, in_window)
+    theta = 2 * highest.amax(0).abs() + 1.0  # far above V before t_min: settled without a weighted sum
+    v_end[:, 0] = theta[0]  # neuron 0: V(t_min) = θ in every sample
+    sums = []
+    real = certify_module.weighted_sum
+    monkeypatch.setattr(certify_module, "weighted_sum", lambda *a: sums.append(1) or real(*a))
+    cert = certify(J, theta, None, x, v_end, in_window, 1.0, search_budget=0)
+    assert bool(cert.uncertified[:, 0].all()) and not bool(cert.uncertified[:, 1:].any())
+    assert sum(cert.settled) + cert.searched == v_end.numel()
+    assert sums == []  # before, a stage summed over neuron 0's block for every sample, in vain

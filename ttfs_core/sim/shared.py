@@ -216,10 +216,11 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
         return torch.cat([v[:, None].expand(batch, p.hi - p.lo) for p, v in zip(parts, values)], 1)[..., None, None]
 
     top = per_channel([p.source.top for p in parts])
-    limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
+    limit, top_value, beyond, uncertified, hopeless = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha,
+                                                                   base)
     fan_in = largest_fan_in(inputs, shape)
     left = int(torch.count_nonzero(uncertified))
-    settled = [v_end.numel() - left]
+    settled = [v_end.numel() - left - int(torch.count_nonzero(hopeless))]
     padded = None
     cost = GATHER_COST * (1 if v_end.dtype == torch.float64 else FAST_CONVOLUTION)
     for cells in CELLS:
@@ -267,7 +268,7 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
         uncertified = fails
         left = int(torch.count_nonzero(uncertified))
         settled.append(count - left)
-    return Certificate(uncertified, tuple(settled))
+    return Certificate(uncertified | hopeless, tuple(settled))
 
 
 def _side_by_side(parts: list[Part], pieces: list) -> Tensor:
