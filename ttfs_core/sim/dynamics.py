@@ -98,18 +98,22 @@ def first_crossing(
     js = weights.gather(1, order)
     zero = torch.zeros_like(ts[:, :1])
     cum_j = torch.cat([zero, js.cumsum(1)], 1)  # (F, K+1): total weight arrived before segment k
-    cum_jt = torch.cat([zero, (js * ts).cumsum(1)], 1)
-    lower = torch.cat([torch.full_like(zero, start), ts], 1)
+    cum_jt = torch.cat([zero, js.mul_(ts).cumsum(1)], 1)
     upper = torch.cat([ts, torch.full_like(zero, t_end)], 1)
-    slope = alpha + cum_j
     # V at the end of each segment; the first end at or above θ closes the segment holding the first crossing
-    v_upper = alpha * (upper - start) + cum_j * upper - cum_jt
+    if start:
+        v_upper = alpha * (upper - start) + cum_j * upper - cum_jt
+    else:  # the same, in fewer passes
+        v_upper = (cum_j + alpha).mul_(upper).sub_(cum_jt)
     reached = v_upper >= theta[:, None]
-    first = reached.float().argmax(1)
+    first = reached.to(torch.uint8).argmax(1, keepdim=True)
     hit = reached.any(1)
-    cand = (theta[:, None] + alpha * start + cum_jt) / slope
-    cand = torch.where(slope > 0, cand, upper).clamp(min=lower).minimum(upper)
-    t = cand.gather(1, first[:, None])[:, 0]
+    # the candidate crossing in that segment only (one per neuron, not one per segment)
+    cj, cjt, up = cum_j.gather(1, first)[:, 0], cum_jt.gather(1, first)[:, 0], upper.gather(1, first)[:, 0]
+    low = torch.where(first[:, 0] > 0, ts.gather(1, (first - 1).clamp(min=0))[:, 0], torch.full_like(up, start))
+    slope = alpha + cj
+    cand = (theta + alpha * start + cjt) / slope
+    t = torch.where(slope > 0, cand, up).maximum(low).minimum(up)
     # past the last input: V(t_end) from the segment sums, then the final slope
     v_end = alpha * (t_end - start) + cum_j[:, -1] * t_end - cum_jt[:, -1]
     t_after = crossing_after_inputs(v_end, theta, final_slope, t_end)
