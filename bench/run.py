@@ -265,7 +265,8 @@ def bench_architectures(repeats: int = 3) -> dict:
                         else "inexact", "spiking_layers": len(snn.layers),
                         "neurons": sum(la.neurons for la in snn.layers),
                         "most_inputs": max(len(la.inputs) for la in snn.all_layers),
-                        "decision_time_tau": snn.decision_time, "ratio": t["snn"] / t["ann"]})
+                        "decision_time_tau": snn.decision_time, "smallest_window_tau": snn.smallest_window,
+                        "ratio": t["snn"] / t["ann"], "load_average": os.getloadavg()[0]})
         except ttfs_core.ConversionError as exc:
             row = {"status": "refused", "reason": str(exc).split(". Supported")[0]}
         out[name] = row
@@ -276,13 +277,16 @@ def bench_architectures(repeats: int = 3) -> dict:
 def architecture_table(rows: dict) -> list[str]:
     """The README's table of torchvision architectures (the `architectures` section)."""
     lines = ["| architecture | status | spiking layers | neurons | most inputs of a layer | decision time | "
-             "run / ANN | float64 error |", "|---|---|---|---|---|---|---|---|"]
+             "smallest window | run / ANN | float64 error | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if r["status"] == "refused":
-            lines.append(f"| {name} | refused: {r['reason']} | | | | | | |")
+            lines.append(f"| {name} | refused: {r['reason']} | | | | | | | | |")
             continue
+        window = f"{r['smallest_window_tau']:.3g} τ_c" if "smallest_window_tau" in r else ""
+        load = f"{r['load_average']:.1f}" if "load_average" in r else ""
         lines.append(f"| {name} | {r['status']} | {r['spiking_layers']} | {r['neurons']:,} | {r['most_inputs']} | "
-                     f"{r['decision_time_tau']:.3g} τ_c | {r['ratio']:.1f}× | {r['rel_error_f64']:.1e} |")
+                     f"{r['decision_time_tau']:.3g} τ_c | {window} | {r['ratio']:.1f}× | {r['rel_error_f64']:.1e} | "
+                     f"{load} |")
     return lines
 
 
