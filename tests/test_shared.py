@@ -38,13 +38,16 @@ def tiny_densenet() -> torch.nn.Module:
 
 
 class _NoSharing:
-    """`Shared` that never finds parts: every layer computes its own sums."""
+    """`Shared` that never finds parts nor known arrivals: every layer computes its own."""
 
     def __init__(self, *args):
         pass
 
     def parts(self, *args):
         return None
+
+    def arrival(self, layer, syn, src, compute):
+        return compute()
 
     def release(self, n):
         pass

@@ -39,16 +39,21 @@ def elapsed(layer: Layer, syn: Synapses, routed: Tensor) -> Tensor:
     return (syn.in_window - routed.clamp(min=0)).clamp(0, layer.in_window)
 
 
-def arrivals(layer: Layer, srcs: list[Tensor]) -> tuple[list[Tensor], int]:
+def arrivals(layer: Layer, srcs: list[Tensor], shared: Shared | None = None) -> tuple[list[Tensor], int]:
     """`elapsed` for every input of the layer: input k's spikes routed (max pooling = earliest spike), then
-    delayed. Returns the elapsed times per input and the count of inputs from early spikes.
+    delayed. Returns the elapsed times per input and the count of inputs from early spikes. `shared`: a run's
+    cache, so that the layers reading one source the same way compute this once (`Shared.arrival`).
     Shape: srcs[k] (B, *source k) -> (B, *inputs[k].in_shape).
     """
     out, early = [], 0
     for syn, src in zip(layer.inputs, srcs):
-        t = syn.route_times(src)
-        early += int(torch.count_nonzero(early_mask(t)))  # its source fired before its own window
-        out.append(elapsed(layer, syn, t))
+        def arrive(syn=syn, src=src) -> tuple[Tensor, int]:
+            t = syn.route_times(src)
+            return elapsed(layer, syn, t), int(torch.count_nonzero(early_mask(t)))  # fired before its own window
+
+        x, count = arrive() if shared is None else shared.arrival(layer, syn, src, arrive)
+        out.append(x)
+        early += count
     return out, early
 
 
@@ -65,7 +70,7 @@ def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: N
     `shared`: the run's sums shared between the readers of one source (`sim.shared`), used by a layer of parts.
     Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
     """
-    elapsed_times, early_arrivals = arrivals(layer, srcs)
+    elapsed_times, early_arrivals = arrivals(layer, srcs, shared if arrive is None else None)
     if arrive is not None:
         elapsed_times = arrive(elapsed_times)
     parts = shared.parts(layer, srcs, elapsed_times) if shared is not None and arrive is None else None

@@ -145,7 +145,19 @@ class Shared:
 
     def __init__(self, last_reader: dict[int, int] | None = None):
         self._sources: dict[tuple, Source] = {}
+        self._arrivals: dict[tuple, tuple[Tensor, Tensor, int]] = {}
         self._last = last_reader or {}
+
+    def arrival(self, layer, syn, src: Tensor, compute) -> tuple[Tensor, int]:
+        """An input's elapsed times and count of early arrivals (`sim.layer.arrivals`), computed once per run for
+        every layer reading the same source through the same route, delay and window: the elapsed times depend on
+        the reader only through min(its input window, the source's). DenseNet-121's 121 layers have 593 inputs
+        from 120 sources. `compute()` gives them where not known. Shape: -> (B, *syn.in_shape), int."""
+        key = (syn.source, tuple(id(p) for p in syn.route), syn.in_window, min(layer.in_window, syn.in_window))
+        known = self._arrivals.get(key)
+        if known is None or known[0] is not src:
+            known = self._arrivals[key] = (src, *compute())
+        return known[1], known[2]
 
     def parts(self, layer, srcs: list[Tensor], xs: list[Tensor]) -> list[Part] | None:
         """A layer whose every input is a convolution driving its own output channels, together each
@@ -183,10 +195,10 @@ class Shared:
         return out
 
     def release(self, n: int) -> None:
-        """Let go of the sums of every source whose last reader is layer n or earlier."""
-        gone = [key for key in self._sources if self._last.get(key[0], n + 1) <= n]
-        for key in gone:
-            del self._sources[key]
+        """Let go of the sums and arrivals of every source whose last reader is layer n or earlier."""
+        for cache in (self._sources, self._arrivals):
+            for key in [key for key in cache if self._last.get(key[0], n + 1) <= n]:
+                del cache[key]
 
 
 def potential(parts: list[Part], base: float) -> Tensor:
