@@ -38,9 +38,8 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(HERE.parent))
     import ttfs_core
     from tests.nets import randomise_bn
-    from ttfs_core.sim import certify
+    from ttfs_core.sim import certify, shared
     from ttfs_core.sim import layer as sim_layer
-    from ttfs_core.sim import shared
 
     ranges = {(sim_layer, "arrivals"): "arrivals", (sim_layer, "certify_layer"): "certificate",
               (sim_layer, "search"): "exact search", (sim_layer, "settle_spikes"): "settle",

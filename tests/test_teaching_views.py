@@ -274,8 +274,9 @@ def test_the_components_use_the_themes_colour_not_red():
     """The timeline's and the drawing pad's buttons and slider take the theme's primary colour: in a theme chosen so
     that red means an error, Streamlit's default red (#ff4b4b) inside the components read as one."""
     import re
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parent.parent
     primary = tomllib.loads((root / ".streamlit" / "config.toml").read_text())["theme"]["primaryColor"].lower()
