@@ -123,19 +123,24 @@ def level_values(block: _Block, g: Tensor, alpha: float, base: float) -> Tensor:
     return v + (base - alpha * g).reshape(-1, *([1] * (v.dim() - 1)))
 
 
+def tent_profile(x: Tensor, a: Tensor, c: Tensor) -> Tensor:
+    """Each input's tent on the cell [a, c]: (x − a)(c − x)/(c − a), the most one inhibitory kink at x lifts the
+    concave part above its chord there per unit of |J| (MATH §2). It is negative outside [a, c] and zero on its
+    ends, so clamping it at 0 selects the cell's inputs without locating them. Shape: x, a, c broadcast together."""
+    return ((x - a) * (c - x)).div_((c - a).clamp(min=torch.finfo(x.dtype).tiny)).clamp_(min=0)
+
+
 def tent_deviations(block: _Block, negative: list[Tensor], levels: Tensor) -> list[Tensor]:
     """For every cell [a, c] between consecutive `levels`: Σ_{j: a<x_j<c, J_ij<0} |J_ij| (x_j − a)(c − x_j)/(c − a),
-    how far the concave part of v_i can rise above its chord on that cell (MATH §2). One weighted sum per cell.
-    The tent (x − a)(c − x)/(c − a) is negative outside [a, c] and zero on its ends, so clamping it at 0 selects
-    the cell's inputs without locating them. Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
-    tiny = torch.finfo(levels.dtype).tiny
+    how far the concave part of v_i can rise above its chord on that cell (MATH §2): one weighted sum of the inputs'
+    `tent_profile` per cell. Shape: levels (B, K+1) ascending -> K × (B, *neurons)."""
     deviations = []
     for k in range(1, levels.shape[1]):
         xs = []
         for x in block.xs:
             per_sample = (-1, *([1] * (x.dim() - 1)))
             a, c = levels[:, k - 1].reshape(per_sample), levels[:, k].reshape(per_sample)
-            xs.append(((x - a) * (c - x)).div_((c - a).clamp(min=tiny)).clamp_(min=0))
+            xs.append(tent_profile(x, a, c))
         deviations.append(weighted_sum(block.inputs, xs, negative, block.shape))
     return deviations
 
@@ -294,7 +299,6 @@ def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tu
     ws = [syn.J for syn in inputs]
     keeps, fan = inside_taps(inputs, padded, idx)  # a padded tap (x = 0) adds 0 to every level value and tent
     step = max(1, SEARCH_CHUNK // max(fan, 1))
-    tiny = torch.finfo(levels.dtype).tiny
     parts = []
     for lo in range(0, len(idx[0]), step):
         hi = min(lo + step, len(idx[0]))
@@ -310,7 +314,7 @@ def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tu
         fails = beyond[lo:hi].clone()
         for k in range(1, lv.shape[1]):
             a, c = lv[:, k - 1:k], lv[:, k:k + 1]
-            tent = torch.linalg.vecdot(neg, (x - a).mul_(c - x).clamp_(min=0)) / (c - a)[:, 0].clamp(min=tiny)
+            tent = torch.linalg.vecdot(neg, tent_profile(x, a, c))
             fails |= torch.maximum(values[k - 1], values[k]) + tent >= limit[lo:hi]
         parts.append(fails)
     return torch.cat(parts)

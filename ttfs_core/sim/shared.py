@@ -42,6 +42,7 @@ from .certify import (
     quantile_levels,
     rounding_allowance,
     sorted_sample,
+    tent_profile,
 )
 from .dynamics import geometry, product
 from .fanin import largest_fan_in, pad_input
@@ -115,11 +116,10 @@ class Source:
         if key not in self._tents:
             levels, x = self.levels(cells), self.x
             per_sample = (-1, *([1] * (x.dim() - 1)))
-            tiny = torch.finfo(x.dtype).tiny
             profiles = []
             for k in range(1, cells + 1):
                 a, c = levels[:, k - 1].reshape(per_sample), levels[:, k].reshape(per_sample)
-                profiles.append(((x - a) * (c - x)).div_((c - a).clamp(min=tiny)).clamp_(min=0))
+                profiles.append(tent_profile(x, a, c))
             weights = self.syn.J_negative if by_negative else self.syn.J.clamp(min=0)
             self._tents[key] = tuple(product(self.syn, torch.cat(profiles), weights, self.part).split(x.shape[0]))
         return self._tents[key]
