@@ -6,7 +6,8 @@
 Each case runs in a fresh process per tree, the trees alternating case by case (so both see the same load), with
 the default float32 conversion: run / ANN forward on the same batch (medians of interleaved repeats inside the
 process), the conversion's wall time, and the time scale (smallest window, decision time, τ_c), early spikes and
-argmax agreement. Prints a table and merges it into bench/results.json as section `before_after`.
+argmax agreement. Prints a table and merges it into bench/results.json as section `before_after` (the cases measured
+replace their rows; the others stay).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def main(argv=None) -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
-    results["sections"]["before_after"] = {
+    # the cases measured now replace their rows; the other cases' rows stay, each with its own date
+    results["sections"]["before_after"] = {**results["sections"].get("before_after", {}), **{
         f"{case} ({args.rev} -> this tree)": {
             "before_ratio": r["before"]["ratio"], "after_ratio": r["after"]["ratio"],
             "before_convert_s": r["before"]["convert_s"], "after_convert_s": r["after"]["convert_s"],
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
             "decision_time_tau": r["after"]["decision_time_tau"],
             "early_spikes": r["after"]["early_spikes"], "argmax_equal": int(r["after"]["argmax_equal"]),
             "load_average": r["after"]["load_average"], "date": time.strftime("%Y-%m-%d %H:%M")}
-        for case, r in rows.items()}
+        for case, r in rows.items()}}
     path.write_text(json.dumps(results, indent=1))
     sys.path.insert(0, str(HERE))
     from run import write_markdown  # noqa: E402 — bench/run.py, which sets up its own imports
