@@ -200,14 +200,17 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     tops = [x.flatten(1).amax(1) for x in xs if x[0].numel()]
     top = (torch.stack(tops).amax(0) if tops else v_end.new_zeros(v_end.shape[0])).reshape(per_sample)
     fan_in = largest_fan_in(inputs, shape)
-    limit, top_value, beyond, uncertified, hopeless = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha,
-                                                                   base)
+    limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
     top = top.reshape(-1)
     left = int(torch.count_nonzero(uncertified))
-    settled = [v_end.numel() - left - int(torch.count_nonzero(hopeless))]
+    settled = [v_end.numel() - left]
     padded = None  # the inputs with their convolutions' padding, once a stage gathers fan-ins
     sample = None  # each sample's inputs, sorted, once a stage places levels
+    hopeless: Tensor | bool | None = False  # not looked for yet
     for cells in CELLS:
+        if hopeless is False and left * fan_in > search_budget:
+            uncertified, hopeless, aside = set_aside_hopeless(uncertified, v_end, limit, beyond)
+            left -= aside
         count = left
         if not count or count * fan_in <= search_budget:
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
@@ -249,7 +252,8 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
         uncertified = _put(uncertified, block, fails)
         left = int(torch.count_nonzero(fails))  # the neurons outside the block were all settled before
         settled.append(count - left)
-    return Certificate(uncertified | hopeless, tuple(settled))
+    return Certificate(uncertified if hopeless is None or hopeless is False else uncertified | hopeless,
+                       tuple(settled))
 
 
 def rounding_allowance(theta: Tensor, abs_sum: Tensor, in_window: float, base: float) -> Tensor:
@@ -259,25 +263,36 @@ def rounding_allowance(theta: Tensor, abs_sum: Tensor, in_window: float, base: f
 
 
 def no_sum_stage(limit: Tensor, top: Tensor, negative_sum: Tensor, v_end: Tensor, alpha: float,
-                 base: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 base: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Stage 0 of the certificate: one cell [0, m] with every tent at its highest, m/4, needs no weighted sum at all
     (Σ|J⁻| is per neuron): max(v(0), v(m)) + m/4 · Σ|J⁻| < limit, with v(0) = v_end. `limit` = θ − the rounding
     allowance; `top` = m, the largest input a neuron reads (per sample, or per sample and channel). Above m no kink
     is left: v is linear on [m, B_(n−1)], from v(m) = α (B_(n−1) − m) down to V = 0, so a neuron whose v(m) reaches
-    its limit is never certified (`beyond`). Neither is one whose v(0) = v_end reaches its limit: every cell bound
-    of every stage includes v(0) or v(m), so these are `hopeless` (in a layer whose window is short beside the
-    rounding allowance, most neurons are: Inception-v3's 1×1 relays at 80×80 hand 40 % of their neurons to the search)
-    and go to the exact search without the stages' work. Returns limit, v(m) and beyond, broadcastable to the
-    layer's shape (sizes 1 where they do not vary: blocks take them cheaply), the neurons left for the stages, and
-    the hopeless ones. Shape: top (B, 1, ...) or (B, C, 1, ...); v_end (B, *shape) -> five tensors broadcastable to
-    (B, *shape)."""
+    its limit is never certified (`beyond`). Returns limit, v(m) and beyond, broadcastable to the layer's shape
+    (sizes 1 where they do not vary: blocks take them cheaply), and the neurons left uncertified.
+    Shape: top (B, 1, ...) or (B, C, 1, ...); v_end (B, *shape) -> four tensors broadcastable to (B, *shape)."""
     limit = limit.reshape((1,) * (v_end.dim() - limit.dim()) + tuple(limit.shape))  # a sample dimension of 1
     top_value = base - alpha * top
     beyond = (limit <= 0) | (top_value >= limit)
-    hopeless = (v_end >= limit) | beyond
     below = limit - negative_sum * top / 4
-    uncertified = ((v_end >= below) | (top_value >= below)) & ~hopeless
-    return limit, top_value, beyond, uncertified, hopeless
+    uncertified = (v_end >= below) | (beyond | (top_value >= below))
+    return limit, top_value, beyond, uncertified
+
+
+def set_aside_hopeless(uncertified: Tensor, v_end: Tensor, limit: Tensor,
+                       beyond: Tensor) -> tuple[Tensor, Tensor | None, int]:
+    """The uncertified neurons no stage can settle: every cell bound includes v(0) = v_end or v(m), so a neuron whose
+    v_end reaches its limit, or that is `beyond`, goes to the exact search without the stages' work. In a layer whose
+    window is short beside the rounding allowance most neurons are such (Inception-v3's 1×1 relays at 80×80: 40 %).
+    Called before the first stage that runs (most layers never get there). Returns the neurons left for the stages,
+    the hopeless ones (None if none) and their count. Shape: uncertified (B, *shape) -> same."""
+    hopeless = (v_end >= limit) & uncertified
+    if bool(beyond.any()):
+        hopeless |= beyond & uncertified
+    count = int(torch.count_nonzero(hopeless))
+    if not count:
+        return uncertified, None, 0
+    return uncertified & ~hopeless, hopeless, count
 
 
 def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tuple[Tensor, ...], levels: Tensor,

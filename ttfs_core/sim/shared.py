@@ -41,6 +41,7 @@ from .certify import (
     per_neuron,
     quantile_levels,
     rounding_allowance,
+    set_aside_hopeless,
     sorted_sample,
     tent_profile,
 )
@@ -228,14 +229,17 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
         return torch.cat([v[:, None].expand(batch, p.hi - p.lo) for p, v in zip(parts, values)], 1)[..., None, None]
 
     top = per_channel([p.source.top for p in parts])
-    limit, top_value, beyond, uncertified, hopeless = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha,
-                                                                   base)
+    limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
     fan_in = largest_fan_in(inputs, shape)
     left = int(torch.count_nonzero(uncertified))
-    settled = [v_end.numel() - left - int(torch.count_nonzero(hopeless))]
+    settled = [v_end.numel() - left]
     padded = None
     cost = GATHER_COST * (1 if v_end.dtype == torch.float64 else FAST_CONVOLUTION)
+    hopeless: Tensor | bool | None = False  # not looked for yet
     for cells in CELLS:
+        if hopeless is False and left * fan_in > search_budget:
+            uncertified, hopeless, aside = set_aside_hopeless(uncertified, v_end, limit, beyond)
+            left -= aside
         count = left
         if not count or count * fan_in <= search_budget:
             settled.append(0)
@@ -280,7 +284,8 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
         uncertified = fails
         left = int(torch.count_nonzero(uncertified))
         settled.append(count - left)
-    return Certificate(uncertified | hopeless, tuple(settled))
+    return Certificate(uncertified if hopeless is None or hopeless is False else uncertified | hopeless,
+                       tuple(settled))
 
 
 def _side_by_side(parts: list[Part], pieces: list) -> Tensor:
