@@ -202,19 +202,15 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
     fan_in = largest_fan_in(inputs, shape)
     limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
     top = top.reshape(-1)
-    left = int(torch.count_nonzero(uncertified))
-    settled = [v_end.numel() - left]
+    left = Leftover(uncertified)
+    settled = [v_end.numel() - left.count]
     padded = None  # the inputs with their convolutions' padding, once a stage gathers fan-ins
     sample = None  # each sample's inputs, sorted, once a stage places levels
-    hopeless: Tensor | bool | None = False  # not looked for yet
     for cells in CELLS:
-        if hopeless is False and left * fan_in > search_budget:
-            uncertified, hopeless, aside = set_aside_hopeless(uncertified, v_end, limit, beyond)
-            left -= aside
-        count = left
-        if not count or count * fan_in <= search_budget:
+        if not left.stage_runs(fan_in, search_budget, v_end, limit, beyond):
             settled.append(0)  # nothing left, or so little that the exact search costs less than a stage
             continue
+        count, uncertified = left.count, left.uncertified
         block = _restrict(uncertified, inputs, xs, shape)
         if cells > 1 and sample is None:  # sorted once per layer, for every stage
             sample = sorted_sample(xs)
@@ -234,26 +230,25 @@ def certify_layer(inputs, xs: list[Tensor], theta: Tensor, v_end: Tensor, in_win
             else:
                 levels = levels[idx[0]]
             fails = gathered_fails(inputs, shape, padded, idx, levels, v_end[idx],
-                                    *(t.expand_as(v_end)[idx] for t in (top_value, limit, beyond)), alpha, base)
+                                   *(t.expand_as(v_end)[idx] for t in (top_value, limit)), alpha, base)
             uncertified = uncertified.clone()
             uncertified[idx] = fails
-            left = int(torch.count_nonzero(fails))
-            settled.append(count - left)
+            left.update(uncertified, int(torch.count_nonzero(fails)))
+            settled.append(count - left.count)
             continue
         values = [_take(v_end, block), *(level_values(block, g, alpha, base) for g in inner),
                   _take(top_value, block)]
         neg = negative if block.cols is None else [n[block.cols] for n in negative]
-        deviations = tent_deviations(block, neg, levels)
-        fails = _take(beyond, block)
         limit_b = _take(limit, block)
-        for k, dev in enumerate(deviations):
-            fails = fails | (torch.maximum(values[k], values[k + 1]) + dev >= limit_b)
+        fails = None
+        for k, dev in enumerate(tent_deviations(block, neg, levels)):
+            exceeds = torch.maximum(values[k], values[k + 1]) + dev >= limit_b
+            fails = exceeds if fails is None else fails.logical_or_(exceeds)
         fails &= _take(uncertified, block)
-        uncertified = _put(uncertified, block, fails)
-        left = int(torch.count_nonzero(fails))  # the neurons outside the block were all settled before
-        settled.append(count - left)
-    return Certificate(uncertified if hopeless is None or hopeless is False else uncertified | hopeless,
-                       tuple(settled))
+        # the neurons outside the block were all settled before
+        left.update(_put(uncertified, block, fails), int(torch.count_nonzero(fails)))
+        settled.append(count - left.count)
+    return left.certificate(settled)
 
 
 def rounding_allowance(theta: Tensor, abs_sum: Tensor, in_window: float, base: float) -> Tensor:
@@ -279,37 +274,58 @@ def no_sum_stage(limit: Tensor, top: Tensor, negative_sum: Tensor, v_end: Tensor
     return limit, top_value, beyond, uncertified
 
 
-def set_aside_hopeless(uncertified: Tensor, v_end: Tensor, limit: Tensor,
-                       beyond: Tensor) -> tuple[Tensor, Tensor | None, int]:
-    """The uncertified neurons no stage can settle: every cell bound includes v(0) = v_end or v(m), so a neuron whose
-    v_end reaches its limit, or that is `beyond`, goes to the exact search without the stages' work. In a layer whose
-    window is short beside the rounding allowance most neurons are such (Inception-v3's 1×1 relays at 80×80: 40 %).
-    Called before the first stage that runs (most layers never get there). Returns the neurons left for the stages,
-    the hopeless ones (None if none) and their count. Shape: uncertified (B, *shape) -> same."""
-    hopeless = (v_end >= limit) & uncertified
-    if bool(beyond.any()):
-        hopeless |= beyond & uncertified
-    count = int(torch.count_nonzero(hopeless))
-    if not count:
-        return uncertified, None, 0
-    return uncertified & ~hopeless, hopeless, count
+class Leftover:
+    """The neurons a layer's certificate has not settled yet, between its stages: those the next stage works on
+    (`uncertified`, `count`) and the hopeless ones set aside for the exact search. Every cell bound includes
+    v(0) = v_end or v(m), so a neuron whose v_end reaches its limit, or that is `beyond`, can never be settled; in a
+    layer whose window is short beside the rounding allowance most neurons are such (Inception-v3's 1×1 relays at
+    80×80: 40 %). They are looked for once, before the first stage that runs (most layers never get there).
+    Shape: uncertified (B, *shape) bool."""
+
+    def __init__(self, uncertified: Tensor):
+        self.uncertified = uncertified
+        self.count = int(torch.count_nonzero(uncertified))
+        self.hopeless: Tensor | None = None
+        self._looked = False
+
+    def stage_runs(self, fan_in: int, search_budget: int, v_end: Tensor, limit: Tensor, beyond: Tensor) -> bool:
+        """Whether another stage is worth its sums: neurons are left, and more than the exact search takes cheaply."""
+        if not self._looked and self.count * fan_in > search_budget:
+            self._looked = True
+            hopeless = (v_end >= limit) & self.uncertified
+            if bool(beyond.any()):
+                hopeless |= beyond & self.uncertified
+            aside = int(torch.count_nonzero(hopeless))
+            if aside:
+                self.uncertified, self.hopeless, self.count = self.uncertified & ~hopeless, hopeless, self.count - aside
+        return self.count * fan_in > search_budget
+
+    def update(self, uncertified: Tensor, count: int | None = None) -> None:
+        """After a stage: the neurons still uncertified (`count` of them, counted here if not given)."""
+        self.uncertified = uncertified
+        self.count = int(torch.count_nonzero(uncertified)) if count is None else count
+
+    def certificate(self, settled: list[int]) -> Certificate:
+        """The certificate: the neurons left to the exact search are those still uncertified and the hopeless."""
+        return Certificate(self.uncertified if self.hopeless is None else self.uncertified | self.hopeless,
+                           tuple(settled))
 
 
 def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tuple[Tensor, ...], levels: Tensor,
-                    v_end: Tensor, top_value: Tensor, limit: Tensor, beyond: Tensor, alpha: float,
-                    base: float) -> Tensor:
+                   v_end: Tensor, top_value: Tensor, limit: Tensor, alpha: float, base: float) -> Tensor:
     """One refinement stage for the listed neurons only, on their gathered fan-ins (`fanin.gather_rows`): the
     bound of `certify_layer` (level values, then each cell's tents) as sums over each neuron's own inputs, in
     chunks of at most `dynamics.SEARCH_CHUNK` elements. Where few neurons are left this costs far less than the
     weighted sums over every neuron of their samples (a stage of K cells is 2K − 1 of them). Returns which still
-    fail. Shape: idx (b, o[, ...]) each (F,); levels (F, K + 1) ascending; v_end … beyond (F,) -> (F,) bool."""
+    fail. Shape: idx (b, o[, ...]) each (F,); levels (F, K + 1) ascending; v_end, top_value, limit (F,) -> (F,) bool.
+    """
     groups = driving_groups(inputs, idx)  # each neuron over the inputs that drive its channel
     if len(groups) > 1:
         fails = torch.empty(len(idx[0]), dtype=torch.bool, device=levels.device)
         for rows, ks in groups:
             fails[rows] = gathered_fails([inputs[k] for k in ks], shape, [padded[k] for k in ks],
-                                          tuple(i[rows] for i in idx), levels[rows], v_end[rows], top_value[rows],
-                                          limit[rows], beyond[rows], alpha, base)
+                                         tuple(i[rows] for i in idx), levels[rows], v_end[rows], top_value[rows],
+                                         limit[rows], alpha, base)
         return fails
     ws = [syn.J for syn in inputs]
     keeps, fan = inside_taps(inputs, padded, idx)  # a padded tap (x = 0) adds 0 to every level value and tent
@@ -326,7 +342,7 @@ def gathered_fails(inputs, shape: tuple[int, ...], padded: list[Tensor], idx: tu
             g = lv[:, k:k + 1]
             values.append(torch.linalg.vecdot(J, (x - g).clamp_(min=0)) + (base - alpha * g[:, 0]))
         values.append(top_value[lo:hi])
-        fails = beyond[lo:hi].clone()
+        fails = torch.zeros(hi - lo, dtype=torch.bool, device=levels.device)
         for k in range(1, lv.shape[1]):
             a, c = lv[:, k - 1:k], lv[:, k:k + 1]
             tent = torch.linalg.vecdot(neg, tent_profile(x, a, c))

@@ -36,12 +36,12 @@ from .certify import (
     GATHER_COST,
     SEARCH_BUDGET,
     Certificate,
+    Leftover,
     gathered_fails,
     no_sum_stage,
     per_neuron,
     quantile_levels,
     rounding_allowance,
-    set_aside_hopeless,
     sorted_sample,
     tent_profile,
 )
@@ -231,19 +231,15 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
     top = per_channel([p.source.top for p in parts])
     limit, top_value, beyond, uncertified = no_sum_stage(theta - rounding, top, negative_sum, v_end, alpha, base)
     fan_in = largest_fan_in(inputs, shape)
-    left = int(torch.count_nonzero(uncertified))
-    settled = [v_end.numel() - left]
+    left = Leftover(uncertified)
+    settled = [v_end.numel() - left.count]
     padded = None
     cost = GATHER_COST * (1 if v_end.dtype == torch.float64 else FAST_CONVOLUTION)
-    hopeless: Tensor | bool | None = False  # not looked for yet
     for cells in CELLS:
-        if hopeless is False and left * fan_in > search_budget:
-            uncertified, hopeless, aside = set_aside_hopeless(uncertified, v_end, limit, beyond)
-            left -= aside
-        count = left
-        if not count or count * fan_in <= search_budget:
+        if not left.stage_runs(fan_in, search_budget, v_end, limit, beyond):
             settled.append(0)
             continue
+        count, uncertified = left.count, left.uncertified
         # per part: its shared sums when they exist or when many of its neurons are left (later readers reuse
         # them), else the same bound on the gathered fan-ins of its neurons left, on the reader's own weights
         edges = torch.cat([v_end.new_zeros(1, dtype=torch.long), uncertified.sum((0, 2, 3)).cumsum(0)])
@@ -255,12 +251,11 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
             shared.append(p if use else None)
             if n and not use:
                 gather.append(p)
-        fails = torch.zeros_like(uncertified)
+        fails = torch.zeros_like(uncertified)  # none of the neurons left is `beyond`: `Leftover` set those aside
         if any(shared):
             levels = [per_channel([p.source.levels(cells)[:, k] for p in parts]) for k in range(cells + 1)]
             values = [v_end, *(base - alpha * levels[k] + d * _side_by_side(
                 parts, [q and q.source.values(cells)[k - 1] for q in shared]) for k in range(1, cells)), top_value]
-            fails = beyond
             for k in range(cells):
                 deviation = torch.zeros((), dtype=v_end.dtype, device=v_end.device)
                 if any(q and q.positive for q in shared):
@@ -269,7 +264,7 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
                 if any(q and q.negative for q in shared):
                     deviation = deviation + d_minus * _side_by_side(
                         parts, [q and q.negative and q.source.tents(cells, False)[k] for q in shared])
-                fails = fails | (torch.maximum(values[k], values[k + 1]) + deviation >= limit)
+                fails |= torch.maximum(values[k], values[k + 1]) + deviation >= limit
         fails = fails & uncertified
         if gather:
             if padded is None:
@@ -280,12 +275,10 @@ def certify_parts(parts: list[Part], inputs, xs: list[Tensor], theta: Tensor, v_
             idx = (uncertified & picked.reshape(-1, 1, 1)).nonzero(as_tuple=True)
             levels = torch.cat([p.source.levels(cells)[:, None].expand(-1, p.hi - p.lo, -1) for p in parts], 1)
             fails[idx] = gathered_fails(inputs, shape, padded, idx, levels[idx[0], idx[1]], v_end[idx],
-                                        *(t.expand_as(v_end)[idx] for t in (top_value, limit, beyond)), alpha, base)
-        uncertified = fails
-        left = int(torch.count_nonzero(uncertified))
-        settled.append(count - left)
-    return Certificate(uncertified if hopeless is None or hopeless is False else uncertified | hopeless,
-                       tuple(settled))
+                                        *(t.expand_as(v_end)[idx] for t in (top_value, limit)), alpha, base)
+        left.update(fails)
+        settled.append(count - left.count)
+    return left.certificate(settled)
 
 
 def _side_by_side(parts: list[Part], pieces: list) -> Tensor:
