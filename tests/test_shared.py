@@ -133,7 +133,7 @@ def test_neurons_settled_by_shared_sums_never_fire_early(seed, b1, sparse):
         xs.append(torch.where(torch.rand(x.shape, generator=g, dtype=torch.float64) < sparse, 0.0, x))
     kernels = [torch.randn(o, x.shape[1], 3, 3, generator=g, dtype=torch.float64) * 0.3 for o, x in zip((5, 3), xs)]
     srcs = [torch.zeros(1), torch.zeros(1)]  # the sources' offsets: only their identity keys the shared sums
-    shared = Shared({0: 1, 1: 1})
+    shared = Shared([-1, 1, 1])  # sources 0 and 1 (index m + 1), last read by reader 1
     for reader in range(2):
         factors = [torch.randn(len(K), generator=g, dtype=torch.float64) for K in kernels]
         layer, v_end, theta = _reader(xs, kernels, factors, in_window, alpha, g)

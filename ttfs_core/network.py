@@ -167,12 +167,8 @@ class SpikingNetwork:
         x = self._check_input(x)
         p, q = self.input_range
         acts: list[Tensor | None] = [normalise(x, p, q).clamp(0, 1)]
-        last = [len(self.layers)] * (len(self.layers) + 1)  # the last layer (or the readout) reading each
-        if not keep:
-            last = [-1] * (len(self.layers) + 1)
-            for n, layer in enumerate(self.all_layers):
-                for m in layer.sources:
-                    last[m + 1] = n
+        # the last layer (or the readout) reading each
+        last = self.last_readers() if not keep else [len(self.layers)] * (len(self.layers) + 1)
         yield -1, acts[0]
         for n, layer in enumerate(self.layers):
             acts.append(layer.ann(acts))
@@ -180,6 +176,15 @@ class SpikingNetwork:
                 if last[m + 1] <= n:
                     acts[m + 1] = None
             yield n, acts[-1]
+
+    def last_readers(self) -> list[int]:
+        """For each layer m, at index m + 1 (m = −1: the input layer), the last of `all_layers` that reads it (−1:
+        none): when its activations (`stream`) or its shared sums (`run`) can go."""
+        last = [-1] * (len(self.layers) + 1)
+        for n, layer in enumerate(self.all_layers):
+            for m in layer.sources:
+                last[m + 1] = n
+        return last
 
     def _readout(self, v: Tensor) -> Tensor:
         for op in self.output.readout:
@@ -197,13 +202,10 @@ class SpikingNetwork:
         if device is not None and torch.device(device) != self.device:
             return self._on(device).run(x, perturb=perturb)
         x = self._check_input(x)
-        last_reader: dict[int, int] = {}  # the last layer reading each layer: when its shared sums can go
-        for n, layer in enumerate(self.layers):
-            for m in layer.sources:
-                last_reader[m] = n
+        last_readers = self.last_readers()
 
         def simulate(chunk: Tensor) -> SimResult:
-            shared = Shared(last_reader)  # sums the readers of one source share (`sim.shared`), per chunk
+            shared = Shared(last_readers)  # sums the readers of one source share (`sim.shared`), per chunk
 
             def hidden(layer: Layer, n: int, srcs: list[Tensor]):
                 out = hidden_layer_exact(layer, srcs, self.alpha, self.neuron, self.rescale, shared=shared)

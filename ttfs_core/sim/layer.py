@@ -70,10 +70,12 @@ def hidden_layer_exact(layer: Layer, srcs: list[Tensor], alpha: float, neuron: N
     `shared`: the run's sums shared between the readers of one source (`sim.shared`), used by a layer of parts.
     Shape: srcs[k] (B, *source k) -> (B, *layer.shape).
     """
-    elapsed_times, early_arrivals = arrivals(layer, srcs, shared if arrive is None else None)
+    if arrive is not None:
+        shared = None  # on a clock, the elapsed times are the reader's own
+    elapsed_times, early_arrivals = arrivals(layer, srcs, shared)
     if arrive is not None:
         elapsed_times = arrive(elapsed_times)
-    parts = shared.parts(layer, srcs, elapsed_times) if shared is not None and arrive is None else None
+    parts = None if shared is None else shared.parts(layer, srcs, elapsed_times)
     current = neuron.start_current(alpha)
     if parts is None:
         v_end = current * layer.in_window + layer.weighted_sum(elapsed_times, "J")

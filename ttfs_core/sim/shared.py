@@ -142,12 +142,13 @@ class Part:
 
 class Shared:
     """The shared sums of one run over one chunk of inputs: a `Source` per part that layers read through the same
-    kernel up to a factor. `last_reader[m]`: the last layer reading layer m (`release` lets go of its sums)."""
+    kernel up to a factor. `last_readers[m + 1]`: the last layer reading layer m (`SpikingNetwork.last_readers`;
+    `release` lets go of its sums)."""
 
-    def __init__(self, last_reader: dict[int, int] | None = None):
+    def __init__(self, last_readers: list[int] | None = None):
         self._sources: dict[tuple, Source] = {}
         self._arrivals: dict[tuple, tuple[Tensor, Tensor, int]] = {}
-        self._last = last_reader or {}
+        self._last = last_readers
 
     def arrival(self, layer, syn, src: Tensor, compute) -> tuple[Tensor, int]:
         """An input's elapsed times and count of early arrivals (`sim.layer.arrivals`), computed once per run for
@@ -198,7 +199,7 @@ class Shared:
     def release(self, n: int) -> None:
         """Let go of the sums and arrivals of every source whose last reader is layer n or earlier."""
         for cache in (self._sources, self._arrivals):
-            for key in [key for key in cache if self._last.get(key[0], n + 1) <= n]:
+            for key in [key for key in cache if self._last is not None and self._last[key[0] + 1] <= n]:
                 del cache[key]
 
 
